@@ -1,0 +1,52 @@
+# relearn — run `make` (or `make help`) to see the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PLATFORM := $(VENV)/platform
+DRIFT := $(VENV)/drift
+PY := $(PLATFORM)/bin/python
+PIPELINE_DIR := pipelines/compiled
+
+.PHONY: help setup train pipelines test lint bench clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "; printf "relearn targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# The environments are file targets: `setup` is quick when nothing changed.
+$(PLATFORM)/.ready: requirements/platform.txt requirements/dev.txt pyproject.toml
+	$(PYTHON) -m venv $(PLATFORM)
+	$(PLATFORM)/bin/pip install -q --upgrade pip
+	$(PLATFORM)/bin/pip install -q -r requirements/platform.txt -r requirements/dev.txt
+	$(PLATFORM)/bin/pip install -q --no-deps -e .
+	touch $@
+
+# alibi-detect pins numpy<2 and Pillow<11: the drift detector gets an environment of its own.
+$(DRIFT)/.ready: requirements/drift.txt
+	$(PYTHON) -m venv $(DRIFT)
+	$(DRIFT)/bin/pip install -q --upgrade pip
+	$(DRIFT)/bin/pip install -q -r requirements/drift.txt
+	touch $@
+
+setup: $(PLATFORM)/.ready $(DRIFT)/.ready ## Create the platform and drift environments (idempotent)
+
+train: setup ## Run the training pipeline locally (kfp.local): data → features → train → evaluate → register → gate
+	$(PY) -m pipelines.run $(ARGS)
+
+pipelines: setup ## Compile the pipelines to YAML for the Kubeflow UI (pipelines/compiled/)
+	$(PY) -m pipelines.compile --out $(PIPELINE_DIR)
+
+test: setup ## Run all tests
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup ## ruff (lint + format check) and hadolint on every Dockerfile
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	find . -name Dockerfile -not -path './.venv/*' -print0 | xargs -0 $(PLATFORM)/bin/hadolint
+
+bench: setup ## Run the benchmarks and print their tables
+	$(PY) -m benchmarks $(ARGS)
+
+clean: ## Remove local state (.relearn/) and compiled pipelines; keeps the environments
+	rm -rf .relearn $(PIPELINE_DIR) local_outputs

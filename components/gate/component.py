@@ -1,0 +1,31 @@
+"""gate: does the challenger beat the champion by the configured margin without a slice regressing?"""
+
+from typing import NamedTuple
+
+from kfp.dsl import Artifact, Input, Markdown, Output
+
+from components import relearn_component
+
+
+@relearn_component
+def gate(
+    evaluation: Input[Artifact],
+    model_version: str,
+    min_improvement: float,
+    max_slice_regression: float,
+    decision: Output[Markdown],
+) -> NamedTuple("GateOutputs", [("passed", bool), ("reason", str)]):
+    """Writes the decision as Markdown and returns it, for the deploy step to act on."""
+    from collections import namedtuple
+
+    from relearn import steps
+
+    passed, reason = steps.run_step(
+        steps.gate,
+        evaluation.path,
+        decision.path,
+        model_version=model_version,
+        min_improvement=min_improvement,
+        max_slice_regression=max_slice_regression,
+    )
+    return namedtuple("GateOutputs", ["passed", "reason"])(passed, reason)

@@ -1,0 +1,163 @@
+"""Run the training pipeline on this machine with ``kfp.local`` — relearn's embedded default.
+
+Every pipeline parameter is a command-line option (and a ``RELEARN_TRAIN_<NAME>`` variable); the options
+are read from the pipeline's own signature, so the pipeline stays the one place that declares them.
+Usage: ``python -m pipelines.run --help`` (``make train ARGS="--days 28"``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from kfp import local
+from pydantic import Field, create_model
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+
+from pipelines.train import PIPELINE_NAME, train_pipeline
+from relearn.logs import configure_logging
+from relearn.settings import RelearnSettings
+
+log = logging.getLogger("relearn.pipeline")
+KFP_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool}
+
+
+class LocalRunError(RuntimeError):
+    """A pipeline task failed; the message says which one and where its report is."""
+
+
+def git_sha() -> str:
+    """The commit of the working tree, or ``unknown`` outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def task_dir(run_dir: Path, task: str) -> Path:
+    """The folder kfp.local writes a task's output artifacts to."""
+    return run_dir / task
+
+
+def run_locally(params: dict[str, Any], pipeline_root: Path, home: Path) -> dict[str, Any]:
+    """Runs the training pipeline through kfp.local's SubprocessRunner in this environment.
+
+    Args:
+        params: Pipeline arguments (names as in :func:`pipelines.train.train_pipeline`).
+        pipeline_root: Where kfp.local writes task outputs (one folder per run).
+        home: relearn's local state (MLflow, Feast); passed to the task subprocesses.
+
+    Returns:
+        A summary: run folder, model version, gate decision, report paths.
+
+    Raises:
+        LocalRunError: A task failed; the message names it and, for validation, holds its report.
+    """
+    # Tasks are subprocesses: they find MLflow and Feast through the same settings as this process.
+    os.environ["RELEARN_HOME"] = str(home.resolve())
+    pipeline_root = pipeline_root.resolve()
+    before = set(pipeline_root.glob(f"{PIPELINE_NAME}-*")) if pipeline_root.exists() else set()
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    with warnings.catch_warnings():
+        # Our base image name does not contain "python"; kfp.local warns about that, needlessly here.
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        try:
+            task = train_pipeline(**params)
+            error = None
+        except RuntimeError as exc:
+            task, error = None, exc
+    new_runs = sorted(set(pipeline_root.glob(f"{PIPELINE_NAME}-*")) - before, key=lambda p: p.stat().st_mtime)
+    run_dir = new_runs[-1] if new_runs else pipeline_root
+    if error is not None:
+        raise LocalRunError(_failure_message(str(error), run_dir)) from None
+    gate_decision = task_dir(run_dir, "gate") / "decision"
+    summary = {
+        "run_dir": str(run_dir),
+        "gate": task.output,
+        "evaluation_report": str(task_dir(run_dir, "evaluate") / "report"),
+        "gate_decision": str(gate_decision),
+        "validation_report": str(task_dir(run_dir, "validate") / "report"),
+    }
+    evaluation = task_dir(run_dir, "evaluate") / "evaluation"
+    if evaluation.exists():
+        summary["headline"] = json.loads(evaluation.read_text()).get("headline", {})
+    if gate_decision.exists():
+        summary["gate_markdown"] = gate_decision.read_text()
+    return summary
+
+
+def _failure_message(error: str, run_dir: Path) -> str:
+    report = task_dir(run_dir, "validate") / "report"
+    if "validate" in error and report.exists():
+        return f"The data failed validation; the run stopped before training.\n\n{report.read_text()}\n" + (
+            f"Report: {report}"
+        )
+    return f"{error}\nTask outputs and logs: {run_dir}"
+
+
+def _pipeline_fields() -> dict[str, Any]:
+    fields = {}
+    for name, spec in train_pipeline.component_spec.inputs.items():
+        fields[name] = (KFP_TYPES[spec.type], Field(spec.default, description=spec.description))
+    fields["git_sha"] = (str | None, Field(None, description="Commit for lineage; default: git HEAD."))
+    return fields
+
+
+class _RunnerOptions(BaseSettings):
+    """Run relearn's training pipeline locally (kfp.local): ingest → validate → features → train →
+    evaluate → register → gate. Prints where the model version, metrics and reports are.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="RELEARN_TRAIN_", cli_prog_name="relearn-train", cli_kebab_case=True, extra="ignore"
+    )
+
+    pipeline_root: Path = Field(Path(".relearn/pipeline_runs"), description="Where task outputs go.")
+    log_level: str = Field("INFO", description="Log level of relearn's JSON logs.")
+
+    def cli_cmd(self) -> None:
+        """Runs the pipeline and prints a summary; exits 1 with the report when a task fails."""
+        configure_logging(self.log_level)
+        params = {name: getattr(self, name) for name in train_pipeline.component_spec.inputs}
+        params["git_sha"] = self.git_sha or git_sha()
+        try:
+            summary = run_locally(params, self.pipeline_root, RelearnSettings().home)
+        except LocalRunError as exc:
+            print(f"\nrelearn-train: FAILED\n{exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        print_summary(summary)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """Prints what a person wants to know after a run."""
+    settings = RelearnSettings()
+    print("\nrelearn-train: pipeline finished")
+    for name, value in summary.get("headline", {}).items():
+        print(f"  {name:<28} {value:.4f}" if isinstance(value, float) else f"  {name:<28} {value}")
+    print(f"  gate                         {summary['gate']}")
+    print(f"  evaluation report            {summary['evaluation_report']}")
+    print(f"  gate decision                {summary['gate_decision']}")
+    print(f"  pipeline run outputs         {summary['run_dir']}")
+    print(f"  MLflow tracking URI          {settings.tracking_uri()}")
+    print(f"  registered model             models:/{settings.model_name}@challenger")
+
+
+RunnerSettings = create_model(
+    "RunnerSettings", __base__=_RunnerOptions, __doc__=_RunnerOptions.__doc__, **_pipeline_fields()
+)
+
+
+def main() -> None:
+    """Console entry point (``relearn-train``)."""
+    CliApp.run(RunnerSettings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The training pipeline: ingest → validate → features → train → evaluate → register → gate."""
+
+from kfp import dsl
+
+from components.evaluate.component import evaluate
+from components.features.component import features
+from components.gate.component import gate
+from components.ingest.component import ingest
+from components.register.component import register
+from components.train.component import train
+from components.validate.component import validate
+
+PIPELINE_NAME = "relearn-train"
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="relearn: train, evaluate and register a fraud model.")
+def train_pipeline(
+    start: str = "2026-01-01",
+    days: int = 42,
+    users: int = 4000,
+    merchants: int = 600,
+    seed: int = 7,
+    scenario: str = "none",
+    onset: str = "",
+    source: str = "",
+    epochs: int = 30,
+    batch_size: int = 2048,
+    learning_rate: float = 0.002,
+    patience: int = 5,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+    alert_budget: float = 0.005,
+    min_improvement: float = 0.0,
+    max_slice_regression: float = 0.15,
+    git_sha: str = "unknown",
+) -> str:
+    """Trains a challenger on a data window and says whether it should replace the champion.
+
+    Args:
+        start: First day of the data window (ISO date, UTC).
+        days: Length of the window in days; labels are those known at its end.
+        users: Card holders to simulate when no `source` is given.
+        merchants: Merchants to simulate when no `source` is given.
+        seed: Seed for data generation, splits and training.
+        scenario: Drift scenario of the simulated data (none, covariate_shift, concept_drift, ...).
+        onset: When the scenario starts (ISO timestamp); empty for the middle of the window.
+        source: Root of day-partitioned Parquet to read instead of simulating.
+        epochs: Maximum training epochs.
+        batch_size: Training batch size.
+        learning_rate: Adam learning rate.
+        patience: Epochs without validation PR-AUC gain before stopping.
+        val_fraction: Share of the window (by time) used for early stopping.
+        test_fraction: Share of the window (latest by time) held out for evaluation.
+        alert_budget: Share of transactions the fraud team can review (recall is measured there).
+        min_improvement: Margin by which the challenger must beat the champion.
+        max_slice_regression: Largest tolerated drop of any slice's recall vs the champion.
+        git_sha: Commit of the code that trained the model (lineage).
+    """
+    data = ingest(
+        start=start,
+        days=days,
+        users=users,
+        merchants=merchants,
+        seed=seed,
+        scenario=scenario,
+        onset=onset,
+        source=source,
+    )
+    checked = validate(start=start, days=days, transactions=data.outputs["transactions"])
+    feats = features(
+        start=start,
+        days=days,
+        transactions=data.outputs["transactions"],
+        labels=data.outputs["labels"],
+    ).after(checked)
+    trained = train(
+        training_set=feats.outputs["training_set"],
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        patience=patience,
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+    )
+    evaluated = evaluate(
+        training_set=feats.outputs["training_set"],
+        model=trained.outputs["model"],
+        mlflow_run_id=trained.outputs["mlflow_run_id"],
+        alert_budget=alert_budget,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+    )
+    registered = register(
+        model=trained.outputs["model"],
+        training_set=feats.outputs["training_set"],
+        evaluation=evaluated.outputs["evaluation"],
+        mlflow_run_id=trained.outputs["mlflow_run_id"],
+        start=start,
+        days=days,
+        git_sha=git_sha,
+        pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    )
+    decided = gate(
+        evaluation=evaluated.outputs["evaluation"],
+        model_version=registered.output,
+        min_improvement=min_improvement,
+        max_slice_regression=max_slice_regression,
+    )
+    return decided.outputs["reason"]

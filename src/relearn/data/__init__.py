@@ -1,0 +1,1 @@
+"""Transaction data: schema, synthetic generator with drift scenarios, and validation."""
