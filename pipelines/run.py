@@ -7,9 +7,12 @@ Usage: ``python -m pipelines.run --help`` (``make train ARGS="--days 28"``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -19,6 +22,7 @@ from typing import Any
 from kfp import local
 from pydantic import Field, create_model
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+from tqdm import tqdm
 
 from pipelines.train import PIPELINE_NAME, train_pipeline
 from relearn.logs import configure_logging
@@ -41,18 +45,44 @@ def git_sha() -> str:
     return out.stdout.strip()
 
 
+class _TaskProgress:
+    """A stdout stand-in for kfp.local: keeps its full output in a log file, shows a bar over the steps."""
+
+    _started = re.compile(r"Executing task \S*'([\w-]+)'")
+    _finished = re.compile(r"Task \S*'([\w-]+)'\S* finished with status")
+
+    def __init__(self, log_file, steps: int) -> None:
+        self.log_file = log_file
+        self.bar = tqdm(total=steps, desc="relearn-train", unit="step", file=sys.stderr)
+
+    def write(self, text: str) -> int:
+        self.log_file.write(text)
+        for line in text.splitlines():
+            if started := self._started.search(line):
+                self.bar.set_postfix_str(started.group(1))
+            elif self._finished.search(line):
+                self.bar.update(1)
+        return len(text)
+
+    def flush(self) -> None:
+        self.log_file.flush()
+
+
 def task_dir(run_dir: Path, task: str) -> Path:
     """The folder kfp.local writes a task's output artifacts to."""
     return run_dir / task
 
 
-def run_locally(params: dict[str, Any], pipeline_root: Path, home: Path) -> dict[str, Any]:
+def run_locally(
+    params: dict[str, Any], pipeline_root: Path, home: Path, verbose: bool = False
+) -> dict[str, Any]:
     """Runs the training pipeline through kfp.local's SubprocessRunner in this environment.
 
     Args:
         params: Pipeline arguments (names as in :func:`pipelines.train.train_pipeline`).
         pipeline_root: Where kfp.local writes task outputs (one folder per run).
         home: relearn's local state (MLflow, Feast); passed to the task subprocesses.
+        verbose: Stream kfp.local's full output instead of a progress bar (it always goes to the log).
 
     Returns:
         A summary: run folder, model version, gate decision, report paths.
@@ -64,30 +94,41 @@ def run_locally(params: dict[str, Any], pipeline_root: Path, home: Path) -> dict
     os.environ["RELEARN_HOME"] = str(home.resolve())
     pipeline_root = pipeline_root.resolve()
     before = set(pipeline_root.glob(f"{PIPELINE_NAME}-*")) if pipeline_root.exists() else set()
+    pipeline_root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    with warnings.catch_warnings():
+    log_path = pipeline_root / "last-run.log"
+    with log_path.open("w") as log_file, warnings.catch_warnings():
         # Our base image name does not contain "python"; kfp.local warns about that, needlessly here.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        progress = _TaskProgress(log_file, len(train_pipeline.pipeline_spec.root.dag.tasks))
         try:
-            task = train_pipeline(**params)
-            error = None
+            with contextlib.redirect_stdout(sys.stdout if verbose else progress):
+                task, error = train_pipeline(**params), None
         except RuntimeError as exc:
             task, error = None, exc
+        finally:
+            progress.bar.close()
     new_runs = sorted(set(pipeline_root.glob(f"{PIPELINE_NAME}-*")) - before, key=lambda p: p.stat().st_mtime)
     run_dir = new_runs[-1] if new_runs else pipeline_root
+    shutil.move(log_path, run_dir / "pipeline.log")
     if error is not None:
         raise LocalRunError(_failure_message(str(error), run_dir)) from None
     gate_decision = task_dir(run_dir, "gate") / "decision"
+    # KFP names artifacts without extensions; a browser wants one.
+    report = shutil.copyfile(task_dir(run_dir, "evaluate") / "report", run_dir / "evaluation.html")
     summary = {
         "run_dir": str(run_dir),
+        "log": str(run_dir / "pipeline.log"),
         "gate": task.output,
-        "evaluation_report": str(task_dir(run_dir, "evaluate") / "report"),
+        "evaluation_report": str(report),
         "gate_decision": str(gate_decision),
         "validation_report": str(task_dir(run_dir, "validate") / "report"),
     }
     evaluation = task_dir(run_dir, "evaluate") / "evaluation"
     if evaluation.exists():
-        summary["headline"] = json.loads(evaluation.read_text()).get("headline", {})
+        evaluated = json.loads(evaluation.read_text())
+        summary["headline"] = evaluated["headline"]
+        summary["versus_baseline"] = evaluated["versus_baseline"]
     if gate_decision.exists():
         summary["gate_markdown"] = gate_decision.read_text()
     return summary
@@ -99,7 +140,7 @@ def _failure_message(error: str, run_dir: Path) -> str:
         return f"The data failed validation; the run stopped before training.\n\n{report.read_text()}\n" + (
             f"Report: {report}"
         )
-    return f"{error}\nTask outputs and logs: {run_dir}"
+    return f"{error}\nTask outputs: {run_dir}\nFull log: {run_dir / 'pipeline.log'}"
 
 
 def _pipeline_fields() -> dict[str, Any]:
@@ -111,8 +152,10 @@ def _pipeline_fields() -> dict[str, Any]:
 
 
 class _RunnerOptions(BaseSettings):
-    """Run relearn's training pipeline locally (kfp.local): ingest → validate → features → train →
-    evaluate → register → gate. Prints where the model version, metrics and reports are.
+    """Run relearn's training pipeline locally with kfp.local.
+
+    Steps: ingest → validate → features → train → evaluate → register → gate. Prints where the model
+    version, metrics and reports are.
     """
 
     model_config = SettingsConfigDict(
@@ -121,6 +164,7 @@ class _RunnerOptions(BaseSettings):
 
     pipeline_root: Path = Field(Path(".relearn/pipeline_runs"), description="Where task outputs go.")
     log_level: str = Field("INFO", description="Log level of relearn's JSON logs.")
+    verbose: bool = Field(False, description="Stream every task's output instead of a progress bar.")
 
     def cli_cmd(self) -> None:
         """Runs the pipeline and prints a summary; exits 1 with the report when a task fails."""
@@ -128,7 +172,7 @@ class _RunnerOptions(BaseSettings):
         params = {name: getattr(self, name) for name in train_pipeline.component_spec.inputs}
         params["git_sha"] = self.git_sha or git_sha()
         try:
-            summary = run_locally(params, self.pipeline_root, RelearnSettings().home)
+            summary = run_locally(params, self.pipeline_root, RelearnSettings().home, self.verbose)
         except LocalRunError as exc:
             print(f"\nrelearn-train: FAILED\n{exc}", file=sys.stderr)
             raise SystemExit(1) from None
@@ -141,10 +185,12 @@ def print_summary(summary: dict[str, Any]) -> None:
     print("\nrelearn-train: pipeline finished")
     for name, value in summary.get("headline", {}).items():
         print(f"  {name:<28} {value:.4f}" if isinstance(value, float) else f"  {name:<28} {value}")
+    print(f"  versus baseline              {summary.get('versus_baseline', 'n/a')}")
     print(f"  gate                         {summary['gate']}")
     print(f"  evaluation report            {summary['evaluation_report']}")
     print(f"  gate decision                {summary['gate_decision']}")
     print(f"  pipeline run outputs         {summary['run_dir']}")
+    print(f"  full log                     {summary['log']}")
     print(f"  MLflow tracking URI          {settings.tracking_uri()}")
     print(f"  registered model             models:/{settings.model_name}@challenger")
 

@@ -16,13 +16,15 @@ PIPELINE_NAME = "relearn-train"
 @dsl.pipeline(name=PIPELINE_NAME, description="relearn: train, evaluate and register a fraud model.")
 def train_pipeline(
     start: str = "2026-01-01",
-    days: int = 42,
-    users: int = 4000,
-    merchants: int = 600,
+    days: int = 35,
+    users: int = 3000,
+    merchants: int = 500,
     seed: int = 7,
     scenario: str = "none",
     onset: str = "",
     source: str = "",
+    label_maturity_days: int = 10,
+    join_engine: str = "pandas",
     epochs: int = 30,
     batch_size: int = 2048,
     learning_rate: float = 0.002,
@@ -43,8 +45,11 @@ def train_pipeline(
         merchants: Merchants to simulate when no `source` is given.
         seed: Seed for data generation, splits and training.
         scenario: Drift scenario of the simulated data (none, covariate_shift, concept_drift, ...).
-        onset: When the scenario starts (ISO timestamp); empty for the middle of the window.
+        onset: When the scenario starts: ISO timestamp, "day N" or a window fraction; empty = mid-window.
         source: Root of day-partitioned Parquet to read instead of simulating.
+        label_maturity_days: Newest days kept out of training rows: their chargebacks are still due.
+        join_engine: Point-in-time join: "pandas" (merge_asof over the registered Feast sources, fast)
+            or "feast" (get_historical_features; minutes for 10k rows on the file offline store).
         epochs: Maximum training epochs.
         batch_size: Training batch size.
         learning_rate: Adam learning rate.
@@ -72,6 +77,8 @@ def train_pipeline(
         days=days,
         transactions=data.outputs["transactions"],
         labels=data.outputs["labels"],
+        label_maturity_days=label_maturity_days,
+        join_engine=join_engine,
     ).after(checked)
     trained = train(
         training_set=feats.outputs["training_set"],

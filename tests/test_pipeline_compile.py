@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
@@ -20,7 +22,7 @@ def test_compiled_yaml_parses_into_pipeline_spec(tmp_path):
     assert sorted(spec.root.dag.tasks) == sorted(STEPS)
     # The steps run in order: each one depends on the one before it.
     deps = {name: set(task.dependent_tasks) for name, task in spec.root.dag.tasks.items()}
-    for before, after in zip(STEPS, STEPS[1:], strict=False):
+    for before, after in itertools.pairwise(STEPS):
         assert before in deps[after], (before, after)
     params = spec.root.input_definitions.parameters
     assert {"start", "days", "seed", "epochs", "alert_budget"} <= set(params)

@@ -9,6 +9,8 @@ from components import relearn_component
 def features(
     start: str,
     days: int,
+    label_maturity_days: int,
+    join_engine: str,
     transactions: Input[Dataset],
     labels: Input[Dataset],
     training_set: Output[Dataset],
@@ -17,7 +19,14 @@ def features(
     from relearn import steps
 
     summary = steps.run_step(
-        steps.build_features, transactions.path, labels.path, training_set.path, start=start, days=days
+        steps.build_features,
+        transactions.path,
+        labels.path,
+        training_set.path,
+        start=start,
+        days=days,
+        label_maturity_days=label_maturity_days,
+        join_engine=join_engine,
     )
     training_set.metadata.update(summary)
     return summary["rows"]

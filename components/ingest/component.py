@@ -21,7 +21,8 @@ def ingest(
     """Writes the window's transactions and labels as day-partitioned Parquet; returns the row count."""
     from relearn import steps
 
-    summary = steps.ingest(
+    summary = steps.run_step(
+        steps.ingest,
         steps.IngestParams(
             start=start,
             days=days,

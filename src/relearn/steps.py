@@ -1,0 +1,367 @@
+"""The training pipeline's steps as plain functions over files.
+
+The KFP components in ``components/`` are thin wrappers around these: they hand over artifact paths and
+parameters, nothing else. Keeping the logic here makes every step testable without Kubeflow and lets the
+same code run in a Kubeflow pod and in a ``kfp.local`` subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+from pydantic import BaseModel
+
+from relearn.logs import configure_logging
+from relearn.settings import RelearnSettings
+
+log = logging.getLogger("relearn.steps")
+T = TypeVar("T")
+
+
+class StepFailed(Exception):
+    """Bad input data: the step stops the run with this readable message instead of a stack trace."""
+
+
+def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Runs a step inside a KFP task: JSON logs, and a readable exit (code 1) on :class:`StepFailed`."""
+    configure_logging()
+    try:
+        return step(*args, **kwargs)
+    except StepFailed as exc:
+        print(f"\n{exc}\n", file=sys.stderr, flush=True)
+        log.error("step failed", extra={"step": step.__name__, "reason": str(exc).splitlines()[0]})
+        raise SystemExit(1) from None
+
+
+def window(start: str, days: int) -> tuple[datetime, datetime]:
+    """The data window ``[start, start + days)`` in UTC."""
+    begin = datetime.fromisoformat(start)
+    begin = begin.replace(tzinfo=UTC) if begin.tzinfo is None else begin.astimezone(UTC)
+    return begin, begin + timedelta(days=days)
+
+
+# ---------------------------------------------------------------------------------------------- ingest
+class IngestParams(BaseModel):
+    """Which transactions to ingest: a window of a Parquet source, or simulated ones."""
+
+    start: str
+    days: int
+    users: int = 3000
+    merchants: int = 500
+    seed: int = 7
+    scenario: str = "none"
+    onset: str = ""
+    source: str = ""
+
+
+def ingest(params: IngestParams, transactions_dir: str, labels_dir: str) -> dict[str, Any]:
+    """Reads (or, locally, generates) the window's transactions and the labels known at its end."""
+    from pydantic import ValidationError
+
+    from relearn.data import generator, io
+    from relearn.data.scenarios import resolve_onset
+
+    begin, end = window(params.start, params.days)
+    if params.source:
+        transactions = io.read_transactions(params.source, start=begin, end=end)
+        labels = io.read_labels(params.source, until=end)
+    else:
+        try:
+            config = generator.GeneratorConfig(
+                start=begin,
+                days=params.days,
+                n_users=params.users,
+                n_merchants=params.merchants,
+                seed=params.seed,
+                scenario=params.scenario,
+                onset=resolve_onset(params.onset or None, begin, params.days),
+            )
+        except (ValidationError, ValueError) as exc:
+            raise StepFailed(f"Bad ingest parameters: {exc}") from None
+        data = generator.generate(config)
+        transactions = data.transactions
+        # Only chargebacks that have arrived by the end of the window exist yet.
+        labels = data.labels[data.labels["chargeback_timestamp"] < pd.Timestamp(end)]
+    io.write_partitioned(transactions, transactions_dir, "transactions")
+    io.write_partitioned(labels, labels_dir, "labels")
+    summary = {
+        "rows": len(transactions),
+        "labels": len(labels),
+        "window_start": begin.isoformat(),
+        "window_end": end.isoformat(),
+        "source": params.source or f"generated(seed={params.seed}, scenario={params.scenario})",
+    }
+    log.info("ingested", extra=summary)
+    return summary
+
+
+# -------------------------------------------------------------------------------------------- validate
+def validate(transactions_dir: str, report_path: str, *, start: str, days: int) -> dict[str, Any]:
+    """Checks the batch against the expectations; raises :class:`StepFailed` with the report if it fails."""
+    from relearn.data import io
+    from relearn.data.validate import Expectations
+    from relearn.data.validate import validate as check
+
+    begin, end = window(start, days)
+    transactions = io.read_transactions(transactions_dir)
+    report = check(transactions, Expectations(), window_start=begin, window_end=end)
+    markdown = report.to_markdown()
+    Path(report_path).write_text(markdown)
+    Path(report_path).with_suffix(".html").write_text(report.to_html())
+    log.info("validated", extra={"ok": report.ok, "rows": len(transactions)})
+    if not report.ok:
+        raise StepFailed(f"Validation failed: {report.summary()}\n\n{markdown}")
+    return {"ok": True}
+
+
+# -------------------------------------------------------------------------------------------- features
+def build_features(
+    transactions_dir: str,
+    labels_dir: str,
+    training_set_path: str,
+    *,
+    start: str,
+    days: int,
+    label_maturity_days: int = 10,
+    join_engine: str = "pandas",
+    settings: RelearnSettings | None = None,
+) -> dict[str, Any]:
+    """Applies the Feast repo, materializes the online store and builds the point-in-time training set.
+
+    The point-in-time join reads the sources and TTLs registered in Feast; ``join_engine="feast"`` runs
+    Feast's own ``get_historical_features`` instead (the same rows, tested; far slower on files).
+    Labels are those known at the window's end. Transactions of the last ``label_maturity_days`` are
+    still used for the entity features, but not as training rows: most of their chargebacks have not
+    arrived yet, so they would teach the model that recent fraud is legitimate.
+    """
+    from relearn.data import io
+    from relearn.features import store as feast_store
+
+    settings = settings or RelearnSettings()
+    _, end = window(start, days)
+    transactions = io.read_transactions(transactions_dir)
+    labels = io.read_labels(labels_dir)
+    feast_store.write_feature_tables(transactions, labels, settings)
+    store = feast_store.get_store(settings)
+    feast_store.apply(store, settings)
+    feast_store.materialize(store, end=end)
+    if join_engine not in ("pandas", "feast"):
+        raise StepFailed(f"join_engine must be 'pandas' or 'feast', not {join_engine!r}")
+    frame = feast_store.training_set(store, transactions, labels, label_cutoff=end, engine=join_engine)
+    matured = frame["event_timestamp"] < pd.Timestamp(end - timedelta(days=label_maturity_days))
+    frame = frame[matured].reset_index(drop=True)
+    if frame.empty:
+        raise StepFailed(f"No transaction is older than {label_maturity_days} days: no training rows.")
+    frame.to_parquet(training_set_path, index=False)
+    summary = {"rows": len(frame), "positives": int(frame["label"].sum()), "label_cutoff": end.isoformat()}
+    log.info("training set built", extra=summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- train
+class TrainStepParams(BaseModel):
+    """Training hyper-parameters and the time split, as the pipeline passes them."""
+
+    epochs: int = 30
+    batch_size: int = 2048
+    learning_rate: float = 0.002
+    patience: int = 5
+    seed: int = 7
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+
+
+def _splits(training_set_path: str, val_fraction: float, test_fraction: float):
+    from relearn.model.train import time_split
+
+    return time_split(pd.read_parquet(training_set_path), val_fraction, test_fraction)
+
+
+def _mlflow(settings: RelearnSettings):
+    import mlflow
+
+    from relearn.model.registry import setup_mlflow
+
+    setup_mlflow(settings)
+    return mlflow
+
+
+def train(
+    training_set_path: str, model_dir: str, params: TrainStepParams, settings: RelearnSettings | None = None
+) -> dict[str, Any]:
+    """Trains the model on the earliest part of the window, early-stopping on the next part."""
+    from relearn.model import net
+    from relearn.model import train as training
+
+    settings = settings or RelearnSettings()
+    train_df, val_df, _ = _splits(training_set_path, params.val_fraction, params.test_fraction)
+    if train_df["label"].sum() == 0 or val_df["label"].sum() == 0:
+        raise StepFailed("The training or validation split has no labelled fraud: widen the data window.")
+    train_params = training.TrainParams(
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        lr=params.learning_rate,
+        patience=params.patience,
+        seed=params.seed,
+    )
+    mlflow = _mlflow(settings)
+    with mlflow.start_run() as run:
+        mlflow.log_params({"val_fraction": params.val_fraction, "test_fraction": params.test_fraction})
+        mlflow.log_params({"train_rows": len(train_df), "val_rows": len(val_df)})
+        result = training.train(train_df, val_df, train_params)
+        training.log_training(result, train_params)
+    Path(model_dir).mkdir(parents=True, exist_ok=True)
+    net.save_model(model_dir, result.net, result.preprocessor, {"mlflow_run_id": run.info.run_id})
+    metrics = {
+        "best_val_pr_auc": max(h["val_pr_auc"] for h in result.history),
+        "best_epoch": float(result.best_epoch),
+        "samples_per_second": float(result.samples_per_second),
+    }
+    return {"run_id": run.info.run_id, "metrics": metrics}
+
+
+# -------------------------------------------------------------------------------------------- evaluate
+def evaluate(
+    training_set_path: str,
+    model_dir: str,
+    report_path: str,
+    evaluation_path: str,
+    *,
+    run_id: str,
+    alert_budget: float,
+    val_fraction: float,
+    test_fraction: float,
+    settings: RelearnSettings | None = None,
+) -> dict[str, float]:
+    """Scores the time-based holdout and compares the model with a baseline and the current champion."""
+    from relearn.model import evaluate as ev
+    from relearn.model import net, registry, report
+
+    settings = settings or RelearnSettings()
+    train_df, _, test_df = _splits(training_set_path, val_fraction, test_fraction)
+    model, preprocessor, _ = net.load_model(model_dir)
+    scores = net.score(model, preprocessor, test_df)
+    candidate = ev.evaluate(scores, test_df, alert_budget)
+    baseline_scores = ev.baseline(train_df, test_df)
+    baseline = ev.evaluate(baseline_scores, test_df, alert_budget)
+    champion, champion_scores, champion_version = None, None, None
+    loaded = registry.load_champion(settings)
+    if loaded is not None:
+        champion_model, champion_version = loaded
+        champion_scores = champion_model.predict(test_df)["score"].to_numpy()
+        champion = ev.evaluate(champion_scores, test_df, alert_budget)
+    comparison = ev.compare(candidate, baseline, champion)
+    plots_dir = Path(evaluation_path).parent / "plots"
+    by_model = {"candidate": (scores, candidate), "baseline": (baseline_scores, baseline)}
+    if champion is not None:
+        by_model[f"champion (v{champion_version})"] = (champion_scores, champion)
+    labels = test_df["label"].to_numpy()
+    plots = report.make_plots(
+        plots_dir,
+        {name: (model_scores, labels) for name, (model_scores, _) in by_model.items()},
+        {name: model_metrics for name, (_, model_metrics) in by_model.items()},
+        alert_budget=alert_budget,
+    )
+    html = report.write_report(plots_dir, candidate, comparison, plots)
+    shutil.copyfile(html, report_path)
+    headline = {
+        "pr_auc": candidate["pr_auc"],
+        "recall_at_budget": candidate["recall_at_budget"],
+        "precision_at_budget": candidate["precision_at_budget"],
+        "fraud_amount_caught": candidate["fraud_amount_caught"],
+        "baseline_pr_auc": baseline["pr_auc"],
+        "baseline_recall_at_budget": baseline["recall_at_budget"],
+    }
+    evaluation = {
+        "candidate": candidate,
+        "baseline": baseline,
+        "champion": champion,
+        "champion_version": champion_version,
+        "comparison": comparison,
+        "threshold": candidate["threshold"],
+        "versus_baseline": versus_baseline(candidate, baseline),
+        "alert_budget": alert_budget,
+        "headline": headline,
+    }
+    Path(evaluation_path).write_text(json.dumps(evaluation, indent=2, default=float))
+    mlflow = _mlflow(settings)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({f"test_{k}": v for k, v in headline.items() if v is not None})
+        mlflow.log_artifact(report_path, artifact_path="evaluation")
+        mlflow.log_artifacts(str(plots_dir), artifact_path="evaluation/plots")
+    return headline
+
+
+def versus_baseline(candidate: dict[str, Any], baseline: dict[str, Any]) -> str:
+    """One sentence: does the model beat the baseline, and if not, by how much it falls short."""
+    gaps = {m: candidate[m] - baseline[m] for m in ("pr_auc", "recall_at_budget")}
+    numbers = ", ".join(f"{m} {candidate[m]:.3f} vs {baseline[m]:.3f}" for m in gaps)
+    if all(gap >= 0 for gap in gaps.values()):
+        return f"beats the baseline ({numbers})"
+    behind = " and ".join(m for m, gap in gaps.items() if gap < 0)
+    return f"does not beat the baseline on {behind} ({numbers})"
+
+
+# -------------------------------------------------------------------------------------------- register
+def register(
+    model_dir: str,
+    training_set_path: str,
+    evaluation_path: str,
+    *,
+    run_id: str,
+    lineage: dict[str, str],
+    settings: RelearnSettings | None = None,
+) -> str:
+    """Registers the trained model as a new MLflow version (alias ``challenger``); returns the version."""
+    from relearn.features.spec import FEATURE_SERVICE
+    from relearn.model import registry
+
+    settings = settings or RelearnSettings()
+    evaluation = json.loads(Path(evaluation_path).read_text())
+    train_sample = pd.read_parquet(training_set_path)
+    info = registry.register(
+        model_dir,
+        settings=settings,
+        run_id=run_id,
+        metrics=evaluation["headline"],
+        train_sample=train_sample,
+        lineage={**lineage, "feature_service": FEATURE_SERVICE},
+        threshold=evaluation["threshold"],
+    )
+    log.info("registered", extra={"model": info.name, "version": info.version, "aliases": info.aliases})
+    return str(info.version)
+
+
+# ------------------------------------------------------------------------------------------------ gate
+def gate(
+    evaluation_path: str,
+    decision_path: str,
+    *,
+    model_version: str,
+    min_improvement: float,
+    max_slice_regression: float,
+) -> tuple[bool, str]:
+    """Decides whether the challenger should replace the champion, and writes the decision as Markdown."""
+    from relearn.model.gate import GateParams
+    from relearn.model.gate import gate as decide
+
+    evaluation = json.loads(Path(evaluation_path).read_text())
+    params = GateParams(min_improvement=min_improvement, max_slice_regression=max_slice_regression)
+    decision = decide(
+        evaluation["candidate"], evaluation["champion"], params, baseline_metrics=evaluation["baseline"]
+    )
+    verdict = "PASSED" if decision.passed else "FAILED"
+    champion = evaluation["champion_version"] or "none (first model)"
+    Path(decision_path).write_text(
+        f"# Gate: {verdict}\n\n- challenger: version {model_version}\n- champion: {champion}\n"
+        f"- reason: {decision.reason}\n"
+    )
+    return decision.passed, f"{verdict}: {decision.reason}"
