@@ -124,6 +124,8 @@ def run_locally(
         "gate_decision": str(gate_decision),
         "validation_report": str(task_dir(run_dir, "validate") / "report"),
     }
+    registered = json.loads((task_dir(run_dir, "register") / "executor_output.json").read_text())
+    summary["model_version"] = registered["parameterValues"]["Output"]
     evaluation = task_dir(run_dir, "evaluate") / "evaluation"
     if evaluation.exists():
         evaluated = json.loads(evaluation.read_text())
@@ -181,8 +183,15 @@ class _RunnerOptions(BaseSettings):
 
 def print_summary(summary: dict[str, Any]) -> None:
     """Prints what a person wants to know after a run."""
+    from mlflow import MlflowClient
+
     settings = RelearnSettings()
+    version = MlflowClient(settings.tracking_uri()).get_model_version(
+        settings.model_name, summary["model_version"]
+    )
     print("\nrelearn-train: pipeline finished")
+    aliases = ", ".join(sorted(version.aliases)) or "no alias"
+    print(f"  model version                models:/{settings.model_name}/{version.version} ({aliases})")
     for name, value in summary.get("headline", {}).items():
         print(f"  {name:<28} {value:.4f}" if isinstance(value, float) else f"  {name:<28} {value}")
     print(f"  versus baseline              {summary.get('versus_baseline', 'n/a')}")
@@ -192,7 +201,6 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"  pipeline run outputs         {summary['run_dir']}")
     print(f"  full log                     {summary['log']}")
     print(f"  MLflow tracking URI          {settings.tracking_uri()}")
-    print(f"  registered model             models:/{settings.model_name}@challenger")
 
 
 RunnerSettings = create_model(

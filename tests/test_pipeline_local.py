@@ -35,7 +35,7 @@ def test_pipeline_registers_a_champion_that_loads_and_predicts(settings, tmp_pat
     client = MlflowClient()
     champion = client.get_model_version_by_alias(settings.model_name, "champion")
     challenger = client.get_model_version_by_alias(settings.model_name, "challenger")
-    assert str(champion.version) == str(challenger.version) == "1"
+    assert str(champion.version) == str(challenger.version) == summary["model_version"] == "1"
     # Lineage: data window, feature service, code version and pipeline run are on the version.
     assert champion.tags["data_window"] == "2026-02-02+24d"
     assert champion.tags["feature_service"] == "fraud_model_v1"

@@ -359,7 +359,7 @@ def gate(
         evaluation["candidate"], evaluation["champion"], params, baseline_metrics=evaluation["baseline"]
     )
     verdict = "PASSED" if decision.passed else "FAILED"
-    champion = evaluation["champion_version"] or "none (first model)"
+    champion = evaluation["champion_version"] or f"none before this run (version {model_version} became it)"
     Path(decision_path).write_text(
         f"# Gate: {verdict}\n\n- challenger: version {model_version}\n- champion: {champion}\n"
         f"- reason: {decision.reason}\n"
