@@ -9,7 +9,7 @@ DRIFT := $(VENV)/drift
 PY := $(PLATFORM)/bin/python
 PIPELINE_DIR := pipelines/compiled
 
-.PHONY: help setup train pipelines test lint bench clean
+.PHONY: help setup train pipelines test lint bench clean drift
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "relearn targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,10 +23,12 @@ $(PLATFORM)/.ready: requirements/platform.txt requirements/dev.txt pyproject.tom
 	touch $@
 
 # alibi-detect pins numpy<2 and Pillow<11: the drift detector gets an environment of its own.
-$(DRIFT)/.ready: requirements/drift.txt
+# It gets relearn itself without dependencies: the monitoring code needs only numpy, pandas and pyarrow.
+$(DRIFT)/.ready: requirements/drift.txt pyproject.toml
 	$(PYTHON) -m venv $(DRIFT)
 	$(DRIFT)/bin/pip install -q --upgrade pip
 	$(DRIFT)/bin/pip install -q -r requirements/drift.txt
+	$(DRIFT)/bin/pip install -q --no-deps -e .
 	touch $@
 
 setup: $(PLATFORM)/.ready $(DRIFT)/.ready ## Create the platform and drift environments (idempotent)
@@ -37,13 +39,17 @@ train: setup ## Run the training pipeline locally (kfp.local): data → features
 pipelines: setup ## Compile the pipelines to YAML for the Kubeflow UI (pipelines/compiled/)
 	$(PY) -m pipelines.compile --out $(PIPELINE_DIR)
 
-test: setup ## Run all tests
+test: setup ## Run all tests (platform environment, then the drift detector's in its own)
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(DRIFT)/bin/python -m pytest tests/drift $(PYTEST_ARGS)
 
 lint: setup ## ruff (lint + format check) and hadolint on every Dockerfile
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	find . -name Dockerfile -not -path './.venv/*' -print0 | xargs -0 $(PLATFORM)/bin/hadolint
+
+drift: setup ## Run the drift detector locally (options: ARGS="--help"; RELEARN_DRIFT_* settings)
+	$(DRIFT)/bin/python -m relearn.monitoring.server $(ARGS)
 
 bench: setup ## Run the benchmarks and print their tables
 	$(PY) -m benchmarks $(ARGS)

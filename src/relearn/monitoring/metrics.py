@@ -1,0 +1,67 @@
+"""Prometheus metrics of the drift detector (own registry; bounded labels: track, feature, reason, kind)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass
+class Metrics:
+    """Every metric the detector exports on ``/metrics``."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.ingested = Counter(
+            "relearn_drift_events_ingested", "Accepted payload-logger events.", ["track", "type"], registry=r
+        )
+        self.rejected = Counter("relearn_drift_events_rejected", "Refused events.", ["reason"], registry=r)
+        self.ingest_latency = Histogram(
+            "relearn_drift_ingest_latency_seconds",
+            "Time from receipt to durable append.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.p_value = Gauge(
+            "relearn_drift_p_value", "Last window's p-value per feature.", ["track", "feature"], registry=r
+        )
+        self.detected = Counter(
+            "relearn_drift_detected", "Windows with drift.", ["track", "kind"], registry=r
+        )
+        self.windows = Counter("relearn_drift_windows", "Completed windows.", ["track"], registry=r)
+        self.window_size = Gauge(
+            "relearn_drift_window_size", "Events in the last completed window.", ["track"], registry=r
+        )
+        self.window_fill = Gauge(
+            "relearn_drift_window_fill", "Events in the current window so far.", ["track"], registry=r
+        )
+        self.labels = Counter("relearn_drift_labels_received", "Delayed labels received.", registry=r)
+        self.label_lag = Histogram(
+            "relearn_drift_label_join_lag_seconds",
+            "Label time minus prediction time for joined labels.",
+            buckets=(3600, 86400, 3 * 86400, 7 * 86400, 14 * 86400, 30 * 86400, 60 * 86400),
+            registry=r,
+        )
+        self.precision = Gauge(
+            "relearn_drift_model_precision_at_budget",
+            "Rolling precision at the alert budget.",
+            ["track"],
+            registry=r,
+        )
+        self.recall = Gauge(
+            "relearn_drift_model_recall_at_budget",
+            "Rolling recall at the alert budget.",
+            ["track"],
+            registry=r,
+        )
+        self.pr_auc = Gauge("relearn_drift_model_pr_auc", "Rolling PR-AUC.", ["track"], registry=r)
+        self.triggers = Counter(
+            "relearn_drift_triggers", "Incidents by outcome (fired, suppressed).", ["result"], registry=r
+        )
+        self.reference_version = Gauge(
+            "relearn_drift_reference_version", "Model version whose reference is loaded.", registry=r
+        )
+        self.ready = Gauge("relearn_drift_detector_ready", "1 once the reference is loaded.", registry=r)

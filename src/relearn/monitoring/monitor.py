@@ -1,0 +1,276 @@
+"""The monitor thread: reads the inference log, pairs requests with responses, closes windows, alerts.
+
+Per track (stable, canary, shadow) it keeps the current window in memory and its first sequence number
+in the ``state`` table; after a restart it re-reads the log from there, so windows resume where they
+were and nothing accepted is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from relearn.events import REQUEST_TYPE
+from relearn.monitoring import store
+from relearn.monitoring.alerts import Alerter
+from relearn.monitoring.detector import SCORE, DriftTester, WindowResult
+from relearn.monitoring.metrics import Metrics
+from relearn.monitoring.payloads import ID_FIELD, TRACKS, Rejected, request_features, response_scores
+from relearn.monitoring.quality import rolling_quality
+from relearn.monitoring.report import write_report
+from relearn.monitoring.settings import DriftSettings
+
+log = logging.getLogger(__name__)
+MAX_PENDING = 200_000  # requests waiting for their response (oldest dropped beyond this)
+
+
+def _epoch(text: str, default: float) -> float:
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except (ValueError, TypeError):
+        return default
+
+
+@dataclass
+class Window:
+    """The open window of one track."""
+
+    start_seq: int = 0
+    start_time: float | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    index: int = 0
+
+
+class Monitor:
+    """Consumes the log in a background thread; ``results`` keeps the verdict of every closed window."""
+
+    def __init__(self, settings: DriftSettings, metrics: Metrics, alerter: Alerter) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.alerter = alerter
+        self.conn = store.connect(settings.data_dir / "inference-log.sqlite3", settings.sqlite_synchronous)
+        self.tester: DriftTester | None = None
+        self.results: dict[str, list[dict[str, Any]]] = {t: [] for t in TRACKS}
+        self.windows = {t: Window() for t in TRACKS}
+        self.pending: dict[str, tuple[str, list[str | None], float, int]] = {}
+        self.cursor = 0
+        self.quality_due = threading.Event()
+        self.error: str | None = None
+        self.quality: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="drift-monitor", daemon=True)
+        self._last_poll = 0.0
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the thread (loads the reference first: alibi-detect's import takes seconds)."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _restore(self) -> None:
+        for track, window in self.windows.items():
+            window.start_seq = int(store.get_state(self.conn, f"window_start:{track}", "0") or 0)
+            window.index = int(store.get_state(self.conn, f"window_index:{track}", "0") or 0)
+        fired = store.get_state(self.conn, "last_trigger")
+        if fired is not None:
+            self.alerter.last_fired = float(fired)
+        self.cursor = max(0, min(w.start_seq for w in self.windows.values()) - 1)
+
+    def _load_reference(self) -> None:
+        s = self.settings
+        if s.reference_path is not None:
+            from relearn.monitoring.detector import load_reference_file
+
+            version, reference = "file", load_reference_file(s.reference_path)
+        else:
+            from relearn.monitoring.detector import champion_reference
+
+            version, reference = champion_reference(s.mlflow_tracking_uri, s.model_name, s.model_alias)
+        self.tester = DriftTester(
+            reference, p_val=s.p_val, correction=s.correction, exclude=s.exclude_features, version=version
+        )
+        self.metrics.reference_version.set(float(version) if version.isdigit() else 0)
+        self.metrics.ready.set(1)
+        log.info(
+            "reference %s loaded: %d rows, %d features", version, len(reference), len(self.tester.features)
+        )
+
+    def _poll_champion(self) -> None:
+        s = self.settings
+        if s.reference_path is not None or time.monotonic() - self._last_poll < s.reference_poll_s:
+            return
+        self._last_poll = time.monotonic()
+        from relearn.monitoring.detector import champion_version
+
+        current = champion_version(s.mlflow_tracking_uri, s.model_name, s.model_alias)
+        if current and self.tester is not None and current != self.tester.version:
+            log.info("champion changed %s -> %s: reloading the reference", self.tester.version, current)
+            self._load_reference()
+
+    def _run(self) -> None:
+        try:
+            self._restore()
+            self._load_reference()
+            self._last_poll = time.monotonic()
+        except Exception as error:
+            self.error = f"reference not loaded: {error}"
+            log.exception("reference not loaded")
+        while not self._stop.is_set():
+            try:
+                if self.tester is None:
+                    self._load_reference()
+                    self.error = None
+                self._poll_champion()
+                busy = self.step()
+                if self.quality_due.is_set():
+                    self.quality_due.clear()
+                    self.update_quality()
+                if not busy:
+                    self._stop.wait(self.settings.poll_s)
+            except Exception as error:
+                self.error = str(error)
+                log.exception("monitor step failed")
+                self._stop.wait(max(1.0, self.settings.poll_s))
+
+    # -- processing ---------------------------------------------------------------------------------
+    def step(self, limit: int = 5000) -> bool:
+        """Process the next events of the log; True if there were any."""
+        events = store.read_events(self.conn, self.cursor, limit)
+        predictions: list[tuple[str, str, float, float]] = []
+        for seq, ce_id, kind, track, when, body in events:
+            self.cursor = seq
+            t = _epoch(when, time.time())
+            try:
+                if kind == REQUEST_TYPE:
+                    rows = request_features(body)
+                    self.pending[ce_id] = (track, [r.pop(ID_FIELD, None) for r in rows], t, seq)
+                    if len(self.pending) > MAX_PENDING:
+                        self.pending.pop(next(iter(self.pending)))
+                    window = self.windows[track]
+                    if seq >= window.start_seq:
+                        if window.start_time is None:
+                            window.start_time = t
+                        window.rows.extend(rows)
+                        self._maybe_close(track, seq, t, predictions)
+                else:
+                    scores = response_scores(body)
+                    request = self.pending.pop(ce_id, None)
+                    if request is None:
+                        continue
+                    _, ids, t_req, req_seq = request
+                    window = self.windows[track]
+                    if req_seq >= window.start_seq:
+                        window.scores.extend(scores)
+                    predictions.extend(
+                        (tid, track, t_req, s) for tid, s in zip(ids, scores, strict=False) if tid
+                    )
+            except Rejected:  # validated at ingest; only a changed parser could get here
+                log.warning("skipping unreadable event %s", seq)
+        if predictions:
+            with self.conn:
+                self.conn.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?)", predictions)
+        for track, window in self.windows.items():
+            self.metrics.window_fill.labels(track).set(len(window.rows))
+        return bool(events)
+
+    def _maybe_close(self, track: str, seq: int, t: float, predictions: list[Any]) -> None:
+        window = self.windows[track]
+        s = self.settings
+        if s.window_seconds is not None:
+            full = window.start_time is not None and t - window.start_time >= s.window_seconds
+        else:
+            full = len(window.rows) >= s.window_size
+        if not full:
+            return
+        self._close(track, window)
+        if predictions:  # the boundary is persisted: make the pairs before it durable too
+            with self.conn:
+                self.conn.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?)", predictions)
+            predictions.clear()
+        window.rows, window.scores = [], []
+        window.start_seq, window.start_time = seq + 1, None
+        window.index += 1
+        store.set_state(
+            self.conn,
+            [(f"window_start:{track}", str(window.start_seq)), (f"window_index:{track}", str(window.index))],
+        )
+
+    def _close(self, track: str, window: Window) -> None:
+        assert self.tester is not None
+        frame = pd.DataFrame(window.rows)
+        scores = np.asarray(window.scores, dtype=np.float64)
+        result = self.tester.test(frame, scores)
+        m = self.metrics
+        m.windows.labels(track).inc()
+        m.window_size.labels(track).set(result.size)
+        for name, p in result.p_values.items():
+            m.p_value.labels(track, name).set(p)
+        if result.feature_drift:
+            m.detected.labels(track, "features").inc()
+        if result.score_drift:
+            m.detected.labels(track, SCORE).inc()
+        record = {
+            "index": window.index,
+            "start_seq": window.start_seq,
+            "size": result.size,
+            "drift": result.is_drift,
+            "drifted": result.drifted,
+            "p_values": result.p_values,
+        }
+        self.results[track].append(record)
+        del self.results[track][:-1000]
+        if self.settings.reports:
+            self._report(track, window, result, frame, scores)
+        if result.is_drift:
+            log.info("drift on %s window %d: %s", track, window.index, result.drifted)
+            self._incident(
+                {"kind": "drift", "track": track, "window": window.index, "drifted": result.drifted}
+            )
+
+    def _report(
+        self, track: str, window: Window, result: WindowResult, frame: pd.DataFrame, scores: np.ndarray
+    ) -> None:
+        assert self.tester is not None
+        if len(scores):
+            frame = frame.assign(**{SCORE: np.resize(scores, len(frame))})
+        path = self.settings.data_dir / "reports" / track / f"window-{window.index:06d}.html"
+        write_report(path, track, window.index, result, self.tester.reference, frame)
+
+    def _incident(self, data: dict[str, Any]) -> None:
+        fired = self.alerter.incident(data)
+        self.metrics.triggers.labels("fired" if fired else "suppressed").inc()
+        if fired and self.alerter.last_fired is not None:
+            store.set_state(self.conn, [("last_trigger", repr(self.alerter.last_fired))])
+
+    def update_quality(self) -> dict[str, Any]:
+        """Recompute the rolling quality of every track from the joined labels; alert on a drop."""
+        s = self.settings
+        out = {}
+        for track in TRACKS:
+            q = rolling_quality(self.conn, track, s.quality_window, s.alert_budget, s.label_maturity_s)
+            if q is None:
+                continue
+            out[track] = q.__dict__
+            for gauge, value in ((self.metrics.precision, q.precision), (self.metrics.recall, q.recall)):
+                gauge.labels(track).set(value)
+            self.metrics.pr_auc.labels(track).set(q.pr_auc)
+            low_recall = not math.isnan(q.recall) and q.recall < s.min_recall
+            low_auc = not math.isnan(q.pr_auc) and q.pr_auc < s.min_pr_auc
+            if q.positives and (low_recall or low_auc):
+                self._incident({"kind": "quality", "track": track, **json.loads(json.dumps(q.__dict__))})
+        self.quality = out
+        return out

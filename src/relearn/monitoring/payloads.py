@@ -1,0 +1,215 @@
+"""Parse KServe payload-logger CloudEvents (binary mode) and their v1/v2 JSON bodies.
+
+Which component's events: attach the logger to the **predictor**. Its request carries the model inputs
+(after the transformer's Feast lookup), which the drift tests need; its response carries the scores. The
+transaction id travels as an extra ``transaction_id`` field (v1 instance key or v2 BYTES input), so labels
+join. Raw-transaction bodies (the transformer's request: ``amount``, ``merchant_category``, ...) are
+accepted too; from them only the request-only inputs (categoricals and ``log_amount``) are tested.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from relearn.events import EVENT_TYPES, REQUEST_TYPE, RESPONSE_TYPE
+from relearn.features.spec import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS
+
+TRACKS = ("stable", "canary", "shadow")
+RAW_FIELDS = ("amount", "merchant_category", "channel", "country", "currency")
+ID_FIELD = "transaction_id"
+_NUMERIC = frozenset(NUMERIC_INPUTS)
+_CATEGORICAL = frozenset(CATEGORICAL_INPUTS)
+_REQUIRED = ("ce-id", "ce-type", "ce-source", "ce-specversion")
+
+
+class Rejected(ValueError):
+    """An event the sink refuses (4xx); ``reason`` is a bounded label for the rejected counter."""
+
+    def __init__(self, reason: str, detail: str, status: int = 400) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Event:
+    """One accepted payload-logger event."""
+
+    ce_id: str
+    type: str
+    track: str
+    time: str
+    body: bytes
+
+
+def parse_headers(headers: Any, shadow_service: str | None) -> tuple[str, str, str, str]:
+    """Check the binary-mode CloudEvent attributes.
+
+    Args:
+        headers: Case-insensitive mapping of the HTTP headers.
+        shadow_service: ``ce-inferenceservicename`` of the shadow InferenceService, if any.
+
+    Returns:
+        ``(ce_id, type, track, time)``; ``track`` is ``stable``, ``canary`` or ``shadow``.
+
+    Raises:
+        Rejected: Missing attributes, a spec version other than 1.0, an unknown type or endpoint.
+    """
+    missing = [name for name in _REQUIRED if not headers.get(name)]
+    if missing:
+        raise Rejected("malformed_event", f"not a binary-mode CloudEvent: missing {', '.join(missing)}")
+    if headers["ce-specversion"] != "1.0":
+        raise Rejected(
+            "malformed_event", f"unsupported CloudEvents specversion {headers['ce-specversion']!r}"
+        )
+    kind = headers["ce-type"]
+    if kind not in EVENT_TYPES:
+        raise Rejected("unknown_type", f"unknown ce-type {kind!r}; expected one of {EVENT_TYPES}")
+    if shadow_service and headers.get("ce-inferenceservicename") == shadow_service:
+        track = "shadow"
+    else:
+        endpoint = headers.get("ce-endpoint") or "default"
+        if endpoint not in ("default", "canary"):
+            raise Rejected("unknown_endpoint", f"unknown ce-endpoint {endpoint!r}")
+        track = "stable" if endpoint == "default" else "canary"
+    return headers["ce-id"], kind, track, headers.get("ce-time") or ""
+
+
+def _v2_columns(inputs: Any) -> dict[str, list[Any]]:
+    if not isinstance(inputs, list) or not inputs:
+        raise Rejected("bad_body", "v2 'inputs' must be a non-empty list of tensors")
+    columns: dict[str, list[Any]] = {}
+    for tensor in inputs:
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise Rejected("bad_body", "each v2 tensor needs a 'name', 'shape', 'datatype' and 'data'")
+        data = tensor.get("data")
+        shape = tensor.get("shape")
+        if not isinstance(data, list) or not isinstance(shape, list):
+            raise Rejected("bad_body", f"tensor {tensor['name']!r} needs list 'shape' and 'data'")
+        flat = data if not data or not isinstance(data[0], list) else [v for row in data for v in row]
+        if len(shape) == 2 and shape[1] == len(MODEL_INPUTS) and len(flat) == shape[0] * shape[1]:
+            # One [batch, n_features] tensor in MODEL_INPUTS order (the predictor's numeric tensor).
+            for j, name in enumerate(MODEL_INPUTS):
+                columns[name] = flat[j :: shape[1]]
+            continue
+        columns[tensor["name"]] = flat
+    return columns
+
+
+def _rows_from_columns(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    sizes = {len(values) for values in columns.values()}
+    if len(sizes) != 1:
+        raise Rejected("bad_body", f"v2 tensors have different batch sizes: {sorted(sizes)}")
+    n = sizes.pop()
+    return [{name: values[i] for name, values in columns.items()} for i in range(n)]
+
+
+def _request_rows(payload: Any) -> list[dict[str, Any]]:
+    if isinstance(payload, dict) and "instances" in payload:
+        rows = payload["instances"]
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+            raise Rejected("bad_body", "v1 'instances' must be a non-empty list of objects")
+        return rows
+    if isinstance(payload, dict) and "inputs" in payload:
+        return _rows_from_columns(_v2_columns(payload["inputs"]))
+    raise Rejected("bad_body", "request body is neither v1 {'instances': ...} nor v2 {'inputs': ...}")
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise Rejected("feature_mismatch", f"feature {name!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def request_features(body: bytes) -> list[dict[str, Any]]:
+    """Rows of a request body, each with ``transaction_id`` (or None) and the testable features.
+
+    Args:
+        body: v1 ``{"instances": [{...}]}`` or v2 ``{"inputs": [tensors]}`` JSON, either with all of
+            MODEL_INPUTS (predictor) or with the raw transaction fields (transformer).
+
+    Returns:
+        One dict per instance: ``transaction_id`` plus feature name → float or str.
+
+    Raises:
+        Rejected: Not JSON, not v1/v2, or the instances do not match the model's features.
+    """
+    rows = _request_rows(_json(body))
+    first = rows[0]
+    if all(name in first for name in MODEL_INPUTS):
+        names: tuple[str, ...] = MODEL_INPUTS
+        raw = False
+    elif "amount" in first:
+        names, raw = RAW_FIELDS, True
+    else:
+        absent = [name for name in MODEL_INPUTS if name not in first][:5]
+        raise Rejected("feature_mismatch", f"instances lack the model's features, e.g. {absent}")
+    out = []
+    for row in rows:
+        features: dict[str, Any] = {ID_FIELD: _text(row.get(ID_FIELD)) or None}
+        for name in names:
+            if name not in row:
+                raise Rejected("feature_mismatch", f"an instance lacks feature {name!r}")
+            value = row[name]
+            if raw and name == "amount":
+                amount = 0.0 if value is None else _number(name, value)
+                features["log_amount"] = math.log1p(max(amount, 0.0))
+            elif name in _NUMERIC:
+                features[name] = _number(name, value)
+            else:
+                features[name] = _text(value)
+        out.append(features)
+    return out
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def response_scores(body: bytes) -> list[float]:
+    """Fraud scores from a response: v1 ``predictions`` (numbers or ``{"score": ...}``) or v2 ``outputs``.
+
+    Raises:
+        Rejected: When no score can be read.
+    """
+    payload = _json(body)
+    if isinstance(payload, dict) and "predictions" in payload:
+        values = payload["predictions"]
+        if not isinstance(values, list):
+            raise Rejected("bad_body", "v1 'predictions' must be a list")
+        values = [v.get("score") if isinstance(v, dict) else v for v in values]
+        values = [v[0] if isinstance(v, list) and v else v for v in values]
+    elif isinstance(payload, dict) and isinstance(payload.get("outputs"), list) and payload["outputs"]:
+        outputs = {o.get("name"): o for o in payload["outputs"] if isinstance(o, dict)}
+        tensor = outputs.get("score") or outputs.get("scores") or next(iter(outputs.values()), None)
+        values = tensor.get("data") if isinstance(tensor, dict) else None
+        if not isinstance(values, list):
+            raise Rejected("bad_body", "v2 output tensor has no 'data' list")
+        values = [v for row in values for v in row] if values and isinstance(values[0], list) else values
+    else:
+        raise Rejected("bad_body", "response body is neither v1 {'predictions': ...} nor v2 {'outputs': ...}")
+    return [_number("score", v) for v in values]
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise Rejected("bad_json", f"body is not JSON: {error}") from None
+
+
+def validate(kind: str, body: bytes) -> None:
+    """Raise :class:`Rejected` unless the body of a ``kind`` event can be used."""
+    if kind == REQUEST_TYPE:
+        request_features(body)
+    elif kind == RESPONSE_TYPE:
+        response_scores(body)

@@ -1,0 +1,72 @@
+"""Settings of the drift detector, from ``RELEARN_DRIFT_*`` variables or the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_LOCAL_COMMAND = ".venv/platform/bin/python -m pipelines.run"
+
+
+class DriftSettings(BaseSettings):
+    """The drift detector: sink of KServe's payload logger, drift tests, delayed labels, alerts.
+
+    Every option is also an environment variable RELEARN_DRIFT_<OPTION>, e.g. RELEARN_DRIFT_PORT=8090.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="RELEARN_DRIFT_",
+        extra="ignore",
+        cli_prog_name="python -m relearn.monitoring.server",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_hide_none_type=True,
+    )
+
+    host: str = Field("127.0.0.1", description="Address to bind (0.0.0.0 in a pod).")
+    port: int = Field(8090, ge=0, le=65535, description="Port to bind.")
+    data_dir: Path = Field(Path(".relearn/drift"), description="Volume for the inference log and reports.")
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
+        "FULL", description="SQLite synchronous mode: FULL survives power loss, NORMAL a process crash."
+    )
+    commit_wait_ms: float = Field(2.0, ge=0, description="Group-commit wait before a batch is written.")
+    max_batch: int = Field(2000, ge=1, description="Most events per commit.")
+    # Reference sample.
+    reference_path: Path | None = Field(None, description="Local Parquet reference (MODEL_INPUTS + score).")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow URI for the champion's reference.")
+    model_name: str = Field("relearn-fraud", description="Registered model whose champion is monitored.")
+    model_alias: str = Field("champion", description="Alias whose reference is used.")
+    reference_poll_s: float = Field(60.0, gt=0, description="How often the alias is checked for a change.")
+    # Tests.
+    window_size: int = Field(1000, ge=50, description="Events per window (count-based windows).")
+    window_seconds: float | None = Field(None, gt=0, description="Time-based windows (ce-time) instead.")
+    p_val: float = Field(
+        0.01, gt=0, lt=1, description="Family-wise significance of a window (<= 1 false alarm / 100 windows)."
+    )
+    correction: Literal["bonferroni", "fdr"] = Field("bonferroni", description="Multiple-testing correction.")
+    exclude_features: list[str] = Field(
+        ["hour_of_day", "day_of_week"],
+        description="Inputs not tested: calendar features differ between any short window and the reference.",
+    )
+    shadow_service: str | None = Field(None, description="ce-inferenceservicename of the shadow service.")
+    # Labels and quality.
+    alert_budget: float = Field(0.01, gt=0, lt=1, description="Share of transactions the fraud team reviews.")
+    quality_window: int = Field(5000, ge=100, description="Labelled predictions in the rolling quality.")
+    label_maturity_s: float = Field(
+        0.0, ge=0, description="Predictions older than (newest label time - this) count as labelled."
+    )
+    min_recall: float = Field(0.0, ge=0, le=1, description="Recall at budget below this is a quality drop.")
+    min_pr_auc: float = Field(0.0, ge=0, le=1, description="PR-AUC below this is a quality drop.")
+    # Alerts and retraining.
+    webhook_url: str | None = Field(None, description="Where drift / quality-drop CloudEvents are posted.")
+    cooldown_s: float = Field(3600.0, ge=0, description="After a trigger, further incidents are suppressed.")
+    trigger_mode: Literal["off", "local", "cluster"] = Field("off", description="What an incident starts.")
+    local_command: str = Field(DEFAULT_LOCAL_COMMAND, description="Local-mode retraining command.")
+    kfp_host: str | None = Field(None, description="KFP API endpoint (cluster mode).")
+    kfp_package: str = Field("pipelines/compiled/train.yaml", description="Compiled pipeline (cluster mode).")
+    reports: bool = Field(True, description="Write an HTML report per window under <data_dir>/reports.")
+    poll_s: float = Field(0.2, gt=0, description="How often the monitor reads new events from the log.")
+    log_level: str = Field("INFO", description="Log level.")

@@ -1,0 +1,136 @@
+"""The inference log: an append-only SQLite database in WAL mode on the detector's volume.
+
+Ingest is durable before it is acknowledged: request handlers hand their event to one writer thread,
+which commits everything that arrived within ``commit_wait_ms`` in one transaction (group commit) and
+only then resolves the handlers' futures, so the 2xx always follows a durable write. The monitor reads
+the log by sequence number; its window boundaries are stored in the ``state`` table, so after a crash it
+resumes each window from the log where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from relearn.monitoring.payloads import Event
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY, ce_id TEXT NOT NULL, type TEXT NOT NULL, track TEXT NOT NULL,
+    time TEXT NOT NULL, received REAL NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS predictions (
+    transaction_id TEXT PRIMARY KEY, track TEXT NOT NULL, time REAL NOT NULL, score REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS labels (
+    transaction_id TEXT PRIMARY KEY, is_fraud INTEGER NOT NULL, label_time REAL NOT NULL,
+    received REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    """Open (and create) the log with WAL journaling."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+class EventLog:
+    """Group-committing appender plus readers of the inference log."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL", wait_ms: float = 2.0, max_batch: int = 2000):
+        self.path = path
+        self._wait = wait_ms / 1000.0
+        self._max_batch = max_batch
+        self._writer = connect(path, synchronous)
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="event-log-writer", daemon=True)
+        self._thread.start()
+
+    async def append(self, event: Event) -> None:
+        """Append one event; returns once it is committed."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((event, loop, future))
+        await future
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            deadline = time.monotonic() + self._wait
+            while len(batch) < self._max_batch:
+                timeout = deadline - time.monotonic()
+                try:
+                    nxt = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+
+    def _commit(self, batch: list[Any]) -> None:
+        now = time.time()
+        error: BaseException | None = None
+        try:
+            with self._writer:
+                self._writer.executemany(
+                    "INSERT INTO events (ce_id, type, track, time, received, body) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(e.ce_id, e.type, e.track, e.time, now, e.body) for e, _, _ in batch],
+                )
+        except sqlite3.Error as exc:  # disk full, I/O error: the handlers answer 5xx, nothing is acked
+            error = exc
+        for _, loop, future in batch:
+            loop.call_soon_threadsafe(_resolve, future, error)
+
+    def close(self) -> None:
+        """Flush pending appends and stop the writer."""
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        self._writer.close()
+
+
+def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def read_events(conn: sqlite3.Connection, after: int, limit: int = 5000) -> list[tuple[Any, ...]]:
+    """Events with ``seq > after``: ``(seq, ce_id, type, track, time, body)``, in order."""
+    return conn.execute(
+        "SELECT seq, ce_id, type, track, time, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+        (after, limit),
+    ).fetchall()
+
+
+def count_events(conn: sqlite3.Connection) -> int:
+    """How many events the log holds."""
+    return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+
+def get_state(conn: sqlite3.Connection, key: str, default: str | None = None) -> str | None:
+    """A persisted value of the monitor (window boundaries, last trigger)."""
+    row = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else default
+
+
+def set_state(conn: sqlite3.Connection, items: Iterable[tuple[str, str]]) -> None:
+    """Persist monitor values in one transaction."""
+    with conn:
+        conn.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", list(items))

@@ -1,0 +1,122 @@
+"""Fixtures of the drift-detector tests: generator streams as model inputs, and a real server on loopback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from relearn.data.generator import GeneratorConfig
+from relearn.features.spec import MODEL_INPUTS
+from relearn.monitoring.simulate import model_input_stream, toy_scores
+
+START = datetime(2024, 1, 1, tzinfo=UTC)
+WARMUP = pd.Timestamp("2024-01-08", tz="UTC")  # entity windows are filled after a week
+ONSET = datetime(2024, 1, 15, tzinfo=UTC)
+WINDOW = 1000
+
+
+@functools.lru_cache(maxsize=8)
+def scenario_stream(scenario: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``(reference, before, after)``: reference = 4,000 random pre-onset rows; the rest shuffled per phase.
+
+    Rows are shuffled within each phase: windows are then samples of one distribution, which is what the
+    tests are about (daily seasonality is discussed in the module docs). Same seed → same data.
+    """
+    config = GeneratorConfig(
+        days=21, n_users=1200, n_merchants=150, seed=7, scenario=scenario, onset=ONSET, start=START
+    )
+    stream, _, onset = model_input_stream(config)
+    stream["score"] = toy_scores(stream, seed=1)
+    stream = stream[stream["event_timestamp"] >= WARMUP]
+    before = stream[stream["event_timestamp"] < onset].sample(frac=1.0, random_state=0)
+    after = stream[stream["event_timestamp"] >= onset].sample(frac=1.0, random_state=0)
+    reference = before.iloc[:4000]
+    return reference, before.iloc[4000:].reset_index(drop=True), after.reset_index(drop=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get_json(url: str, timeout: float = 5.0) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+class Server:
+    """``python -m relearn.monitoring.server`` as a subprocess on 127.0.0.1."""
+
+    def __init__(self, data_dir: Path, reference: Path, **options: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        env.update(
+            RELEARN_DRIFT_HOST="127.0.0.1",
+            RELEARN_DRIFT_PORT=str(self.port),
+            RELEARN_DRIFT_DATA_DIR=str(data_dir),
+            RELEARN_DRIFT_REFERENCE_PATH=str(reference),
+            RELEARN_DRIFT_WINDOW_SIZE=str(WINDOW),
+            RELEARN_DRIFT_POLL_S="0.05",
+        )
+        env.update({f"RELEARN_DRIFT_{k.upper()}": v for k, v in options.items()})
+        self.log = (data_dir.parent / f"server-{self.port}.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relearn.monitoring.server"], env=env, stdout=self.log, stderr=self.log
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "server exited"
+            try:
+                if get_json(self.url + "/ready", 1.0).get("ready"):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("server not ready")
+
+    def wait_processed(self, predicate, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = get_json(self.url + "/status")
+            if predicate(status):
+                return status
+            time.sleep(0.1)
+        raise TimeoutError(f"condition not met: {status}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def reference_file(tmp_path) -> Path:
+    reference, _, _ = scenario_stream("covariate_shift")
+    path = tmp_path / "reference.parquet"
+    reference[[*MODEL_INPUTS, "score"]].to_parquet(path, index=False)
+    return path
