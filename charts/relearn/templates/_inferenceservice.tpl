@@ -1,0 +1,160 @@
+{{/*
+InferenceService spec shared by the fraud and shadow services.
+Call with (dict "ctx" $ "name" <isvc name> "modelUri" <uri> "canary" <percent or nil> "role" "fraud|shadow").
+Knative runs each component as one revision; only container-level securityContext fields are set
+(pod-level ones need Knative's kubernetes.podspec-securitycontext flag).
+*/}}
+{{- define "relearn.isvc.containerSecurityContext" -}}
+{{- $sc := deepCopy .Values.containerSecurityContext -}}
+{{- $_ := set $sc "runAsNonRoot" true -}}
+{{- $_ := set $sc "runAsUser" .Values.podSecurityContext.runAsUser -}}
+{{- $_ := set $sc "runAsGroup" .Values.podSecurityContext.runAsGroup -}}
+{{- $_ := set $sc "seccompProfile" (dict "type" "RuntimeDefault") -}}
+{{ toYaml $sc }}
+{{- end -}}
+
+{{- define "relearn.isvc.common" -}}
+{{- $c := .component -}}
+minReplicas: {{ $c.minReplicas }}
+maxReplicas: {{ $c.maxReplicas }}
+scaleMetric: {{ $c.scaleMetric }}
+scaleTarget: {{ $c.scaleTarget }}
+containerConcurrency: {{ $c.containerConcurrency }}
+timeout: {{ $c.timeout }}
+{{- if ne .canary nil }}
+canaryTrafficPercent: {{ .canary }}
+{{- end }}
+labels:
+  relearn.io/serving: "true"
+  relearn.io/role: {{ .role }}
+  {{- include "relearn.selectorLabels" (dict "ctx" .ctx "component" (printf "%s-%s" .role .kind)) | nindent 2 }}
+automountServiceAccountToken: false
+{{- with .ctx.Values.images.pullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "relearn.isvc.env" -}}
+{{- $p := .prefix -}}
+- name: {{ $p }}MODEL_NAME
+  value: {{ .ctx.Values.fraud.modelName | quote }}
+- name: {{ $p }}INFERENCE_SERVICE
+  value: {{ .name | quote }}
+- name: {{ $p }}NAMESPACE
+  value: {{ .ctx.Release.Namespace | quote }}
+- name: {{ $p }}ENDPOINT
+  value: {{ ternary "default" "canary" (eq .canary nil) }}
+- name: {{ $p }}LOG_SINK_URL
+  value: {{ ternary (include "relearn.drift.url" .ctx) "" (and .ctx.Values.driftDetector.enabled .ctx.Values.fraud.logger.enabled (eq .ctx.Values.fraud.logger.via "relearn")) | quote }}
+{{- end -}}
+
+{{- define "relearn.isvc.spec" -}}
+{{- $v := .ctx.Values -}}
+{{- $grpcOut := eq $v.fraud.exposedProtocol "h2c" -}}
+predictor:
+  {{- include "relearn.isvc.common" (dict "ctx" .ctx "component" $v.fraud.predictor "canary" .canary "role" .role "kind" "predictor") | nindent 2 }}
+  {{- if and $v.driftDetector.enabled $v.fraud.logger.enabled (eq $v.fraud.logger.via "kserve") }}
+  logger:
+    mode: {{ $v.fraud.logger.mode }}
+    url: {{ include "relearn.drift.url" .ctx }}
+  {{- end }}
+  containers:
+    - name: kserve-container
+      image: {{ include "relearn.image" (dict "ctx" .ctx "image" $v.images.predictor) }}
+      imagePullPolicy: {{ $v.images.pullPolicy }}
+      command: [python, -m, relearn.serving.predictor]
+      envFrom:
+        {{- include "relearn.commonEnvFrom" .ctx | nindent 8 }}
+      env:
+        - name: RELEARN_PREDICTOR_MODEL_URI
+          value: {{ .modelUri | quote }}
+        - name: RELEARN_PREDICTOR_HOST
+          value: 0.0.0.0
+        {{- include "relearn.isvc.env" (dict "ctx" .ctx "prefix" "RELEARN_PREDICTOR_" "name" .name "canary" .canary) | nindent 8 }}
+        {{- with $v.fraud.predictor.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      ports:
+        # The transformer calls the predictor over v2 gRPC: Knative routes HTTP/2 cleartext to 8081.
+        - name: h2c
+          containerPort: 8081
+          protocol: TCP
+      readinessProbe:
+        tcpSocket:
+          port: 8081
+      resources:
+        {{- toYaml $v.fraud.predictor.resources | nindent 8 }}
+      securityContext:
+        {{- include "relearn.isvc.containerSecurityContext" .ctx | nindent 8 }}
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+  volumes:
+    {{- include "relearn.tmpVolume" .ctx | nindent 4 }}
+transformer:
+  {{- include "relearn.isvc.common" (dict "ctx" .ctx "component" $v.fraud.transformer "canary" .canary "role" .role "kind" "transformer") | nindent 2 }}
+  containers:
+    - name: kserve-container
+      image: {{ include "relearn.image" (dict "ctx" .ctx "image" $v.images.transformer) }}
+      imagePullPolicy: {{ $v.images.pullPolicy }}
+      command: [python, -m, relearn.serving.transformer]
+      envFrom:
+        {{- include "relearn.commonEnvFrom" .ctx | nindent 8 }}
+      env:
+        - name: RELEARN_TRANSFORMER_PREDICTOR_HOST
+          value: {{ printf "%s-predictor.%s.svc.cluster.local:80" .name .ctx.Release.Namespace | quote }}
+        - name: RELEARN_TRANSFORMER_HOST
+          value: 0.0.0.0
+        {{- if ne $v.fraud.threshold nil }}
+        - name: RELEARN_TRANSFORMER_THRESHOLD
+          value: {{ $v.fraud.threshold | quote }}
+        {{- end }}
+        - name: RELEARN_TRANSFORMER_FEATURE_FALLBACK
+          value: {{ $v.fraud.featureFallback | quote }}
+        {{- include "relearn.isvc.env" (dict "ctx" .ctx "prefix" "RELEARN_TRANSFORMER_" "name" .name "canary" .canary) | nindent 8 }}
+        {{- with $v.fraud.transformer.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      ports:
+        {{- if $grpcOut }}
+        - name: h2c
+          containerPort: 8081
+          protocol: TCP
+        {{- else }}
+        - name: http1
+          containerPort: 8080
+          protocol: TCP
+        {{- end }}
+      readinessProbe:
+        {{- if $grpcOut }}
+        tcpSocket:
+          port: 8081
+        {{- else }}
+        httpGet:
+          path: /v2/health/ready
+          port: 8080
+        {{- end }}
+      resources:
+        {{- toYaml $v.fraud.transformer.resources | nindent 8 }}
+      securityContext:
+        {{- include "relearn.isvc.containerSecurityContext" .ctx | nindent 8 }}
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+        {{- if not $v.feast.registryUri }}
+        - name: feast
+          mountPath: /feast
+          readOnly: true
+        {{- end }}
+  volumes:
+    {{- include "relearn.tmpVolume" .ctx | nindent 4 }}
+    {{- if not $v.feast.registryUri }}
+    - name: feast
+      persistentVolumeClaim:
+        claimName: {{ include "relearn.feast.name" .ctx }}
+        readOnly: true
+    {{- end }}
+{{- end -}}
