@@ -19,31 +19,29 @@ import pytest
 
 from relearn.data.generator import GeneratorConfig
 from relearn.features.spec import MODEL_INPUTS
-from relearn.monitoring.simulate import model_input_stream, toy_scores
+from relearn.monitoring.simulate import model_input_stream, time_ordered, toy_scores
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
-WARMUP = pd.Timestamp("2024-01-08", tz="UTC")  # entity windows are filled after a week
-ONSET = datetime(2024, 1, 15, tzinfo=UTC)
+REFERENCE_START = pd.Timestamp("2024-01-08", tz="UTC")  # entity windows are filled after a week
+REFERENCE_DAYS = 7  # whole days: every hour and weekday, for the hour-matched reference
+ONSET = datetime(2024, 1, 18, tzinfo=UTC)  # three stationary days after the reference, then the scenario
 WINDOW = 1000
 
 
 @functools.lru_cache(maxsize=8)
 def scenario_stream(scenario: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """``(reference, before, after)``: reference = 4,000 random pre-onset rows; the rest shuffled per phase.
-
-    Rows are shuffled within each phase: windows are then samples of one distribution, which is what the
-    tests are about (daily seasonality is discussed in the module docs). Same seed → same data.
+    """``(reference, before, after)`` in time order: reference = Jan 8-14 (whole days), then the stream
+    before and after the onset (Jan 18), unshuffled. Same seed → same data.
     """
     config = GeneratorConfig(
-        days=21, n_users=1200, n_merchants=150, seed=7, scenario=scenario, onset=ONSET, start=START
+        days=22, n_users=1200, n_merchants=150, seed=7, scenario=scenario, onset=ONSET, start=START
     )
     stream, _, onset = model_input_stream(config)
     stream["score"] = toy_scores(stream, seed=1)
-    stream = stream[stream["event_timestamp"] >= WARMUP]
-    before = stream[stream["event_timestamp"] < onset].sample(frac=1.0, random_state=0)
-    after = stream[stream["event_timestamp"] >= onset].sample(frac=1.0, random_state=0)
-    reference = before.iloc[:4000]
-    return reference, before.iloc[4000:].reset_index(drop=True), after.reset_index(drop=True)
+    reference, rest = time_ordered(stream, REFERENCE_START, REFERENCE_DAYS)
+    before = rest[rest["event_timestamp"] < onset].reset_index(drop=True)
+    after = rest[rest["event_timestamp"] >= onset].reset_index(drop=True)
+    return reference, before, after
 
 
 def free_port() -> int:

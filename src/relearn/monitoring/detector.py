@@ -53,7 +53,19 @@ def encode(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
 
 
 class DriftTester:
-    """Window-versus-reference tests. Build once per reference (alibi-detect's import takes ~10 s)."""
+    """Window-versus-reference tests. Build once per reference (alibi-detect's import takes ~10 s).
+
+    Two things keep a stationary stream in time order from being flagged:
+
+    * **Time-of-day matching.** Many inputs follow the clock (seconds since the last transaction, 1 h
+      counts, and through them the score), so a window of consecutive events (a few hours) is not a
+      sample of a reference spread over whole days. Each window is compared with a reference subsample
+      whose ``stratify_by`` (hour of day) mix equals the window's: per hour, ``m`` times the window's
+      count of that hour's reference rows, without replacement, ``m = min(max_ratio, smallest reference
+      hour / window hour)``. alibi-detect's detectors are cheap to build, so one is built per window.
+    * **Excluded inputs** (``exclude``): tested for the report (``p_values``) but not part of the verdict,
+      because they are non-stationary by construction (see ``DriftSettings.exclude_features``).
+    """
 
     def __init__(
         self,
@@ -63,37 +75,59 @@ class DriftTester:
         correction: str = "bonferroni",
         exclude: tuple[str, ...] | list[str] = (),
         version: str = "local",
+        stratify_by: str | None = "hour_of_day",
+        max_ratio: float = 8.0,
+        seed: int = 0,
     ) -> None:
         from alibi_detect.cd import KSDrift, TabularDrift
 
         self.version = version
-        self.reference = reference
+        self.reference = reference.reset_index(drop=True)
         self.p_val = p_val
         self.correction = correction
-        self.features = [f for f in MODEL_INPUTS if f in reference.columns and f not in set(exclude)]
-        self._detectors: dict[tuple[str, ...], Any] = {}
+        self.max_ratio = max_ratio
+        self.seed = seed
+        present = [f for f in MODEL_INPUTS if f in reference.columns]
+        self.features = [f for f in present if f not in set(exclude)]
+        self.monitored = [f for f in present if f in set(exclude) and f != stratify_by]
         self._tabular = TabularDrift
+        self._ks = KSDrift
         # The score test is one more member of the family: under Bonferroni each of the n + 1 tests runs
         # at p_val / (n + 1), so a window's false-alarm rate stays at most p_val.
         n = len(self.features) + (SCORE in reference)
         self._family = n if correction == "bonferroni" else 1
-        self._score = (
-            KSDrift(reference[SCORE].to_numpy(np.float64), p_val=p_val / self._family)
-            if SCORE in reference
-            else None
-        )
+        self._encoded = encode(self.reference, present)
+        self._column = {name: j for j, name in enumerate(present)}
+        self._strata: dict[str, np.ndarray] = {}
+        self.stratify_by = stratify_by if stratify_by in reference.columns else None
+        if self.stratify_by is not None:
+            keys = self.reference[self.stratify_by].astype(str).to_numpy()
+            self._strata = {k: np.flatnonzero(keys == k) for k in np.unique(keys)}
 
-    def _tabular_for(self, features: tuple[str, ...]) -> Any:
-        """One TabularDrift per feature subset (full model inputs, or the raw-request subset)."""
-        if features not in self._detectors:
-            categorical = {j: None for j, name in enumerate(features) if name in CATEGORICAL_INPUTS}
-            self._detectors[features] = self._tabular(
-                encode(self.reference, list(features)),
-                p_val=self.p_val * len(features) / max(len(features), self._family),
-                categories_per_feature=categorical,
-                correction=self.correction,
-            )
-        return self._detectors[features]
+    def matched_rows(self, window: pd.DataFrame) -> np.ndarray:
+        """Reference row indices whose ``stratify_by`` mix matches the window's (all rows if it cannot)."""
+        everything = np.arange(len(self.reference))
+        if self.stratify_by is None or self.stratify_by not in window.columns or not len(window):
+            return everything
+        counts = window[self.stratify_by].astype(str).value_counts()
+        if any(key not in self._strata for key in counts.index):
+            return everything  # an hour the reference never saw: compare with all of it
+        ratio = min(self.max_ratio, min(len(self._strata[k]) / int(c) for k, c in counts.items()))
+        rng = np.random.default_rng([self.seed, *sorted(int(c) for c in counts.to_numpy())])
+        parts = [
+            rng.choice(self._strata[k], size=max(1, int(c * ratio)), replace=False)
+            for k, c in sorted(counts.items())
+        ]
+        return np.sort(np.concatenate(parts))
+
+    def _matrix(self, rows: np.ndarray, features: list[str]) -> np.ndarray:
+        return self._encoded[np.ix_(rows, [self._column[f] for f in features])]
+
+    def _detector(self, x_ref: np.ndarray, features: list[str], p_val: float) -> Any:
+        categorical = {j: None for j, name in enumerate(features) if name in CATEGORICAL_INPUTS}
+        return self._tabular(
+            x_ref, p_val=p_val, categories_per_feature=categorical, correction=self.correction
+        )
 
     def test(self, window: pd.DataFrame, scores: np.ndarray | None = None) -> WindowResult:
         """Test one window of inputs (and the scores paired with it).
@@ -103,31 +137,41 @@ class DriftTester:
             scores: Prediction scores of the window (may be empty).
 
         Returns:
-            The window's p-values and verdict. Feature drift uses the corrected threshold; score drift is
-            one more member of the Bonferroni family.
+            The window's p-values (tested and excluded inputs) and verdict. Feature drift uses the
+            corrected threshold; score drift is one more member of the Bonferroni family.
         """
-        features = tuple(f for f in self.features if f in window.columns)
+        features = [f for f in self.features if f in window.columns]
+        monitored = [f for f in self.monitored if f in window.columns]
+        rows = self.matched_rows(window)
         p_values: dict[str, float] = {}
         drifted: list[str] = []
         feature_drift = False
-        threshold = self.p_val / max(1, len(features)) if self.correction == "bonferroni" else self.p_val
+        threshold = self.p_val / max(1, self._family) if self.correction == "bonferroni" else self.p_val
         if features and len(window):
-            result = self._tabular_for(features).predict(encode(window, list(features)), drift_type="batch")
-            data = result["data"]
+            p_tab = self.p_val * len(features) / max(len(features), self._family)
+            detector = self._detector(self._matrix(rows, features), features, p_tab)
+            data = detector.predict(encode(window, features), drift_type="batch")["data"]
             threshold = float(data["threshold"])
             feature_drift = bool(data["is_drift"])
             for name, p in zip(features, data["p_val"], strict=True):
                 p_values[name] = float(p)
                 if feature_drift and p < threshold:
                     drifted.append(name)
+        if monitored and len(window):  # reported only: not part of the verdict
+            detector = self._detector(self._matrix(rows, monitored), monitored, self.p_val)
+            data = detector.predict(encode(window, monitored), drift_type="batch")["data"]
+            p_values.update({name: float(p) for name, p in zip(monitored, data["p_val"], strict=True)})
         score_drift = False
-        if self._score is not None and scores is not None and len(scores) >= 20:
-            data = self._score.predict(np.asarray(scores, dtype=np.float64).reshape(-1, 1))["data"]
+        if SCORE in self.reference and scores is not None and len(scores) >= 20:
+            x_ref = self.reference[SCORE].to_numpy(np.float64)[rows]
+            detector = self._ks(x_ref, p_val=self.p_val / self._family)
+            data = detector.predict(np.asarray(scores, dtype=np.float64).reshape(-1, 1))["data"]
             p_values[SCORE] = float(np.ravel(data["p_val"])[0])
             score_drift = bool(data["is_drift"])
             if score_drift:
                 drifted.append(SCORE)
-        return WindowResult(p_values, drifted, feature_drift, score_drift, threshold, len(window))
+        extra = {"reference_rows": len(rows), "excluded": monitored}
+        return WindowResult(p_values, drifted, feature_drift, score_drift, threshold, len(window), extra)
 
 
 def load_reference_file(path: Path) -> pd.DataFrame:

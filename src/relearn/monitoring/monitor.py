@@ -101,7 +101,13 @@ class Monitor:
 
             version, reference = champion_reference(s.mlflow_tracking_uri, s.model_name, s.model_alias)
         self.tester = DriftTester(
-            reference, p_val=s.p_val, correction=s.correction, exclude=s.exclude_features, version=version
+            reference,
+            p_val=s.p_val,
+            correction=s.correction,
+            exclude=s.exclude_features,
+            version=version,
+            stratify_by=s.stratify_by,
+            max_ratio=s.reference_ratio,
         )
         self.metrics.reference_version.set(float(version) if version.isdigit() else 0)
         self.metrics.ready.set(1)

@@ -62,3 +62,22 @@ def toy_scores(stream: pd.DataFrame, seed: int = 0) -> np.ndarray:
         + rng.normal(0.0, 0.5, len(stream))
     )
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def time_ordered(
+    stream: pd.DataFrame, reference_start: pd.Timestamp, reference_days: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(reference, rest)``: whole days from ``reference_start`` and everything after them, in time order.
+
+    The reference covers whole days (every hour of the day, every weekday once a week) so the detector can
+    match each window's time-of-day mix; the rest is the stream the windows are cut from, unshuffled.
+    """
+    end = reference_start + pd.Timedelta(days=reference_days)
+    times = stream["event_timestamp"]
+    reference = stream[(times >= reference_start) & (times < end)].reset_index(drop=True)
+    return reference, stream[times >= end].reset_index(drop=True)
+
+
+def count_windows(frame: pd.DataFrame, size: int) -> list[pd.DataFrame]:
+    """Consecutive windows of ``size`` events (the last, partial one dropped), in order."""
+    return [frame.iloc[i * size : (i + 1) * size] for i in range(len(frame) // size)]

@@ -1,0 +1,278 @@
+"""``python -m benchmarks.drift`` (drift environment): ingest rate, detection delay, false-alarm rate.
+
+Runs in ``.venv/drift`` only (no torch / feast / kfp): the real detector server on 127.0.0.1 for the ingest
+rate (client processes with keep-alive connections; acknowledged events are compared with the stored
+ones), and the detector's own test (:class:`~relearn.monitoring.detector.DriftTester`, the same code the
+server runs per window) on the generator's stream **in time order** for the detection delays and the
+false-alarm rate. Prints one table; goals are reported as pass/MISS and never fail the run.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import multiprocessing
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+from pydantic import Field
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+
+from benchmarks.table import Row, human, render
+
+START = datetime(2024, 1, 1, tzinfo=UTC)
+REFERENCE_START = pd.Timestamp("2024-01-08", tz="UTC")
+REFERENCE_DAYS = 7
+ONSET = datetime(2024, 1, 18, tzinfo=UTC)
+SCENARIOS = ("covariate_shift", "data_bug_units", "data_bug_nulls", "label_shift", "concept_drift")
+
+
+class DriftBench(BaseSettings):
+    """Benchmark the drift detector and print one table (goals from the monitoring issue)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RELEARN_BENCH_DRIFT_",
+        cli_prog_name="python -m benchmarks.drift",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+    )
+
+    quick: bool = Field(False, description="Fewer ingest events (the false-alarm run keeps >= 100 windows).")
+    events: int = Field(60_000, ge=1000, description="Events posted in the ingest run (request+response).")
+    clients: int = Field(4, ge=1, le=64, description="Client processes posting concurrently.")
+    connections: int = Field(16, ge=1, le=256, description="Keep-alive connections per client process.")
+    window: int = Field(1000, ge=50, description="Events per window.")
+    p_val: float = Field(0.01, gt=0, lt=1, description="Family-wise significance per window.")
+    stationary_days: int = Field(50, ge=20, description="Days of the stationary world (>= 100 windows).")
+    seed: int = Field(11, ge=0, description="Generator seed of the stationary world.")
+
+    def cli_cmd(self) -> None:
+        """Run and print the table."""
+        rows = [ingest_row(self.events // 4 if self.quick else self.events, self.clients, self.connections)]
+        rows += detection_rows(self.window, self.p_val)
+        rows.append(false_alarm_row(self.window, self.p_val, self.stationary_days, self.seed))
+        print(render(rows))
+
+
+# -- ingest --------------------------------------------------------------------------------------------
+def _events(n: int) -> list[tuple[dict[str, str], bytes]]:
+    from relearn.events import REQUEST_TYPE, RESPONSE_TYPE
+    from relearn.features.spec import CATEGORICAL_INPUTS, MODEL_INPUTS
+
+    instance = {f: (CATEGORICAL_INPUTS[f][0] if f in CATEGORICAL_INPUTS else 1.0) for f in MODEL_INPUTS}
+    out = []
+    for i in range(n // 2):
+        for kind, body in (
+            (REQUEST_TYPE, {"instances": [{"transaction_id": f"t{i}", **instance}]}),
+            (RESPONSE_TYPE, {"predictions": [0.1]}),
+        ):
+            headers = {
+                "ce-specversion": "1.0",
+                "ce-id": f"bench-{i}",
+                "ce-type": kind,
+                "ce-source": "http://localhost:9081/fraud",
+                "ce-time": "2024-01-20T12:00:00Z",
+                "ce-inferenceservicename": "fraud",
+                "ce-namespace": "relearn",
+                "ce-component": "predictor",
+                "ce-endpoint": "default",
+                "content-type": "application/json",
+            }
+            out.append((headers, json.dumps(body).encode()))
+    return out
+
+
+def _client(args: tuple[int, list[tuple[dict[str, str], bytes]], int]) -> int:
+    """One client process: ``connections`` keep-alive connections, one thread each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port, events, connections = args
+    with ThreadPoolExecutor(connections) as pool:
+        return sum(pool.map(_connection, [(port, events[i::connections]) for i in range(connections)]))
+
+
+def _connection(args: tuple[int, list[tuple[dict[str, str], bytes]]]) -> int:
+    port, events = args
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    acked = 0
+    for headers, body in events:
+        conn.request("POST", "/", body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        acked += response.status == 202
+    conn.close()
+    return acked
+
+
+def ingest_row(n: int, clients: int, connections: int) -> Row:
+    """Events/s acknowledged by a real server on loopback; acknowledged must equal stored."""
+    from relearn.features.spec import MODEL_INPUTS
+
+    events = _events(n)
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = Path(tmp) / "reference.parquet"
+        pd.DataFrame({f: [0.0] for f in MODEL_INPUTS if f != "hour_of_day"} | {"score": [0.1]}).to_parquet(
+            reference
+        )
+        with socket_port() as port:
+            pass
+        env = dict(os.environ, RELEARN_DRIFT_PORT=str(port), RELEARN_DRIFT_HOST="127.0.0.1")
+        env.update(RELEARN_DRIFT_DATA_DIR=f"{tmp}/data", RELEARN_DRIFT_REFERENCE_PATH=str(reference))
+        env.update(RELEARN_DRIFT_REPORTS="false", RELEARN_DRIFT_WINDOW_SIZE="100000")
+        log = open(f"{tmp}/server.log", "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "relearn.monitoring.server"], env=env, stdout=log, stderr=log
+        )
+        try:
+            _wait_ready(port, proc)
+            # Requests and responses of one id may race across connections: the monitor pairs them.
+            shares = [(port, events[i::clients], connections) for i in range(clients)]
+            with multiprocessing.get_context("spawn").Pool(clients) as pool:
+                started = time.perf_counter()
+                acked = sum(pool.map(_client, shares))
+                seconds = time.perf_counter() - started
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+            log.close()
+        stored = sqlite3.connect(f"{tmp}/data/inference-log.sqlite3").execute("SELECT COUNT(*) FROM events")
+        stored_n = int(stored.fetchone()[0])
+    rate = acked / seconds
+    ok = rate >= 5000 and stored_n == acked == len(events)
+    return Row(
+        f"ingest ({clients}x{connections} conns, {os.cpu_count()} cores)",
+        f"{human(len(events))} events",
+        seconds,
+        f"{human(rate)}/s",
+        f"stored {stored_n}/{acked} acked",
+        ">= 5k events/s on 2 cores, none lost",
+        ok,
+        rate,
+    )
+
+
+class socket_port:  # noqa: N801 - used as a context manager
+    """A free loopback port."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return int(self.sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("drift server exited")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as response:
+                if json.loads(response.read()).get("ready"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("drift server not ready")
+
+
+# -- detection -----------------------------------------------------------------------------------------
+def _tester(reference: pd.DataFrame, p_val: float):
+    from relearn.monitoring.detector import DriftTester
+    from relearn.monitoring.settings import NON_STATIONARY_INPUTS
+
+    return DriftTester(reference, p_val=p_val, exclude=list(NON_STATIONARY_INPUTS))
+
+
+def _world(
+    scenario: str, days: int, seed: int, onset: datetime | None
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    from relearn.data.generator import GeneratorConfig
+    from relearn.monitoring.simulate import model_input_stream, time_ordered, toy_scores
+
+    config = GeneratorConfig(
+        days=days, n_users=1200, n_merchants=150, seed=seed, scenario=scenario, start=START, onset=onset
+    )
+    stream, _, when = model_input_stream(config)
+    stream["score"] = toy_scores(stream, seed=1)
+    reference, rest = time_ordered(stream, REFERENCE_START, REFERENCE_DAYS)
+    return reference, rest, int((rest["event_timestamp"] < when).sum())
+
+
+def detection_rows(window: int, p_val: float) -> list[Row]:
+    """Per scenario: events after the onset until the end of the first flagged window (time order)."""
+    from relearn.monitoring.simulate import count_windows
+
+    rows = []
+    for scenario in SCENARIOS:
+        started = time.perf_counter()
+        reference, rest, onset = _world(scenario, 22, 7, ONSET)
+        tester = _tester(reference, p_val)
+        early, delay = 0, None
+        for i, w in enumerate(count_windows(rest, window)):
+            end = (i + 1) * window
+            if tester.test(w, w["score"].to_numpy()).is_drift:
+                if end <= onset:
+                    early += 1
+                elif delay is None:
+                    delay = end - onset
+                    break
+        seconds = time.perf_counter() - started
+        found = "not detected" if delay is None else f"{delay} events ({delay / window:.2f} windows)"
+        note = "needs labels" if scenario in ("concept_drift", "label_shift") else ""
+        rows.append(
+            Row(
+                f"detect {scenario}",
+                f"{len(rest) // window} windows",
+                seconds,
+                found,
+                f"{early} early{'; ' + note if note else ''}",
+                "<= 2 windows after onset, none before",
+                early == 0 and delay is not None and delay <= 2 * window,
+                None if delay is None else float(delay),
+            )
+        )
+    return rows
+
+
+def false_alarm_row(window: int, p_val: float, days: int, seed: int) -> Row:
+    """Flagged windows of a stationary stream in time order, per 100 windows."""
+    from relearn.monitoring.simulate import count_windows
+
+    started = time.perf_counter()
+    reference, rest, _ = _world("none", days, seed, None)
+    tester = _tester(reference, p_val)
+    windows = count_windows(rest, window)
+    flagged = sum(tester.test(w, w["score"].to_numpy()).is_drift for w in windows)
+    rate = 100 * flagged / len(windows)
+    return Row(
+        f"false alarms (p={p_val})",
+        f"{len(windows)} windows",
+        time.perf_counter() - started,
+        f"{flagged} flagged",
+        f"{rate:.2f} per 100",
+        "<= 1 per 100 windows (>= 100 windows)",
+        rate <= 1.0 and len(windows) >= 100,
+        rate,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m benchmarks.drift``."""
+    CliApp.run(DriftBench, cli_args=argv)
+
+
+if __name__ == "__main__":
+    main()
