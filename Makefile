@@ -9,7 +9,7 @@ DRIFT := $(VENV)/drift
 PY := $(PLATFORM)/bin/python
 PIPELINE_DIR := pipelines/compiled
 
-.PHONY: help setup train pipelines test lint bench clean drift chart-test
+.PHONY: help setup train pipelines test lint bench clean drift chart-test serve
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "relearn targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,9 @@ lint: setup ## ruff (lint + format check) and hadolint on every Dockerfile
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	find . -name Dockerfile -not -path './.venv/*' -print0 | xargs -0 $(PLATFORM)/bin/hadolint
+
+serve: setup ## Serve the champion locally: transformer + predictor on 127.0.0.1 (Ctrl-C stops); ARGS for options
+	$(PY) -m relearn.serving.local $(ARGS)
 
 chart-test: setup ## Offline chart checks: helm lint/template, kubernetes-validate, CRDs, promtool, yamllint, checkov, skaffold schema
 	$(PY) -m pytest tests/test_chart.py $(PYTEST_ARGS)

@@ -1,0 +1,98 @@
+"""Command-line settings of the serving processes (pydantic-settings; no kserve import here).
+
+Every option is also an environment variable: ``RELEARN_PREDICTOR_<OPTION>`` /
+``RELEARN_TRANSFORMER_<OPTION>`` (e.g. ``RELEARN_PREDICTOR_MODEL_URI``). MLflow and Feast locations come
+from :class:`~relearn.settings.RelearnSettings` (``RELEARN_HOME``, ``RELEARN_MLFLOW_TRACKING_URI``,
+``RELEARN_FEAST_*``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_CLI = {"cli_kebab_case": True, "cli_implicit_flags": True, "cli_hide_none_type": True, "extra": "ignore"}
+
+
+class CommonServingSettings(BaseSettings):
+    """Options both servers share (ports, model name, payload logging, limits)."""
+
+    http_port: int = Field(8080, ge=0, lt=65536, description="REST port (v1 and v2 protocol, /metrics).")
+    grpc_port: int = Field(8081, ge=0, lt=65536, description="gRPC port (v2 GRPCInferenceService).")
+    host: str = Field("0.0.0.0", description="Address the servers bind (127.0.0.1 for loopback only).")
+    model_name: str = Field("relearn-fraud", description="Model name in the v1/v2 URLs and gRPC calls.")
+    workers: int = Field(1, ge=1, description="REST worker processes (uvicorn).")
+    max_batch_size: int = Field(1024, ge=1, description="Largest batch (rows) accepted; more is a 400.")
+    log_sink_url: str = Field("", description="Payload-logger CloudEvents target (empty: logging off).")
+    log_queue_size: int = Field(100, ge=1, description="Payload-logger queue length (full: drop, count).")
+    log_workers: int = Field(5, ge=1, description="Payload-logger sender threads.")
+    log_timeout_seconds: float = Field(2.0, gt=0, description="Timeout of one POST to the sink.")
+    inference_service: str = Field("relearn-fraud", description="ce-inferenceservicename of logged events.")
+    namespace: str = Field("default", description="ce-namespace of logged events.")
+    endpoint: str = Field("default", description="ce-endpoint of logged events: default or canary.")
+    log_level: str = Field("INFO", description="Log level of relearn's JSON logs.")
+
+
+class PredictorSettings(CommonServingSettings):
+    """relearn predictor: the fraud network behind KServe's v1/v2 REST and v2 gRPC endpoints.
+
+    Every option can also be set as an environment variable RELEARN_PREDICTOR_<OPTION>.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="RELEARN_PREDICTOR_", cli_prog_name="python -m relearn.serving.predictor", **_CLI
+    )
+
+    model_uri: str = Field(
+        "models:/relearn-fraud@champion",
+        description="models:/<name>@<alias> or models:/<name>/<version> (MLflow), or a local directory "
+        "(the torch artifact, or a downloaded pyfunc model: the cluster storageUri case).",
+    )
+    model_version: str | None = Field(
+        None, description="Version reported for a local directory (default: read from it, else 'local')."
+    )
+
+    def cli_cmd(self) -> None:
+        """Load the model and serve until interrupted."""
+        _strip_argv()
+        from relearn.serving.predictor_model import serve
+
+        serve(self)
+
+
+class TransformerSettings(CommonServingSettings):
+    """relearn transformer: raw transactions in; Feast features, model inputs, predictor call; scores out.
+
+    Every option can also be set as an environment variable RELEARN_TRANSFORMER_<OPTION>.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="RELEARN_TRANSFORMER_", cli_prog_name="python -m relearn.serving.transformer", **_CLI
+    )
+
+    predictor_host: str = Field("localhost:8081", description="host:port of the predictor's v2 gRPC.")
+    threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Decision threshold; default: the registered version's (the predictor's decision).",
+    )
+    feature_timeout_seconds: float = Field(1.0, gt=0, description="Feast online lookup timeout (then 503).")
+    predictor_timeout_seconds: float = Field(2.0, gt=0, description="Predictor gRPC call timeout (then 503).")
+    feature_fallback: bool = Field(
+        False, description="On a feature-store failure score with cold-start defaults instead of a 503."
+    )
+
+    def cli_cmd(self) -> None:
+        """Connect to Feast and the predictor and serve until interrupted."""
+        _strip_argv()
+        from relearn.serving.transformer_model import serve
+
+        serve(self)
+
+
+def _strip_argv() -> None:
+    """kserve.model_server parses sys.argv when imported; our options are not its options."""
+    del sys.argv[1:]

@@ -1,0 +1,117 @@
+"""Run a ``kserve.Model`` behind KServe's own REST app and gRPC servicer, bound to a chosen address.
+
+KServe's ``ModelServer`` binds ``0.0.0.0`` / ``[::]`` unconditionally; this assembles the same pieces (its
+FastAPI app with v1/v2 routes, ``/metrics`` and exception handlers, its ``InferenceServicer`` with its
+exception-to-status interceptor) on ``settings.host``. With ``--workers`` > 1 it hands over to
+``ModelServer`` itself (several uvicorn processes; all interfaces).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent import futures
+from typing import Any
+
+from relearn.serving.config import CommonServingSettings
+
+log = logging.getLogger(__name__)
+GRPC_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+GRPC_METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
+
+
+def strict_handlers(servicer: Any) -> Any:
+    """KServe's servicer methods behind handlers that answer undecodable protobuf with INVALID_ARGUMENT.
+
+    grpcio answers a request its deserializer cannot parse with INTERNAL; a malformed message is the
+    client's error, so the handlers take raw bytes and parse them themselves.
+    """
+    import grpc
+    from google.protobuf.message import DecodeError
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    def wrap(method: Any, request_type: Any) -> Any:
+        async def handler(raw: bytes, context: Any) -> Any:
+            try:
+                request = request_type.FromString(raw)
+            except DecodeError as exc:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"malformed {request_type.__name__}: {exc}"
+                )
+            return await method(request, context)
+
+        return handler
+
+    handlers = {}
+    for name in GRPC_METHODS:
+        request_type = getattr(pb, f"{name}Request")
+        response_type = getattr(pb, f"{name}Response")
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            wrap(getattr(servicer, name), request_type),
+            request_deserializer=None,
+            response_serializer=response_type.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
+
+
+def run(model: Any, settings: CommonServingSettings, on_stop: Any = None) -> None:
+    """Serve ``model`` (already loaded) on REST and gRPC until SIGINT/SIGTERM."""
+    from grpc import aio
+    from kserve import ModelServer
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+    from kserve.protocol.grpc.servicer import InferenceServicer
+    from kserve.protocol.rest.server import RESTServer
+
+    server = ModelServer(
+        http_port=settings.http_port,
+        grpc_port=settings.grpc_port,
+        workers=settings.workers,
+        enable_latency_logging=False,
+        grace_period=2,
+    )
+    if settings.workers > 1:
+        server.start([model])
+        return
+    server._register_and_check_atleast_one_model_is_ready([model])
+    rest = RESTServer(
+        "kserve.model_server:app",
+        server.dataplane,
+        server.model_repository_extension,
+        settings.http_port,
+        grace_period=2,
+    )
+    rest.config.host = settings.host
+
+    async def serve() -> None:
+        grpc_server = aio.server(
+            futures.ThreadPoolExecutor(max_workers=4),
+            interceptors=(ExceptionToStatusInterceptor(),),
+            options=[
+                ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+                ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
+            ],
+        )
+        servicer = InferenceServicer(server.dataplane, server.model_repository_extension)
+        grpc_server.add_generic_rpc_handlers((strict_handlers(servicer),))
+        grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        await grpc_server.start()
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        rest_task = asyncio.create_task(rest.start())
+        log.info(
+            "serving",
+            extra={"model": model.name, "http": settings.http_port, "grpc": settings.grpc_port},
+        )
+        await stopping.wait()
+        rest._server.should_exit = True
+        await grpc_server.stop(grace=1)
+        await asyncio.wait_for(rest_task, timeout=5)
+        if on_stop is not None:
+            on_stop()
+
+    asyncio.run(serve())

@@ -1,0 +1,72 @@
+"""The predictor's v2 tensor interface, shared by the predictor, the transformer and any v2 client.
+
+Inputs (one row per transaction, columns in the order of :mod:`relearn.features.spec`):
+
+- ``numeric``: FP32, shape ``[N, 17]`` — ``NUMERIC_INPUTS`` (finite values only).
+- ``categorical``: BYTES, shape ``[N, 5]`` — ``CATEGORICAL_INPUTS`` as UTF-8 strings (unknown values map to
+  the model's out-of-vocabulary slot, so the predictor owns the vocabularies).
+
+Outputs: ``score`` FP32 ``[N]`` (fraud probability) and ``decision`` BOOL ``[N]`` (score >= the registered
+version's threshold). Raw contents (``raw_input_contents`` / ``raw_output_contents``, or the REST binary
+extension) work as in any v2 server: a request with raw inputs gets raw outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from relearn.features.spec import CATEGORICAL_INPUTS, NUMERIC_INPUTS
+
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+SCORE = "score"
+DECISION = "decision"
+N_NUMERIC = len(NUMERIC_INPUTS)
+N_CATEGORICAL = len(CATEGORICAL_INPUTS)
+
+INPUT_METADATA: list[dict[str, Any]] = [
+    {"name": NUMERIC, "datatype": "FP32", "shape": [-1, N_NUMERIC]},
+    {"name": CATEGORICAL, "datatype": "BYTES", "shape": [-1, N_CATEGORICAL]},
+]
+OUTPUT_METADATA: list[dict[str, Any]] = [
+    {"name": SCORE, "datatype": "FP32", "shape": [-1]},
+    {"name": DECISION, "datatype": "BOOL", "shape": [-1]},
+]
+
+
+def serialize_bytes(values: np.ndarray) -> bytes:
+    """A BYTES tensor in the v2 raw format: each element as a 4-byte little-endian length plus its bytes."""
+    parts = []
+    for value in values.reshape(-1):
+        data = value if isinstance(value, bytes) else str(value).encode()
+        parts.append(len(data).to_bytes(4, "little"))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def deserialize_bytes(raw: bytes) -> list[bytes]:
+    """The elements of a raw BYTES tensor (inverse of :func:`serialize_bytes`)."""
+    out, offset = [], 0
+    while offset < len(raw):
+        size = int.from_bytes(raw[offset : offset + 4], "little")
+        out.append(raw[offset + 4 : offset + 4 + size])
+        offset += 4 + size
+    return out
+
+
+def v2_json(inputs: list[tuple[str, str, list[int], np.ndarray]], request_id: str, **extra: Any) -> dict:
+    """A v2 JSON request or response body (``inputs`` or ``outputs`` key given by ``extra``)."""
+    tensors = []
+    for name, datatype, shape, values in inputs:
+        flat = values.reshape(-1)
+        if datatype == "BYTES":
+            data = [v.decode() if isinstance(v, bytes) else str(v) for v in flat]
+        elif datatype == "BOOL":
+            data = [bool(v) for v in flat]
+        else:
+            data = flat.tolist()
+        tensors.append({"name": name, "datatype": datatype, "shape": list(shape), "data": data})
+    key = extra.pop("key", "inputs")
+    return {"id": request_id, **extra, key: tensors}

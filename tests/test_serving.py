@@ -1,0 +1,560 @@
+"""Serving end to end: real predictor and transformer processes on loopback, real Feast, a real model.
+
+One small pipeline run per session registers the champion and materializes the online store; the servers
+start once (predictor with a live test sink, predictor with a dead sink, transformer) and every test talks
+to them over REST (httpx) and v2 gRPC (grpcio with KServe's generated protos, a standard v2 client).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+from pipelines.run import run_locally
+from relearn.data.io import read_transactions
+from relearn.data.schema import REQUEST_FIELDS
+from relearn.features.spec import CATEGORICAL_INPUTS, NUMERIC_INPUTS
+from relearn.settings import RelearnSettings
+from serving_stack import EventSink, Server, free_port
+
+pytestmark = pytest.mark.slow
+
+MODEL = "relearn-fraud"
+START, DAYS = datetime(2026, 2, 2, tzinfo=UTC), 20
+END = START + timedelta(days=DAYS)
+SMALL = {
+    "start": START.date().isoformat(),
+    "days": DAYS,
+    "users": 800,
+    "merchants": 150,
+    "seed": 5,
+    "epochs": 1,
+    "patience": 1,
+    "label_maturity_days": 7,
+    "git_sha": "0123abc",
+}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A relearn home with a registered champion and a materialized online store (one run per session)."""
+    root = tmp_path_factory.mktemp("serving")
+    home = root / "home"
+    previous = os.environ.get("RELEARN_HOME")
+    os.environ["RELEARN_HOME"] = str(home)
+    try:
+        summary = run_locally(SMALL, root / "runs", home)
+        yield {"home": home, "summary": summary, "root": root, "settings": RelearnSettings(home=home)}
+    finally:
+        if previous is None:
+            os.environ.pop("RELEARN_HOME", None)
+        else:
+            os.environ["RELEARN_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def stack(trained):
+    """Predictor (live sink), predictor (dead sink, tiny queue) and transformer, all on 127.0.0.1."""
+    root, env = trained["root"], {"RELEARN_HOME": str(trained["home"])}
+    sink = EventSink()
+    live = Server("relearn.serving.predictor", ["--log-sink-url", sink.url], env, root / "predictor.log")
+    dead = Server(
+        "relearn.serving.predictor",
+        ["--log-sink-url", f"http://127.0.0.1:{free_port()}/", "--log-queue-size", "2", "--log-workers", "1"],
+        env,
+        root / "predictor-dead.log",
+    )
+    transformer = Server(
+        "relearn.serving.transformer",
+        ["--predictor-host", live.grpc_target, "--log-sink-url", sink.url, "--max-batch-size", "256"],
+        env,
+        root / "transformer.log",
+    )
+    servers = [live, dead, transformer]
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_ready()
+        yield {"predictor": live, "dead": dead, "transformer": transformer, "sink": sink}
+    finally:
+        for server in servers:  # terminate all first: they shut down in parallel
+            if server.process is not None and server.process.poll() is None:
+                server.process.terminate()
+        for server in servers:
+            server.stop()
+        sink.close()
+
+
+def stub(server: Server) -> pb_grpc.GRPCInferenceServiceStub:
+    return pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.grpc_target))
+
+
+def ingested(trained) -> pd.DataFrame:
+    """The transactions the pipeline run ingested."""
+    return read_transactions(Path(trained["summary"]["run_dir"]) / "ingest" / "transactions")
+
+
+def requests_at_end(trained, n: int = 80) -> pd.DataFrame:
+    """Raw requests of known users and merchants (plus one unknown user), stamped at the window's end."""
+    tx = ingested(trained)
+    tx = tx.tail(2000).sample(n=n, random_state=0)
+    frame = tx[list(REQUEST_FIELDS)].reset_index(drop=True)
+    frame.loc[0, "user_id"] = "cold-user-never-seen"
+    frame["event_timestamp"] = pd.Timestamp(END)
+    return frame
+
+
+def v1_instances(frame: pd.DataFrame) -> list[dict]:
+    out = frame.assign(event_timestamp=frame["event_timestamp"].map(lambda t: t.isoformat()))
+    return json.loads(out.to_json(orient="records"))
+
+
+def numeric_example(n: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    numeric = rng.uniform(0, 3, size=(n, len(NUMERIC_INPUTS))).astype(np.float32)
+    categorical = np.array([["grocery", "pos", "DE", "EUR", "13"]] * n, dtype=object)
+    assert categorical.shape[1] == len(CATEGORICAL_INPUTS)
+    return numeric, categorical
+
+
+def v2_predictor_json(numeric: np.ndarray, categorical: np.ndarray, request_id: str = "r") -> dict:
+    return {
+        "id": request_id,
+        "inputs": [
+            {
+                "name": "numeric",
+                "datatype": "FP32",
+                "shape": list(numeric.shape),
+                "data": numeric.ravel().tolist(),
+            },
+            {
+                "name": "categorical",
+                "datatype": "BYTES",
+                "shape": list(categorical.shape),
+                "data": categorical.ravel().tolist(),
+            },
+        ],
+    }
+
+
+def grpc_predictor_request(numeric, categorical, raw: bool, request_id: str = "g") -> pb.ModelInferRequest:
+    from relearn.serving.tensors import serialize_bytes
+
+    tensors = [
+        pb.ModelInferRequest.InferInputTensor(name="numeric", datatype="FP32", shape=list(numeric.shape)),
+        pb.ModelInferRequest.InferInputTensor(
+            name="categorical", datatype="BYTES", shape=list(categorical.shape)
+        ),
+    ]
+    request = pb.ModelInferRequest(model_name=MODEL, id=request_id, inputs=tensors)
+    if raw:
+        request.raw_input_contents.extend([numeric.tobytes(), serialize_bytes(categorical)])
+    else:
+        request.inputs[0].contents.fp32_contents.extend(numeric.ravel().tolist())
+        request.inputs[1].contents.bytes_contents.extend([v.encode() for v in categorical.ravel()])
+    return request
+
+
+def test_entry_points_have_help():
+    modules = ("predictor", "transformer", "batch", "local")
+    for module in (f"relearn.serving.{m}" for m in modules):
+        out = subprocess.run(
+            [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60, check=True
+        )
+        assert any(o in out.stdout for o in ("--http-port", "--input", "--transformer-http-port")), out.stdout
+
+
+def test_transformer_scores_equal_offline_scores(trained, stack):
+    """Training/serving parity: online features at the window's end == point-in-time join at that time."""
+    from relearn.features.store import get_store, historical_features
+    from relearn.features.transforms import model_inputs
+    from relearn.model.net import load_model, score
+    from relearn.serving.predictor_model import resolve_artifact
+
+    frame = requests_at_end(trained)
+    store = get_store(trained["settings"])
+    offline_inputs = model_inputs(historical_features(store, frame))
+    directory, version = resolve_artifact(f"models:/{MODEL}@champion", trained["root"] / "model")
+    net, preprocessor, _ = load_model(directory)
+    expected = score(net, preprocessor, offline_inputs)
+
+    transformer = stack["transformer"]
+    response = httpx.post(
+        f"{transformer.url}/v1/models/{MODEL}:predict", json={"instances": v1_instances(frame)}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == version == "1"
+    got = np.array([p["score"] for p in body["predictions"]])
+    assert [p["transaction_id"] for p in body["predictions"]] == frame["transaction_id"].tolist()
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert expected.std() > 0  # the rows really differ
+
+    # Same over v2 gRPC with one BYTES/FP64 input per request field.
+    strings = frame.assign(event_timestamp=frame["event_timestamp"].map(lambda t: t.isoformat()))
+    inputs = []
+    for name in REQUEST_FIELDS:
+        tensor = pb.ModelInferRequest.InferInputTensor(
+            name=name, datatype="FP64" if name == "amount" else "BYTES", shape=[len(frame)]
+        )
+        if name == "amount":
+            tensor.contents.fp64_contents.extend(strings[name].astype(float).tolist())
+        else:
+            tensor.contents.bytes_contents.extend([str(v).encode() for v in strings[name]])
+        inputs.append(tensor)
+    reply = stub(transformer).ModelInfer(pb.ModelInferRequest(model_name=MODEL, inputs=inputs), timeout=30)
+    assert reply.model_version == "1"
+    scores = next(o for o in reply.outputs if o.name == "score")
+    got_grpc = (
+        np.array(scores.contents.fp32_contents)
+        if scores.contents.fp32_contents
+        else np.frombuffer(
+            reply.raw_output_contents[[o.name for o in reply.outputs].index("score")], dtype=np.float32
+        )
+    )
+    np.testing.assert_allclose(got_grpc, expected, atol=1e-5, rtol=0)
+
+    metrics = httpx.get(f"{transformer.url}/metrics").text
+    assert 'relearn_serving_cold_start_lookups_total{model_version="1"}' in metrics
+    for stage in ("feature_fetch", "transform", "predict"):
+        assert f'stage="{stage}"' in metrics
+
+
+def test_predictor_health_and_metadata(stack):
+    predictor = stack["predictor"]
+    client = stub(predictor)
+    assert client.ServerLive(pb.ServerLiveRequest()).live
+    assert client.ServerReady(pb.ServerReadyRequest()).ready
+    assert client.ModelReady(pb.ModelReadyRequest(name=MODEL)).ready
+    assert client.ServerMetadata(pb.ServerMetadataRequest()).name
+    meta = client.ModelMetadata(pb.ModelMetadataRequest(name=MODEL))
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
+        ("numeric", "FP32", [-1, len(NUMERIC_INPUTS)]),
+        ("categorical", "BYTES", [-1, len(CATEGORICAL_INPUTS)]),
+    ]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [
+        ("score", "FP32", [-1]),
+        ("decision", "BOOL", [-1]),
+    ]
+    rest = httpx.get(f"{predictor.url}/v2/models/{MODEL}").json()
+    assert [i["name"] for i in rest["inputs"]] == ["numeric", "categorical"]
+    assert httpx.get(f"{predictor.url}/v2/models/{MODEL}/ready").status_code == 200
+
+
+def test_predictor_json_raw_and_v1_agree(stack):
+    predictor = stack["predictor"]
+    numeric, categorical = numeric_example()
+    client = stub(predictor)
+    plain = client.ModelInfer(grpc_predictor_request(numeric, categorical, raw=False), timeout=10)
+    raw = client.ModelInfer(grpc_predictor_request(numeric, categorical, raw=True), timeout=10)
+    assert plain.model_version == raw.model_version == "1"
+    plain_scores = np.array(plain.outputs[0].contents.fp32_contents, dtype=np.float32)
+    assert len(raw.raw_output_contents) == 2 and not raw.outputs[0].HasField("contents")
+    raw_scores = np.frombuffer(raw.raw_output_contents[0], dtype=np.float32)
+    raw_decisions = np.frombuffer(raw.raw_output_contents[1], dtype=np.bool_)
+    np.testing.assert_array_equal(plain_scores, raw_scores)
+    assert list(raw_decisions) == list(plain.outputs[1].contents.bool_contents)
+
+    rest = httpx.post(
+        f"{predictor.url}/v2/models/{MODEL}/infer", json=v2_predictor_json(numeric, categorical)
+    )
+    assert rest.status_code == 200, rest.text
+    assert rest.json()["model_version"] == "1"
+    np.testing.assert_allclose(rest.json()["outputs"][0]["data"], raw_scores, rtol=1e-6)
+
+    names = [*NUMERIC_INPUTS, *CATEGORICAL_INPUTS]
+    instances = [
+        dict(zip(names, [*map(float, n), *c], strict=True)) for n, c in zip(numeric, categorical, strict=True)
+    ]
+    v1 = httpx.post(f"{predictor.url}/v1/models/{MODEL}:predict", json={"instances": instances}).json()
+    np.testing.assert_allclose([p["score"] for p in v1["predictions"]], raw_scores, rtol=1e-6)
+
+
+BAD_PREDICTOR_V2 = {
+    "wrong datatype": (lambda d: d["inputs"][0].update(datatype="INT32"), "numeric"),
+    "wrong shape": (lambda d: d["inputs"][0].update(shape=[3, 4]), "numeric"),
+    "missing input": (lambda d: d["inputs"].pop(1), "categorical"),
+    "extra input": (lambda d: d["inputs"].append({**d["inputs"][0], "name": "bogus"}), "bogus"),
+    "nan": (lambda d: d["inputs"][0]["data"].__setitem__(2, "NaN"), "user_txn_count_7d"),
+    "too few values": (lambda d: d["inputs"][0]["data"].pop(), "numeric"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PREDICTOR_V2))
+def test_predictor_rejects_bad_v2_input_over_rest(stack, case):
+    numeric, categorical = numeric_example()
+    body = v2_predictor_json(numeric, categorical)
+    mutate, field = BAD_PREDICTOR_V2[case]
+    mutate(body)
+    content = json.dumps(body).replace('"NaN"', "NaN")
+    response = httpx.post(
+        f"{stack['predictor'].url}/v2/models/{MODEL}/infer",
+        content=content,
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400, response.text
+    assert field in response.json()["error"]
+
+
+def test_predictor_rejects_bad_input_over_grpc_and_keeps_serving(stack):
+    client = stub(stack["predictor"])
+    numeric, categorical = numeric_example()
+    cases = []
+    bad = grpc_predictor_request(numeric, categorical, raw=True)
+    bad.inputs[0].shape[:] = [3, 4]
+    cases.append((bad, "numeric"))
+    bad = grpc_predictor_request(numeric, categorical, raw=True)
+    bad.inputs[0].datatype = "FP64"
+    cases.append((bad, "numeric"))
+    inf = numeric.copy()
+    inf[1, 4] = np.inf
+    cases.append((grpc_predictor_request(inf, categorical, raw=True), NUMERIC_INPUTS[4]))
+    big_n, big_c = numeric_example(1025)
+    cases.append((grpc_predictor_request(big_n, big_c, raw=True), "max_batch_size"))
+    for request, field in cases:
+        with pytest.raises(grpc.RpcError) as error:
+            client.ModelInfer(request, timeout=10)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
+        assert field in error.value.details()
+    # Malformed protobuf: raw bytes that do not parse as a ModelInferRequest.
+    channel = grpc.insecure_channel(stack["predictor"].grpc_target)
+    call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    with pytest.raises(grpc.RpcError) as error:
+        call(b"\x0a\xff\xff\xff", timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Malformed JSON over REST.
+    response = httpx.post(f"{stack['predictor'].url}/v2/models/{MODEL}/infer", content=b'{"inputs": [')
+    assert response.status_code == 400
+    # Still serving.
+    assert client.ModelInfer(grpc_predictor_request(numeric, categorical, raw=True), timeout=10).outputs
+
+
+def test_transformer_rejects_bad_transactions(trained, stack):
+    url = f"{stack['transformer'].url}/v1/models/{MODEL}:predict"
+    good = v1_instances(requests_at_end(trained, n=2))[1]
+    cases = {
+        "missing": ([{k: v for k, v in good.items() if k != "amount"}], "amount"),
+        "extra": ([{**good, "cvv": "123"}], "cvv"),
+        "string amount": ([{**good, "amount": "12"}], "amount"),
+        "timestamp": ([{**good, "event_timestamp": "yesterday"}], "event_timestamp"),
+        "oversize": ([good] * 257, "max_batch_size"),
+    }
+    for name, (instances, field) in cases.items():
+        content = json.dumps({"instances": instances}).replace("NaN", "NaN")
+        response = httpx.post(url, content=content, headers={"content-type": "application/json"}, timeout=10)
+        assert response.status_code == 400, (name, response.text)
+        assert field in response.json()["error"], (name, response.text)
+    assert httpx.post(url, content=b"{nope", timeout=10).status_code == 400
+    v2_url = f"{stack['transformer'].url}/v2/models/{MODEL}/infer"
+    fields = [
+        {"name": k, "datatype": "FP64" if k == "amount" else "BYTES", "shape": [1], "data": [v]}
+        for k, v in good.items()
+    ]
+    wrong_type = [{**f, "datatype": "BYTES", "data": ["x"]} if f["name"] == "amount" else f for f in fields]
+    nan = json.dumps({"inputs": fields}).replace(str(good["amount"]), "NaN", 1)
+    for body in (json.dumps({"inputs": wrong_type}), nan):
+        response = httpx.post(v2_url, content=body, headers={"content-type": "application/json"}, timeout=10)
+        assert response.status_code == 400 and "amount" in response.json()["error"], response.text
+    assert httpx.post(url, content=b'{"instances": [{"amount": NaN}]}', timeout=10).status_code == 400
+    assert httpx.post(url, json={"instances": [good]}, timeout=10).status_code == 200
+
+
+def test_payload_events_in_kserve_format_for_rest_and_grpc(trained, stack):
+    sink, predictor, transformer = stack["sink"], stack["predictor"], stack["transformer"]
+    numeric, categorical = numeric_example()
+    httpx.post(
+        f"{predictor.url}/v2/models/{MODEL}/infer", json=v2_predictor_json(numeric, categorical, "rest-1")
+    )
+    stub(predictor).ModelInfer(grpc_predictor_request(numeric, categorical, raw=True, request_id="grpc-1"))
+    good = v1_instances(requests_at_end(trained, n=2))
+    httpx.post(
+        f"{transformer.url}/v1/models/{MODEL}:predict",
+        json={"instances": good},
+        headers={"x-request-id": "tr-1"},
+    )
+
+    # The transformer forwards its request id to the predictor: both log "tr-1", one per component.
+    expected = [
+        ("rest-1", "predictor"),
+        ("grpc-1", "predictor"),
+        ("tr-1", "transformer"),
+        ("tr-1", "predictor"),
+    ]
+
+    def key(headers: dict) -> tuple[str, str, str]:
+        return headers["ce-id"], headers["ce-type"].rsplit(".", 1)[1], headers["ce-component"]
+
+    def complete(events):
+        keys = {key(h) for h, _ in events}
+        return all((i, kind, c) in keys for i, c in expected for kind in ("request", "response"))
+
+    events = sink.wait_for(complete)
+    by_key = {key(h): (h, json.loads(b)) for h, b in events}
+    for event_id, component in expected:
+        for kind in ("request", "response"):
+            headers, _ = by_key[(event_id, kind, component)]
+            assert headers["ce-specversion"] == "1.0"
+            assert headers["ce-component"] == component
+            assert headers["ce-inferenceservicename"] == "relearn-fraud"
+            assert headers["ce-namespace"] == "default" and headers["ce-endpoint"] == "default"
+            assert headers["ce-source"].startswith("http://") and headers["ce-time"].endswith("Z")
+            assert json.loads(headers["ce-metadata"]) == {}
+            assert headers["content-type"] == "application/json"
+    for event_id in ("rest-1", "grpc-1"):
+        request = by_key[(event_id, "request", "predictor")][1]
+        assert [t["name"] for t in request["inputs"]] == ["numeric", "categorical"]
+        assert request["inputs"][0]["shape"] == [3, len(NUMERIC_INPUTS)]
+        np.testing.assert_allclose(request["inputs"][0]["data"], numeric.ravel(), rtol=1e-6)
+        response = by_key[(event_id, "response", "predictor")][1]
+        assert response["model_version"] == "1" and response["outputs"][0]["name"] == "score"
+    assert by_key[("tr-1", "request", "transformer")][1] == {"instances": good}
+    assert len(by_key[("tr-1", "response", "transformer")][1]["predictions"]) == 2
+
+
+def test_dead_sink_does_not_slow_predictions_and_drops_are_counted(stack):
+    numeric, categorical = numeric_example()
+    request = grpc_predictor_request(numeric, categorical, raw=True)
+
+    def median_latency(server: Server) -> float:
+        client = stub(server)
+        client.ModelInfer(request, timeout=10)  # warm the channel up
+        times = []
+        for _ in range(40):
+            start = time.perf_counter()
+            client.ModelInfer(request, timeout=10)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    live, dead = median_latency(stack["predictor"]), median_latency(stack["dead"])
+    assert dead < 3 * live + 0.01, (live, dead)
+    metrics = httpx.get(f"{stack['dead'].url}/metrics").text
+    dropped = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("relearn_payload_log_dropped_total{")
+    )
+    assert dropped > 0, metrics
+
+
+def test_feature_store_outage_is_a_quick_503(trained, stack):
+    transformer = stack["transformer"]
+    instances = v1_instances(requests_at_end(trained, n=2))
+    online = trained["settings"].feature_repo() / "data" / "online.db"
+    lock = sqlite3.connect(online, isolation_level=None, timeout=1)
+    lock.execute("BEGIN EXCLUSIVE")  # readers now block: an online store that hangs
+    try:
+        start = time.perf_counter()
+        response = httpx.post(
+            f"{transformer.url}/v1/models/{MODEL}:predict", json={"instances": instances}, timeout=10
+        )
+        assert response.status_code == 503, response.text
+        assert "feature store" in response.json()["error"]
+        assert time.perf_counter() - start < 4
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # recovers once the store answers again
+        ok = httpx.post(
+            f"{transformer.url}/v1/models/{MODEL}:predict", json={"instances": instances}, timeout=10
+        )
+        if ok.status_code == 200:
+            break
+        time.sleep(0.5)
+    assert ok.status_code == 200
+
+
+def test_batch_scores_match_training_features_and_are_looked_up_in_feast(trained, tmp_path):
+    from relearn.features.spec import MODEL_INPUTS
+    from relearn.features.store import get_store
+    from relearn.model.net import load_model, score
+    from relearn.serving.batch import BatchSettings, lookup_scores, run
+    from relearn.serving.predictor_model import resolve_artifact
+
+    training = pd.read_parquet(trained["summary"]["run_dir"] + "/features/training_set").tail(300)
+    tx = ingested(trained)
+    tx = tx[tx["transaction_id"].isin(training["transaction_id"])]
+    tx[list(REQUEST_FIELDS)].to_parquet(tmp_path / "tx.parquet")
+    assert len(tx) == len(training)
+
+    summary = run(
+        BatchSettings(input=tmp_path / "tx.parquet", output=tmp_path / "scores.parquet", progress=False)
+    )
+    assert summary["rows"] == len(tx) and summary["model_version"] == "1"
+    scores = pd.read_parquet(tmp_path / "scores.parquet").set_index("transaction_id")
+
+    directory, _ = resolve_artifact(f"models:/{MODEL}@champion", tmp_path / "model")
+    net, preprocessor, _ = load_model(directory)
+    expected = pd.Series(
+        score(net, preprocessor, training[list(MODEL_INPUTS)]), index=training["transaction_id"]
+    )
+    np.testing.assert_allclose(scores.loc[expected.index, "score"], expected, atol=1e-6)
+
+    ids = expected.index[:5].tolist()
+    cached = lookup_scores(get_store(trained["settings"]), [*ids, "never-scored"])
+    np.testing.assert_allclose(cached["score"].iloc[:5], expected.iloc[:5], atol=1e-6)
+    assert cached["model_version"].iloc[:5].tolist() == ["1"] * 5
+    assert pd.isna(cached["score"].iloc[5])
+
+
+def test_local_stack_serves_the_champion_and_stops_on_ctrl_c(trained, tmp_path):
+    from relearn.serving.local import EXAMPLE
+
+    ports = [free_port() for _ in range(4)]
+    names = [
+        "--transformer-http-port",
+        "--transformer-grpc-port",
+        "--predictor-http-port",
+        "--predictor-grpc-port",
+    ]
+    args = [a for pair in zip(names, map(str, ports), strict=True) for a in pair]
+    out = (tmp_path / "local.out").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relearn.serving.local", *args],
+        env={**os.environ, "RELEARN_HOME": str(trained["home"])},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the fallback below can end the children too
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while "Ctrl-C stops it" not in (tmp_path / "local.out").read_text():
+            assert process.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "local.out"
+            ).read_text()
+            time.sleep(0.3)
+        printed = (tmp_path / "local.out").read_text()
+        assert f"http://127.0.0.1:{ports[0]}/v1/models/{MODEL}:predict" in printed and "grpcurl" in printed
+        response = httpx.post(
+            f"http://127.0.0.1:{ports[0]}/v1/models/{MODEL}:predict",
+            json={"instances": [EXAMPLE]},
+            timeout=10,
+        )
+        assert response.status_code == 200 and response.json()["model_version"] == "1"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        for port in ports[::2]:  # the children are gone: nothing answers any more
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=2)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        out.close()
