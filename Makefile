@@ -9,7 +9,7 @@ DRIFT := $(VENV)/drift
 PY := $(PLATFORM)/bin/python
 PIPELINE_DIR := pipelines/compiled
 
-.PHONY: help setup train pipelines test lint bench clean drift chart-test serve
+.PHONY: help setup train pipelines test lint bench bench-serving bench-drift bench-tools clean drift chart-test serve
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "relearn targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,8 +62,23 @@ chart-test: setup ## Offline chart checks: helm lint/template, kubernetes-valida
 drift: setup ## Run the drift detector locally (options: ARGS="--help"; RELEARN_DRIFT_* settings)
 	$(DRIFT)/bin/python -m relearn.monitoring.server $(ARGS)
 
-bench: setup ## Run the benchmarks and print their tables
+bench: setup ## Benchmarks of the training half: generator, features, training, whole pipeline
 	$(PY) -m benchmarks $(ARGS)
+
+bench-serving: setup bench-tools ## Serving benchmark: ours vs default KServe, MLServer and a bare floor
+	$(PY) -m benchmarks.serving $(ARGS)
+
+bench-drift: setup ## Drift detector benchmark: ingest events/s, detection delay, false alarms
+	$(DRIFT)/bin/python -m benchmarks.drift $(ARGS)
+
+# Load generator (wrk, Debian) and Seldon MLServer in an environment of its own, for bench-serving only.
+$(VENV)/mlserver/.ready: requirements/mlserver.txt
+	$(PYTHON) -m venv $(VENV)/mlserver
+	$(VENV)/mlserver/bin/pip install -q -r requirements/mlserver.txt
+	touch $@
+
+bench-tools: $(VENV)/mlserver/.ready
+	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 
 clean: ## Remove local state (.relearn/) and compiled pipelines; keeps the environments
 	rm -rf .relearn $(PIPELINE_DIR) local_outputs

@@ -96,7 +96,7 @@ def run_locally(
     before = set(pipeline_root.glob(f"{PIPELINE_NAME}-*")) if pipeline_root.exists() else set()
     pipeline_root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    log_path = pipeline_root / "last-run.log"
+    log_path = pipeline_root / f".run-{os.getpid()}.log"  # per process: runs may share a root
     with log_path.open("w") as log_file, warnings.catch_warnings():
         # Our base image name does not contain "python"; kfp.local warns about that, needlessly here.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")

@@ -11,6 +11,7 @@ Nothing here has import-time side effects; every path comes from :class:`~relear
 
 from __future__ import annotations
 
+import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -318,10 +319,20 @@ def online_features(store: FeatureStore, requests: pd.DataFrame) -> pd.DataFrame
     if requests.empty:
         return raw.assign(**{n: pd.Series(dtype=object) for n in names})
     response = store.get_online_features(
-        features=store.get_feature_service(FEATURE_SERVICE),
+        features=_feature_service(store),
         entity_rows={"user_id": keys["user_id"].tolist(), "merchant_id": keys["merchant_id"].tolist()},
-    ).to_df()
-    return pd.concat([raw, response[names].set_axis(requests.index)], axis=1)
+    ).to_dict()
+    return raw.assign(**{name: response[name] for name in names})
+
+
+_SERVICES: weakref.WeakKeyDictionary[FeatureStore, FeatureService] = weakref.WeakKeyDictionary()
+
+
+def _feature_service(store: FeatureStore) -> FeatureService:
+    """The model's FeatureService, read from the registry once per store (a lookup parses the registry)."""
+    if store not in _SERVICES:
+        _SERVICES[store] = store.get_feature_service(FEATURE_SERVICE)
+    return _SERVICES[store]
 
 
 def online_model_inputs(store: FeatureStore, requests: pd.DataFrame) -> pd.DataFrame:

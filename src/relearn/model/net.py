@@ -173,14 +173,16 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits for pre-built tensors, in eval mode, in large chunks to bound memory."""
     was_training = net.training
-    net.eval()
+    if was_training:  # switching modes costs a module-tree walk: a served net stays in eval mode
+        net.eval()
     try:
         chunks = [
             net(numeric[i : i + batch_size], categorical[i : i + batch_size])
             for i in range(0, len(numeric), batch_size)
         ]
     finally:
-        net.train(was_training)
+        if was_training:
+            net.train()
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 

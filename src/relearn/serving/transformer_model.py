@@ -35,6 +35,17 @@ from relearn.serving.payload_log import LoggerConfig, PayloadLogger
 from relearn.settings import RelearnSettings
 
 log = logging.getLogger(__name__)
+
+
+def unavailable(detail: str) -> ServerNotReady:
+    """A ServerNotReady (503 / UNAVAILABLE) that KServe's gRPC interceptor can report.
+
+    KServe 0.21's interceptor reads ``ex.reason``, which ServerNotReady lacks; without it a gRPC client gets
+    UNKNOWN (AttributeError) instead of UNAVAILABLE.
+    """
+    error = ServerNotReady(detail)
+    error.reason = str(error)
+    return error
 NUMERIC_FIELDS = ("amount",)
 TEXT_FIELDS = tuple(f for f in REQUEST_FIELDS if f not in NUMERIC_FIELDS)
 REQUIRED_FIELDS = ("transaction_id", "event_timestamp", "user_id", "merchant_id", "amount")
@@ -172,7 +183,7 @@ class FraudTransformer(Model):
             log.warning("feature store unavailable", extra={"reason": reason})
             if self.settings.feature_fallback:
                 return frame, time.perf_counter() - start  # no entity features: cold-start defaults
-            raise ServerNotReady(f"feature store unavailable: online lookup {reason}") from None
+            raise unavailable(f"feature store unavailable: online lookup {reason}") from None
 
     async def _score(self, inputs: pd.DataFrame, event_id: str) -> tuple[np.ndarray, np.ndarray, str]:
         import grpc
@@ -200,7 +211,7 @@ class FraudTransformer(Model):
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidInput(f"predictor rejected the inputs: {exc.details()}") from None
-            raise ServerNotReady(f"predictor unavailable: {exc.code().name}: {exc.details()}") from None
+            raise unavailable(f"predictor unavailable: {exc.code().name}: {exc.details()}") from None
         version = response.model_version or self.version
         STAGE_SECONDS.labels(component="transformer", stage="predict", model_version=version).observe(
             time.perf_counter() - start

@@ -1,0 +1,6 @@
+"""Rollouts: canary and shadow deployments of the fraud model, in a cluster (KServe + Istio) or locally.
+
+:mod:`relearn.rollout.backend` holds the backend interface and the Kubernetes backend,
+:mod:`relearn.rollout.router` the local router and its backend, :mod:`relearn.rollout.cli` the
+``kubectl relearn`` plugin and :mod:`relearn.rollout.analysis` the canary analysis decisions.
+"""

@@ -1,0 +1,42 @@
+"""Append-only audit trail of rollout actions: which version served when, and why each decision was taken."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+class AuditLog:
+    """One JSON object per line, appended with a single ``write`` on an ``O_APPEND`` descriptor.
+
+    Args:
+        path: The JSONL file (created with its folder on first append).
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def append(self, action: str, *, actor: str, reason: str = "", **fields: Any) -> dict[str, Any]:
+        """Record one action (``fields`` e.g. version, percent, the resulting state)."""
+        entry = {"time": datetime.now(UTC).isoformat(), "action": action, "actor": actor, "reason": reason}
+        entry.update(fields)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = (json.dumps(entry, sort_keys=True) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        return entry
+
+    def entries(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The recorded actions, oldest first (the last ``limit`` when given)."""
+        if not self.path.exists():
+            return []
+        lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
+        if limit is not None:
+            lines = lines[-limit:] if limit > 0 else []
+        return [json.loads(ln) for ln in lines]

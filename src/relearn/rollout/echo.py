@@ -1,0 +1,129 @@
+"""A minimal KServe v2 server (REST + gRPC) that answers with its own name: the upstream of router tests.
+
+``python -m relearn.rollout.echo --name stable --rest-port 9001 --grpc-port 9002`` serves
+``/v2/health/ready``, ``/v2/models/{model}/infer`` and ``inference.GRPCInferenceService`` (ServerLive,
+ServerReady, ModelInfer). Every inference answers one BYTES output ``server`` holding the name, and
+``GET /count`` returns how many inference requests arrived. ``--fail`` makes every inference fail (500 /
+INTERNAL): a broken shadow or canary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import importlib.util
+import signal
+from pathlib import Path
+from typing import Any
+
+SERVICE = "inference.GRPCInferenceService"
+
+
+@functools.cache
+def v2_pb2() -> Any:
+    """KServe's ``grpc_predict_v2_pb2``, loaded from its file (importing ``kserve`` itself takes seconds)."""
+    spec = importlib.util.find_spec("kserve")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("kserve")
+    path = Path(spec.origin).parent / "protocol" / "grpc" / "grpc_predict_v2_pb2.py"
+    module_spec = importlib.util.spec_from_file_location("relearn_rollout_v2_pb2", path)
+    assert module_spec and module_spec.loader
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+async def serve(name: str, host: str, rest_port: int, grpc_port: int, fail: bool) -> None:
+    """Serve until SIGINT/SIGTERM."""
+    import grpc
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    pb = v2_pb2()
+    counts = {"rest": 0, "grpc": 0}
+
+    async def ready(request: Request) -> JSONResponse:
+        return JSONResponse({"ready": True} if "ready" in request.url.path else {"live": True})
+
+    async def infer(request: Request) -> JSONResponse:
+        counts["rest"] += 1
+        body = await request.json()
+        if fail:
+            return JSONResponse({"error": f"{name} fails"}, status_code=500)
+        output = {"name": "server", "datatype": "BYTES", "shape": [1], "data": [name]}
+        return JSONResponse(
+            {"model_name": request.path_params["model"], "id": body.get("id", ""), "outputs": [output]}
+        )
+
+    async def count(request: Request) -> JSONResponse:
+        return JSONResponse(counts)
+
+    app = Starlette(
+        routes=[
+            Route("/v2/health/ready", ready),
+            Route("/v2/health/live", ready),
+            Route("/v2/models/{model}/infer", infer, methods=["POST"]),
+            Route("/count", count),
+        ]
+    )
+
+    async def live(request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=True)
+
+    async def model_infer(request: Any, context: Any) -> Any:
+        counts["grpc"] += 1
+        if fail:
+            await context.abort(grpc.StatusCode.INTERNAL, f"{name} fails")
+        out = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+        tensor = out.outputs.add(name="server", datatype="BYTES", shape=[1])
+        tensor.contents.bytes_contents.append(name.encode())
+        return out
+
+    def unary(fn: Any, req: Any, resp: Any) -> Any:
+        return grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+        )
+
+    handlers = {
+        "ServerLive": unary(live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ServerReady": unary(server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ModelInfer": unary(model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+    }
+    grpc_server = grpc.aio.server()
+    grpc_server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    grpc_server.add_insecure_port(f"{host}:{grpc_port}")
+    await grpc_server.start()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=rest_port, log_level="warning", lifespan="off")
+    )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)  # uvicorn captures it while serving, then re-raises here
+    try:
+        await server.serve()
+    finally:
+        await grpc_server.stop(grace=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m relearn.rollout.echo``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m relearn.rollout.echo", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--rest-port", type=int, required=True)
+    parser.add_argument("--grpc-port", type=int, required=True)
+    parser.add_argument("--fail", action="store_true", help="every inference fails (500 / INTERNAL)")
+    args = parser.parse_args(argv)
+    asyncio.run(serve(args.name, args.host, args.rest_port, args.grpc_port, args.fail))
+
+
+if __name__ == "__main__":
+    main()

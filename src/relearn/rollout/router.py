@@ -1,0 +1,409 @@
+"""Local router: stable/canary split and shadow mirror for v2 REST and v2 gRPC, plus its backend.
+
+The same semantics as KServe + Istio in a cluster:
+
+* each request goes to the canary with probability ``canary_percent`` / 100, else to the stable version
+  (Knative splits revisions by weight, per request);
+* independently, a share ``mirror_percent`` / 100 of the requests is also sent to the shadow, fire and
+  forget: the mirror's response is discarded and its failure or slowness never reaches the client
+  (Istio ``mirror`` + ``mirrorPercentage``; Istio also appends ``-shadow`` to the mirrored Host);
+* a route whose upstream cannot be reached answers 503 (REST) / UNAVAILABLE (gRPC), as Envoy does.
+
+REST is proxied by a Starlette app (httpx to the upstreams); gRPC by a generic ``grpc.aio`` handler that
+forwards every unary method as raw bytes (all methods of ``inference.GRPCInferenceService`` are unary), so
+request and response messages, metadata and status codes pass through unchanged.
+
+The routing table lives in a JSON state file that :class:`LocalBackend` writes atomically and the router
+re-reads whenever it changes, so ``kubectl relearn --backend local`` and the controller change the weights
+of a running router without restarting it::
+
+    python -m relearn.rollout.router --state .relearn/rollout/state.json --rest-port 8090 --grpc-port 8091
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relearn.rollout.backend import RolloutError, RolloutState, check_percent
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+}
+ROUTE_HEADER = "x-relearn-route"
+MAX_MIRRORS_IN_FLIGHT = 64
+
+
+# ------------------------------------------------------------------------------------------------ state
+@dataclass
+class Endpoint:
+    """Where one version is served: its REST base URL and its gRPC target."""
+
+    rest: str | None = None
+    grpc: str | None = None
+
+
+@dataclass
+class RouterState:
+    """The routing table shared by the backend (writer) and the router (reader)."""
+
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    stable: str | None = None
+    canary: str | None = None
+    canary_percent: int = 0
+    shadow: str | None = None
+    mirror_percent: float = 0.0
+
+    @classmethod
+    def load(cls, path: Path) -> RouterState:
+        """Read the state file (an empty state when it does not exist yet)."""
+        if not path.exists():
+            return cls()
+        raw = json.loads(path.read_text())
+        raw["endpoints"] = {v: Endpoint(**e) for v, e in raw.get("endpoints", {}).items()}
+        return cls(**raw)
+
+    def save(self, path: Path) -> None:
+        """Write atomically (temporary file + rename): the router never reads half a file."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "endpoints": {v: vars(e) for v, e in self.endpoints.items()},
+            "stable": self.stable,
+            "canary": self.canary,
+            "canary_percent": self.canary_percent,
+            "shadow": self.shadow,
+            "mirror_percent": self.mirror_percent,
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+
+    def public(self) -> RolloutState:
+        """The backend-neutral view."""
+        return RolloutState(
+            stable=self.stable,
+            canary=self.canary,
+            canary_percent=self.canary_percent if self.canary else 0,
+            shadow=self.shadow if self.mirror_percent > 0 else None,
+            mirror_percent=self.mirror_percent if self.shadow else 0.0,
+        )
+
+
+class LocalBackend:
+    """The rollout backend of local mode: edits the state file of a running :func:`serve` router.
+
+    Versions must be registered first (:meth:`register`) with the endpoints of the servers that load them.
+
+    Args:
+        state_path: The router's state file.
+    """
+
+    def __init__(self, state_path: Path | str) -> None:
+        self.path = Path(state_path)
+
+    def _update(self, fn: Any) -> RolloutState:
+        state = RouterState.load(self.path)
+        fn(state)
+        state.save(self.path)
+        return state.public()
+
+    def _known(self, state: RouterState, version: str) -> None:
+        if version not in state.endpoints:
+            raise RolloutError(f"version {version} has no registered endpoints (see LocalBackend.register)")
+
+    def register(self, version: str, *, rest: str | None = None, grpc: str | None = None) -> None:
+        """Record where ``version`` is served; the first registered version becomes the stable one."""
+
+        def fn(s: RouterState) -> None:
+            s.endpoints[version] = Endpoint(rest=rest, grpc=grpc)
+            s.stable = s.stable or version
+
+        self._update(fn)
+
+    def state(self) -> RolloutState:
+        """The current versions and shares."""
+        return RouterState.load(self.path).public()
+
+    def start_canary(self, version: str, percent: int) -> RolloutState:
+        """Route ``percent`` of the requests to ``version``."""
+        check_percent(percent)
+
+        def fn(s: RouterState) -> None:
+            self._known(s, version)
+            if s.canary:
+                raise RolloutError(f"canary {s.canary} is running: promote or roll it back first")
+            s.canary, s.canary_percent = version, percent
+
+        return self._update(fn)
+
+    def set_canary_percent(self, percent: int) -> RolloutState:
+        """Change the canary's share."""
+        check_percent(percent)
+
+        def fn(s: RouterState) -> None:
+            if not s.canary:
+                raise RolloutError("no canary is running")
+            s.canary_percent = percent
+
+        return self._update(fn)
+
+    def promote(self) -> RolloutState:
+        """The canary becomes the stable version."""
+
+        def fn(s: RouterState) -> None:
+            if not s.canary:
+                raise RolloutError("no canary to promote")
+            s.stable, s.canary, s.canary_percent = s.canary, None, 0
+
+        return self._update(fn)
+
+    def rollback(self) -> RolloutState:
+        """All traffic back to the stable version."""
+
+        def fn(s: RouterState) -> None:
+            if not s.canary:
+                raise RolloutError("no canary to roll back")
+            s.canary, s.canary_percent = None, 0
+
+        return self._update(fn)
+
+    def start_shadow(self, version: str, percent: float) -> RolloutState:
+        """Mirror ``percent`` of the requests to ``version``."""
+        check_percent(percent)
+
+        def fn(s: RouterState) -> None:
+            self._known(s, version)
+            s.shadow, s.mirror_percent = version, float(percent)
+
+        return self._update(fn)
+
+    def stop_shadow(self) -> RolloutState:
+        """Stop mirroring."""
+
+        def fn(s: RouterState) -> None:
+            s.shadow, s.mirror_percent = None, 0.0
+
+        return self._update(fn)
+
+
+# ----------------------------------------------------------------------------------------------- router
+class Router:
+    """Picks routes from the (re-read on change) state file and keeps mirror tasks bounded.
+
+    Args:
+        state_path: The state file written by :class:`LocalBackend`.
+        seed: Seed of the route choices (tests); None for a random seed.
+    """
+
+    def __init__(self, state_path: Path, seed: int | None = None) -> None:
+        self.path = Path(state_path)
+        self.rng = random.Random(seed)
+        self._stamp: tuple[int, int] | None = None
+        self.state = RouterState()
+        self.mirrors: set[asyncio.Task[Any]] = set()
+        self.mirrors_dropped = 0
+
+    def refresh(self) -> RouterState:
+        """Re-read the state file when its mtime or size changed (one stat per request)."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return self.state
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            try:
+                self.state = RouterState.load(self.path)
+                self._stamp = stamp
+            except (ValueError, TypeError) as exc:  # keep the last good table
+                log.warning("unreadable router state", extra={"error": str(exc)})
+        return self.state
+
+    def choose(self) -> tuple[str, Endpoint | None, Endpoint | None]:
+        """(route name, primary endpoint, mirror endpoint or None) for one request."""
+        s = self.refresh()
+        if s.canary and self.rng.random() * 100 < s.canary_percent:
+            route, version = "canary", s.canary
+        else:
+            route, version = "stable", s.stable
+        mirror = None
+        if s.shadow and s.mirror_percent > 0 and self.rng.random() * 100 < s.mirror_percent:
+            mirror = s.endpoints.get(s.shadow)
+        return route, s.endpoints.get(version) if version else None, mirror
+
+    def mirror(self, coro: Any) -> None:
+        """Fire and forget; drop the mirror (never the request) when too many are in flight."""
+        if len(self.mirrors) >= MAX_MIRRORS_IN_FLIGHT:
+            self.mirrors_dropped += 1
+            coro.close()
+            return
+        task = asyncio.get_running_loop().create_task(coro)
+        self.mirrors.add(task)
+        task.add_done_callback(self.mirrors.discard)
+
+
+def rest_app(router: Router, timeout: float = 30.0) -> Any:
+    """The Starlette app proxying every path and method to the chosen upstream."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=256))
+
+    async def _send_mirror(url: str, method: str, headers: dict[str, str], body: bytes) -> None:
+        with contextlib.suppress(Exception):  # the mirror's outcome is discarded, as Istio does
+            await client.request(method, url, headers=headers, content=body)
+
+    async def proxy(request: Request) -> Response:
+        route, primary, mirror = router.choose()
+        body = await request.body()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if mirror is not None and mirror.rest:
+            host = request.headers.get("host", "")
+            shadow_headers = {**headers, "host": f"{host}-shadow"} if host else headers
+            router.mirror(_send_mirror(mirror.rest + target, request.method, shadow_headers, body))
+        if primary is None or not primary.rest:
+            return JSONResponse({"error": f"no healthy upstream for route {route}"}, status_code=503)
+        try:
+            resp = await client.request(request.method, primary.rest + target, headers=headers, content=body)
+        except httpx.HTTPError as exc:
+            return JSONResponse({"error": f"upstream {route}: {exc!r}"}, status_code=503)
+        out = {
+            k: v
+            for k, v in resp.headers.items()
+            if k.lower() not in HOP_BY_HOP and k.lower() != "content-encoding"
+        }
+        out[ROUTE_HEADER] = route
+        return Response(resp.content, status_code=resp.status_code, headers=out)
+
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    app = Starlette(routes=[Route("/{path:path}", proxy, methods=methods)])
+    app.state.client = client
+    return app
+
+
+def grpc_handler(router: Router, timeout: float = 30.0) -> Any:
+    """A generic gRPC handler forwarding every unary method as raw bytes."""
+    import grpc
+
+    channels: dict[str, Any] = {}
+
+    def channel(target: str) -> Any:
+        if target not in channels:
+            channels[target] = grpc.aio.insecure_channel(target)
+        return channels[target]
+
+    async def _send_mirror(target: str, method: str, request: bytes, metadata: Any) -> None:
+        with contextlib.suppress(Exception):
+            await channel(target).unary_unary(method)(request, metadata=metadata, timeout=timeout)
+
+    class Handler(grpc.GenericRpcHandler):
+        def service(self, details: Any) -> Any:
+            method = details.method
+
+            async def call(request: bytes, context: Any) -> bytes:
+                route, primary, mirror = router.choose()
+                metadata = tuple(
+                    (k, v)
+                    for k, v in (context.invocation_metadata() or ())
+                    if not k.startswith((":", "grpc-")) and k != "user-agent"
+                )
+                if mirror is not None and mirror.grpc:
+                    router.mirror(_send_mirror(mirror.grpc, method, request, metadata))
+                if primary is None or not primary.grpc:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"no healthy upstream for route {route}")
+                try:
+                    response, unary = await _with_call(
+                        channel(primary.grpc).unary_unary(method), request, metadata
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    context.set_trailing_metadata(exc.trailing_metadata() or ())
+                    await context.abort(exc.code(), exc.details() or "")
+                context.set_trailing_metadata(
+                    (*(await unary.trailing_metadata() or ()), (ROUTE_HEADER, route))
+                )
+                return response
+
+            return grpc.unary_unary_rpc_method_handler(call)
+
+    async def _with_call(stub: Any, request: bytes, metadata: Any) -> tuple[bytes, Any]:
+        unary = stub(request, metadata=metadata, timeout=timeout)
+        return await unary, unary
+
+    handler = Handler()
+    handler.channels = channels  # type: ignore[attr-defined]
+    return handler
+
+
+async def serve(state_path: Path, host: str, rest_port: int, grpc_port: int, seed: int | None = None) -> None:
+    """Run the REST and gRPC listeners until SIGINT/SIGTERM."""
+    import grpc
+    import uvicorn
+
+    router = Router(state_path, seed=seed)
+    app = rest_app(router)
+    handler = grpc_handler(router)
+    grpc_server = grpc.aio.server()
+    grpc_server.add_generic_rpc_handlers((handler,))
+    grpc_server.add_insecure_port(f"{host}:{grpc_port}")
+    await grpc_server.start()
+    config = uvicorn.Config(app, host=host, port=rest_port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # uvicorn captures the signal while serving and re-raises it to this handler afterwards.
+        signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+    log.info("router listening", extra={"rest": rest_port, "grpc": grpc_port})
+    try:
+        await server.serve()
+    finally:
+        await grpc_server.stop(grace=1)
+        for task in list(router.mirrors):
+            task.cancel()
+        await app.state.client.aclose()
+        for ch in handler.channels.values():
+            await ch.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m relearn.rollout.router``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m relearn.rollout.router", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--state", type=Path, required=True, help="state file written by LocalBackend")
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback)")
+    parser.add_argument("--rest-port", type=int, default=8090)
+    parser.add_argument("--grpc-port", type=int, default=8091)
+    parser.add_argument("--seed", type=int, default=None, help="seed of the route choices (tests)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    asyncio.run(serve(args.state, args.host, args.rest_port, args.grpc_port, args.seed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""The Kubernetes backend, without a cluster: a real HTTP server on loopback plays the API server.
+
+The official ``kubernetes`` client talks to it over HTTP; the server records every request (method, path,
+content type, body), applies merge patches as the API server does (RFC 7386), and validates each patched
+object against the upstream CRD schemas in ../shared/crds closed against unknown fields.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from relearn.rollout.backend import (
+    ANN_CANARY,
+    ANN_SHADOW,
+    ANN_STABLE,
+    ANN_STABLE_URI,
+    KubernetesBackend,
+    RolloutBackend,
+    RolloutError,
+    RolloutState,
+)
+
+CRDS = Path(__file__).resolve().parents[2] / "shared" / "crds"
+NS = "fraud"
+ISVC = f"/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices"
+VS = f"/apis/networking.istio.io/v1/namespaces/{NS}/virtualservices"
+MERGE = "application/merge-patch+json"
+
+pytestmark = pytest.mark.skipif(not CRDS.is_dir(), reason=f"no CRDs in {CRDS}")
+
+
+def _close(schema: Any) -> Any:
+    """Reject unknown fields like a strict API server (same rule as tests/test_chart.py)."""
+    if isinstance(schema, dict):
+        schema = {k: _close(v) for k, v in schema.items()}
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [_close(s) for s in schema]
+    return schema
+
+
+@functools.cache
+def validators() -> dict[tuple[str, str], Any]:
+    out = {}
+    for name in ("serving.kserve.io_inferenceservices.yaml", "networking.istio.io_virtualservices.yaml"):
+        for crd in yaml.safe_load_all((CRDS / name).read_text()):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                schema = _close(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+                for field in ("apiVersion", "kind"):
+                    schema.setdefault("properties", {}).setdefault(field, {"type": "string"})
+                schema["properties"].setdefault("metadata", {"type": "object"})
+                out[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
+    return out
+
+
+def crd_errors(doc: dict[str, Any]) -> list[str]:
+    validator = validators()[(doc["apiVersion"], doc["kind"])]
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (what the API server applies for application/merge-patch+json)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def _container(uri: str) -> dict[str, Any]:
+    return {
+        "name": "kserve-container",
+        "image": "relearn-predictor:0.1.0",
+        "command": ["python", "-m", "relearn.serving.predictor"],
+        "env": [
+            {"name": "RELEARN_PREDICTOR_MODEL_URI", "value": uri},
+            {"name": "RELEARN_PREDICTOR_HOST", "value": "0.0.0.0"},
+        ],
+        "ports": [{"name": "h2c", "containerPort": 8081, "protocol": "TCP"}],
+    }
+
+
+def isvc(name: str, uri: str) -> dict[str, Any]:
+    """An InferenceService shaped like the chart's (predictor + transformer, env-carried model URI)."""
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "predictor": {"minReplicas": 1, "containers": [_container(uri)]},
+            "transformer": {
+                "minReplicas": 1,
+                "containers": [
+                    {
+                        "name": "kserve-container",
+                        "image": "relearn-transformer:0.1.0",
+                        "command": ["python", "-m", "relearn.serving.transformer"],
+                    }
+                ],
+            },
+        },
+    }
+
+
+def virtual_service() -> dict[str, Any]:
+    """The chart's shadow-mirror VirtualService with the mirror off."""
+    host = f"relearn-fraud.{NS}.svc.cluster.local"
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "relearn-shadow-mirror", "namespace": NS},
+        "spec": {
+            "hosts": ["relearn-fraud.example.com"],
+            "gateways": ["knative-serving/knative-ingress-gateway"],
+            "http": [
+                {
+                    "name": "fraud-with-shadow",
+                    "route": [
+                        {
+                            "destination": {"host": host, "port": {"number": 80}},
+                            "headers": {"request": {"set": {"Host": host}}},
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+
+
+class FakeApiServer:
+    """A loopback HTTP server answering GET/PATCH of stored custom objects and recording each request."""
+
+    def __init__(self, objects: dict[str, dict[str, Any]]) -> None:
+        self.objects = objects
+        self.requests: list[dict[str, Any]] = []
+        self.rejected: list[list[str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self, code: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                outer.requests.append(
+                    {"method": "GET", "path": self.path, "content_type": None, "body": None}
+                )
+                obj = outer.objects.get(self.path)
+                self._answer(200, obj) if obj else self._answer(404, {"kind": "Status", "code": 404})
+
+            def do_PATCH(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = json.loads(raw)
+                ctype = self.headers.get("Content-Type")
+                outer.requests.append(
+                    {"method": "PATCH", "path": self.path, "content_type": ctype, "body": body}
+                )
+                if self.path not in outer.objects:
+                    return self._answer(404, {"kind": "Status", "code": 404})
+                if ctype != MERGE:
+                    return self._answer(415, {"kind": "Status", "code": 415})
+                new = merge_patch(outer.objects[self.path], body)
+                errors = crd_errors(new)
+                if errors:
+                    outer.rejected.append(errors)
+                    return self._answer(422, {"kind": "Status", "code": 422, "message": "; ".join(errors)})
+                outer.objects[self.path] = new
+                self._answer(200, new)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def patches(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] == "PATCH"]
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    server = FakeApiServer(
+        {
+            f"{ISVC}/relearn-fraud": isvc("relearn-fraud", "models:/relearn-fraud/1"),
+            f"{ISVC}/relearn-fraud-shadow": isvc("relearn-fraud-shadow", "models:/relearn-fraud@challenger"),
+            f"{VS}/relearn-shadow-mirror": virtual_service(),
+        }
+    )
+    server.thread.start()
+    try:
+        yield server
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+        server.thread.join(timeout=5)
+
+
+@pytest.fixture
+def backend(api: FakeApiServer) -> KubernetesBackend:
+    from kubernetes import client
+
+    configuration = client.Configuration(host=api.url)
+    return KubernetesBackend(
+        NS,
+        "relearn-fraud",
+        virtual_service="relearn-shadow-mirror",
+        shadow_service="relearn-fraud-shadow",
+        api_client=client.ApiClient(configuration),
+    )
+
+
+def _uri(obj: dict[str, Any]) -> str:
+    env = obj["spec"]["predictor"]["containers"][0]["env"]
+    return next(v["value"] for v in env if v["name"] == "RELEARN_PREDICTOR_MODEL_URI")
+
+
+def test_fixture_objects_are_valid_and_typos_are_rejected(api: FakeApiServer) -> None:
+    for obj in api.objects.values():
+        assert crd_errors(obj) == []
+    typo = copy.deepcopy(api.objects[f"{ISVC}/relearn-fraud"])
+    typo["spec"]["predictor"]["canaryTraficPercent"] = 10
+    assert crd_errors(typo), "the closed schema must reject unknown fields"
+
+
+def test_backend_satisfies_protocol(backend: KubernetesBackend) -> None:
+    assert isinstance(backend, RolloutBackend)
+    assert backend.state() == RolloutState(stable="1", canary=None, canary_percent=0, shadow=None)
+
+
+def test_canary_start_sends_the_documented_merge_patch(
+    api: FakeApiServer, backend: KubernetesBackend
+) -> None:
+    state = backend.start_canary("2", 10)
+    assert state == RolloutState(stable="1", canary="2", canary_percent=10)
+    [patch] = api.patches()
+    assert patch["path"] == f"{ISVC}/relearn-fraud"
+    assert patch["content_type"] == MERGE
+    body = patch["body"]
+    assert body["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert body["spec"]["transformer"] == {"canaryTrafficPercent": 10}
+    # The whole containers list (a merge patch replaces lists) with only the model URI changed.
+    expected = _container("models:/relearn-fraud/2")
+    assert body["spec"]["predictor"]["containers"] == [expected]
+    assert body["metadata"]["annotations"] == {
+        ANN_CANARY: "2",
+        ANN_STABLE: "1",
+        ANN_STABLE_URI: "models:/relearn-fraud/1",
+    }
+    assert api.rejected == []
+    with pytest.raises(RolloutError):
+        backend.start_canary("3", 10)
+
+
+def test_step_promote_sends_null_to_remove_the_field(api: FakeApiServer, backend: KubernetesBackend) -> None:
+    backend.start_canary("2", 10)
+    backend.set_canary_percent(25)
+    step = api.patches()[-1]
+    assert step["body"] == {
+        "spec": {"predictor": {"canaryTrafficPercent": 25}, "transformer": {"canaryTrafficPercent": 25}}
+    }
+    state = backend.promote()
+    promote = api.patches()[-1]
+    assert promote["content_type"] == MERGE
+    assert promote["body"]["spec"] == {
+        "predictor": {"canaryTrafficPercent": None},
+        "transformer": {"canaryTrafficPercent": None},
+    }
+    assert promote["body"]["metadata"]["annotations"] == {
+        ANN_STABLE: "2",
+        ANN_STABLE_URI: "models:/relearn-fraud/2",
+        ANN_CANARY: None,
+    }
+    stored = api.objects[f"{ISVC}/relearn-fraud"]
+    assert "canaryTrafficPercent" not in stored["spec"]["predictor"]
+    assert "canaryTrafficPercent" not in stored["spec"]["transformer"]
+    assert _uri(stored) == "models:/relearn-fraud/2"
+    assert state == RolloutState(stable="2")
+    assert api.rejected == []
+
+
+def test_rollback_sets_zero(api: FakeApiServer, backend: KubernetesBackend) -> None:
+    backend.start_canary("2", 50)
+    state = backend.rollback()
+    rollback = api.patches()[-1]
+    assert rollback["body"] == {
+        "spec": {"predictor": {"canaryTrafficPercent": 0}, "transformer": {"canaryTrafficPercent": 0}},
+        "metadata": {"annotations": {ANN_CANARY: None}},
+    }
+    assert api.objects[f"{ISVC}/relearn-fraud"]["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    assert state == RolloutState(stable="1")
+    with pytest.raises(RolloutError):
+        backend.promote()
+    assert api.rejected == []
+
+
+def test_shadow_patches_the_virtual_service_mirror(api: FakeApiServer, backend: KubernetesBackend) -> None:
+    state = backend.start_shadow("3", 20)
+    assert state.shadow == "3" and state.mirror_percent == 20.0
+    isvc_patch, vs_patch = api.patches()
+    assert isvc_patch["path"] == f"{ISVC}/relearn-fraud-shadow"
+    assert isvc_patch["body"] == {
+        "spec": {"predictor": {"containers": [_container("models:/relearn-fraud/3")]}}
+    }
+    assert vs_patch["path"] == f"{VS}/relearn-shadow-mirror"
+    assert vs_patch["content_type"] == MERGE
+    [route] = vs_patch["body"]["spec"]["http"]
+    assert route["mirror"] == {"host": f"relearn-fraud-shadow.{NS}.svc.cluster.local", "port": {"number": 80}}
+    assert route["mirrorPercentage"] == {"value": 20.0}
+    assert route["route"] == virtual_service()["spec"]["http"][0]["route"], "the primary route is kept"
+    assert vs_patch["body"]["metadata"] == {"annotations": {ANN_SHADOW: "3"}}
+    state = backend.stop_shadow()
+    assert state.shadow is None and state.mirror_percent == 0
+    stored = api.objects[f"{VS}/relearn-shadow-mirror"]["spec"]["http"][0]
+    assert "mirror" not in stored and "mirrorPercentage" not in stored
+    assert api.rejected == []
+
+
+def test_invalid_percent_is_refused_before_any_request(
+    api: FakeApiServer, backend: KubernetesBackend
+) -> None:
+    with pytest.raises(ValueError):
+        backend.start_canary("2", 101)
+    assert api.requests == []
