@@ -172,6 +172,22 @@ def grpc_predictor_request(numeric, categorical, raw: bool, request_id: str = "g
     return request
 
 
+def grpc_transactions_request(frame: pd.DataFrame) -> pb.ModelInferRequest:
+    """A v2 gRPC request for the transformer: one BYTES (FP64 for amount) input per request field."""
+    strings = frame.assign(event_timestamp=frame["event_timestamp"].map(lambda t: t.isoformat()))
+    inputs = []
+    for name in REQUEST_FIELDS:
+        tensor = pb.ModelInferRequest.InferInputTensor(
+            name=name, datatype="FP64" if name == "amount" else "BYTES", shape=[len(frame)]
+        )
+        if name == "amount":
+            tensor.contents.fp64_contents.extend(strings[name].astype(float).tolist())
+        else:
+            tensor.contents.bytes_contents.extend([str(v).encode() for v in strings[name]])
+        inputs.append(tensor)
+    return pb.ModelInferRequest(model_name=MODEL, inputs=inputs)
+
+
 def test_entry_points_have_help():
     modules = ("predictor", "transformer", "batch", "local")
     for module in (f"relearn.serving.{m}" for m in modules):
@@ -208,18 +224,7 @@ def test_transformer_scores_equal_offline_scores(trained, stack):
     assert expected.std() > 0  # the rows really differ
 
     # Same over v2 gRPC with one BYTES/FP64 input per request field.
-    strings = frame.assign(event_timestamp=frame["event_timestamp"].map(lambda t: t.isoformat()))
-    inputs = []
-    for name in REQUEST_FIELDS:
-        tensor = pb.ModelInferRequest.InferInputTensor(
-            name=name, datatype="FP64" if name == "amount" else "BYTES", shape=[len(frame)]
-        )
-        if name == "amount":
-            tensor.contents.fp64_contents.extend(strings[name].astype(float).tolist())
-        else:
-            tensor.contents.bytes_contents.extend([str(v).encode() for v in strings[name]])
-        inputs.append(tensor)
-    reply = stub(transformer).ModelInfer(pb.ModelInferRequest(model_name=MODEL, inputs=inputs), timeout=30)
+    reply = stub(transformer).ModelInfer(grpc_transactions_request(frame), timeout=30)
     assert reply.model_version == "1"
     scores = next(o for o in reply.outputs if o.name == "score")
     got_grpc = (
@@ -466,6 +471,13 @@ def test_feature_store_outage_is_a_quick_503(trained, stack):
         )
         assert response.status_code == 503, response.text
         assert "feature store" in response.json()["error"]
+        assert time.perf_counter() - start < 4
+        # gRPC clients get UNAVAILABLE with the same reason, just as quickly.
+        start = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as failure:
+            stub(transformer).ModelInfer(grpc_transactions_request(requests_at_end(trained, n=2)), timeout=10)
+        assert failure.value.code() == grpc.StatusCode.UNAVAILABLE, failure.value
+        assert "feature store" in failure.value.details()
         assert time.perf_counter() - start < 4
     finally:
         lock.execute("ROLLBACK")
