@@ -28,6 +28,9 @@ ONSET = datetime(2024, 1, 18, tzinfo=UTC)  # three stationary days after the ref
 WINDOW = 1000
 
 
+_LABELS: dict[str, pd.DataFrame] = {}
+
+
 @functools.lru_cache(maxsize=8)
 def scenario_stream(scenario: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """``(reference, before, after)`` in time order: reference = Jan 8-14 (whole days), then the stream
@@ -36,12 +39,19 @@ def scenario_stream(scenario: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     config = GeneratorConfig(
         days=22, n_users=1200, n_merchants=150, seed=7, scenario=scenario, onset=ONSET, start=START
     )
-    stream, _, onset = model_input_stream(config)
+    stream, labels, onset = model_input_stream(config)
+    _LABELS[scenario] = labels
     stream["score"] = toy_scores(stream, seed=1)
     reference, rest = time_ordered(stream, REFERENCE_START, REFERENCE_DAYS)
     before = rest[rest["event_timestamp"] < onset].reset_index(drop=True)
     after = rest[rest["event_timestamp"] >= onset].reset_index(drop=True)
     return reference, before, after
+
+
+def scenario_labels(scenario: str) -> pd.DataFrame:
+    """The chargebacks of :func:`scenario_stream`'s world (``transaction_id, chargeback_timestamp``)."""
+    scenario_stream(scenario)
+    return _LABELS[scenario]
 
 
 def free_port() -> int:
@@ -58,7 +68,7 @@ def get_json(url: str, timeout: float = 5.0) -> dict:
 class Server:
     """``python -m relearn.monitoring.server`` as a subprocess on 127.0.0.1."""
 
-    def __init__(self, data_dir: Path, reference: Path, **options: str) -> None:
+    def __init__(self, data_dir: Path, reference: Path | None, **options: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ)
@@ -66,10 +76,11 @@ class Server:
             RELEARN_DRIFT_HOST="127.0.0.1",
             RELEARN_DRIFT_PORT=str(self.port),
             RELEARN_DRIFT_DATA_DIR=str(data_dir),
-            RELEARN_DRIFT_REFERENCE_PATH=str(reference),
             RELEARN_DRIFT_WINDOW_SIZE=str(WINDOW),
             RELEARN_DRIFT_POLL_S="0.05",
         )
+        if reference is not None:  # else from the MLflow registry (options)
+            env["RELEARN_DRIFT_REFERENCE_PATH"] = str(reference)
         env.update({f"RELEARN_DRIFT_{k.upper()}": v for k, v in options.items()})
         self.log = (data_dir.parent / f"server-{self.port}.log").open("wb")
         self.proc = subprocess.Popen(

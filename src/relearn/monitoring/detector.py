@@ -20,6 +20,7 @@ from relearn.features.spec import CATEGORICAL_INPUTS, MODEL_INPUTS
 
 log = logging.getLogger(__name__)
 SCORE = "score"
+LABEL = "is_fraud"  # optional reference column: the labels of the reference sample (prior-shift test)
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,46 @@ class WindowResult:
     threshold: float
     size: int
     extra: dict[str, Any] = field(default_factory=dict)
+    label_drift: bool = False
 
     @property
     def is_drift(self) -> bool:
-        """Input or score drift."""
-        return self.feature_drift or self.score_drift
+        """Input, score or label (prior) drift."""
+        return self.feature_drift or self.score_drift or self.label_drift
+
+
+def prevalence_p_value(positives: int, n: int, rate: float, dispersion: float = 1.0) -> float:
+    """One-sided p-value of ``positives`` or more frauds among ``n`` at the reference ``rate``.
+
+    Exact binomial when ``dispersion`` is 1; otherwise quasi-binomial (normal approximation with the
+    variance inflated by ``dispersion``, continuity-corrected): fraud comes in bursts (card testing, a
+    takeover's spree), so consecutive events are not independent and the binomial alone is too sure.
+    A prior (label) shift that matters for a fraud detector is more fraud (a campaign); the one-sided
+    test also keeps labels that have not arrived yet (which only lower the count) from raising alarms.
+    """
+    from scipy.stats import binomtest, norm
+
+    if n <= 0 or not 0.0 < rate < 1.0:
+        return 1.0
+    if dispersion <= 1.0:
+        return float(binomtest(int(positives), int(n), float(rate), alternative="greater").pvalue)
+    z = (positives - n * rate - 0.5) / np.sqrt(dispersion * n * rate * (1.0 - rate))
+    return float(norm.sf(z))
+
+
+def label_dispersion(labels: np.ndarray, n: int, min_chunks: int = 10) -> float:
+    """Overdispersion of fraud counts in consecutive chunks of ``n`` reference events (time order), >= 1.
+
+    Chunks are shortened to give at least ``min_chunks`` of them: once a chunk is longer than a fraud
+    burst, the dispersion hardly depends on its length.
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    size = int(min(n, len(y) // min_chunks))
+    rate = float(y.mean()) if len(y) else 0.0
+    if size < 50 or not 0.0 < rate < 1.0:
+        return 1.0
+    counts = y[: len(y) // size * size].reshape(-1, size).sum(axis=1)
+    return max(1.0, float(counts.var(ddof=1)) / (size * rate * (1.0 - rate)))
 
 
 def encode(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
@@ -129,16 +165,33 @@ class DriftTester:
             x_ref, p_val=p_val, categories_per_feature=categorical, correction=self.correction
         )
 
-    def test(self, window: pd.DataFrame, scores: np.ndarray | None = None) -> WindowResult:
-        """Test one window of inputs (and the scores paired with it).
+    def prevalence_p_value(self, positives: int, n: int) -> float | None:
+        """P-value of ``positives`` frauds among ``n`` labelled events against the whole reference's rate.
+
+        None when the reference carries no ``is_fraud`` column (the reference sample's labels). The
+        reference must be in time order: its consecutive chunks give the labels' overdispersion.
+        """
+        if LABEL not in self.reference:
+            return None
+        labels = pd.to_numeric(self.reference[LABEL], errors="coerce").fillna(0).to_numpy(np.float64)
+        return prevalence_p_value(positives, n, float(labels.mean()), label_dispersion(labels, n))
+
+    def test(
+        self, window: pd.DataFrame, scores: np.ndarray | None = None, labels: np.ndarray | None = None
+    ) -> WindowResult:
+        """Test one window of inputs (and the scores paired with it, and its labels when known).
 
         Args:
             window: Rows of features; columns not present are not tested.
             scores: Prediction scores of the window (may be empty).
+            labels: Fraud labels of the window's rows, when known (offline, or once chargebacks matured):
+                their prevalence is tested against the hour-matched reference's (one-sided binomial,
+                quasi-binomial with the reference's burstiness),
+                which shows a prior (label) shift the inputs and the score barely reflect.
 
         Returns:
             The window's p-values (tested and excluded inputs) and verdict. Feature drift uses the
-            corrected threshold; score drift is one more member of the Bonferroni family.
+            corrected threshold; score drift and the label test are members of the Bonferroni family.
         """
         features = [f for f in self.features if f in window.columns]
         monitored = [f for f in self.monitored if f in window.columns]
@@ -146,9 +199,11 @@ class DriftTester:
         p_values: dict[str, float] = {}
         drifted: list[str] = []
         feature_drift = False
-        threshold = self.p_val / max(1, self._family) if self.correction == "bonferroni" else self.p_val
+        with_labels = labels is not None and LABEL in self.reference and len(labels) > 0
+        family = self._family + (with_labels and self.correction == "bonferroni")
+        threshold = self.p_val / max(1, family) if self.correction == "bonferroni" else self.p_val
         if features and len(window):
-            p_tab = self.p_val * len(features) / max(len(features), self._family)
+            p_tab = self.p_val * len(features) / max(len(features), family)
             detector = self._detector(self._matrix(rows, features), features, p_tab)
             data = detector.predict(encode(window, features), drift_type="batch")["data"]
             threshold = float(data["threshold"])
@@ -161,17 +216,29 @@ class DriftTester:
             detector = self._detector(self._matrix(rows, monitored), monitored, self.p_val)
             data = detector.predict(encode(window, monitored), drift_type="batch")["data"]
             p_values.update({name: float(p) for name, p in zip(monitored, data["p_val"], strict=True)})
-        score_drift = False
+        score_drift = label_drift = False
         if SCORE in self.reference and scores is not None and len(scores) >= 20:
             x_ref = self.reference[SCORE].to_numpy(np.float64)[rows]
-            detector = self._ks(x_ref, p_val=self.p_val / self._family)
+            detector = self._ks(x_ref, p_val=self.p_val / family)
             data = detector.predict(np.asarray(scores, dtype=np.float64).reshape(-1, 1))["data"]
             p_values[SCORE] = float(np.ravel(data["p_val"])[0])
             score_drift = bool(data["is_drift"])
             if score_drift:
                 drifted.append(SCORE)
+        if with_labels:
+            assert labels is not None
+            y = np.asarray(labels, dtype=np.float64)
+            reference_labels = pd.to_numeric(self.reference[LABEL], errors="coerce").fillna(0).to_numpy()
+            rate = float(reference_labels[rows].mean())
+            dispersion = label_dispersion(reference_labels, len(y))
+            p_values[LABEL] = prevalence_p_value(int(y.sum()), len(y), rate, dispersion)
+            if p_values[LABEL] < self.p_val / family:
+                label_drift = True
+                drifted.append(LABEL)
         extra = {"reference_rows": len(rows), "excluded": monitored}
-        return WindowResult(p_values, drifted, feature_drift, score_drift, threshold, len(window), extra)
+        return WindowResult(
+            p_values, drifted, feature_drift, score_drift, threshold, len(window), extra, label_drift
+        )
 
 
 def load_reference_file(path: Path) -> pd.DataFrame:

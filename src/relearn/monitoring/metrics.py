@@ -57,6 +57,12 @@ class Metrics:
             ["track"],
             registry=r,
         )
+        self.prevalence = Gauge(
+            "relearn_drift_label_prevalence",
+            "Fraud share among the labelled predictions of the rolling quality window.",
+            ["track"],
+            registry=r,
+        )
         self.pr_auc = Gauge("relearn_drift_model_pr_auc", "Rolling PR-AUC.", ["track"], registry=r)
         self.triggers = Counter(
             "relearn_drift_triggers", "Incidents by outcome (fired, suppressed).", ["result"], registry=r

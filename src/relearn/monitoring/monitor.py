@@ -67,6 +67,7 @@ class Monitor:
         self.quality_due = threading.Event()
         self.error: str | None = None
         self.quality: dict[str, Any] = {}
+        self.quality_updates = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drift-monitor", daemon=True)
         self._last_poll = 0.0
@@ -184,8 +185,9 @@ class Monitor:
                     predictions.extend(
                         (tid, track, t_req, s) for tid, s in zip(ids, scores, strict=False) if tid
                     )
-            except Rejected:  # validated at ingest; only a changed parser could get here
-                log.warning("skipping unreadable event %s", seq)
+            except Rejected as error:  # validated at ingest, unless validate_bodies is off
+                self.metrics.rejected.labels(error.reason).inc()
+                log.warning("skipping unreadable event %s: %s", seq, error)
         if predictions:
             with self.conn:
                 self.conn.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?)", predictions)
@@ -263,20 +265,41 @@ class Monitor:
             store.set_state(self.conn, [("last_trigger", repr(self.alerter.last_fired))])
 
     def update_quality(self) -> dict[str, Any]:
-        """Recompute the rolling quality of every track from the joined labels; alert on a drop."""
+        """Recompute the rolling quality of every track from the joined labels; alert on a drop.
+
+        A drop is recall at budget below ``min_recall``, PR-AUC below ``min_pr_auc``, or (when the
+        reference carries ``is_fraud``) a fraud prevalence among the labelled predictions significantly
+        above the reference's (one-sided binomial test at ``p_val``): a prior (label) shift. One incident
+        per track and update lists the reasons; the alerter's cool-down makes an episode one trigger.
+        """
+        from relearn.monitoring.detector import LABEL
+
         s = self.settings
         out = {}
         for track in TRACKS:
             q = rolling_quality(self.conn, track, s.quality_window, s.alert_budget, s.label_maturity_s)
             if q is None:
                 continue
-            out[track] = q.__dict__
+            record: dict[str, Any] = dict(q.__dict__)
             for gauge, value in ((self.metrics.precision, q.precision), (self.metrics.recall, q.recall)):
                 gauge.labels(track).set(value)
             self.metrics.pr_auc.labels(track).set(q.pr_auc)
-            low_recall = not math.isnan(q.recall) and q.recall < s.min_recall
-            low_auc = not math.isnan(q.pr_auc) and q.pr_auc < s.min_pr_auc
-            if q.positives and (low_recall or low_auc):
-                self._incident({"kind": "quality", "track": track, **json.loads(json.dumps(q.__dict__))})
+            self.metrics.prevalence.labels(track).set(q.positives / q.n)
+            reasons = []
+            if q.positives and not math.isnan(q.recall) and q.recall < s.min_recall:
+                reasons.append("recall")
+            if q.positives and not math.isnan(q.pr_auc) and q.pr_auc < s.min_pr_auc:
+                reasons.append("pr_auc")
+            p = self.tester.prevalence_p_value(q.positives, q.n) if self.tester is not None else None
+            if p is not None:
+                record["prevalence_p_value"] = p
+                self.metrics.p_value.labels(track, LABEL).set(p)
+                if p < s.p_val:
+                    reasons.append("prevalence")
+            record["reasons"] = reasons
+            out[track] = record
+            if reasons:
+                self._incident({"kind": "quality", "track": track, **json.loads(json.dumps(record))})
         self.quality = out
+        self.quality_updates += 1
         return out

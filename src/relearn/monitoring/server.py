@@ -2,6 +2,11 @@
 
 Routes: ``POST /`` (and any other path: the sink KServe's logger posts to), ``POST /labels``,
 ``GET /metrics``, ``GET /healthz``, ``GET /ready``, ``GET /status``.
+
+The sink is a bare ASGI handler in front of Starlette (no request/response objects, no routing, no
+middleware): it reads the CloudEvent attributes from the raw headers, checks the body (4xx with the
+reason), appends the raw bytes to the inference log and answers 202 once the group commit is durable.
+Feature extraction and pairing happen later, in the monitor thread.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -30,7 +36,22 @@ from relearn.monitoring.monitor import Monitor
 from relearn.monitoring.payloads import Event, Rejected, parse_headers, validate
 from relearn.monitoring.settings import DriftSettings
 
+NOT_SINK = frozenset({"/labels", "/metrics", "/healthz", "/ready", "/status"})
+_ACCEPTED = {"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]}
+_EMPTY = {"type": "http.response.body", "body": b""}
+
 log = logging.getLogger(__name__)
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe copy: NaN / inf (an undefined recall, say) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _retrain(settings: DriftSettings) -> Any:
@@ -45,8 +66,8 @@ def _retrain(settings: DriftSettings) -> Any:
     return None
 
 
-def create_app(settings: DriftSettings) -> Starlette:
-    """The ASGI app; the log and the monitor start with the app's lifespan."""
+def create_app(settings: DriftSettings) -> Any:
+    """The ASGI app (sink fast path + Starlette for the rest); the log and monitor start with its lifespan."""
     metrics = Metrics()
     db = settings.data_dir / "inference-log.sqlite3"
     state: dict[str, Any] = {}
@@ -69,22 +90,47 @@ def create_app(settings: DriftSettings) -> Starlette:
         metrics.rejected.labels(error.reason).inc()
         return JSONResponse({"error": error.reason, "detail": str(error)}, status_code=error.status)
 
-    async def sink(request: Request) -> Response:
+    ingested: dict[tuple[str, str], Any] = {}
+
+    async def answer(send: Any, status: int, payload: dict[str, str]) -> None:
+        body = json.dumps(payload).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def sink(scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         try:
-            ce_id, kind, track, when = parse_headers(request.headers, settings.shadow_service)
-            body = await request.body()
-            validate(kind, body)
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            ce_id, kind, track, when = parse_headers(headers, settings.shadow_service)
+            chunks = []
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    break
+            body = b"".join(chunks)
+            if settings.validate_bodies:
+                validate(kind, body)
         except Rejected as error:
-            return reject(error)
+            metrics.rejected.labels(error.reason).inc()
+            await answer(send, error.status, {"error": error.reason, "detail": str(error)})
+            return
         try:
             await state["log"].append(Event(ce_id, kind, track, when, body))
         except sqlite3.Error as error:
             metrics.rejected.labels("storage_error").inc()
-            return JSONResponse({"error": "storage_error", "detail": str(error)}, status_code=503)
-        metrics.ingested.labels(track, kind.rsplit(".", 1)[-1]).inc()
+            await answer(send, 503, {"error": "storage_error", "detail": str(error)})
+            return
+        counter = ingested.get((track, kind))
+        if counter is None:
+            counter = ingested[(track, kind)] = metrics.ingested.labels(track, kind.rsplit(".", 1)[-1])
+        counter.inc()
         metrics.ingest_latency.observe(time.perf_counter() - started)
-        return Response(status_code=202)
+        await send(_ACCEPTED)
+        await send(_EMPTY)
 
     async def labels(request: Request) -> Response:
         try:
@@ -122,14 +168,17 @@ def create_app(settings: DriftSettings) -> Starlette:
     async def status(request: Request) -> Response:
         monitor: Monitor = state["monitor"]
         return JSONResponse(
-            {
-                "ready": monitor.tester is not None,
-                "processed_seq": monitor.cursor,
-                "windows": {t: r[-50:] for t, r in monitor.results.items()},
-                "open": {t: len(w.rows) for t, w in monitor.windows.items()},
-                "quality": monitor.quality,
-                "error": monitor.error,
-            }
+            _finite(
+                {
+                    "ready": monitor.tester is not None,
+                    "processed_seq": monitor.cursor,
+                    "windows": {t: r[-50:] for t, r in monitor.results.items()},
+                    "open": {t: len(w.rows) for t, w in monitor.windows.items()},
+                    "quality": monitor.quality,
+                    "quality_updates": monitor.quality_updates,
+                    "error": monitor.error,
+                }
+            )
         )
 
     routes = [
@@ -138,11 +187,18 @@ def create_app(settings: DriftSettings) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
-        Route("/{path:path}", sink, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.metrics = metrics
-    return app
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] not in NOT_SINK:
+            await sink(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    asgi.state = app.state  # type: ignore[attr-defined]
+    return asgi  # type: ignore[return-value]
 
 
 class ServeCommand(DriftSettings):
@@ -156,7 +212,18 @@ class ServeCommand(DriftSettings):
 
         configure_logging(self.log_level)
         app = create_app(DriftSettings(**self.model_dump()))
-        uvicorn.run(app, host=self.host, port=self.port, log_level="warning", access_log=False)
+        uvicorn.run(
+            app,
+            host=self.host,
+            port=self.port,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,  # no per-request middleware in front of the sink
+            server_header=False,
+            date_header=False,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

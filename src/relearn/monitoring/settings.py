@@ -48,8 +48,19 @@ class DriftSettings(BaseSettings):
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "FULL", description="SQLite synchronous mode: FULL survives power loss, NORMAL a process crash."
     )
-    commit_wait_ms: float = Field(2.0, ge=0, description="Group-commit wait before a batch is written.")
-    max_batch: int = Field(2000, ge=1, description="Most events per commit.")
+    commit_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="Extra group-commit wait: a batch is what queued up during the previous commit (fsync) "
+        "plus what arrives within this wait.",
+    )
+    max_batch: int = Field(5000, ge=1, description="Most events per commit.")
+    validate_bodies: bool = Field(
+        True,
+        description="Check each body before the answer (4xx with the reason for bodies that do not match "
+        "the model's features). Off: raw bytes are stored unchecked and the monitor counts unreadable ones "
+        "as rejected.",
+    )
     # Reference sample.
     reference_path: Path | None = Field(None, description="Local Parquet reference (MODEL_INPUTS + score).")
     mlflow_tracking_uri: str | None = Field(None, description="MLflow URI for the champion's reference.")

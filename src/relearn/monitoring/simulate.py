@@ -81,3 +81,22 @@ def time_ordered(
 def count_windows(frame: pd.DataFrame, size: int) -> list[pd.DataFrame]:
     """Consecutive windows of ``size`` events (the last, partial one dropped), in order."""
     return [frame.iloc[i * size : (i + 1) * size] for i in range(len(frame) // size)]
+
+
+def reference_model(reference: pd.DataFrame, label: str = "is_fraud"):
+    """A stand-in for the champion: a logistic regression fitted on the reference period's labels.
+
+    Unlike :func:`toy_scores` it has learned the fraud patterns of the reference period, so a new
+    pattern (the ``concept_drift`` scenario's bust-outs) lowers its precision and recall the way it does
+    for the trained model. Returns a function ``frame -> scores``.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from relearn.features.spec import NUMERIC_INPUTS
+
+    inputs = list(NUMERIC_INPUTS)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    model.fit(reference[inputs].to_numpy(np.float64), reference[label].to_numpy(np.int64))
+    return lambda frame: model.predict_proba(frame[inputs].to_numpy(np.float64))[:, 1]

@@ -1,8 +1,10 @@
 """The inference log: an append-only SQLite database in WAL mode on the detector's volume.
 
-Ingest is durable before it is acknowledged: request handlers hand their event to one writer thread,
-which commits everything that arrived within ``commit_wait_ms`` in one transaction (group commit) and
-only then resolves the handlers' futures, so the 2xx always follows a durable write. The monitor reads
+Ingest is durable before it is acknowledged: request handlers hand their event (raw body bytes, parsed
+later by the monitor) to one writer thread, which commits everything that queued up while the previous
+commit was running, plus what arrives within ``commit_wait_ms``, in one transaction (group commit) and
+only then resolves the handlers' futures (one wake-up of the event loop per batch), so the 2xx always
+follows a durable write. The monitor reads
 the log by sequence number; its window boundaries are stored in the ``state`` table, so after a crash it
 resumes each window from the log where it was.
 """
@@ -92,8 +94,12 @@ class EventLog:
                 )
         except sqlite3.Error as exc:  # disk full, I/O error: the handlers answer 5xx, nothing is acked
             error = exc
+        # One wake-up per event loop and batch (not per event): the handlers of a batch resume together.
+        waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for _, loop, future in batch:
-            loop.call_soon_threadsafe(_resolve, future, error)
+            waiting.setdefault(loop, []).append(future)
+        for loop, futures in waiting.items():
+            loop.call_soon_threadsafe(_resolve_all, futures, error)
 
     def close(self) -> None:
         """Flush pending appends and stop the writer."""
@@ -102,13 +108,14 @@ class EventLog:
         self._writer.close()
 
 
-def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+def _resolve_all(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 def read_events(conn: sqlite3.Connection, after: int, limit: int = 5000) -> list[tuple[Any, ...]]:

@@ -1,0 +1,219 @@
+"""Delayed labels against a real detector: the concept-drift scenario lowers the rolling quality and alerts.
+
+The champion stand-in is a logistic regression fitted on the reference period (it knows the fraud patterns
+of that time); the events carry the transaction id as the serving transformer forwards it to the
+predictor (``transaction_id`` in the v1 instance), and the chargebacks arrive later via ``POST /labels``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pandas as pd
+import pytest
+from drift_events import v1_request
+
+from conftest import Server, scenario_labels, scenario_stream
+from relearn.events import REQUEST_TYPE, RESPONSE_TYPE
+from relearn.features.spec import MODEL_INPUTS
+from relearn.monitoring.alerts import ALERT_TYPE
+from relearn.monitoring.simulate import reference_model
+
+PHASE = 4000  # the rolling quality window: transactions before the onset
+AFTER = 8000  # transactions after the onset: the bust-outs run for days, so their share builds up
+# Rolling PR-AUC of the stand-in over 4,000 labelled predictions of this stream (benchmarks/drift.py):
+# 0.16-0.42 before the onset, 0.05-0.07 once 5,000-8,000 events after it are in the window.
+MIN_PR_AUC = 0.12
+
+
+@pytest.fixture
+def webhook():
+    """A small CloudEvents sink on loopback; yields ``(url, received)``."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["content-length"]))
+            received.append({"type": self.headers["ce-type"], "data": json.loads(body)})
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}/", received
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _headers(ce_id: str, kind: str, when: pd.Timestamp) -> dict[str, str]:
+    return {
+        "ce-specversion": "1.0",
+        "ce-id": ce_id,
+        "ce-type": kind,
+        "ce-source": "http://localhost:9081/fraud",
+        "ce-time": when.isoformat(),
+        "ce-inferenceservicename": "fraud",
+        "ce-namespace": "relearn",
+        "ce-component": "predictor",
+        "ce-endpoint": "default",
+        "content-type": "application/json",
+    }
+
+
+def post_transactions(port: int, frame: pd.DataFrame, connections: int = 8) -> int:
+    """Request then response per transaction (the logger's order), over keep-alive connections."""
+
+    def send(part: pd.DataFrame) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        acked = 0
+        try:
+            for _, row in part.iterrows():
+                ce_id = f"cd-{row['transaction_id']}"
+                when = row["event_timestamp"]
+                for kind, body in (
+                    (REQUEST_TYPE, v1_request(row)),
+                    (RESPONSE_TYPE, {"predictions": [float(row["score"])]}),
+                ):
+                    conn.request("POST", "/", json.dumps(body).encode(), _headers(ce_id, kind, when))
+                    response = conn.getresponse()
+                    response.read()
+                    acked += response.status == 202
+        finally:
+            conn.close()
+        return acked
+
+    with ThreadPoolExecutor(connections) as pool:
+        return sum(pool.map(send, [frame.iloc[i::connections] for i in range(connections)]))
+
+
+def post_labels(url: str, labels: pd.DataFrame) -> dict:
+    records = [
+        {"transaction_id": r.transaction_id, "chargeback_timestamp": r.chargeback_timestamp.isoformat()}
+        for r in labels.itertuples()
+    ]
+    conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
+    try:
+        conn.request("POST", "/labels", json.dumps(records).encode(), {"content-type": "application/json"})
+        response = conn.getresponse()
+        assert response.status == 202
+        return json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def metrics_text(url: str) -> str:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def gauges(url: str) -> dict[str, float]:
+    text = metrics_text(url)
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("relearn_drift_") and 'track="stable"' in line and "model_" in line:
+            name, value = line.rsplit(" ", 1)
+            out[name.split("{")[0]] = float(value)
+    return out
+
+
+def test_concept_drift_lowers_rolling_quality_and_raises_one_alert(tmp_path, webhook):
+    webhook_url, received = webhook
+    reference, before, after = scenario_stream("concept_drift")
+    chargebacks = scenario_labels("concept_drift")
+    champion = reference_model(reference)
+    reference_file = tmp_path / "reference.parquet"
+    reference[list(MODEL_INPUTS)].assign(
+        score=champion(reference), is_fraud=reference["is_fraud"]
+    ).to_parquet(reference_file, index=False)
+    phases = [before.iloc[-PHASE:], after.iloc[:AFTER]]
+    srv = Server(
+        tmp_path / "data",
+        reference_file,
+        window_size="1000000",  # this test is about labels: no input-drift windows close
+        quality_window=str(PHASE),
+        min_pr_auc=str(MIN_PR_AUC),
+        webhook_url=webhook_url,
+        cooldown_s="3600",
+        reports="false",
+    )
+    try:
+        srv.wait_ready()
+        quality, posted, updates = [], 0, 0
+        for phase, frame in enumerate(phases):
+            frame = frame.assign(score=champion(frame))
+            posted += 2 * len(frame)
+            assert post_transactions(srv.port, frame) == 2 * len(frame)
+            srv.wait_processed(lambda s, n=posted: s["processed_seq"] >= n)
+            # Their chargebacks arrive days later, in time order (after the onset: the last tenth later on).
+            late = chargebacks[chargebacks["transaction_id"].isin(frame["transaction_id"])]
+            assert len(late) >= 20
+            cut = int(0.9 * len(late))
+            for batch in [late] if phase == 0 else [late.iloc[:cut], late.iloc[cut:]]:
+                joined = post_labels(srv.url, batch)
+                assert joined["joined"] == len(batch)  # every chargeback matches a logged prediction
+                updates += 1
+                status = srv.wait_processed(lambda s, u=updates: s["quality_updates"] >= u)
+            quality.append((status["quality"]["stable"], gauges(srv.url), len(received)))
+        metrics = metrics_text(srv.url)
+    finally:
+        srv.stop()
+    (q_before, g_before, alerts_before), (q_after, g_after, alerts_after) = quality
+    assert q_before["n"] == q_after["n"] == PHASE
+    # The gauges drop after the onset: the bust-outs look like the users' own behaviour.
+    for name in ("relearn_drift_model_pr_auc", "relearn_drift_model_recall_at_budget"):
+        assert g_after[name] < g_before[name] - 0.05, (name, g_before, g_after)
+    assert q_before["pr_auc"] > MIN_PR_AUC > q_after["pr_auc"]
+    assert q_before["reasons"] == [] and "pr_auc" in q_after["reasons"]
+    # One alert (a CloudEvent to the webhook) after the onset, none before; the repeat is suppressed.
+    assert alerts_before == 0 and alerts_after == 1
+    assert received[0]["type"] == ALERT_TYPE and received[0]["data"]["kind"] == "quality"
+    assert 'relearn_drift_triggers_total{result="fired"} 1.0' in metrics
+    assert 'relearn_drift_triggers_total{result="suppressed"} 1.0' in metrics  # the late tenth
+
+
+def test_label_shift_shows_as_higher_fraud_prevalence_among_labelled_predictions(tmp_path):
+    """The monitor's quality update: prevalence of the joined labels vs the reference's (``is_fraud``)."""
+    from relearn.monitoring.alerts import Alerter
+    from relearn.monitoring.detector import DriftTester
+    from relearn.monitoring.labels import parse_labels, store_labels
+    from relearn.monitoring.metrics import Metrics
+    from relearn.monitoring.monitor import Monitor
+    from relearn.monitoring.settings import DriftSettings
+
+    reference, before, after = scenario_stream("label_shift")
+    chargebacks = scenario_labels("label_shift")
+    settings = DriftSettings(data_dir=tmp_path, quality_window=PHASE, reports=False)
+    alerter = Alerter(3600, None)
+    monitor = Monitor(settings, Metrics(), alerter)
+    monitor.tester = DriftTester(reference[[*MODEL_INPUTS, "score", "is_fraud"]])
+    verdicts = []
+    for frame in (before.iloc[-PHASE:], after.iloc[:PHASE]):
+        rows = [
+            (tid, "stable", t.timestamp(), float(s))
+            for tid, t, s in zip(
+                frame["transaction_id"], frame["event_timestamp"], frame["score"], strict=True
+            )
+        ]
+        with monitor.conn:
+            monitor.conn.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?)", rows)
+        late = chargebacks[chargebacks["transaction_id"].isin(frame["transaction_id"])]
+        records = [
+            {"transaction_id": r.transaction_id, "chargeback_timestamp": str(r.chargeback_timestamp)}
+            for r in late.itertuples()
+        ]
+        store_labels(monitor.conn, parse_labels(records))
+        verdicts.append(monitor.update_quality()["stable"])
+    assert "prevalence" not in verdicts[0]["reasons"] and verdicts[0]["prevalence_p_value"] > 0.05
+    assert "prevalence" in verdicts[1]["reasons"] and verdicts[1]["prevalence_p_value"] < 1e-4
+    assert alerter.last_fired is not None  # one incident (no webhook configured here)
