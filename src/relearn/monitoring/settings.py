@@ -104,7 +104,10 @@ class DriftSettings(BaseSettings):
     trigger_mode: Literal["off", "local", "cluster"] = Field("off", description="What an incident starts.")
     local_command: str = Field(DEFAULT_LOCAL_COMMAND, description="Local-mode retraining command.")
     kfp_host: str | None = Field(None, description="KFP API endpoint (cluster mode).")
-    kfp_package: str = Field("pipelines/compiled/train.yaml", description="Compiled pipeline (cluster mode).")
+    kfp_package: str = Field(
+        "/opt/relearn/pipelines/relearn-train.yaml",
+        description="Compiled pipeline (cluster mode); the drift image compiles it at build.",
+    )
     reports: bool = Field(True, description="Write an HTML report per window under <data_dir>/reports.")
     poll_s: float = Field(0.2, gt=0, description="How often the monitor reads new events from the log.")
     log_level: str = Field("INFO", description="Log level.")

@@ -1,9 +1,8 @@
 """Retraining trigger: the KFP API in a cluster, the local pipeline as a subprocess otherwise.
 
-KFP has no event triggers, so an incident calls ``kfp.Client().create_run_from_pipeline_package``. kfp is
-not in the drift environment (its dependencies conflict with alibi-detect's pins); :func:`submit_kfp_run`
-imports it lazily and is meant for an image that adds ``kfp`` — or point the webhook at a small
-service in the platform image that calls it.
+KFP has no event triggers, so an incident calls ``kfp.Client().create_run_from_pipeline_package`` with the
+compiled training pipeline (the drift image compiles it at build). kfp is imported lazily: only the cluster
+mode needs it, and it is slow to import.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ def submit_kfp_run(host: str | None, package_path: str, arguments: dict[str, Any
     Returns:
         The run id.
     """
-    import kfp  # lazily: not installed in the drift environment
+    import kfp  # lazily: only the cluster mode needs it
 
     run = kfp.Client(host=host).create_run_from_pipeline_package(
         package_path, arguments=arguments or {}, run_name="relearn-retrain (drift)"
