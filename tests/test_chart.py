@@ -341,7 +341,9 @@ def test_kubeflow_upload_job_only_when_enabled() -> None:
             (job,) = jobs
             assert "post-install" in job["metadata"]["annotations"]["helm.sh/hook"]
             env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
-            assert env["PIPELINE_PACKAGE"] == "/opt/relearn/pipelines/relearn-train.yaml"  # compiled into the image
+            assert (
+                env["PIPELINE_PACKAGE"] == "/opt/relearn/pipelines/relearn-train.yaml"
+            )  # compiled into the image
         else:
             assert not jobs, scenario
 
