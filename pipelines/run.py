@@ -119,13 +119,13 @@ def run_locally(
     summary = {
         "run_dir": str(run_dir),
         "log": str(run_dir / "pipeline.log"),
-        "gate": task.output,
+        "gate": _outputs(run_dir, "gate")["reason"],
+        "deploy": task.output,
         "evaluation_report": str(report),
         "gate_decision": str(gate_decision),
         "validation_report": str(task_dir(run_dir, "validate") / "report"),
     }
-    registered = json.loads((task_dir(run_dir, "register") / "executor_output.json").read_text())
-    summary["model_version"] = registered["parameterValues"]["Output"]
+    summary["model_version"] = _outputs(run_dir, "register")["Output"]
     evaluation = task_dir(run_dir, "evaluate") / "evaluation"
     if evaluation.exists():
         evaluated = json.loads(evaluation.read_text())
@@ -134,6 +134,11 @@ def run_locally(
     if gate_decision.exists():
         summary["gate_markdown"] = gate_decision.read_text()
     return summary
+
+
+def _outputs(run_dir: Path, task: str) -> dict[str, Any]:
+    """A finished task's parameter outputs, as kfp.local recorded them."""
+    return json.loads((task_dir(run_dir, task) / "executor_output.json").read_text())["parameterValues"]
 
 
 def _failure_message(error: str, run_dir: Path) -> str:
@@ -156,7 +161,7 @@ def _pipeline_fields() -> dict[str, Any]:
 class _RunnerOptions(BaseSettings):
     """Run relearn's training pipeline locally with kfp.local.
 
-    Steps: ingest → validate → features → train → evaluate → register → gate. Prints where the model
+    Steps: ingest → validate → features → train → evaluate → register → gate → deploy. Prints where the model
     version, metrics and reports are.
     """
 
@@ -198,6 +203,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"  gate                         {summary['gate']}")
     print(f"  evaluation report            {summary['evaluation_report']}")
     print(f"  gate decision                {summary['gate_decision']}")
+    print(f"  deploy                       {summary['deploy']}")
     print(f"  pipeline run outputs         {summary['run_dir']}")
     print(f"  full log                     {summary['log']}")
     print(f"  MLflow tracking URI          {settings.tracking_uri()}")

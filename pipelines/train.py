@@ -1,7 +1,8 @@
-"""The training pipeline: ingest → validate → features → train → evaluate → register → gate."""
+"""The training pipeline: ingest → validate → features → train → evaluate → register → gate → deploy."""
 
 from kfp import dsl
 
+from components.deploy.component import deploy
 from components.evaluate.component import evaluate
 from components.features.component import features
 from components.gate.component import gate
@@ -35,6 +36,8 @@ def train_pipeline(
     min_improvement: float = 0.0,
     max_slice_regression: float = 0.15,
     git_sha: str = "unknown",
+    rollout_mode: str = "none",
+    rollout_percent: float = 0.0,
 ) -> str:
     """Trains a challenger on a data window and says whether it should replace the champion.
 
@@ -60,6 +63,9 @@ def train_pipeline(
         min_improvement: Margin by which the challenger must beat the champion.
         max_slice_regression: Largest tolerated drop of any slice's recall vs the champion.
         git_sha: Commit of the code that trained the model (lineage).
+        rollout_mode: What a challenger that passed the gate starts as: "shadow", "canary" or "none".
+        rollout_percent: Its share of the traffic (mirrored for a shadow); 0 for the default (the first
+            canary step, or 100 % mirrored).
     """
     data = ingest(
         start=start,
@@ -114,4 +120,10 @@ def train_pipeline(
         min_improvement=min_improvement,
         max_slice_regression=max_slice_regression,
     )
-    return decided.outputs["reason"]
+    deployed = deploy(
+        model_version=registered.output,
+        gate_passed=decided.outputs["passed"],
+        rollout_mode=rollout_mode,
+        percent=rollout_percent,
+    )
+    return deployed.outputs["reason"]

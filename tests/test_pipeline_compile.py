@@ -11,7 +11,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from components import PIPELINE_IMAGE
 from pipelines.compile import compile_all
 
-STEPS = ["ingest", "validate", "features", "train", "evaluate", "register", "gate"]
+STEPS = ["ingest", "validate", "features", "train", "evaluate", "register", "gate", "deploy"]
 
 
 def test_compiled_yaml_parses_into_pipeline_spec(tmp_path):

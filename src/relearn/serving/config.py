@@ -27,7 +27,7 @@ class CommonServingSettings(BaseSettings):
     max_batch_size: int = Field(1024, ge=1, description="Largest batch (rows) accepted; more is a 400.")
     log_sink_url: str = Field("", description="Payload-logger CloudEvents target (empty: logging off).")
     log_queue_size: int = Field(100, ge=1, description="Payload-logger queue length (full: drop, count).")
-    log_workers: int = Field(5, ge=1, description="Payload-logger sender threads.")
+    log_workers: int = Field(1, ge=1, description="Payload-logger sender threads (one connection each).")
     log_timeout_seconds: float = Field(2.0, gt=0, description="Timeout of one POST to the sink.")
     inference_service: str = Field("relearn-fraud", description="ce-inferenceservicename of logged events.")
     namespace: str = Field("default", description="ce-namespace of logged events.")

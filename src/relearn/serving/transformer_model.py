@@ -46,6 +46,8 @@ def unavailable(detail: str) -> ServerNotReady:
     error = ServerNotReady(detail)
     error.reason = str(error)
     return error
+
+
 NUMERIC_FIELDS = ("amount",)
 TEXT_FIELDS = tuple(f for f in REQUEST_FIELDS if f not in NUMERIC_FIELDS)
 REQUIRED_FIELDS = ("transaction_id", "event_timestamp", "user_id", "merchant_id", "amount")

@@ -1,0 +1,356 @@
+"""The rollout controller: automated canary analysis against Prometheus, acting through a rollout backend.
+
+Every ``interval_seconds`` the controller reads one :class:`~relearn.rollout.analysis.Snapshot` of the
+canary and the stable version from Prometheus (instant queries over ``/api/v1/query``, one PromQL per gate
+in :data:`QUERIES`, selected by the ``model_version`` label of the serving metrics and the ``track`` label
+of the drift detector's), calls :func:`~relearn.rollout.analysis.decide` and acts:
+
+* ``step``: ``backend.set_canary_percent`` to the next weight of the schedule (10 → 25 → 50 → 100);
+* ``promote``: ``backend.promote`` and the MLflow ``champion`` alias moved to the canary version;
+* ``rollback``: ``backend.rollback`` and the version tagged ``rollout_rejected=<reason>``;
+* ``hold``: nothing (too little canary traffic in the window, or Prometheus could not answer).
+
+Every decision taken while a canary runs is appended, with its reason and the snapshot, to the audit log.
+One iteration is :func:`step`, so tests drive it directly::
+
+    python -m relearn.rollout.controller --backend local --state .relearn/rollout/state.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import httpx
+from pydantic import Field
+
+from relearn.rollout.analysis import Action, AnalysisSettings, Decision, Snapshot, decide
+from relearn.rollout.audit import AuditLog
+from relearn.rollout.backend import RolloutBackend, RolloutError
+
+log = logging.getLogger(__name__)
+
+ACTOR = "relearn-rollout-controller"
+REJECTED_TAG = "rollout_rejected"
+CHAMPION = "champion"
+
+# One PromQL per gate. Placeholders: {component}, {version} (model_version label), {window} (range),
+# {track} (drift detector track), {p} (p-value under which a feature counts as drifted).
+_SEL = 'component="{component}",model_version="{version}"'
+_ERR = 'component="{component}",model_version="{version}",outcome=~"error|unavailable"'
+QUERIES: dict[str, str] = {
+    "requests": "sum(increase(relearn_serving_requests_total{{" + _SEL + "}}[{window}]))",
+    "error_rate": "sum(rate(relearn_serving_requests_total{{" + _ERR + "}}[{window}]))"
+    " / sum(rate(relearn_serving_requests_total{{" + _SEL + "}}[{window}]))",
+    "p99_seconds": "max(histogram_quantile(0.99, sum by (le, stage) "
+    "(rate(relearn_serving_stage_duration_seconds_bucket{{" + _SEL + "}}[{window}]))))",
+    "score_divergence": 'max(relearn_rollout_score_ks{{track="{track}"}})',
+    "drift_share": 'count(relearn_drift_p_value{{track="{track}"}} < {p})'
+    ' / count(relearn_drift_p_value{{track="{track}"}})',
+    "precision": 'max(relearn_drift_model_precision_at_budget{{track="{track}"}})',
+    "recall": 'max(relearn_drift_model_recall_at_budget{{track="{track}"}})',
+}
+
+
+class ControllerSettings(AnalysisSettings):
+    """Where the controller acts and reads, plus the analysis gates (environment: RELEARN_ROLLOUT_*)."""
+
+    backend: Literal["kubernetes", "local"] = Field("kubernetes", description="Where to act.")
+    namespace: str = Field("default", description="Namespace of the InferenceService.")
+    inference_service: str = Field("relearn-fraud", description="The fraud InferenceService.")
+    virtual_service: str | None = Field(None, description="The mirroring VirtualService.")
+    shadow_service: str | None = Field(None, description="The shadow InferenceService.")
+    model_name: str = Field("relearn-fraud", description="Registered model name.")
+    state: Path | None = Field(None, description="Local router state file (backend local).")
+    audit_log: Path | None = Field(None, description="Audit JSONL file; default <RELEARN_HOME>/rollout/.")
+    prometheus_url: str = Field("http://prometheus-operated:9090", description="Prometheus base URL.")
+    prometheus_timeout_seconds: float = Field(5.0, description="Timeout of one Prometheus query.")
+    interval_seconds: float = Field(60.0, description="Time between two analysis iterations.")
+    window: str = Field("5m", description="PromQL range of the rate windows (one analysis window).")
+    component: str = Field("predictor", description="`component` label of the serving metrics.")
+    drift_p_value: float = Field(0.05, description="A feature whose drift p-value is below this drifted.")
+
+
+# ------------------------------------------------------------------------------------------- Prometheus
+class PrometheusError(RuntimeError):
+    """Prometheus could not answer a query (unreachable, bad query, error status)."""
+
+
+class Prometheus:
+    """Instant queries over the HTTP API (``GET /api/v1/query``).
+
+    Args:
+        url: Base URL, e.g. ``http://127.0.0.1:9090``.
+        timeout: Seconds per query.
+    """
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def query(self, promql: str) -> float | None:
+        """The value of a query returning one sample (a scalar or a one-element vector).
+
+        Returns:
+            The value, or None for an empty result or NaN (e.g. a rate over a series with no samples).
+
+        Raises:
+            PrometheusError: Unreachable server, error status or a result with several series.
+        """
+        try:
+            resp = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=self.timeout)
+            body = resp.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise PrometheusError(f"query failed: {exc}") from exc
+        if resp.status_code != 200 or body.get("status") != "success":
+            raise PrometheusError(f"{body.get('errorType', resp.status_code)}: {body.get('error', '')}")
+        data = body["data"]
+        if data["resultType"] == "scalar":
+            raw = data["result"][1]
+        elif data["resultType"] == "vector":
+            if not data["result"]:
+                return None
+            if len(data["result"]) > 1:
+                raise PrometheusError(f"expected one series, got {len(data['result'])}: {promql}")
+            raw = data["result"][0]["value"][1]
+        else:
+            raise PrometheusError(f"unexpected result type {data['resultType']}")
+        value = float(raw)
+        return None if math.isnan(value) else value
+
+
+def render(gate: str, settings: ControllerSettings, *, version: str | None = None, track: str = "") -> str:
+    """The PromQL of one gate for a version (serving metrics) or a track (drift metrics)."""
+    return QUERIES[gate].format(
+        component=settings.component,
+        version=version or "",
+        window=settings.window,
+        track=track,
+        p=settings.drift_p_value,
+    )
+
+
+def read_snapshot(prometheus: Prometheus, settings: ControllerSettings, stable: str, canary: str) -> Snapshot:
+    """One analysis window of the canary against the stable version.
+
+    Missing series count as zero (no traffic, no errors, no drift); the label gates count only when the
+    drift detector publishes precision for both tracks (it does once its quality window has labels).
+    """
+
+    def q(gate: str, **kw: Any) -> float | None:
+        return prometheus.query(render(gate, settings, **kw))
+
+    precision = {t: q("precision", track=t) for t in ("canary", "stable")}
+    recall = {t: q("recall", track=t) for t in ("canary", "stable")}
+    labelled = all(v is not None for v in (*precision.values(), *recall.values()))
+    return Snapshot(
+        canary_requests=round(q("requests", version=canary) or 0),
+        canary_error_rate=q("error_rate", version=canary) or 0.0,
+        stable_error_rate=q("error_rate", version=stable) or 0.0,
+        canary_p99_seconds=q("p99_seconds", version=canary) or 0.0,
+        score_divergence=q("score_divergence", track="canary") or 0.0,
+        canary_drift_share=q("drift_share", track="canary") or 0.0,
+        labels=settings.min_labels if labelled else 0,
+        canary_precision=precision["canary"],
+        stable_precision=precision["stable"],
+        canary_recall=recall["canary"],
+        stable_recall=recall["stable"],
+    )
+
+
+# ----------------------------------------------------------------------------------------------- registry
+class Registry(Protocol):
+    """What the controller does to the model registry."""
+
+    def promote(self, version: str) -> None:
+        """Move the ``champion`` alias to ``version``."""
+        ...
+
+    def reject(self, version: str, reason: str) -> None:
+        """Tag ``version`` as rejected by the rollout, with the reason."""
+        ...
+
+
+class MlflowRegistry:
+    """The MLflow registry (aliases, tags) configured by :class:`relearn.settings.RelearnSettings`.
+
+    Args:
+        settings: Where MLflow lives and the registered model name (default: from the environment).
+    """
+
+    def __init__(self, settings: Any = None) -> None:
+        from relearn.settings import RelearnSettings
+
+        self.settings = settings or RelearnSettings()
+
+    def promote(self, version: str) -> None:
+        """``champion`` → ``version`` (through :func:`relearn.model.registry.set_alias`)."""
+        from relearn.model.registry import set_alias
+
+        set_alias(self.settings, CHAMPION, version)
+
+    def reject(self, version: str, reason: str) -> None:
+        """Tag ``rollout_rejected=<reason>`` (MLflow caps tag values; the reason is cut to 5000 chars)."""
+        from mlflow import MlflowClient
+
+        uri = self.settings.tracking_uri()
+        MlflowClient(tracking_uri=uri, registry_uri=uri).set_model_version_tag(
+            self.settings.model_name, str(version), REJECTED_TAG, reason[:5000]
+        )
+
+
+# ------------------------------------------------------------------------------------------------- loop
+def step(
+    backend: RolloutBackend,
+    prometheus: Prometheus,
+    registry: Registry,
+    settings: ControllerSettings,
+    audit: AuditLog | None = None,
+) -> Decision:
+    """One analysis iteration: snapshot, decision, action, audit entry.
+
+    Returns:
+        The decision; ``hold`` with an empty reason list when no canary runs (nothing is audited then),
+        ``hold`` with the Prometheus error as reason when the snapshot could not be read.
+    """
+    state = backend.state()
+    if state.canary is None:
+        return Decision(Action.HOLD, None)
+    canary, stable = state.canary, state.stable or ""
+    audit = audit or AuditLog(_audit_path(settings))
+    try:
+        snapshot = read_snapshot(prometheus, settings, stable, canary)
+    except PrometheusError as exc:
+        decision = Decision(Action.HOLD, state.canary_percent, [f"no metrics: {exc}"])
+        audit.append(
+            "analysis-hold", actor=ACTOR, reason=decision.reason, version=canary, state=state.to_dict()
+        )
+        return decision
+    decision = decide(state.canary_percent, snapshot, settings)
+    try:
+        if decision.action is Action.STEP:
+            assert decision.percent is not None
+            state = backend.set_canary_percent(decision.percent)
+        elif decision.action is Action.PROMOTE:
+            state = backend.promote()
+            registry.promote(canary)
+        elif decision.action is Action.ROLLBACK:
+            state = backend.rollback()
+            registry.reject(canary, decision.reason)
+    except RolloutError as exc:  # someone acted in between (e.g. a manual rollback): record, go on
+        audit.append("analysis-conflict", actor=ACTOR, reason=str(exc), version=canary)
+        return Decision(Action.HOLD, state.canary_percent, [str(exc)])
+    action = {
+        Action.HOLD: "analysis-hold",
+        Action.STEP: "canary-step",
+        Action.PROMOTE: "promote",
+        Action.ROLLBACK: "rollback",
+    }[decision.action]
+    reason = decision.reason
+    if decision.action is Action.HOLD:
+        reason = f"{snapshot.canary_requests} canary requests < {settings.min_requests} in {settings.window}"
+    elif decision.action is not Action.ROLLBACK:
+        reason = f"all gates passed over {settings.window} ({snapshot.canary_requests} canary requests)"
+    audit.append(
+        action,
+        actor=ACTOR,
+        reason=reason,
+        version=canary,
+        stable=stable,
+        percent=decision.percent,
+        snapshot=asdict(snapshot),
+        state=state.to_dict(),
+    )
+    log.info("decision", extra={"action": action, "version": canary, "reason": reason})
+    return decision
+
+
+def _audit_path(settings: ControllerSettings) -> Path:
+    import os
+
+    return settings.audit_log or Path(os.environ.get("RELEARN_HOME", ".relearn")) / "rollout" / "audit.jsonl"
+
+
+def make_backend(settings: ControllerSettings) -> RolloutBackend:
+    """The backend chosen by the settings."""
+    if settings.backend == "local":
+        import os
+
+        from relearn.rollout.router import LocalBackend
+
+        home = Path(os.environ.get("RELEARN_HOME", ".relearn"))
+        return LocalBackend(settings.state or home / "rollout" / "state.json")
+    from relearn.rollout.backend import KubernetesBackend
+
+    return KubernetesBackend(
+        settings.namespace,
+        settings.inference_service,
+        virtual_service=settings.virtual_service,
+        shadow_service=settings.shadow_service,
+        model_name=settings.model_name,
+    )
+
+
+def run(
+    settings: ControllerSettings,
+    *,
+    backend: RolloutBackend | None = None,
+    prometheus: Prometheus | None = None,
+    registry: Registry | None = None,
+    max_iterations: int | None = None,
+    stop: threading.Event | None = None,
+) -> list[Decision]:
+    """Iterate every ``interval_seconds`` until ``stop`` is set or ``max_iterations`` were done."""
+    backend = backend or make_backend(settings)
+    prometheus = prometheus or Prometheus(settings.prometheus_url, settings.prometheus_timeout_seconds)
+    registry = registry or MlflowRegistry()
+    audit = AuditLog(_audit_path(settings))
+    stop = stop or threading.Event()
+    decisions: list[Decision] = []
+    while not stop.is_set() and (max_iterations is None or len(decisions) < max_iterations):
+        started = time.monotonic()
+        try:
+            decisions.append(step(backend, prometheus, registry, settings, audit))
+        except Exception:  # a failed iteration (API server down, ...) must not kill the controller
+            log.exception("analysis iteration failed")
+            decisions.append(Decision(Action.HOLD, None, ["iteration failed"]))
+        if max_iterations is not None and len(decisions) >= max_iterations:
+            break
+        stop.wait(max(0.0, settings.interval_seconds - (time.monotonic() - started)))
+    return decisions
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m relearn.rollout.controller``: options override the RELEARN_ROLLOUT_* environment."""
+    fields = ControllerSettings.model_fields
+    parser = argparse.ArgumentParser(
+        prog="relearn-rollout-controller",
+        description="Automated canary analysis: step, promote or roll back the canary from Prometheus "
+        "metrics. Every option can be set as RELEARN_ROLLOUT_<OPTION>.",
+    )
+    for name in (
+        "backend", "namespace", "inference_service", "virtual_service", "shadow_service", "model_name",
+        "state", "audit_log", "prometheus_url", "interval_seconds", "window",
+    ):  # fmt: skip
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=fields[name].description)
+    parser.add_argument("--once", action="store_true", help="run one analysis iteration and exit")
+    parser.add_argument("--max-iterations", type=int, help="stop after this many iterations")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    settings = ControllerSettings(**overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run(settings, max_iterations=1 if args.once else args.max_iterations, stop=stop)
+
+
+if __name__ == "__main__":
+    main()
