@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
+from crds import CRDS, crd_errors
+
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "relearn"
 SHARED = ROOT.parent / "shared"
-CRDS = SHARED / "crds"
 CHART_VENV = ROOT / ".venv" / "chart"
 NAMESPACE = "relearn"
 K8S_VERSION = "1.30.0"
@@ -92,48 +93,6 @@ def pod_specs(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if doc["kind"] == "InferenceService":
         return [(f"isvc/{doc['metadata']['name']}/{c}", doc["spec"][c]) for c in ("predictor", "transformer")]
     return []
-
-
-# ---------------------------------------------------------------------------------------------- CRD schemas
-def _close(schema: Any) -> Any:
-    """Reject unknown fields like a strict API server: close every object schema that lists properties."""
-    if isinstance(schema, dict):
-        schema = {k: _close(v) for k, v in schema.items()}
-        if (
-            "properties" in schema
-            and "additionalProperties" not in schema
-            and not schema.get("x-kubernetes-preserve-unknown-fields")
-        ):
-            schema["additionalProperties"] = False
-        return schema
-    if isinstance(schema, list):
-        return [_close(s) for s in schema]
-    return schema
-
-
-@functools.cache
-def crd_validators() -> dict[tuple[str, str], Any]:
-    """(apiVersion, kind) -> a validator of the closed openAPIV3Schema, for every version of every CRD."""
-    out = {}
-    for path in sorted(CRDS.glob("*.yaml")):
-        for crd in yaml.safe_load_all(path.read_text()):
-            if not crd or crd.get("kind") != "CustomResourceDefinition":
-                continue
-            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
-            for version in crd["spec"]["versions"]:
-                schema = _close(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
-                # apiVersion/kind/metadata are the API server's, whether or not a CRD lists them.
-                for field in ("apiVersion", "kind"):
-                    schema.setdefault("properties", {}).setdefault(field, {"type": "string"})
-                schema["properties"].setdefault("metadata", {"type": "object"})
-                out[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
-    return out
-
-
-def crd_errors(doc: dict[str, Any]) -> list[str]:
-    validator = crd_validators().get((doc["apiVersion"], doc["kind"]))
-    assert validator is not None, f"no CRD in {CRDS} for {doc['apiVersion']} {doc['kind']}"
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
 
 
 # -------------------------------------------------------------------------------------------------- tests

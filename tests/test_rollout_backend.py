@@ -8,18 +8,15 @@ object against the upstream CRD schemas in ../shared/crds closed against unknown
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
-import yaml
 
+from crds import CRDS, crd_errors
 from relearn.rollout.backend import (
     ANN_CANARY,
     ANN_SHADOW,
@@ -31,51 +28,12 @@ from relearn.rollout.backend import (
     RolloutState,
 )
 
-CRDS = Path(__file__).resolve().parents[2] / "shared" / "crds"
 NS = "fraud"
 ISVC = f"/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices"
 VS = f"/apis/networking.istio.io/v1/namespaces/{NS}/virtualservices"
 MERGE = "application/merge-patch+json"
 
 pytestmark = pytest.mark.skipif(not CRDS.is_dir(), reason=f"no CRDs in {CRDS}")
-
-
-def _close(schema: Any) -> Any:
-    """Reject unknown fields like a strict API server (same rule as tests/test_chart.py)."""
-    if isinstance(schema, dict):
-        schema = {k: _close(v) for k, v in schema.items()}
-        if (
-            "properties" in schema
-            and "additionalProperties" not in schema
-            and not schema.get("x-kubernetes-preserve-unknown-fields")
-        ):
-            schema["additionalProperties"] = False
-        return schema
-    if isinstance(schema, list):
-        return [_close(s) for s in schema]
-    return schema
-
-
-@functools.cache
-def validators() -> dict[tuple[str, str], Any]:
-    out = {}
-    for name in ("serving.kserve.io_inferenceservices.yaml", "networking.istio.io_virtualservices.yaml"):
-        for crd in yaml.safe_load_all((CRDS / name).read_text()):
-            if not crd or crd.get("kind") != "CustomResourceDefinition":
-                continue
-            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
-            for version in crd["spec"]["versions"]:
-                schema = _close(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
-                for field in ("apiVersion", "kind"):
-                    schema.setdefault("properties", {}).setdefault(field, {"type": "string"})
-                schema["properties"].setdefault("metadata", {"type": "object"})
-                out[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
-    return out
-
-
-def crd_errors(doc: dict[str, Any]) -> list[str]:
-    validator = validators()[(doc["apiVersion"], doc["kind"])]
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -31,6 +31,12 @@ class Metrics:
         self.detected = Counter(
             "relearn_drift_detected", "Windows with drift.", ["track", "kind"], registry=r
         )
+        self.quality_drops = Counter(
+            "relearn_drift_quality_drops",
+            "Label updates that raised a model-quality incident (recall drop, floors, prevalence).",
+            ["track"],
+            registry=r,
+        )
         self.windows = Counter("relearn_drift_windows", "Completed windows.", ["track"], registry=r)
         self.window_size = Gauge(
             "relearn_drift_window_size", "Events in the last completed window.", ["track"], registry=r

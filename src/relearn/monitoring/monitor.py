@@ -25,7 +25,7 @@ from relearn.monitoring.alerts import Alerter
 from relearn.monitoring.detector import SCORE, DriftTester, WindowResult
 from relearn.monitoring.metrics import Metrics
 from relearn.monitoring.payloads import ID_FIELD, TRACKS, Rejected, request_features, response_scores
-from relearn.monitoring.quality import rolling_quality
+from relearn.monitoring.quality import Baseline, baseline_from, recall_drop_p_value, rolling_quality
 from relearn.monitoring.report import write_report
 from relearn.monitoring.settings import DriftSettings
 
@@ -68,6 +68,9 @@ class Monitor:
         self.error: str | None = None
         self.quality: dict[str, Any] = {}
         self.quality_updates = 0
+        self.baseline: Baseline | None = None  # from the reference sample's labels, if it has them
+        self.label_baselines: dict[str, Baseline] = {}  # else per track: first labelled window after a load
+        self.drop_streak = dict.fromkeys(TRACKS, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drift-monitor", daemon=True)
         self._last_poll = 0.0
@@ -110,6 +113,7 @@ class Monitor:
             stratify_by=s.stratify_by,
             max_ratio=s.reference_ratio,
         )
+        self.reset_baseline()
         self.metrics.reference_version.set(float(version) if version.isdigit() else 0)
         self.metrics.ready.set(1)
         log.info(
@@ -264,13 +268,55 @@ class Monitor:
         if fired and self.alerter.last_fired is not None:
             store.set_state(self.conn, [("last_trigger", repr(self.alerter.last_fired))])
 
+    def reset_baseline(self) -> None:
+        """Quality baseline of the loaded reference: its recall at budget when it has ``score`` and labels.
+
+        Without them, each track's first labelled window with enough frauds after this (re)load becomes the
+        baseline. Drop streaks restart: a new champion is judged on its own.
+        """
+        from relearn.monitoring.detector import LABEL, SCORE
+
+        self.baseline, self.label_baselines = None, {}
+        self.drop_streak = dict.fromkeys(TRACKS, 0)
+        reference = self.tester.reference if self.tester is not None else None
+        if reference is not None and LABEL in reference and SCORE in reference:
+            labels = pd.to_numeric(reference[LABEL], errors="coerce").fillna(0).to_numpy(np.float64)
+            scores = pd.to_numeric(reference[SCORE], errors="coerce").to_numpy(np.float64)
+            known = ~np.isnan(scores)
+            baseline = baseline_from(scores[known], labels[known], self.settings.alert_budget, "reference")
+            if baseline is not None and baseline.positives >= self.settings.quality_min_positives:
+                self.baseline = baseline
+
+    def _recall_drop(self, track: str, q: Any, record: dict[str, Any]) -> bool:
+        """Test the window's recall at budget against the baseline; True once the drop has persisted."""
+        s = self.settings
+        baseline = self.baseline or self.label_baselines.get(track)
+        if q.positives < s.quality_min_positives:
+            return False
+        if baseline is None:  # no labelled reference: this window is the baseline of the track
+            self.label_baselines[track] = Baseline(q.caught, q.positives, 1.0, "labels")
+            record["baseline"] = "labels (this window)"
+            return False
+        p = recall_drop_p_value(q.caught, q.positives, baseline, s.min_recall_ratio)
+        self.drop_streak[track] = self.drop_streak[track] + 1 if p < s.quality_p_val else 0
+        record.update(
+            recall_p_value=p,
+            baseline=baseline.source,
+            baseline_recall=baseline.recall,
+            drop_streak=self.drop_streak[track],
+        )
+        return self.drop_streak[track] >= s.quality_persistence
+
     def update_quality(self) -> dict[str, Any]:
         """Recompute the rolling quality of every track from the joined labels; alert on a drop.
 
-        A drop is recall at budget below ``min_recall``, PR-AUC below ``min_pr_auc``, or (when the
-        reference carries ``is_fraud``) a fraud prevalence among the labelled predictions significantly
-        above the reference's (one-sided binomial test at ``p_val``): a prior (label) shift. One incident
-        per track and update lists the reasons; the alerter's cool-down makes an episode one trigger.
+        A drop (reason ``recall``) is recall at budget significantly below ``min_recall_ratio`` x the
+        baseline's (one-sided z-test at ``quality_p_val``, see :func:`recall_drop_p_value`) for
+        ``quality_persistence`` consecutive updates. Also reported: the optional hard floors
+        ``min_recall`` / ``min_pr_auc`` (off by default), and (when the reference carries ``is_fraud``) a
+        fraud prevalence among the labelled predictions significantly above the reference's (one-sided
+        binomial test at ``p_val``): a prior (label) shift. One incident per track and update lists the
+        reasons; the alerter's cool-down makes an episode one trigger.
         """
         from relearn.monitoring.detector import LABEL
 
@@ -286,10 +332,12 @@ class Monitor:
             self.metrics.pr_auc.labels(track).set(q.pr_auc)
             self.metrics.prevalence.labels(track).set(q.positives / q.n)
             reasons = []
-            if q.positives and not math.isnan(q.recall) and q.recall < s.min_recall:
+            if self._recall_drop(track, q, record):
                 reasons.append("recall")
+            if q.positives and not math.isnan(q.recall) and q.recall < s.min_recall:
+                reasons.append("recall_floor")
             if q.positives and not math.isnan(q.pr_auc) and q.pr_auc < s.min_pr_auc:
-                reasons.append("pr_auc")
+                reasons.append("pr_auc_floor")
             p = self.tester.prevalence_p_value(q.positives, q.n) if self.tester is not None else None
             if p is not None:
                 record["prevalence_p_value"] = p
@@ -299,6 +347,7 @@ class Monitor:
             record["reasons"] = reasons
             out[track] = record
             if reasons:
+                self.metrics.quality_drops.labels(track).inc()
                 self._incident({"kind": "quality", "track": track, **json.loads(json.dumps(record))})
         self.quality = out
         self.quality_updates += 1

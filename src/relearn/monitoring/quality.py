@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ class Quality:
     precision: float
     recall: float
     pr_auc: float
+    caught: int = 0
 
 
 def at_budget(scores: np.ndarray, labels: np.ndarray, budget: float) -> tuple[float, float]:
@@ -53,4 +55,89 @@ def rolling_quality(
     if positives == 0:
         return Quality(len(rows), 0, 0.0, float("nan"), float("nan"))
     precision, recall = at_budget(scores, labels, budget)
-    return Quality(len(rows), positives, precision, recall, float(average_precision_score(labels, scores)))
+    auc = float(average_precision_score(labels, scores))
+    return Quality(len(rows), positives, precision, recall, auc, caught_at_budget(scores, labels, budget))
+
+
+# -- the quality-drop rule ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Baseline:
+    """Recall at the alert budget the rolling quality is compared with.
+
+    ``caught`` of ``positives`` frauds were in the reviewed top ``budget`` share; ``dispersion`` (>= 1)
+    inflates the binomial variance for frauds that come in episodes (consecutive frauds are caught or
+    missed together), measured on the baseline's own time-ordered chunks; ``source`` says where it came
+    from (``reference``: the champion's reference sample with labels, ``labels``: the first labelled
+    window after a (re)load).
+    """
+
+    caught: int
+    positives: int
+    dispersion: float = 1.0
+    source: str = "reference"
+
+    @property
+    def recall(self) -> float:
+        """The baseline's recall at budget."""
+        return self.caught / self.positives
+
+
+def caught_at_budget(scores: np.ndarray, labels: np.ndarray, budget: float) -> int:
+    """Frauds among the top ``budget`` share of ``scores`` (the transactions the fraud team reviews)."""
+    k = max(1, round(budget * len(scores)))
+    return int(labels[np.argsort(-scores, kind="stable")[:k]].sum())
+
+
+def recall_dispersion(scores: np.ndarray, labels: np.ndarray, budget: float, chunk: int = 1000) -> float:
+    """Pearson overdispersion of caught frauds across consecutive ``chunk``-sized pieces (at least 1).
+
+    Each piece is reviewed at the same budget; under a binomial model the caught counts vary as
+    ``positives * r * (1 - r)``; episodes of fraud make them vary more, and the test's variance is scaled
+    by the ratio (quasi-binomial). 1 when there are fewer than 5 pieces with frauds.
+    """
+    pieces = [
+        (
+            caught_at_budget(scores[i : i + chunk], labels[i : i + chunk], budget),
+            int(labels[i : i + chunk].sum()),
+        )
+        for i in range(0, len(scores) - chunk + 1, chunk)
+    ]
+    pieces = [(c, p) for c, p in pieces if p > 0]
+    caught, positives = sum(c for c, _ in pieces), sum(p for _, p in pieces)
+    if len(pieces) < 5 or caught in (0, positives):
+        return 1.0
+    r = caught / positives
+    chi2 = sum((c - p * r) ** 2 / (p * r * (1 - r)) for c, p in pieces)
+    return max(1.0, chi2 / (len(pieces) - 1))
+
+
+def baseline_from(scores: np.ndarray, labels: np.ndarray, budget: float, source: str) -> Baseline | None:
+    """The baseline of a labelled sample in time order (None without frauds)."""
+    labels = np.asarray(labels, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = int(labels.sum())
+    if positives == 0:
+        return None
+    caught = caught_at_budget(scores, labels, budget)
+    return Baseline(caught, positives, recall_dispersion(scores, labels, budget), source)
+
+
+def recall_drop_p_value(caught: int, positives: int, baseline: Baseline, ratio: float) -> float:
+    """One-sided p-value that the current recall at budget is below ``ratio`` x the baseline's.
+
+    H0: recall >= ratio * baseline recall (a drop within the tolerated margin, or none). Two independent
+    binomial proportions (caught of ``positives`` frauds now, ``baseline.caught`` of
+    ``baseline.positives`` then) compared with a z-test on ``ratio * r_base - r_now``: the variance counts
+    the sampling noise of both, at the H0 boundary for the current one, scaled by the baseline's
+    overdispersion. Small p: the window catches significantly fewer frauds than the margin allows.
+    """
+    if positives <= 0 or baseline.positives <= 0:
+        return 1.0
+    half = 0.5 / baseline.positives  # keeps the variance positive when the baseline caught none or all
+    r_base = min(max(baseline.recall, half), 1 - half)
+    r_null = ratio * r_base
+    variance = baseline.dispersion * (
+        r_null * (1 - r_null) / positives + ratio**2 * r_base * (1 - r_base) / baseline.positives
+    )
+    z = (r_null - caught / positives) / math.sqrt(variance)
+    return 0.5 * math.erfc(z / math.sqrt(2))

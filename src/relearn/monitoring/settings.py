@@ -96,8 +96,37 @@ class DriftSettings(BaseSettings):
     label_maturity_s: float = Field(
         0.0, ge=0, description="Predictions older than (newest label time - this) count as labelled."
     )
-    min_recall: float = Field(0.0, ge=0, le=1, description="Recall at budget below this is a quality drop.")
-    min_pr_auc: float = Field(0.0, ge=0, le=1, description="PR-AUC below this is a quality drop.")
+    quality_p_val: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="One-sided significance of a quality drop: recall at budget of the rolling window "
+        "below min_recall_ratio x the baseline's (reference sample with is_fraud, else the first labelled "
+        "window after a (re)load), z-test of two binomial proportions with the baseline's overdispersion.",
+    )
+    min_recall_ratio: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Tolerated margin: a drop is recall at budget significantly below this share of the "
+        "baseline's (the stationary stream's recall itself wanders with the fraud mix).",
+    )
+    quality_persistence: int = Field(
+        3, ge=1, description="Consecutive label updates with a significant drop before it is an incident."
+    )
+    quality_min_positives: int = Field(
+        10, ge=1, description="Fewest frauds in the rolling window (and a label baseline) to test recall."
+    )
+    min_recall: float = Field(
+        0.0, ge=0, le=1, description="Optional hard floor (off at 0): recall at budget below it is a drop."
+    )
+    min_pr_auc: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Optional hard floor (off at 0; noisy over a few dozen frauds): PR-AUC below it "
+        "is a drop.",
+    )
     # Alerts and retraining.
     webhook_url: str | None = Field(None, description="Where drift / quality-drop CloudEvents are posted.")
     cooldown_s: float = Field(3600.0, ge=0, description="After a trigger, further incidents are suppressed.")
