@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from relearn.rollout.controller import (
     step,
 )
 from relearn.rollout.router import ROUTE_HEADER, LocalBackend
+from relearn.rollout.shadow import ShadowSettings
 from serving_stack import PYTHON, EventSink, Server, free_port
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -245,13 +247,27 @@ class Stack:
         self.prom_log.close()
 
 
-def analyse(stack: Stack, registry: MlflowRegistry, cfg: ControllerSettings, budget: float) -> list:
+def analyse(
+    stack: Stack,
+    registry: MlflowRegistry,
+    cfg: ControllerSettings,
+    budget: float,
+    shadow_events: Callable[[], list] | None = None,
+    shadow_settings: ShadowSettings | None = None,
+) -> list:
     """The controller's loop (bounded): ``step`` every ``interval_seconds`` until promote or rollback."""
     decisions = []
     deadline = time.monotonic() + budget
     while time.monotonic() < deadline:
         time.sleep(cfg.interval_seconds)
-        decision = step(stack.backend, stack.prom, registry, cfg)
+        decision = step(
+            stack.backend,
+            stack.prom,
+            registry,
+            cfg,
+            shadow_events=shadow_events,
+            shadow_settings=shadow_settings,
+        )
         decisions.append((decision, stack.backend.state().canary_percent, time.monotonic()))
         if decision.action in (Action.PROMOTE, Action.ROLLBACK):
             break

@@ -24,6 +24,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -33,7 +34,8 @@ from pydantic import Field
 
 from relearn.rollout.analysis import Action, AnalysisSettings, Decision, Snapshot, decide
 from relearn.rollout.audit import AuditLog
-from relearn.rollout.backend import RolloutBackend, RolloutError
+from relearn.rollout.backend import RolloutBackend, RolloutError, RolloutState
+from relearn.rollout.shadow import ShadowSettings
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,11 @@ class ControllerSettings(AnalysisSettings):
     window: str = Field("5m", description="PromQL range of the rate windows (one analysis window).")
     component: str = Field("predictor", description="`component` label of the serving metrics.")
     drift_p_value: float = Field(0.05, description="A feature whose drift p-value is below this drifted.")
+    shadow_log: Path | None = Field(
+        None,
+        description="The drift detector's inference log (SQLite): shadow and stable predictions of the same "
+        "requests; with it, a shadow that passes the shadow gate becomes a canary by itself.",
+    )
 
 
 # ------------------------------------------------------------------------------------------- Prometheus
@@ -213,15 +220,22 @@ def step(
     registry: Registry,
     settings: ControllerSettings,
     audit: AuditLog | None = None,
+    shadow_events: Callable[[], list[Any]] | None = None,
+    shadow_settings: ShadowSettings | None = None,
 ) -> Decision:
     """One analysis iteration: snapshot, decision, action, audit entry.
 
+    With no canary but a shadow, and ``shadow_events`` to compare it with stable, the shadow gate decides
+    whether the shadow becomes a canary at the first step.
+
     Returns:
-        The decision; ``hold`` with an empty reason list when no canary runs (nothing is audited then),
-        ``hold`` with the Prometheus error as reason when the snapshot could not be read.
+        The decision; ``hold`` with an empty reason list when nothing is to be analysed (nothing is audited
+        then), ``hold`` with the Prometheus error as reason when the snapshot could not be read.
     """
     state = backend.state()
     if state.canary is None:
+        if state.shadow is not None and shadow_events is not None:
+            return _shadow_step(backend, state, shadow_events(), settings, shadow_settings, audit)
         return Decision(Action.HOLD, None)
     canary, stable = state.canary, state.stable or ""
     audit = audit or AuditLog(_audit_path(settings))
@@ -272,6 +286,30 @@ def step(
     return decision
 
 
+def _shadow_step(
+    backend: RolloutBackend,
+    state: RolloutState,
+    events: list[Any],
+    settings: ControllerSettings,
+    shadow_settings: ShadowSettings | None,
+    audit: AuditLog | None,
+) -> Decision:
+    """A shadow that agrees with stable on the same requests becomes a canary at the first step."""
+    from relearn.rollout.shadow import evaluate
+
+    _, ready, reason = evaluate(events, shadow_settings)
+    if not ready:
+        return Decision(Action.HOLD, None, [f"shadow {state.shadow}: {reason}"])
+    version, first = state.shadow, min(settings.steps)
+    backend.stop_shadow()
+    state = backend.start_canary(version, first)
+    (audit or AuditLog(_audit_path(settings))).append(
+        "shadow-to-canary", actor=ACTOR, reason=reason, version=version, percent=first, state=state.to_dict()
+    )
+    log.info("decision", extra={"action": "shadow-to-canary", "version": version, "reason": reason})
+    return Decision(Action.STEP, first, [reason])
+
+
 def _audit_path(settings: ControllerSettings) -> Path:
     import os
 
@@ -312,12 +350,18 @@ def run(
     prometheus = prometheus or Prometheus(settings.prometheus_url, settings.prometheus_timeout_seconds)
     registry = registry or MlflowRegistry()
     audit = AuditLog(_audit_path(settings))
+    shadow_events = None
+    if settings.shadow_log is not None:
+        from relearn.rollout.shadow import events_from_log
+
+        shadow_log = settings.shadow_log
+        shadow_events = lambda: events_from_log(shadow_log)  # noqa: E731
     stop = stop or threading.Event()
     decisions: list[Decision] = []
     while not stop.is_set() and (max_iterations is None or len(decisions) < max_iterations):
         started = time.monotonic()
         try:
-            decisions.append(step(backend, prometheus, registry, settings, audit))
+            decisions.append(step(backend, prometheus, registry, settings, audit, shadow_events))
         except Exception:  # a failed iteration (API server down, ...) must not kill the controller
             log.exception("analysis iteration failed")
             decisions.append(Decision(Action.HOLD, None, ["iteration failed"]))
@@ -337,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     for name in (
         "backend", "namespace", "inference_service", "virtual_service", "shadow_service", "model_name",
-        "state", "audit_log", "prometheus_url", "interval_seconds", "window",
+        "state", "audit_log", "prometheus_url", "interval_seconds", "window", "shadow_log",
     ):  # fmt: skip
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=fields[name].description)
     parser.add_argument("--once", action="store_true", help="run one analysis iteration and exit")
