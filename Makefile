@@ -9,7 +9,7 @@ DRIFT := $(VENV)/drift
 PY := $(PLATFORM)/bin/python
 PIPELINE_DIR := pipelines/compiled
 
-.PHONY: help setup train pipelines test lint bench bench-serving bench-drift bench-tools clean drift chart-test serve
+.PHONY: help setup train pipelines test lint bench bench-serving bench-drift bench-rollout bench-tools clean drift chart-test serve
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "relearn targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -70,6 +70,9 @@ bench-serving: setup bench-tools ## Serving benchmark: ours vs default KServe, M
 
 bench-drift: setup ## Drift detector benchmark: ingest events/s, detection delay, false alarms
 	$(DRIFT)/bin/python -m benchmarks.drift $(ARGS)
+
+bench-rollout: setup ## Time from a bad canary's start to its automated rollback, and requests it served
+	$(PY) -m benchmarks.rollout $(ARGS)
 
 # Load generator (wrk, Debian) and Seldon MLServer in an environment of its own, for bench-serving only.
 $(VENV)/mlserver/.ready: requirements/mlserver.txt
