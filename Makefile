@@ -12,7 +12,7 @@ PIPELINE_DIR := pipelines/compiled
 .PHONY: help setup train pipelines test lint bench bench-serving bench-drift bench-rollout bench-tools clean drift chart-test serve
 
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "; printf "relearn targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "; printf "relearn targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # The environments are file targets: `setup` is quick when nothing changed.
 $(PLATFORM)/.ready: requirements/platform.txt requirements/dev.txt pyproject.toml
