@@ -209,27 +209,18 @@ def tensor_request(inputs: Any, batch: int, request_id: str = "bench") -> tuple[
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
     from relearn.features.spec import CATEGORICAL_INPUTS, NUMERIC_INPUTS
+    from relearn.serving.tensors import v2_json
 
     rows = inputs.iloc[:batch]
     numeric = np.nan_to_num(rows[list(NUMERIC_INPUTS)].to_numpy(np.float32), nan=0.0)
     categorical = rows[list(CATEGORICAL_INPUTS)].astype(str).to_numpy()
-    body = {
-        "id": request_id,
-        "inputs": [
-            {
-                "name": "numeric",
-                "datatype": "FP32",
-                "shape": list(numeric.shape),
-                "data": numeric.ravel().tolist(),
-            },
-            {
-                "name": "categorical",
-                "datatype": "BYTES",
-                "shape": list(categorical.shape),
-                "data": categorical.ravel().tolist(),
-            },
+    body = v2_json(
+        [
+            ("numeric", "FP32", numeric.shape, numeric),
+            ("categorical", "BYTES", categorical.shape, categorical),
         ],
-    }
+        request_id,
+    )
     request = pb.ModelInferRequest(model_name=MODEL, id=request_id)
     t = request.inputs.add(name="numeric", datatype="FP32", shape=list(numeric.shape))
     t.contents.fp32_contents.extend(numeric.ravel().tolist())

@@ -135,23 +135,13 @@ def numeric_example(n: int = 3) -> tuple[np.ndarray, np.ndarray]:
 
 
 def v2_predictor_json(numeric: np.ndarray, categorical: np.ndarray, request_id: str = "r") -> dict:
-    return {
-        "id": request_id,
-        "inputs": [
-            {
-                "name": "numeric",
-                "datatype": "FP32",
-                "shape": list(numeric.shape),
-                "data": numeric.ravel().tolist(),
-            },
-            {
-                "name": "categorical",
-                "datatype": "BYTES",
-                "shape": list(categorical.shape),
-                "data": categorical.ravel().tolist(),
-            },
-        ],
-    }
+    from relearn.serving.tensors import v2_json
+
+    inputs = [
+        ("numeric", "FP32", numeric.shape, numeric),
+        ("categorical", "BYTES", categorical.shape, categorical),
+    ]
+    return v2_json(inputs, request_id)
 
 
 def grpc_predictor_request(numeric, categorical, raw: bool, request_id: str = "g") -> pb.ModelInferRequest:
