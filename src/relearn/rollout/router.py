@@ -287,11 +287,17 @@ def rest_app(router: Router, timeout: float = 30.0) -> Any:
             shadow_headers = {**headers, "host": f"{host}-shadow"} if host else headers
             router.mirror(_send_mirror(mirror.rest + target, request.method, shadow_headers, body))
         if primary is None or not primary.rest:
-            return JSONResponse({"error": f"no healthy upstream for route {route}"}, status_code=503)
+            return JSONResponse(
+                {"error": f"no healthy upstream for route {route}"},
+                status_code=503,
+                headers={ROUTE_HEADER: route},
+            )
         try:
             resp = await client.request(request.method, primary.rest + target, headers=headers, content=body)
-        except httpx.HTTPError as exc:
-            return JSONResponse({"error": f"upstream {route}: {exc!r}"}, status_code=503)
+        except httpx.HTTPError as exc:  # the route's own failure: say which route, as for its answers
+            return JSONResponse(
+                {"error": f"upstream {route}: {exc!r}"}, status_code=503, headers={ROUTE_HEADER: route}
+            )
         out = {
             k: v
             for k, v in resp.headers.items()
@@ -335,13 +341,14 @@ def grpc_handler(router: Router, timeout: float = 30.0) -> Any:
                 if mirror is not None and mirror.grpc:
                     router.mirror(_send_mirror(mirror.grpc, method, request, metadata))
                 if primary is None or not primary.grpc:
+                    context.set_trailing_metadata(((ROUTE_HEADER, route),))
                     await context.abort(grpc.StatusCode.UNAVAILABLE, f"no healthy upstream for route {route}")
                 try:
                     response, unary = await _with_call(
                         channel(primary.grpc).unary_unary(method), request, metadata
                     )
                 except grpc.aio.AioRpcError as exc:
-                    context.set_trailing_metadata(exc.trailing_metadata() or ())
+                    context.set_trailing_metadata((*(exc.trailing_metadata() or ()), (ROUTE_HEADER, route)))
                     await context.abort(exc.code(), exc.details() or "")
                 context.set_trailing_metadata(
                     (*(await unary.trailing_metadata() or ()), (ROUTE_HEADER, route))
