@@ -272,6 +272,9 @@ def test_queries_select_by_model_version_and_window() -> None:
     q = render("error_rate", cfg, version="7")
     assert 'model_version="7"' in q and "[30s]" in q and 'outcome=~"error|unavailable"' in q
     assert 'track="canary"' in render("drift_share", cfg, track="canary")
+    # the drift detector exports the canary-vs-stable score KS statistic
+    divergence = render("score_divergence", cfg, track="canary")
+    assert divergence == 'max(relearn_drift_score_divergence{track="canary"})'
 
 
 def test_controller_help() -> None:

@@ -37,6 +37,13 @@ class Metrics:
             ["track"],
             registry=r,
         )
+        self.score_divergence = Gauge(
+            "relearn_drift_score_divergence",
+            "Two-sample KS statistic (0-1) of the last closed canary/shadow window's scores against the"
+            " last closed stable window's.",
+            ["track"],
+            registry=r,
+        )
         self.windows = Counter("relearn_drift_windows", "Completed windows.", ["track"], registry=r)
         self.window_size = Gauge(
             "relearn_drift_window_size", "Events in the last completed window.", ["track"], registry=r

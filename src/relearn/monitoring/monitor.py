@@ -31,6 +31,7 @@ from relearn.monitoring.settings import DriftSettings
 
 log = logging.getLogger(__name__)
 MAX_PENDING = 200_000  # requests waiting for their response (oldest dropped beyond this)
+COMPARED_TRACKS = ("canary", "shadow")  # score divergence against the last stable window
 
 
 def _epoch(text: str, default: float) -> float:
@@ -71,6 +72,7 @@ class Monitor:
         self.baseline: Baseline | None = None  # from the reference sample's labels, if it has them
         self.label_baselines: dict[str, Baseline] = {}  # else per track: first labelled window after a load
         self.drop_streak = dict.fromkeys(TRACKS, 0)
+        self.stable_scores: np.ndarray | None = None  # scores of the last closed stable window (in memory)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drift-monitor", daemon=True)
         self._last_poll = 0.0
@@ -235,6 +237,7 @@ class Monitor:
             m.detected.labels(track, "features").inc()
         if result.score_drift:
             m.detected.labels(track, SCORE).inc()
+        divergence = self._score_divergence(track, scores)
         record = {
             "index": window.index,
             "start_seq": window.start_seq,
@@ -243,6 +246,8 @@ class Monitor:
             "drifted": result.drifted,
             "p_values": result.p_values,
         }
+        if divergence is not None:
+            record["score_divergence"] = divergence
         self.results[track].append(record)
         del self.results[track][:-1000]
         if self.settings.reports:
@@ -252,6 +257,29 @@ class Monitor:
             self._incident(
                 {"kind": "drift", "track": track, "window": window.index, "drifted": result.drifted}
             )
+
+    def _score_divergence(self, track: str, scores: np.ndarray) -> float | None:
+        """Export a canary/shadow window's score divergence from the last closed stable window.
+
+        A closed stable window's scores become the comparison; a canary/shadow window's two-sample KS
+        statistic against them (in [0, 1]) is exported as ``relearn_drift_score_divergence{track}``.
+
+        Nothing is exported until a stable window with scores has closed (after a restart too), nor for a
+        window without scores: the gauge keeps its last value.
+        """
+        scores = scores[np.isfinite(scores)]
+        if not len(scores):
+            return None
+        if track == "stable":
+            self.stable_scores = scores.copy()
+            return None
+        if track not in COMPARED_TRACKS or self.stable_scores is None:
+            return None
+        from scipy.stats import ks_2samp
+
+        statistic = float(ks_2samp(scores, self.stable_scores).statistic)
+        self.metrics.score_divergence.labels(track).set(statistic)
+        return statistic
 
     def _report(
         self, track: str, window: Window, result: WindowResult, frame: pd.DataFrame, scores: np.ndarray

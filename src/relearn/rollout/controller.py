@@ -53,7 +53,7 @@ QUERIES: dict[str, str] = {
     " / sum(rate(relearn_serving_requests_total{{" + _SEL + "}}[{window}]))",
     "p99_seconds": "max(histogram_quantile(0.99, sum by (le, stage) "
     "(rate(relearn_serving_stage_duration_seconds_bucket{{" + _SEL + "}}[{window}]))))",
-    "score_divergence": 'max(relearn_rollout_score_ks{{track="{track}"}})',
+    "score_divergence": 'max(relearn_drift_score_divergence{{track="{track}"}})',
     "drift_share": 'count(relearn_drift_p_value{{track="{track}"}} < {p})'
     ' / count(relearn_drift_p_value{{track="{track}"}})',
     "precision": 'max(relearn_drift_model_precision_at_budget{{track="{track}"}})',

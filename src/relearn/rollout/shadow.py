@@ -9,10 +9,11 @@ batch pair up in order. From the pairs come
 * **agreement**: share of requests where both take the same decision (``score >= threshold``);
 * **mean absolute difference** of the scores, and the **KS statistic** between the two score samples.
 
-They are exported as gauges (``relearn_rollout_shadow_*``, plus ``relearn_rollout_score_ks{track}``,
-which the controller's score-divergence gate reads) and checked by :func:`shadow_ready` before a shadow
-is moved to canary. The events come from the drift detector's inference log (:func:`events_from_log`) or
-from any iterable of :class:`relearn.monitoring.payloads.Event`-like objects.
+They are exported as gauges (``relearn_rollout_shadow_*`` and ``relearn_rollout_score_ks{track}``; the
+controller's canary score-divergence gate reads the drift detector's ``relearn_drift_score_divergence``)
+and checked by :func:`shadow_ready` before a shadow is moved to canary. The events come from the drift
+detector's inference log (:func:`events_from_log`) or from any iterable of
+:class:`relearn.monitoring.payloads.Event`-like objects.
 """
 
 from __future__ import annotations
