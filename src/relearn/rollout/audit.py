@@ -9,6 +9,18 @@ from pathlib import Path
 from typing import Any
 
 
+def rollout_dir() -> Path:
+    """Where local rollout state lives by default: ``<RELEARN_HOME>/rollout``."""
+    from relearn.settings import RelearnSettings
+
+    return RelearnSettings().home / "rollout"
+
+
+def audit_log_for(configured: Path | str | None) -> AuditLog:
+    """The configured audit trail, or the default ``<RELEARN_HOME>/rollout/audit.jsonl``."""
+    return AuditLog(configured or rollout_dir() / "audit.jsonl")
+
+
 class AuditLog:
     """One JSON object per line, appended with a single ``write`` on an ``O_APPEND`` descriptor.
 

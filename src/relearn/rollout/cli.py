@@ -27,16 +27,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from relearn.rollout.audit import AuditLog
-from relearn.rollout.backend import RolloutBackend, RolloutError
+from relearn.rollout.audit import audit_log_for
+from relearn.rollout.backend import RolloutBackend, RolloutError, make_backend
 
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"RELEARN_ROLLOUT_{name}", default)
-
-
-def _home() -> Path:
-    return Path(os.environ.get("RELEARN_HOME", ".relearn"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,30 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_backend(args: argparse.Namespace) -> RolloutBackend:
-    """The backend chosen by ``--backend``."""
-    if args.backend == "local":
-        from relearn.rollout.router import LocalBackend
-
-        return LocalBackend(args.state or _home() / "rollout" / "state.json")
-    from relearn.rollout.backend import KubernetesBackend
-
-    return KubernetesBackend(
-        args.namespace,
-        args.inference_service,
-        virtual_service=args.virtual_service,
-        shadow_service=args.shadow_service,
-        model_name=args.model_name,
-    )
-
-
 def _print(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=1) if args.output == "json" else text)
 
 
 def run(args: argparse.Namespace, backend: RolloutBackend | None = None) -> int:
     """Execute one parsed command; returns the exit status."""
-    audit = AuditLog(args.audit_log or _home() / "rollout" / "audit.jsonl")
+    audit = audit_log_for(args.audit_log)
     if args.command == "history":
         entries = audit.entries(args.limit)
         lines = [f"{e['time']}  {e['action']:<14} {e.get('version') or '':<8} {e['reason']}" for e in entries]

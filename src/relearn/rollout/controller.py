@@ -33,8 +33,8 @@ import httpx
 from pydantic import Field
 
 from relearn.rollout.analysis import Action, AnalysisSettings, Decision, Snapshot, decide
-from relearn.rollout.audit import AuditLog
-from relearn.rollout.backend import RolloutBackend, RolloutError, RolloutState
+from relearn.rollout.audit import AuditLog, audit_log_for
+from relearn.rollout.backend import RolloutBackend, RolloutError, RolloutState, make_backend
 from relearn.rollout.shadow import ShadowSettings
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def step(
             return _shadow_step(backend, state, shadow_events(), settings, shadow_settings, audit)
         return Decision(Action.HOLD, None)
     canary, stable = state.canary, state.stable or ""
-    audit = audit or AuditLog(_audit_path(settings))
+    audit = audit or audit_log_for(settings.audit_log)
     try:
         snapshot = read_snapshot(prometheus, settings, stable, canary)
     except PrometheusError as exc:
@@ -303,37 +303,11 @@ def _shadow_step(
     version, first = state.shadow, min(settings.steps)
     backend.stop_shadow()
     state = backend.start_canary(version, first)
-    (audit or AuditLog(_audit_path(settings))).append(
+    (audit or audit_log_for(settings.audit_log)).append(
         "shadow-to-canary", actor=ACTOR, reason=reason, version=version, percent=first, state=state.to_dict()
     )
     log.info("decision", extra={"action": "shadow-to-canary", "version": version, "reason": reason})
     return Decision(Action.STEP, first, [reason])
-
-
-def _audit_path(settings: ControllerSettings) -> Path:
-    import os
-
-    return settings.audit_log or Path(os.environ.get("RELEARN_HOME", ".relearn")) / "rollout" / "audit.jsonl"
-
-
-def make_backend(settings: ControllerSettings) -> RolloutBackend:
-    """The backend chosen by the settings."""
-    if settings.backend == "local":
-        import os
-
-        from relearn.rollout.router import LocalBackend
-
-        home = Path(os.environ.get("RELEARN_HOME", ".relearn"))
-        return LocalBackend(settings.state or home / "rollout" / "state.json")
-    from relearn.rollout.backend import KubernetesBackend
-
-    return KubernetesBackend(
-        settings.namespace,
-        settings.inference_service,
-        virtual_service=settings.virtual_service,
-        shadow_service=settings.shadow_service,
-        model_name=settings.model_name,
-    )
 
 
 def run(
@@ -349,7 +323,7 @@ def run(
     backend = backend or make_backend(settings)
     prometheus = prometheus or Prometheus(settings.prometheus_url, settings.prometheus_timeout_seconds)
     registry = registry or MlflowRegistry()
-    audit = AuditLog(_audit_path(settings))
+    audit = audit_log_for(settings.audit_log)
     shadow_events = None
     if settings.shadow_log is not None:
         from relearn.rollout.shadow import events_from_log

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from relearn.rollout.audit import AuditLog
-from relearn.rollout.backend import RolloutBackend, RolloutError
-from relearn.rollout.controller import ControllerSettings, _audit_path, make_backend
+from relearn.rollout.audit import AuditLog, audit_log_for
+from relearn.rollout.backend import RolloutBackend, RolloutError, make_backend
+from relearn.rollout.controller import ControllerSettings
 
 ACTOR = "pipeline/deploy"
 MODES = ("shadow", "canary", "none")
@@ -72,7 +72,7 @@ def deploy(
         return DeployResult("skipped", "rollout_mode is none", version)
     settings = settings or ControllerSettings()
     backend = backend or make_backend(settings)
-    audit = audit or AuditLog(_audit_path(settings))
+    audit = audit or audit_log_for(settings.audit_log)
     state = backend.state()
     if state.stable == version:
         return DeployResult("skipped", f"version {version} already serves the stable traffic", version)
