@@ -57,9 +57,10 @@ class PredictorSettings(CommonServingSettings):
     def cli_cmd(self) -> None:
         """Load the model and serve until interrupted."""
         _strip_argv()
-        from relearn.serving.predictor_model import serve
+        from relearn.serving import server
+        from relearn.serving.predictor_model import FraudPredictor
 
-        serve(self)
+        server.serve(FraudPredictor, self, "predictor")
 
 
 class TransformerSettings(CommonServingSettings):
@@ -88,9 +89,10 @@ class TransformerSettings(CommonServingSettings):
     def cli_cmd(self) -> None:
         """Connect to Feast and the predictor and serve until interrupted."""
         _strip_argv()
-        from relearn.serving.transformer_model import serve
+        from relearn.serving import server
+        from relearn.serving.transformer_model import FraudTransformer
 
-        serve(self)
+        server.serve(FraudTransformer, self, "transformer")
 
 
 def _strip_argv() -> None:

@@ -265,3 +265,20 @@ class PayloadLogger:
         except Exception as exc:
             self._failed.inc()
             log.debug("payload log event dropped", extra={"error": str(exc)})
+
+
+def payload_logger_for(settings: Any, component: str) -> PayloadLogger:
+    """The payload logger these settings describe."""
+    return PayloadLogger(
+        LoggerConfig(
+            sink_url=settings.log_sink_url,
+            inference_service=settings.inference_service,
+            namespace=settings.namespace,
+            component=component,
+            endpoint=settings.endpoint,
+            source=f"http://{settings.host}:{settings.http_port}/",
+            queue_size=settings.log_queue_size,
+            workers=settings.log_workers,
+            timeout_seconds=settings.log_timeout_seconds,
+        )
+    )

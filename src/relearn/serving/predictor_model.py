@@ -268,34 +268,4 @@ def _response_body(response: Any, scores: np.ndarray, decisions: np.ndarray, mod
     )
 
 
-def payload_logger_for(settings: Any, component: str) -> PayloadLogger:
-    """The payload logger these settings describe."""
-    return PayloadLogger(
-        LoggerConfig(
-            sink_url=settings.log_sink_url,
-            inference_service=settings.inference_service,
-            namespace=settings.namespace,
-            component=component,
-            endpoint=settings.endpoint,
-            source=f"http://{settings.host}:{settings.http_port}/",
-            queue_size=settings.log_queue_size,
-            workers=settings.log_workers,
-            timeout_seconds=settings.log_timeout_seconds,
-        )
-    )
-
-
-def serve(settings: PredictorSettings) -> None:
-    """Load the model and serve it (blocks until SIGINT/SIGTERM)."""
-    from relearn.logs import configure_logging
-    from relearn.serving import server
-
-    configure_logging(settings.log_level)
-    payload_logger = payload_logger_for(settings, "predictor")
-    model = FraudPredictor(settings, payload_logger)
-    model.load()
-    payload_logger.start()
-    server.run(model, settings, on_stop=payload_logger.stop)
-
-
-__all__ = ["FraudPredictor", "payload_logger_for", "resolve_artifact", "serve"]
+__all__ = ["FraudPredictor", "resolve_artifact"]

@@ -350,17 +350,3 @@ def _request_body(payload: Any, frame: pd.DataFrame, event_id: str) -> Any:
         ],
         event_id,
     )
-
-
-def serve(settings: TransformerSettings) -> None:
-    """Open Feast and serve the transformer (blocks until SIGINT/SIGTERM)."""
-    from relearn.logs import configure_logging
-    from relearn.serving import server
-    from relearn.serving.predictor_model import payload_logger_for
-
-    configure_logging(settings.log_level)
-    payload_logger = payload_logger_for(settings, "transformer")
-    model = FraudTransformer(settings, payload_logger)
-    model.load()
-    payload_logger.start()
-    server.run(model, settings, on_stop=payload_logger.stop)
