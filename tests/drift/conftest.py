@@ -9,9 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pandas as pd
@@ -129,3 +131,28 @@ def reference_file(tmp_path) -> Path:
     path = tmp_path / "reference.parquet"
     reference[[*MODEL_INPUTS, "score"]].to_parquet(path, index=False)
     return path
+
+
+@pytest.fixture
+def webhook():
+    """A small CloudEvents sink on loopback; yields ``(url, received)``."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["content-length"]))
+            received.append({"type": self.headers["ce-type"], "data": json.loads(body)})
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}/", received
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -10,13 +10,10 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
-import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pandas as pd
-import pytest
 from drift_events import v1_request
 
 from conftest import Server, scenario_labels, scenario_stream
@@ -33,31 +30,6 @@ AFTER = 8000  # transactions after the onset: the bust-outs run for days, so the
 # after it are in the window (benchmarks/drift.py).
 PERSISTENCE = 2
 AFTER_BATCHES = (0.5, 0.75, 0.9, 1.0)  # the chargebacks after the onset arrive in four deliveries
-
-
-@pytest.fixture
-def webhook():
-    """A small CloudEvents sink on loopback; yields ``(url, received)``."""
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["content-length"]))
-            received.append({"type": self.headers["ce-type"], "data": json.loads(body)})
-            self.send_response(202)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    httpd = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}/", received
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def _headers(ce_id: str, kind: str, when: pd.Timestamp) -> dict[str, str]:
