@@ -2,6 +2,7 @@
 
 from kfp import dsl
 
+from components import PIPELINE_IMAGE
 from components.deploy.component import deploy
 from components.evaluate.component import evaluate
 from components.features.component import features
@@ -32,6 +33,8 @@ def train_pipeline(
     patience: int = 5,
     val_fraction: float = 0.15,
     test_fraction: float = 0.2,
+    workers: int = 1,
+    distributed_backend: str = "auto",
     alert_budget: float = 0.005,
     min_improvement: float = 0.0,
     max_slice_regression: float = 0.15,
@@ -59,6 +62,10 @@ def train_pipeline(
         patience: Epochs without validation PR-AUC gain before stopping.
         val_fraction: Share of the window (by time) used for early stopping.
         test_fraction: Share of the window (latest by time) held out for evaluation.
+        workers: Training processes; above 1, data-parallel (DDP, gloo) with the same result as one.
+        distributed_backend: Where several workers run: "local" (torchrun on the step's machine),
+            "pytorchjob" (a Kubeflow PyTorchJob the step submits and waits for) or "auto" (a PyTorchJob when
+            the step runs in a Kubeflow Pipelines pod, local otherwise, e.g. under kfp.local).
         alert_budget: Share of transactions the fraud team can review (recall is measured there).
         min_improvement: Margin by which the challenger must beat the champion.
         max_slice_regression: Largest tolerated drop of any slice's recall vs the champion.
@@ -95,6 +102,9 @@ def train_pipeline(
         seed=seed,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
+        workers=workers,
+        distributed_backend=distributed_backend,
+        image=PIPELINE_IMAGE,  # the PyTorchJob's pods run the steps' image
     )
     evaluated = evaluate(
         training_set=feats.outputs["training_set"],

@@ -8,15 +8,13 @@ object against the upstream CRD schemas in ../shared/crds closed against unknown
 from __future__ import annotations
 
 import copy
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from crds import CRDS, crd_errors
+from kube_api import MERGE, FakeApiServer
 from relearn.rollout.backend import (
     ANN_CANARY,
     ANN_SHADOW,
@@ -31,22 +29,8 @@ from relearn.rollout.backend import (
 NS = "fraud"
 ISVC = f"/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices"
 VS = f"/apis/networking.istio.io/v1/namespaces/{NS}/virtualservices"
-MERGE = "application/merge-patch+json"
 
 pytestmark = pytest.mark.skipif(not CRDS.is_dir(), reason=f"no CRDs in {CRDS}")
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch (what the API server applies for application/merge-patch+json)."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
 
 
 def _container(uri: str) -> dict[str, Any]:
@@ -107,61 +91,6 @@ def virtual_service() -> dict[str, Any]:
             ],
         },
     }
-
-
-class FakeApiServer:
-    """A loopback HTTP server answering GET/PATCH of stored custom objects and recording each request."""
-
-    def __init__(self, objects: dict[str, dict[str, Any]]) -> None:
-        self.objects = objects
-        self.requests: list[dict[str, Any]] = []
-        self.rejected: list[list[str]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _answer(self, code: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                outer.requests.append(
-                    {"method": "GET", "path": self.path, "content_type": None, "body": None}
-                )
-                obj = outer.objects.get(self.path)
-                self._answer(200, obj) if obj else self._answer(404, {"kind": "Status", "code": 404})
-
-            def do_PATCH(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                body = json.loads(raw)
-                ctype = self.headers.get("Content-Type")
-                outer.requests.append(
-                    {"method": "PATCH", "path": self.path, "content_type": ctype, "body": body}
-                )
-                if self.path not in outer.objects:
-                    return self._answer(404, {"kind": "Status", "code": 404})
-                if ctype != MERGE:
-                    return self._answer(415, {"kind": "Status", "code": 415})
-                new = merge_patch(outer.objects[self.path], body)
-                errors = crd_errors(new)
-                if errors:
-                    outer.rejected.append(errors)
-                    return self._answer(422, {"kind": "Status", "code": 422, "message": "; ".join(errors)})
-                outer.objects[self.path] = new
-                self._answer(200, new)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def patches(self) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r["method"] == "PATCH"]
 
 
 @pytest.fixture

@@ -17,10 +17,17 @@ def train(
     seed: int,
     val_fraction: float,
     test_fraction: float,
+    workers: int,
+    distributed_backend: str,
+    image: str,
     model: Output[Model],
     metrics: Output[Metrics],
 ) -> NamedTuple("TrainOutputs", [("mlflow_run_id", str)]):
-    """Trains with early stopping on validation PR-AUC; returns the MLflow run that tracks it."""
+    """Trains with early stopping on validation PR-AUC; returns the MLflow run that tracks it.
+
+    ``workers`` > 1 trains data-parallel: torchrun processes here, or a PyTorchJob of ``image`` pods in a
+    cluster (``distributed_backend``: auto, local or pytorchjob; see relearn.model.distributed).
+    """
     from collections import namedtuple
 
     from relearn import steps
@@ -37,6 +44,9 @@ def train(
             seed=seed,
             val_fraction=val_fraction,
             test_fraction=test_fraction,
+            workers=workers,
+            distributed_backend=distributed_backend,
+            image=image,
         ),
     )
     for name, value in result["metrics"].items():

@@ -168,7 +168,7 @@ def build_features(
 
 # ----------------------------------------------------------------------------------------------- train
 class TrainStepParams(BaseModel):
-    """Training hyper-parameters and the time split, as the pipeline passes them."""
+    """Training hyper-parameters, the time split and the processes, as the pipeline passes them."""
 
     epochs: int = 30
     batch_size: int = 2048
@@ -177,12 +177,17 @@ class TrainStepParams(BaseModel):
     seed: int = 7
     val_fraction: float = 0.15
     test_fraction: float = 0.2
+    workers: int = 1
+    distributed_backend: str = "auto"
+    image: str = ""
 
 
-def _splits(training_set_path: str, val_fraction: float, test_fraction: float):
+def _splits(
+    training_set_path: str, val_fraction: float, test_fraction: float, columns: list[str] | None = None
+):
     from relearn.model.train import time_split
 
-    return time_split(pd.read_parquet(training_set_path), val_fraction, test_fraction)
+    return time_split(pd.read_parquet(training_set_path, columns=columns), val_fraction, test_fraction)
 
 
 def _mlflow(settings: RelearnSettings):
@@ -197,12 +202,21 @@ def _mlflow(settings: RelearnSettings):
 def train(
     training_set_path: str, model_dir: str, params: TrainStepParams, settings: RelearnSettings | None = None
 ) -> dict[str, Any]:
-    """Trains the model on the earliest part of the window, early-stopping on the next part."""
-    from relearn.model import net
+    """Trains the model on the earliest part of the window, early-stopping on the next part.
+
+    With ``params.workers`` > 1 the training is data-parallel (:mod:`relearn.model.distributed`): that many
+    torchrun processes on this machine, or the pods of a PyTorchJob in a cluster (``distributed_backend``:
+    ``auto`` picks the PyTorchJob inside a Kubeflow Pipelines pod). Rank 0 logs into this step's MLflow
+    run; the model and metrics are those of one worker, up to floating-point summation order.
+    """
     from relearn.model import train as training
 
     settings = settings or RelearnSettings()
-    train_df, val_df, _ = _splits(training_set_path, params.val_fraction, params.test_fraction)
+    if params.workers < 1:
+        raise StepFailed(f"workers must be at least 1, not {params.workers}")
+    # One worker reads everything; several read shards, so the step checks the labels alone here.
+    columns = None if params.workers == 1 else ["event_timestamp", "label"]
+    train_df, val_df, _ = _splits(training_set_path, params.val_fraction, params.test_fraction, columns)
     if train_df["label"].sum() == 0 or val_df["label"].sum() == 0:
         raise StepFailed("The training or validation split has no labelled fraud: widen the data window.")
     train_params = training.TrainParams(
@@ -215,17 +229,53 @@ def train(
     mlflow = _mlflow(settings)
     with mlflow.start_run() as run:
         mlflow.log_params({"val_fraction": params.val_fraction, "test_fraction": params.test_fraction})
-        mlflow.log_params({"train_rows": len(train_df), "val_rows": len(val_df)})
-        result = training.train(train_df, val_df, train_params)
-        training.log_training(result, train_params)
-    Path(model_dir).mkdir(parents=True, exist_ok=True)
-    net.save_model(model_dir, result.net, result.preprocessor, {"mlflow_run_id": run.info.run_id})
-    metrics = {
-        "best_val_pr_auc": max(h["val_pr_auc"] for h in result.history),
-        "best_epoch": float(result.best_epoch),
-        "samples_per_second": float(result.samples_per_second),
-    }
+        mlflow.log_params({"train_rows": len(train_df), "val_rows": len(val_df), "workers": params.workers})
+        if params.workers == 1:
+            from relearn.model import net
+
+            result = training.train(train_df, val_df, train_params)
+            training.log_training(result, train_params)
+            net.save_model(model_dir, result.net, result.preprocessor, {"mlflow_run_id": run.info.run_id})
+        else:
+            _train_distributed(training_set_path, model_dir, params, train_params, run.info.run_id, settings)
+    logged = mlflow.MlflowClient(settings.tracking_uri()).get_run(run.info.run_id).data.metrics
+    metrics = {name: float(logged[name]) for name in ("best_val_pr_auc", "best_epoch", "samples_per_second")}
     return {"run_id": run.info.run_id, "metrics": metrics}
+
+
+def _train_distributed(
+    training_set_path: str,
+    model_dir: str,
+    params: TrainStepParams,
+    train_params: Any,
+    run_id: str,
+    settings: RelearnSettings,
+) -> None:
+    """Runs ``params.workers`` training processes; rank 0 leaves the model in ``model_dir``."""
+    from relearn.model import distributed
+
+    try:
+        backend = distributed.resolve_backend(params.distributed_backend)
+    except ValueError as exc:
+        raise StepFailed(str(exc)) from None
+    options = distributed.WorkerOptions(
+        training_set=training_set_path,
+        run_id=run_id,
+        model_dir=Path(model_dir),
+        params=train_params,
+        val_fraction=params.val_fraction,
+        test_fraction=params.test_fraction,
+    )
+    log.info("distributed training", extra={"workers": params.workers, "backend": backend})
+    try:
+        if backend == "local":
+            distributed.torchrun(params.workers, options)
+        else:
+            from relearn.model import pytorchjob
+
+            pytorchjob.train_in_cluster(params.workers, options, image=params.image, settings=settings)
+    except distributed.TrainingFailed as exc:
+        raise StepFailed(f"Distributed training failed: {exc}") from None
 
 
 # -------------------------------------------------------------------------------------------- evaluate

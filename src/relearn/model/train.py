@@ -1,4 +1,10 @@
-"""Training: time-based splits, a seeded mini-batch loop with early stopping, and MLflow logging."""
+"""Training: time-based splits, a seeded mini-batch loop with early stopping, and MLflow logging.
+
+The loop is data-parallel ready: a training process holds a :class:`Shard` of the rows (all of them when it
+trains alone) and, under ``torch.distributed``, wraps the network in DDP. Every process walks the same
+global batches and keeps the rows it holds, so one process and N processes train the same model (up to
+floating-point summation order): see :mod:`relearn.model.distributed`.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +23,8 @@ from pydantic import BaseModel, Field
 from sklearn.metrics import average_precision_score
 from tqdm.auto import tqdm
 
-from relearn.features.spec import LABEL
-from relearn.model.net import FraudNet, Preprocessor, predict_logits
+from relearn.features.spec import CATEGORICAL_INPUTS, LABEL, NUMERIC_INPUTS
+from relearn.model.net import FraudNet, Preprocessor, predict_logits, signed_log1p
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +33,7 @@ class TrainParams(BaseModel):
     """Hyper-parameters of one training run (logged to MLflow as run params)."""
 
     epochs: int = Field(30, ge=1)
-    batch_size: int = Field(2048, ge=1)
+    batch_size: int = Field(2048, ge=1, description="Global batch: split over the processes under DDP.")
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
     hidden: tuple[int, ...] = (64, 32)
@@ -61,6 +67,42 @@ class TrainResult:
     params: TrainParams = field(default_factory=TrainParams)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """The rows one training process holds: a contiguous slice of the training and of the validation split.
+
+    Attributes:
+        train: This process's training rows, positions ``train_offset ..`` of the whole training split.
+        val: This process's validation rows.
+        train_offset: Position of ``train``'s first row in the whole training split.
+        n_train: Rows of the whole training split (the global batches are drawn over all of them).
+        val_sizes: Validation rows held by each process, in rank order (to gather the scores).
+    """
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    train_offset: int
+    n_train: int
+    val_sizes: tuple[int, ...]
+
+    @classmethod
+    def whole(cls, train_df: pd.DataFrame, val_df: pd.DataFrame) -> Shard:
+        """The shard of a process that trains alone: both splits entirely."""
+        return cls(train_df, val_df, 0, len(train_df), (len(val_df),))
+
+
+def split_points(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """Where validation and test start among ``n`` rows in time order (see :func:`time_split`)."""
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+    return round(n * (1 - val_fraction - test_fraction)), round(n * (1 - test_fraction))
+
+
+def shard_bounds(n: int, world: int) -> list[int]:
+    """Bounds of ``world`` contiguous, near-equal parts of ``n`` rows: part ``r`` is ``[b[r], b[r + 1])``."""
+    return [n * rank // world for rank in range(world + 1)]
+
+
 def time_split(
     frame: pd.DataFrame, val_fraction: float = 0.15, test_fraction: float = 0.15
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -69,23 +111,104 @@ def time_split(
     Random splits would leak the future into training (entity aggregates and fraud campaigns are
     correlated in time); a time split matches how the model is used.
     """
-    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+    val_start, test_start = split_points(len(frame), val_fraction, test_fraction)
     ordered = frame.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
-    n = len(ordered)
-    val_start = round(n * (1 - val_fraction - test_fraction))
-    test_start = round(n * (1 - test_fraction))
     return ordered.iloc[:val_start], ordered.iloc[val_start:test_start], ordered.iloc[test_start:]
 
 
-def _resolve_pos_weight(params: TrainParams, labels: np.ndarray) -> float:
+def _resolve_pos_weight(params: TrainParams, positives: float, n: float) -> float:
     if params.pos_weight != "auto":
         return float(params.pos_weight)
-    positives = float(labels.sum())
     if positives == 0:
         return 1.0
     # The square root keeps the gradient signal of rare positives without the noise of full reweighting.
-    return math.sqrt((len(labels) - positives) / positives)
+    return math.sqrt((n - positives) / positives)
+
+
+class _Ranks:
+    """This process's place among the training processes; the collectives are no-ops for one process."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist if dist.is_available() and dist.is_initialized() else None
+        self.rank = self.dist.get_rank() if self.dist else 0
+        self.world = self.dist.get_world_size() if self.dist else 1
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        """Element-wise float64 sum over the processes."""
+        if self.world == 1:
+            return np.asarray(values, dtype=np.float64)
+        tensor = torch.tensor(np.asarray(values, dtype=np.float64))
+        self.dist.all_reduce(tensor)
+        return tensor.numpy()
+
+    def gather(self, tensor: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+        """The processes' 1-d tensors of ``sizes`` rows, concatenated in rank order, on every process."""
+        if self.world == 1:
+            return tensor
+        padded = torch.zeros(max(sizes), dtype=tensor.dtype)  # all_gather needs equal shapes
+        padded[: len(tensor)] = tensor
+        parts = [torch.empty_like(padded) for _ in sizes]
+        self.dist.all_gather(parts, padded)
+        return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+
+
+class _SharedDropout:
+    """Dropout masks drawn for the whole global batch, from a generator seeded alike in every process.
+
+    A sample thus gets the same mask whichever process holds it, and N processes train what one process
+    trains. The network's own ``nn.Dropout`` layers are set to eval (identity) while a forward hook applies
+    the shared mask to the rows this process holds.
+    """
+
+    def __init__(self, net: torch.nn.Module, seed: int) -> None:
+        self.layers = [m for m in net.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+        # Its own stream: the permutation generator has the plain seed.
+        self.generator = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+        )
+        self.batch: int = 0
+        self.rows: torch.Tensor | None = None
+        self.handles = [layer.register_forward_hook(self._apply) for layer in self.layers]
+
+    def take_over(self) -> None:
+        """Switch the built-in (per-process) dropout off; call after every ``net.train()``."""
+        for layer in self.layers:
+            layer.eval()
+
+    def set_batch(self, size: int, rows: torch.Tensor | None) -> None:
+        """The next forward pass is a training step on ``rows`` (None: all) of a global batch of ``size``."""
+        self.batch, self.rows = size, rows
+
+    def _apply(self, layer: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        if self.batch == 0:  # evaluation
+            return output
+        # 32 random bits per unit, two per int64 draw (a third of torch.rand's cost); P(keep) = 1 - p.
+        width = output.shape[1]
+        bits = torch.randint(-(2**63), 2**63 - 1, (self.batch, (width + 1) // 2), generator=self.generator)
+        keep = bits.view(torch.int32)[:, :width] >= round(layer.p * 2**32) - 2**31
+        if self.rows is not None:
+            keep = keep[self.rows]
+        return output * keep / (1 - layer.p)
+
+    def remove(self) -> None:
+        """Detach the hooks: the trained network behaves like any FraudNet."""
+        for handle in self.handles:
+            handle.remove()
+
+
+def _fit_preprocessor(frame: pd.DataFrame, ranks: _Ranks) -> Preprocessor:
+    """:meth:`Preprocessor.fit`'s statistics over the whole training split, from sums over the processes."""
+    values = signed_log1p(frame[list(NUMERIC_INPUTS)].to_numpy(np.float64))
+    count = ranks.sum((~np.isnan(values)).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = ranks.sum(np.nansum(values, axis=0)) / count
+        std = np.sqrt(ranks.sum(np.nansum((values - mean) ** 2, axis=0)) / count)
+    # The same guards as Preprocessor.fit: missing columns impute 0, constant columns stay finite.
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    std = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0)
+    return Preprocessor(NUMERIC_INPUTS, CATEGORICAL_INPUTS, mean, std)
 
 
 def train(
@@ -110,87 +233,136 @@ def train(
     Returns:
         The best network (by validation PR-AUC), its preprocessor and the training history.
     """
-    params = params or TrainParams()
-    if train_df[LABEL].nunique() < 2 or val_df[LABEL].nunique() < 2:
-        raise ValueError("training and validation data both need positive and negative labels")
+    return train_shard(Shard.whole(train_df, val_df), params, on_epoch)
 
+
+def train_shard(
+    shard: Shard,
+    params: TrainParams | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """:func:`train` on this process's shard; data-parallel (DDP) when ``torch.distributed`` is initialized.
+
+    Every process gets the same result: statistics, positive weight, validation scores and the early-stopping
+    decision are computed over all shards.
+
+    Raises:
+        ValueError: The training or validation split lacks positive or negative labels.
+    """
+    params = params or TrainParams()
     previous_threads = torch.get_num_threads()
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(params.num_threads or 1)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train(train_df, val_df, params, on_epoch)
+        return _train(shard, params, on_epoch, _Ranks())
     finally:
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_deterministic)
 
 
 def _train(
-    train_df: pd.DataFrame,
-    val_df: pd.DataFrame,
+    shard: Shard,
     params: TrainParams,
     on_epoch: Callable[[dict[str, float]], None] | None,
+    ranks: _Ranks,
 ) -> TrainResult:
     torch.manual_seed(params.seed)
     np.random.seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
 
-    preprocessor = Preprocessor.fit(train_df)
-    x_num, x_cat = preprocessor.transform(train_df)
-    y = torch.from_numpy(train_df[LABEL].to_numpy(np.float32))
-    v_num, v_cat = preprocessor.transform(val_df)
-    v_y = val_df[LABEL].to_numpy()
+    preprocessor = _fit_preprocessor(shard.train, ranks)
+    x_num, x_cat = preprocessor.transform(shard.train)
+    y = torch.from_numpy(shard.train[LABEL].to_numpy(np.float32))
+    v_num, v_cat = preprocessor.transform(shard.val)
+    v_y = ranks.gather(torch.from_numpy(shard.val[LABEL].to_numpy(np.float32)), shard.val_sizes).numpy()
+    n = shard.n_train
+    positives, rows = ranks.sum(np.array([y.double().sum().item(), len(y)]))
+    if rows != n:
+        raise ValueError(f"the shards hold {rows:.0f} training rows, not {n}")
+    if not 0 < positives < n or not 0 < v_y.sum() < len(v_y):
+        raise ValueError("training and validation data both need positive and negative labels")
 
     net = FraudNet(
         preprocessor.mean, preprocessor.std, preprocessor.cardinalities, params.hidden, params.dropout
     )
-    pos_weight = _resolve_pos_weight(params, y.numpy())
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
+    # DDP all-reduces the gradients during backward; one process needs no wrapper. The buffers (the numeric
+    # statistics) are equal everywhere already: no broadcast before every forward pass.
+    model = (
+        torch.nn.parallel.DistributedDataParallel(net, forward_sync_buffers=False) if ranks.world > 1 else net
+    )
+    pos_weight = _resolve_pos_weight(params, positives, n)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight), reduction="sum")
     optimizer = torch.optim.Adam(net.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    dropout = _SharedDropout(net, params.seed)
 
     history: list[dict[str, float]] = []
     best_state: dict[str, Any] = copy.deepcopy(net.state_dict())
     best_epoch, best_pr_auc, seen, train_seconds = 0, -1.0, 0, 0.0
-    n = len(y)
-    epochs = tqdm(range(1, params.epochs + 1), desc="train", unit="epoch", disable=not params.progress)
-    for epoch in epochs:
-        net.train()
-        started = time.perf_counter()
-        order = torch.randperm(n, generator=generator)
-        total_loss = 0.0
-        for i in range(0, n, params.batch_size):
-            idx = order[i : i + params.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(net(x_num[idx], x_cat[idx]), y[idx])
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(idx)
-        train_seconds += time.perf_counter() - started
-        seen += n
+    low, high = shard.train_offset, shard.train_offset + len(y)
+    lead = ranks.rank == 0
+    epochs = tqdm(
+        range(1, params.epochs + 1), desc="train", unit="epoch", disable=not (params.progress and lead)
+    )
+    try:
+        for epoch in epochs:
+            net.train()
+            dropout.take_over()
+            started = time.perf_counter()
+            order = torch.randperm(n, generator=generator)
+            loss_sum = 0.0
+            for i in range(0, n, params.batch_size):
+                idx = order[i : i + params.batch_size]
+                if ranks.world == 1:
+                    rows_here, local = None, idx
+                else:  # this process's rows of the global batch, as positions in the batch and in the shard
+                    rows_here = ((idx >= low) & (idx < high)).nonzero().squeeze(1)
+                    local = idx[rows_here] - low
+                dropout.set_batch(len(idx), rows_here)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x_num[local], x_cat[local]), y[local])
+                # The global batch mean: DDP averages the processes' gradients, hence x world.
+                (loss * (ranks.world / len(idx))).backward()
+                optimizer.step()
+                loss_sum += loss.item()
+            dropout.set_batch(0, None)
+            train_seconds += time.perf_counter() - started
+            seen += n
 
-        val_pr_auc = float(average_precision_score(v_y, predict_logits(net, v_num, v_cat).numpy()))
-        entry = {"epoch": epoch, "train_loss": total_loss / n, "val_pr_auc": val_pr_auc}
-        history.append(entry)
-        epochs.set_postfix(loss=f"{entry['train_loss']:.4f}", val_pr_auc=f"{val_pr_auc:.4f}")
-        if on_epoch is not None:
-            on_epoch(entry)
-        if val_pr_auc > best_pr_auc + params.min_delta:
-            best_epoch, best_pr_auc = epoch, val_pr_auc
-            best_state = copy.deepcopy(net.state_dict())
-        elif epoch - best_epoch >= params.patience:
-            log.info("early stop", extra={"epoch": epoch, "best_epoch": best_epoch})
-            break
-    epochs.close()
+            (total_loss,) = ranks.sum(np.array([loss_sum]))
+            logits = ranks.gather(predict_logits(net, v_num, v_cat), shard.val_sizes)
+            val_pr_auc = float(average_precision_score(v_y, logits.numpy()))
+            entry = {"epoch": epoch, "train_loss": total_loss / n, "val_pr_auc": val_pr_auc}
+            history.append(entry)
+            epochs.set_postfix(loss=f"{entry['train_loss']:.4f}", val_pr_auc=f"{val_pr_auc:.4f}")
+            if on_epoch is not None:
+                on_epoch(entry)
+            if val_pr_auc > best_pr_auc + params.min_delta:
+                best_epoch, best_pr_auc = epoch, val_pr_auc
+                best_state = copy.deepcopy(net.state_dict())
+            elif epoch - best_epoch >= params.patience:
+                if lead:
+                    log.info("early stop", extra={"epoch": epoch, "best_epoch": best_epoch})
+                break
+    finally:
+        dropout.remove()
+        epochs.close()
 
     net.load_state_dict(best_state)
     with torch.no_grad():
         net.output_bias.sub_(math.log(pos_weight))  # undo the prior shift of the weighted loss
     net.eval()
     samples_per_second = seen / train_seconds if train_seconds > 0 else float("nan")
-    log.info(
-        "trained",
-        extra={"best_epoch": best_epoch, "val_pr_auc": best_pr_auc, "samples_per_second": samples_per_second},
-    )
+    if lead:
+        log.info(
+            "trained",
+            extra={
+                "best_epoch": best_epoch,
+                "val_pr_auc": best_pr_auc,
+                "samples_per_second": samples_per_second,
+                "processes": ranks.world,
+            },
+        )
     return TrainResult(
         net=net,
         preprocessor=preprocessor,
