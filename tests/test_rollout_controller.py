@@ -2,7 +2,8 @@
 
 A metrics endpoint served by ``prometheus_client`` carries the serving metrics (same names and labels as
 :mod:`relearn.serving.metrics`); a driver thread plays the traffic the local router would send, reading the
-canary share from the LocalBackend state file, so the canary's request count follows the controller's steps.
+canary share and the mirror from the LocalBackend state file, so the canary's request count follows the
+controller's steps and a shadow receives mirrored requests (``track="mirror"``).
 Prometheus (Debian's ``/usr/bin/prometheus``) scrapes it every second on 127.0.0.1; the controller reads it
 over the HTTP API with 5 s rate windows.
 """
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 
 from relearn.rollout.analysis import Action
 from relearn.rollout.audit import AuditLog
+from relearn.rollout.backend import RolloutState
 from relearn.rollout.controller import (
     QUERIES,
     REJECTED_TAG,
@@ -30,6 +32,8 @@ from relearn.rollout.controller import (
     MlflowRegistry,
     Prometheus,
     render,
+    run,
+    shadow_source,
     step,
 )
 from relearn.rollout.router import LocalBackend, RouterState
@@ -53,13 +57,13 @@ class Traffic:
         self.requests = Counter(
             "relearn_serving_requests_total",
             "Inference requests by outcome.",
-            ["component", "outcome", "model_version"],
+            ["component", "outcome", "model_version", "track"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "relearn_serving_stage_duration_seconds",
             "Latency of one serving stage.",
-            ["component", "stage", "model_version"],
+            ["component", "stage", "model_version", "track"],
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=self.registry,
         )
@@ -69,11 +73,11 @@ class Traffic:
         self.stop = threading.Event()
         self._credit = 0.0
 
-    def _serve(self, version: str, i: int) -> None:
+    def _serve(self, version: str, i: int, track: str = "primary") -> None:
         n = self.served[version] = self.served.get(version, 0) + 1
         outcome = "error" if version in self.bad and n % 4 == 0 else "ok"  # a bad version fails 25 %
-        self.requests.labels("predictor", outcome, version).inc()
-        self.latency.labels("predictor", "predict", version).observe(0.004 + 0.001 * (i % 5))
+        self.requests.labels("predictor", outcome, version, track).inc()
+        self.latency.labels("predictor", "predict", version, track).observe(0.004 + 0.001 * (i % 5))
 
     def run(self) -> None:
         i = 0
@@ -89,6 +93,8 @@ class Traffic:
                     self._serve(state.canary, i)
                 elif state.stable:
                     self._serve(state.stable, i)
+                if state.shadow and state.mirror_percent >= 100:
+                    self._serve(state.shadow, i, "mirror")
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +178,19 @@ def _controller_settings(tmp: Path) -> ControllerSettings:
     )
 
 
+def _local(
+    tmp: Path, *versions: str, traffic: Traffic | None = None, **settings: object
+) -> tuple[ControllerSettings, LocalBackend]:
+    """Settings and a local backend with ``versions`` (the first is stable), followed by ``traffic``."""
+    cfg = _controller_settings(tmp).model_copy(update=settings)
+    backend = LocalBackend(cfg.state)
+    for v in versions:
+        backend.register(v, rest=f"http://127.0.0.1:1/{v}")
+    if traffic is not None:
+        traffic.state_path = cfg.state
+    return cfg, backend
+
+
 def _analyse(backend, prom, registry, cfg, max_iterations: int = 25) -> list:
     """Iterate like the controller's loop until promote or rollback (bounded)."""
     decisions = []
@@ -192,12 +211,8 @@ def _champion(registry: MlflowRegistry) -> str:
 
 def test_healthy_canary_steps_and_is_promoted(prometheus, registry, tmp_path: Path) -> None:
     prom, traffic = prometheus
-    cfg = _controller_settings(tmp_path)
-    backend = LocalBackend(cfg.state)
-    for v in ("1", "2"):
-        backend.register(v, rest=f"http://127.0.0.1:1/{v}")
+    cfg, backend = _local(tmp_path, "1", "2", traffic=traffic)
     backend.start_canary("2", 10)
-    traffic.state_path = cfg.state
 
     decisions = _analyse(backend, prom, registry, cfg)
 
@@ -217,13 +232,9 @@ def test_healthy_canary_steps_and_is_promoted(prometheus, registry, tmp_path: Pa
 
 def test_erroring_canary_is_rolled_back_before_half(prometheus, registry, tmp_path: Path) -> None:
     prom, traffic = prometheus
-    cfg = _controller_settings(tmp_path)
-    backend = LocalBackend(cfg.state)
-    for v in ("1", "3"):
-        backend.register(v, rest=f"http://127.0.0.1:1/{v}")
+    cfg, backend = _local(tmp_path, "1", "3", traffic=traffic)
     traffic.bad.add("3")
     backend.start_canary("3", 10)
-    traffic.state_path = cfg.state
 
     decisions = _analyse(backend, prom, registry, cfg)
 
@@ -244,11 +255,35 @@ def test_erroring_canary_is_rolled_back_before_half(prometheus, registry, tmp_pa
     assert all(e["state"]["canary_percent"] < 50 for e in audit[:-1])
 
 
+def test_mirrored_failures_stay_out_of_the_canary_windows(prometheus, registry, tmp_path: Path) -> None:
+    """A shadow fails a quarter of its mirrored requests, then serves live traffic cleanly as a canary.
+
+    Its first canary windows still hold the mirrored errors (``track="mirror"``): counted, they would roll
+    it back at once; the controller's queries skip them, so it steps and is promoted.
+    """
+    prom, traffic = prometheus
+    cfg, backend = _local(tmp_path, "1", "2", traffic=traffic)
+    traffic.bad.add("2")
+    backend.start_shadow("2", 100)
+    # Wait until the analysis window holds mirrored errors, then make the shadow a healthy canary.
+    errors = 'sum(increase(relearn_serving_requests_total{{model_version="2",outcome="error"}}[{}]))'
+    deadline = time.monotonic() + 20
+    while (prom.query(errors.format(cfg.window)) or 0) < 50:
+        assert time.monotonic() < deadline, "no mirrored errors in the window"
+        time.sleep(0.5)
+    traffic.bad.discard("2")
+    backend.stop_shadow()
+    backend.start_canary("2", 10)
+
+    decisions = _analyse(backend, prom, registry, cfg)
+
+    moves = [(d.action.value, d.percent) for d, _ in decisions if d.action is not Action.HOLD]
+    assert moves == [("step", 25), ("step", 50), ("promote", None)], decisions
+    assert all(e["snapshot"]["canary_error_rate"] == 0 for e in AuditLog(cfg.audit_log).entries())
+
+
 def test_no_canary_is_idle_and_unreachable_prometheus_holds(tmp_path: Path) -> None:
-    cfg = _controller_settings(tmp_path)
-    backend = LocalBackend(cfg.state)
-    backend.register("1", rest="http://127.0.0.1:1/1")
-    backend.register("2", rest="http://127.0.0.1:1/2")
+    cfg, backend = _local(tmp_path, "1", "2")
     dead = Prometheus(f"http://127.0.0.1:{_free_port()}", timeout=0.5)
 
     class Untouchable:
@@ -266,11 +301,30 @@ def test_no_canary_is_idle_and_unreachable_prometheus_holds(tmp_path: Path) -> N
     assert AuditLog(cfg.audit_log).entries()[-1]["action"] == "analysis-hold"
 
 
+def test_shadow_gate_holds_while_the_detector_is_unreachable(tmp_path: Path) -> None:
+    """The shadow comparison comes from the detector's ``GET /v1/shadow``: no answer, no move."""
+    dead_detector = f"http://127.0.0.1:{_free_port()}"
+    cfg, backend = _local(tmp_path, "1", "2", detector_url=dead_detector, detector_timeout_seconds=0.5)
+    backend.start_shadow("2", 100)
+    source = shadow_source(cfg)
+    assert source is not None
+    decision = step(backend, None, None, cfg, shadow_comparison=source)  # type: ignore[arg-type]
+    assert decision.action is Action.HOLD and "shadow 2: no comparison" in decision.reason
+    assert backend.state().shadow == "2" and backend.state().canary is None
+    assert shadow_source(_controller_settings(tmp_path)) is None, "no detector, no log: no shadow gate"
+
+
 def test_queries_select_by_model_version_and_window() -> None:
     cfg = ControllerSettings(window="30s", component="predictor")
     assert set(QUERIES) >= {"requests", "error_rate", "p99_seconds", "score_divergence", "drift_share"}
     q = render("error_rate", cfg, version="7")
     assert 'model_version="7"' in q and "[30s]" in q and 'outcome=~"error|unavailable"' in q
+    for gate in ("requests", "error_rate", "p99_seconds"):  # live traffic only, never mirrored requests
+        assert 'track!="mirror"' in render(gate, cfg, version="7"), gate
+    # the label gates compare one version's precision with another's (the detector's per-version gauges)
+    assert render("precision", cfg, track="canary", version="7") == (
+        'max(relearn_drift_version_precision_at_budget{track="canary",model_version="7"})'
+    )
     assert 'track="canary"' in render("drift_share", cfg, track="canary")
     # the drift detector exports the canary-vs-stable score KS statistic
     divergence = render("score_divergence", cfg, track="canary")
@@ -287,3 +341,35 @@ def test_controller_help() -> None:
         check=True,
     ).stdout
     assert "--prometheus-url" in out and "--once" in out and "RELEARN_ROLLOUT_" in out
+    assert "--detector-url" in out and "--shadow-log" in out
+
+
+def test_run_moves_a_shadow_to_canary_from_the_detectors_log(tmp_path: Path) -> None:
+    """Local mode (``shadow_log``): the controller reads the detector's inference log itself."""
+    import json
+
+    from relearn.events import RESPONSE_TYPE
+    from relearn.monitoring.store import connect
+
+    db = tmp_path / "inference-log.sqlite3"
+    conn = connect(db)  # the detector's own schema
+    rows = []
+    for i in range(250):
+        for track, version in (("stable", "1"), ("shadow", "2")):
+            body = {"predictions": [{"score": (i % 10) / 10}], "model_version": version}
+            rows.append((f"r{i}", RESPONSE_TYPE, track, "", json.dumps(body).encode()))
+    with conn:
+        conn.executemany(
+            "INSERT INTO events (ce_id, type, track, time, received, body) VALUES (?, ?, ?, ?, 0, ?)", rows
+        )
+    conn.close()
+    cfg, backend = _local(tmp_path, "1", "2", shadow_log=db)
+    backend.start_shadow("2", 100)
+    dead = Prometheus(f"http://127.0.0.1:{_free_port()}", timeout=0.5)
+
+    (decision,) = run(cfg, prometheus=dead, registry=object(), max_iterations=1)  # type: ignore[arg-type]
+
+    assert decision.action is Action.STEP and decision.percent == 10, decision
+    assert backend.state() == RolloutState(stable="1", canary="2", canary_percent=10)
+    (entry,) = AuditLog(cfg.audit_log).entries()
+    assert entry["action"] == "shadow-to-canary" and entry["reason"].startswith("250 pairs: agreement 1")

@@ -1,28 +1,38 @@
-"""End to end in local mode: real predictors, the local router, a real Prometheus and the controller.
+"""End to end in local mode: predictors, router, Prometheus, the drift detector and the controller, all real.
 
-Everything is a real process on 127.0.0.1:
+Every part is a process on 127.0.0.1 (tests/rollout_stack.py):
 
-* three predictors (``python -m relearn.serving.predictor``) from tiny fabricated FraudNet artifacts:
-  v1 (stable), v2 (a good challenger: v1's weights with a tiny output-bias shift) and v3 (a bad
-  challenger). v3's network has embedding tables of one row (only the "unknown" slot) while its
-  preprocessor carries the full vocabularies — an artifact whose network and preprocessor do not match.
-  The predictor loads it (the feature names match the contract), but every request with a known
-  category maps to an index past the table and the forward pass raises ``IndexError``: the server answers
-  500 and counts ``relearn_serving_requests_total{outcome="error"}``, as a broken model in production would;
-* a tmp MLflow registry (SQLite) with the three versions, ``champion`` → 1; the controller moves the alias
-  and tags the rejected version;
-* the local router in front (REST and gRPC; the test's load generator uses v2 REST);
-* Prometheus (Debian's ``/usr/bin/prometheus``) scraping the predictors' ``/metrics`` every second;
-* the controller's :func:`~relearn.rollout.controller.step` called in a loop, 5 s rate windows.
+* four predictors (``python -m relearn.serving.predictor``) from tiny fabricated FraudNet artifacts: v1
+  (stable), v2 (a good challenger: v1 plus a tiny logit shift), v3 (an artifact whose embedding tables are
+  smaller than its vocabularies: every request fails with a 500, counted as
+  ``relearn_serving_requests_total{outcome="error"}``, as a broken model in production would) and v4 (v1's
+  logit negated: healthy answers that rank the frauds last);
+* a tmp MLflow registry (SQLite) with the four versions, ``champion`` → 1; the controller moves the alias
+  and tags the rejected versions;
+* the local router in front, REST and gRPC;
+* the drift detector (``python -m relearn.monitoring.server``, in its own environment) receiving the
+  predictors' payload logs, each event tagged stable, canary or shadow by the request's route, and the
+  chargebacks of the frauds the load generator sent (``POST /labels`` every second during step 1; the
+  frauds are the top 5 % of v1's scores);
+* Prometheus (Debian's ``/usr/bin/prometheus``) scraping the predictors and the detector every second;
+* the controller's :func:`~relearn.rollout.controller.step` in a loop.
 
-A load generator (two threads, ~40 requests/s in all) sends v2 REST requests through the router for the
-whole test and counts outcomes by the router's ``x-relearn-route`` response header.
+The load generator (two v2 REST threads and one v2 gRPC ``ModelInfer`` thread through the router, ~36
+requests/s in all) counts outcomes by the route the router names (header / trailing metadata).
 
-Good path: v2 as shadow (100 % mirrored; v1 and v2 payload-log to two event sinks) → the shadow gate of
-:mod:`relearn.rollout.shadow` on the mirrored events joined by request id → canary 10 → 25 → 50 →
-promoted by the controller alone (``champion`` → 2). Bad path: canary v3 at 10 % → rolled back by the
-controller before 50 %, tagged ``rollout_rejected`` with the reason. Throughout: zero failed requests on
-the stable route, and no failure the router could not attribute to a route.
+1. Much worse precision on labelled traffic: canary v4 at 10 %; the steps need more canary requests than
+   come in a window, so only the label gates can act: the detector's per-version precision/recall at the
+   budget for v4 against v1 → rolled back before 50 %, tagged with the reason.
+2. Good challenger: v2 as shadow (every request mirrored); its mirrored REST and gRPC requests count under
+   ``track="mirror"``; the controller moves it to canary by itself on the detector's shadow comparison
+   (``GET /v1/shadow``, as in a cluster), the canary's first window excludes the mirrored requests, then
+   10 → 25 → 50 → promoted (``champion`` → 2).
+3. Erroring challenger: canary v3 at 10 % → rolled back before 50 % on the error rate.
+
+After step 1 the chargebacks wait (in production they take days): v2's canary predictions stay unlabelled,
+so a good challenger's short rollout is not judged on a handful of labels.
+
+Throughout: zero failed requests on the stable route, and no failure the router could not attribute.
 """
 
 from __future__ import annotations
@@ -33,95 +43,118 @@ from pathlib import Path
 
 import pytest
 
-from relearn.events import RESPONSE_TYPE
 from relearn.rollout.analysis import Action
 from relearn.rollout.audit import AuditLog
 from relearn.rollout.controller import (
     REJECTED_TAG,
     ControllerSettings,
     MlflowRegistry,
+    render,
+    shadow_source,
 )
-from relearn.rollout.shadow import ShadowSettings, evaluate
+from relearn.rollout.shadow import ShadowSettings
 from rollout_stack import (
+    DRIFT_PYTHON,
     PROMETHEUS,
     WINDOW,
     Load,
+    Pool,
     Stack,
     analyse,
     make_artifacts,
-    sink_events,
     wait_until,
 )
 
 pytestmark = pytest.mark.slow
+RATE = 12.0  # requests/s per load thread (3 threads): ~3.6 requests/s reach a 10 % canary
 
 
 @pytest.fixture
 def registry(settings, tmp_path: Path) -> Iterator[tuple[MlflowRegistry, dict[str, Path]]]:
-    """MLflow (SQLite under tmp) with versions 1..3 of the model, sources = the artifacts; champion → 1."""
+    """MLflow (SQLite under tmp) with versions 1..4 of the model, sources = the artifacts; champion → 1."""
     from mlflow import MlflowClient
 
     artifacts = make_artifacts(tmp_path / "artifacts")
     uri = settings.tracking_uri()
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model(settings.model_name)
-    for version in ("1", "2", "3"):
+    for version in ("1", "2", "3", "4"):
         mv = client.create_model_version(settings.model_name, source=str(artifacts[version]))
-        assert mv.version == version or str(mv.version) == version
+        assert str(mv.version) == version
     client.set_registered_model_alias(settings.model_name, "champion", "1")
     yield MlflowRegistry(settings), artifacts
 
 
-def test_shadow_canary_promote_then_bad_canary_rolled_back(registry, tmp_path: Path) -> None:
+def test_rollouts_end_to_end(registry, tmp_path: Path) -> None:
     if not Path(PROMETHEUS).exists():
         pytest.skip("prometheus binary not installed")
+    if not DRIFT_PYTHON.exists():
+        pytest.skip("the drift environment (.venv/drift) is missing: make setup")
     from relearn.model.registry import get_alias_version, get_version_tags
 
     reg, artifacts = registry
+    pool = Pool.scored_by(artifacts["1"])
+    stack = Stack(tmp_path, artifacts, pool)
     cfg = ControllerSettings(
         backend="local",
+        state=stack.state,
         audit_log=tmp_path / "audit.jsonl",
         window=f"{WINDOW:g}s",
         interval_seconds=1.5,
-        min_requests=10,  # ~4 requests/s reach a 10 % canary: ~20 per 5 s window
+        min_requests=10,  # ~3.6 requests/s reach a 10 % canary: ~18 per 5 s window
         max_p99_seconds=2.0,  # a busy 2-core machine; latency is not what this test is about
+        detector_url=stack.detector_url,
     )
-    stack = Stack(tmp_path, artifacts)
-    cfg = cfg.model_copy(update={"state": stack.state})
     load = None
     try:
         stack.wait_ready()
-        load = Load(stack.url).start()
-        wait_until(lambda: sum(load.snapshot()[0].values()) >= 20, 20, "first requests", stack.procs)
+        load = Load(stack.url, RATE, grpc=stack.grpc_target, pool=pool, labels_url=stack.detector_url)
+        load.start()
+        wait_until(lambda: load.protocols["grpc"] >= 20, 30, "first gRPC requests", stack.procs)
 
-        # ---- shadow: v2 receives a mirror of every request; its answers never reach the client
+        # ---- 1. much worse precision: only the label gates can stop it (steps need 100 requests per 20 s)
+        started = time.monotonic()
+        stack.backend.start_canary("4", 10)
+        slow = cfg.model_copy(update={"window": "20s", "min_requests": 100})
+        worse = analyse(stack, reg, slow, budget=90)
+        precision_rollback_after = worse[-1][2] - started
+        assert worse[-1][0].action is Action.ROLLBACK, worse
+        assert all(d.percent < 50 for d, _, _ in worse if d.action is Action.STEP), "rolled back before 50 %"
+        tag = get_version_tags(reg.settings, "4")[REJECTED_TAG]
+        assert "precision at budget" in tag and "error rate" not in tag, tag
+        state = stack.backend.state()
+        assert state.stable == "1" and state.canary is None
+        assert get_alias_version(reg.settings, "champion") == "1"
+        load.chargebacks.clear()
+
+        # ---- 2. shadow: v2 receives a mirror of every request (REST and gRPC); its answers are discarded
         stack.backend.start_shadow("2", 100)
-        shadow_cfg = ShadowSettings(min_pairs=100)
+        mirrored = 'sum(relearn_serving_requests_total{model_version="2",track="mirror"})'
+        wait_until(lambda: (stack.prom.query(mirrored) or 0) >= 100, 40, "mirrored requests", stack.procs)
+        live = 'sum(relearn_serving_requests_total{model_version="2",track!="mirror"})'
+        assert stack.prom.query(live) is None, "every mirrored request (REST and gRPC) is marked"
 
-        def mirrored() -> list:
-            return sink_events(stack.sinks["stable"], "stable") + sink_events(stack.sinks["shadow"], "shadow")
-
-        wait_until(lambda: evaluate(mirrored(), shadow_cfg)[0].pairs >= 150, 40, "150 pairs", stack.procs)
-        comparison, ready, reason = evaluate(mirrored(), shadow_cfg)
-        assert ready, reason
-        assert comparison.agreement >= 0.98 and comparison.mean_abs_diff < 0.01
-        assert any(e[1] == RESPONSE_TYPE for e in mirrored())
-
-        # ---- the controller alone: shadow gate → canary 10 → 25 → 50 → promoted
+        # The controller alone: the detector's shadow comparison → canary 10 → 25 → 50 → promoted.
         good_started = time.monotonic()
-        good = analyse(stack, reg, cfg, budget=75, shadow_events=mirrored, shadow_settings=shadow_cfg)
+        gate, comparison = ShadowSettings(min_pairs=100), shadow_source(cfg)
+        moved = analyse(
+            stack, reg, cfg, 40, shadow_settings=gate, shadow_comparison=comparison, until=(Action.STEP,)
+        )
+        assert (moved[-1][0].action, moved[-1][1]) == (Action.STEP, 10), moved
+        # Right after the move, v2's last window is mirrored traffic: the canary's request count skips it.
+        canary_window = stack.prom.query(render("requests", cfg, version="2")) or 0
+        everything = 'sum(increase(relearn_serving_requests_total{{model_version="2"}}[{}]))'
+        assert canary_window < 0.25 * (stack.prom.query(everything.format(cfg.window)) or 0)
+        good = moved + analyse(stack, reg, cfg, budget=75)
         promoted_after = good[-1][2] - good_started
         moves = [(d.action.value, d.percent) for d, _, _ in good if d.action is not Action.HOLD]
         assert moves == [("step", 10), ("step", 25), ("step", 50), ("promote", None)], good
         state = stack.backend.state()
         assert state.stable == "2" and state.canary is None and state.shadow is None
         assert get_alias_version(reg.settings, "champion") == "2"
-        ok, failed, by_version = load.snapshot()
-        assert ok["canary"] > 0 and by_version["2"] > 0
 
-        # ---- bad canary (stable is v2 now): rolled back before 50 %, tagged with the reason
+        # ---- 3. erroring canary (stable is v2 now): rolled back before 50 %, tagged with the reason
         time.sleep(2)
-        before = load.snapshot()[2]["3"]
         started = time.monotonic()
         stack.backend.start_canary("3", 10)
         bad = analyse(stack, reg, cfg, budget=45)
@@ -131,8 +164,8 @@ def test_shadow_canary_promote_then_bad_canary_rolled_back(registry, tmp_path: P
         state = stack.backend.state()
         assert state.stable == "2" and state.canary is None and state.canary_percent == 0
         assert get_alias_version(reg.settings, "champion") == "2", "champion untouched by the bad canary"
-        tag = get_version_tags(reg.settings, "3")[REJECTED_TAG]
-        assert "error rate" in tag
+        error_tag = get_version_tags(reg.settings, "3")[REJECTED_TAG]
+        assert "error rate" in error_tag
         time.sleep(1.0)  # requests in flight at the rollback finish
     finally:
         if load is not None:
@@ -141,23 +174,30 @@ def test_shadow_canary_promote_then_bad_canary_rolled_back(registry, tmp_path: P
 
     ok, failed, by_version = load.snapshot()
     print(
-        f"\nload: ok {dict(ok)} failed {dict(failed)} by version {dict(by_version)}; "
-        f"good canary promoted after {promoted_after:.1f} s; "
-        f"bad canary rolled back after {rollback_after:.1f} s, {failed['canary']} failed canary requests "
-        f"({by_version['3'] - before} v3 successes)"
+        f"\nload: ok {dict(ok)} failed {dict(failed)} by version {dict(by_version)} "
+        f"by protocol {dict(load.protocols)}, {load.labelled} chargebacks; worse-precision canary rolled "
+        f"back after {precision_rollback_after:.1f} s; good canary promoted after {promoted_after:.1f} s; "
+        f"erroring canary rolled back after {rollback_after:.1f} s, {failed['canary']} failed canary requests"
     )
     assert failed["stable"] == 0, f"failed requests on the stable route: {load.errors}"
     assert failed["unattributed"] == 0, f"failures without a route: {load.errors}"
-    assert failed["canary"] > 0, "the bad canary served (and failed) some requests"
+    assert failed["canary"] > 0, "the erroring canary served (and failed) some requests"
     assert by_version["3"] == 0, "v3 answers every request with an error"
-    assert ok["stable"] > 500
+    assert by_version["4"] > 0 and load.labelled > 0, "v4 answered; its frauds were labelled"
+    assert ok["stable"] > 500 and load.protocols["grpc"] > 100
     audit = AuditLog(cfg.audit_log).entries()
     acted = [(e["action"], e["version"]) for e in audit if e["action"] != "analysis-hold"]
     assert acted == [
+        ("rollback", "4"),
         ("shadow-to-canary", "2"),
         ("canary-step", "2"),
         ("canary-step", "2"),
         ("promote", "2"),
         ("rollback", "3"),
     ]
-    assert audit[-1]["reason"] == tag and audit[-1]["snapshot"]["canary_error_rate"] > cfg.max_error_rate
+    rollbacks = [e for e in audit if e["action"] == "rollback"]
+    assert [e["reason"] for e in rollbacks] == [tag, error_tag]
+    labelled = rollbacks[0]["snapshot"]
+    assert labelled["labels"] >= cfg.min_labels
+    assert labelled["stable_precision"] - labelled["canary_precision"] > cfg.max_precision_drop
+    assert rollbacks[1]["snapshot"]["canary_error_rate"] > cfg.max_error_rate

@@ -20,6 +20,7 @@ import pytest
 from relearn.rollout.backend import RolloutBackend, RolloutError, RolloutState
 from relearn.rollout.echo import v2_pb2
 from relearn.rollout.router import ROUTE_HEADER, LocalBackend
+from relearn.serving.metrics import shadow_host, track_of
 
 N = 300
 # Weighted random per request: 4 standard deviations of a binomial share, in percentage points.
@@ -168,6 +169,9 @@ def test_mirror_gets_its_share_and_never_answers(stack: Stack) -> None:
     for proto in ("rest", "grpc"):
         share = 100 * (after[proto] - before[proto]) / N
         assert abs(share - 40) <= TOL(0.4), (proto, share)
+        # Marked as Istio marks mirrors (a "-shadow" Host / authority): the servers count them apart.
+        assert after[f"{proto}_mirror"] - before[f"{proto}_mirror"] == after[proto] - before[proto]
+    assert stack.counts()["stable"]["rest_mirror"] == stack.counts()["stable"]["grpc_mirror"] == 0
     stack.backend.stop_shadow()
     mid = stack.counts()["shadow"]
     stack.rest_round(30)
@@ -197,6 +201,19 @@ def test_failing_canary_errors_pass_through_and_promote(stack: Stack) -> None:
     state = stack.backend.promote()
     assert state == RolloutState(stable="canary")
     assert stack.rest_round(30) == Counter(canary=30) and stack.grpc_round(30) == Counter(canary=30)
+
+
+def test_shadow_host_and_track_follow_envoy() -> None:
+    """Envoy inserts ``-shadow`` before the port of a mirrored request's Host; servers read it back."""
+    assert (
+        shadow_host("relearn-fraud.relearn.svc.cluster.local:80")
+        == "relearn-fraud.relearn.svc.cluster.local-shadow:80"
+    )
+    assert shadow_host("svc") == "svc-shadow" and shadow_host("[::1]:8080") == "[::1]-shadow:8080"
+    assert track_of({"host": shadow_host("127.0.0.1:8080")}) == "mirror"
+    assert track_of({":authority": "svc-shadow"}) == "mirror"
+    for headers in ({"host": "svc:80"}, {"host": "shadow-svc"}, {}, None):
+        assert track_of(headers) == "primary", headers
 
 
 def test_router_help() -> None:

@@ -17,6 +17,7 @@ from relearn.rollout.shadow import (
     ShadowMetrics,
     ShadowSettings,
     compare,
+    comparison_of,
     evaluate,
     events_from_log,
     join,
@@ -149,3 +150,28 @@ def test_gauges_and_inference_log(tmp_path: Path) -> None:
     assert f'relearn_rollout_shadow_pairs{{track="shadow"}} {float(N)}' in text
     assert 'relearn_rollout_shadow_ready{track="shadow"} 0.0' in text
     assert 'relearn_rollout_score_ks{track="shadow"}' in text
+
+
+def test_earlier_shadow_versions_are_left_out() -> None:
+    """The log keeps every earlier shadow's predictions: a shadow is compared on its own only."""
+    rng = np.random.default_rng(5)
+    stable, _ = _scores(0, rng)
+    events = []
+    for i, score in enumerate(stable):
+        version, shadow = ("2", score) if i % 2 else ("7", 1.0 - score)  # v7 disagrees everywhere
+        events.append(Event(f"r{i}", RESPONSE_TYPE, "stable", "", _v1_response([float(score)])))
+        body = json.dumps({"predictions": [{"score": float(shadow)}], "model_version": version}).encode()
+        events.append(Event(f"r{i}", RESPONSE_TYPE, "shadow", "", body))
+    mixed = comparison_of(events)
+    assert mixed.pairs == N and mixed.agreement == pytest.approx(0.5)
+    own = comparison_of(events, shadow_version="2")
+    assert own.pairs == N // 2 and own.agreement == 1.0 and own.unmatched == N // 2
+
+
+def test_comparison_travels_as_json() -> None:
+    """The detector answers ``GET /v1/shadow`` with :meth:`Comparison.to_dict`; NaN travels as null."""
+    stable, shadow = _scores(20, np.random.default_rng(6))
+    for c in (comparison_of(_events(stable, shadow)), compare([])):
+        data = json.loads(json.dumps(c.to_dict(), allow_nan=False))
+        back = Comparison.from_dict({**data, "threshold": 0.5})
+        assert back.pairs == c.pairs and (back.agreement == c.agreement or np.isnan(c.agreement))

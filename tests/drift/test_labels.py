@@ -191,7 +191,9 @@ def test_label_shift_shows_as_higher_fraud_prevalence_among_labelled_predictions
             )
         ]
         with monitor.conn:
-            monitor.conn.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?)", rows)
+            monitor.conn.executemany(
+                "INSERT INTO predictions (transaction_id, track, time, score) VALUES (?, ?, ?, ?)", rows
+            )
         late = chargebacks[chargebacks["transaction_id"].isin(frame["transaction_id"])]
         records = [
             {"transaction_id": r.transaction_id, "chargeback_timestamp": str(r.chargeback_timestamp)}

@@ -1,4 +1,8 @@
-"""Prometheus metrics of the drift detector (own registry; bounded labels: track, feature, reason, kind)."""
+"""Prometheus metrics of the drift detector (own registry).
+
+Bounded labels: track, feature, reason, kind, and model_version (only the versions in the rolling quality
+windows are exported).
+"""
 
 from __future__ import annotations
 
@@ -69,6 +73,23 @@ class Metrics:
             "Rolling recall at the alert budget.",
             ["track"],
             registry=r,
+        )
+
+        # Per model version: what the rollout controller's label gates compare (canary vs stable).
+        def per_version(name: str, documentation: str) -> Gauge:
+            return Gauge(name, documentation, ["track", "model_version"], registry=r)
+
+        self.version_labelled = per_version(
+            "relearn_drift_version_labelled_predictions",
+            "Labelled predictions in the version's rolling quality window.",
+        )
+        self.version_precision = per_version(
+            "relearn_drift_version_precision_at_budget",
+            "Rolling precision at the alert budget of one model version.",
+        )
+        self.version_recall = per_version(
+            "relearn_drift_version_recall_at_budget",
+            "Rolling recall at the alert budget of one model version.",
         )
         self.prevalence = Gauge(
             "relearn_drift_label_prevalence",

@@ -24,8 +24,15 @@ from relearn.monitoring import store
 from relearn.monitoring.alerts import Alerter
 from relearn.monitoring.detector import SCORE, DriftTester, WindowResult
 from relearn.monitoring.metrics import Metrics
-from relearn.monitoring.payloads import ID_FIELD, TRACKS, Rejected, request_features, response_scores
-from relearn.monitoring.quality import Baseline, baseline_from, recall_drop_p_value, rolling_quality
+from relearn.monitoring.payloads import ID_FIELD, TRACKS, Rejected, parse_response, request_features
+from relearn.monitoring.quality import (
+    Baseline,
+    Quality,
+    baseline_from,
+    recall_drop_p_value,
+    recent_versions,
+    rolling_quality,
+)
 from relearn.monitoring.report import write_report
 from relearn.monitoring.settings import DriftSettings
 
@@ -73,6 +80,7 @@ class Monitor:
         self.label_baselines: dict[str, Baseline] = {}  # else per track: first labelled window after a load
         self.drop_streak = dict.fromkeys(TRACKS, 0)
         self.stable_scores: np.ndarray | None = None  # scores of the last closed stable window (in memory)
+        self.version_quality: dict[tuple[str, str], Quality] = {}  # (track, model version) → quality
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drift-monitor", daemon=True)
         self._last_poll = 0.0
@@ -163,14 +171,14 @@ class Monitor:
     def step(self, limit: int = 5000) -> bool:
         """Process the next events of the log; True if there were any."""
         events = store.read_events(self.conn, self.cursor, limit)
-        predictions: list[tuple[str, str, float, float]] = []
+        predictions: list[tuple[str, str, float, float, str | None]] = []
         for seq, ce_id, kind, track, when, body in events:
             self.cursor = seq
             t = _epoch(when, time.time())
             try:
                 if kind == REQUEST_TYPE:
                     rows = request_features(body)
-                    self.pending[ce_id] = (track, [r.pop(ID_FIELD, None) for r in rows], t, seq)
+                    self.pending[ce_id] = (track, self._keys(ce_id, rows), t, seq)
                     if len(self.pending) > MAX_PENDING:
                         self.pending.pop(next(iter(self.pending)))
                     window = self.windows[track]
@@ -180,7 +188,7 @@ class Monitor:
                         window.rows.extend(rows)
                         self._maybe_close(track, seq, t, predictions)
                 else:
-                    scores = response_scores(body)
+                    scores, version = parse_response(body)
                     request = self.pending.pop(ce_id, None)
                     if request is None:
                         continue
@@ -189,17 +197,33 @@ class Monitor:
                     if req_seq >= window.start_seq:
                         window.scores.extend(scores)
                     predictions.extend(
-                        (tid, track, t_req, s) for tid, s in zip(ids, scores, strict=False) if tid
+                        (tid, track, t_req, s, version) for tid, s in zip(ids, scores, strict=False) if tid
                     )
             except Rejected as error:  # validated at ingest, unless validate_bodies is off
                 self.metrics.rejected.labels(error.reason).inc()
                 log.warning("skipping unreadable event %s: %s", seq, error)
-        if predictions:
-            with self.conn:
-                self.conn.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?)", predictions)
+        self._save(predictions)
         for track, window in self.windows.items():
             self.metrics.window_fill.labels(track).set(len(window.rows))
         return bool(events)
+
+    def _keys(self, ce_id: str, rows: list[dict[str, Any]]) -> list[str | None]:
+        """The rows' transaction ids, popped from the rows (request-id keys if ``key_by_request_id``)."""
+        ids = [r.pop(ID_FIELD, None) for r in rows]
+        if not self.settings.key_by_request_id:
+            return ids
+        if len(ids) == 1:
+            return [ids[0] or ce_id]
+        return [tid or f"{ce_id}/{i}" for i, tid in enumerate(ids)]
+
+    def _save(self, predictions: list[tuple[str, str, float, float, str | None]]) -> None:
+        if predictions:
+            with self.conn:
+                self.conn.executemany(
+                    "INSERT OR IGNORE INTO predictions (transaction_id, track, time, score, version) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    predictions,
+                )
 
     def _maybe_close(self, track: str, seq: int, t: float, predictions: list[Any]) -> None:
         window = self.windows[track]
@@ -211,10 +235,8 @@ class Monitor:
         if not full:
             return
         self._close(track, window)
-        if predictions:  # the boundary is persisted: make the pairs before it durable too
-            with self.conn:
-                self.conn.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?)", predictions)
-            predictions.clear()
+        self._save(predictions)  # the boundary is persisted: make the pairs before it durable too
+        predictions.clear()
         window.rows, window.scores = [], []
         window.start_seq, window.start_time = seq + 1, None
         window.index += 1
@@ -378,5 +400,30 @@ class Monitor:
                 self.metrics.quality_drops.labels(track).inc()
                 self._incident({"kind": "quality", "track": track, **json.loads(json.dumps(record))})
         self.quality = out
+        self._update_version_quality()
         self.quality_updates += 1
         return out
+
+    def _update_version_quality(self) -> None:
+        """Rolling quality per (track, model version): the gauges the rollout controller's label gates read.
+
+        The versions are those among each track's newest ``quality_window`` predictions; the gauges of a
+        version that left the window are removed, so the ``model_version`` label stays bounded.
+        """
+        s, m = self.settings, self.metrics
+        current: dict[tuple[str, str], Quality] = {}
+        for track in TRACKS:
+            for version in recent_versions(self.conn, track, s.quality_window):
+                q = rolling_quality(
+                    self.conn, track, s.quality_window, s.alert_budget, s.label_maturity_s, version
+                )
+                if q is not None:
+                    current[(track, version)] = q
+        for key in self.version_quality.keys() - current.keys():
+            for gauge in (m.version_labelled, m.version_precision, m.version_recall):
+                gauge.remove(*key)
+        for key, q in current.items():
+            m.version_labelled.labels(*key).set(q.n)
+            m.version_precision.labels(*key).set(q.precision)
+            m.version_recall.labels(*key).set(q.recall)
+        self.version_quality = current

@@ -22,6 +22,9 @@ RAW_FIELDS = ("amount", "merchant_category", "channel", "country", "currency")
 ID_FIELD = "transaction_id"
 _NUMERIC = frozenset(NUMERIC_INPUTS)
 _CATEGORICAL = frozenset(CATEGORICAL_INPUTS)
+# [batch, k] v2 tensors whose columns are inputs: the predictor's ``numeric`` / ``categorical`` pair
+# (relearn.serving.tensors), or one tensor of all MODEL_INPUTS under any other name.
+_BLOCKS = {"numeric": NUMERIC_INPUTS, "categorical": CATEGORICAL_INPUTS}
 _REQUIRED = ("ce-id", "ce-type", "ce-source", "ce-specversion")
 
 
@@ -90,9 +93,9 @@ def _v2_columns(inputs: Any) -> dict[str, list[Any]]:
         if not isinstance(data, list) or not isinstance(shape, list):
             raise Rejected("bad_body", f"tensor {tensor['name']!r} needs list 'shape' and 'data'")
         flat = data if not data or not isinstance(data[0], list) else [v for row in data for v in row]
-        if len(shape) == 2 and shape[1] == len(MODEL_INPUTS) and len(flat) == shape[0] * shape[1]:
-            # One [batch, n_features] tensor in MODEL_INPUTS order (the predictor's numeric tensor).
-            for j, name in enumerate(MODEL_INPUTS):
+        names = _BLOCKS.get(tensor["name"], MODEL_INPUTS)
+        if len(shape) == 2 and shape[1] == len(names) and len(flat) == shape[0] * shape[1]:
+            for j, name in enumerate(names):
                 columns[name] = flat[j :: shape[1]]
             continue
         columns[tensor["name"]] = flat
@@ -181,6 +184,15 @@ def response_scores(body: bytes) -> list[float]:
     Raises:
         Rejected: When no score can be read.
     """
+    return parse_response(body)[0]
+
+
+def parse_response(body: bytes) -> tuple[list[float], str | None]:
+    """:func:`response_scores` and the response's ``model_version`` (None when it names none).
+
+    Raises:
+        Rejected: When no score can be read.
+    """
     payload = _json(body)
     if isinstance(payload, dict) and "predictions" in payload:
         values = payload["predictions"]
@@ -197,7 +209,8 @@ def response_scores(body: bytes) -> list[float]:
         values = [v for row in values for v in row] if values and isinstance(values[0], list) else values
     else:
         raise Rejected("bad_body", "response body is neither v1 {'predictions': ...} nor v2 {'outputs': ...}")
-    return [_number("score", v) for v in values]
+    version = payload.get("model_version")
+    return [_number("score", v) for v in values], None if version is None else str(version)
 
 
 def _json(body: bytes) -> Any:

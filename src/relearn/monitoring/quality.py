@@ -31,12 +31,18 @@ def at_budget(scores: np.ndarray, labels: np.ndarray, budget: float) -> tuple[fl
 
 
 def rolling_quality(
-    conn: sqlite3.Connection, track: str, window: int, budget: float, maturity_s: float
+    conn: sqlite3.Connection,
+    track: str,
+    window: int,
+    budget: float,
+    maturity_s: float,
+    version: str | None = None,
 ) -> Quality | None:
-    """Quality over the newest ``window`` predictions of ``track`` old enough to be labelled.
+    """Quality over the newest ``window`` labelled predictions of ``track`` (of model ``version``, if given).
 
     A prediction counts as labelled when it is older than the newest label time minus ``maturity_s``;
-    without a fraud label it is a negative (chargebacks only ever arrive for fraud).
+    without a fraud label it is a negative (chargebacks only ever arrive for fraud). None without labels or
+    with fewer than 50 labelled predictions.
     """
     row = conn.execute("SELECT MAX(label_time) FROM labels").fetchone()
     if not row or row[0] is None:
@@ -44,8 +50,8 @@ def rolling_quality(
     rows = conn.execute(
         "SELECT p.score, COALESCE(l.is_fraud, 0) FROM predictions p "
         "LEFT JOIN labels l ON l.transaction_id = p.transaction_id "
-        "WHERE p.track = ? AND p.time <= ? ORDER BY p.time DESC LIMIT ?",
-        (track, float(row[0]) - maturity_s, window),
+        "WHERE p.track = ? AND p.time <= ? AND (? IS NULL OR p.version = ?) ORDER BY p.time DESC LIMIT ?",
+        (track, float(row[0]) - maturity_s, version, version, window),
     ).fetchall()
     if len(rows) < 50:
         return None
@@ -57,6 +63,16 @@ def rolling_quality(
     precision, recall = at_budget(scores, labels, budget)
     auc = float(average_precision_score(labels, scores))
     return Quality(len(rows), positives, precision, recall, auc, caught_at_budget(scores, labels, budget))
+
+
+def recent_versions(conn: sqlite3.Connection, track: str, window: int) -> list[str]:
+    """Model versions among the newest ``window`` predictions of ``track``."""
+    rows = conn.execute(
+        "SELECT DISTINCT version FROM (SELECT version FROM predictions WHERE track = ? "
+        "ORDER BY time DESC LIMIT ?) WHERE version IS NOT NULL",
+        (track, window),
+    ).fetchall()
+    return sorted(r[0] for r in rows)
 
 
 # -- the quality-drop rule ------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The drift detector's HTTP service: ``python -m relearn.monitoring.server --help``.
 
 Routes: ``POST /`` (and any other path: the sink KServe's logger posts to), ``POST /labels``,
-``GET /metrics``, ``GET /healthz``, ``GET /ready``, ``GET /status``.
+``GET /metrics``, ``GET /healthz``, ``GET /ready``, ``GET /status`` and ``GET /v1/shadow`` (the shadow
+comparison of :mod:`relearn.rollout.shadow` over the log, for the rollout controller, which cannot open the
+log on the detector's ReadWriteOnce volume).
 
 The sink is a bare ASGI handler in front of Starlette (no request/response objects, no routing, no
 middleware): it reads the CloudEvent attributes from the raw headers, checks the body (4xx with the
@@ -176,10 +178,40 @@ def create_app(settings: DriftSettings) -> Any:
                     "open": {t: len(w.rows) for t, w in monitor.windows.items()},
                     "quality": monitor.quality,
                     "quality_updates": monitor.quality_updates,
+                    "versions": [
+                        {"track": track, "model_version": version, **q.__dict__}
+                        for (track, version), q in monitor.version_quality.items()
+                    ],
                     "error": monitor.error,
                 }
             )
         )
+
+    async def shadow(request: Request) -> Response:
+        """``GET /v1/shadow?version=&threshold=&key=&limit=``: shadow vs stable on the same requests.
+
+        ``version``: only that shadow version's predictions; ``threshold``: the decision threshold of the
+        agreement (0.5); ``key``: ``ce_id`` or ``transaction_id`` (the join); ``limit``: newest events read.
+        """
+        from relearn.rollout.shadow import comparison_of, events_from_log
+
+        params = request.query_params
+        try:
+            threshold = float(params.get("threshold", 0.5))
+            limit = int(params.get("limit", 50_000))
+            key = params.get("key", "ce_id")
+            if key not in ("ce_id", "transaction_id") or limit < 1:
+                raise ValueError(f"bad key {key!r} or limit {limit}")
+        except ValueError as error:
+            return JSONResponse({"error": "bad_query", "detail": str(error)}, status_code=400)
+        version = params.get("version")
+
+        def compute() -> dict[str, Any]:
+            events = events_from_log(db, limit=limit)
+            return comparison_of(events, threshold, key=key, shadow_version=version).to_dict()
+
+        result = await asyncio.to_thread(compute)
+        return JSONResponse({**result, "threshold": threshold, "version": version})
 
     routes = [
         Route("/labels", labels, methods=["POST"]),
@@ -187,6 +219,7 @@ def create_app(settings: DriftSettings) -> Any:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
+        Route("/v1/shadow", shadow, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.metrics = metrics

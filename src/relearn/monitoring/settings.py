@@ -90,6 +90,12 @@ class DriftSettings(BaseSettings):
         8.0, gt=0, description="Most reference rows per window row in the matched reference subsample."
     )
     shadow_service: str | None = Field(None, description="ce-inferenceservicename of the shadow service.")
+    key_by_request_id: bool = Field(
+        False,
+        description="Key rows whose request names no transaction_id by the request id (ce-id; <ce-id>/<row> "
+        "in a batch), so labels join the predictions of clients that call the predictor directly with the "
+        "transaction id as request id. Off: such rows take no labels (the transformer logs the ids).",
+    )
     # Labels and quality.
     alert_budget: float = Field(0.01, gt=0, lt=1, description="Share of transactions the fraud team reviews.")
     quality_window: int = Field(5000, ge=100, description="Labelled predictions in the rolling quality.")

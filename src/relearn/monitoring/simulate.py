@@ -16,7 +16,8 @@ from relearn.features.spec import MERCHANT_FEATURES, USER_FEATURES
 from relearn.features.transforms import entity_feature_tables, model_inputs
 
 
-def _asof(left: pd.DataFrame, table: pd.DataFrame, key: str, names: tuple[str, ...]) -> pd.DataFrame:
+def asof_join(left: pd.DataFrame, table: pd.DataFrame, key: str, names: tuple[str, ...]) -> pd.DataFrame:
+    """``left`` with the entity features ``names`` as of each row's time (Feast's point-in-time semantics)."""
     right = table[[key, "event_timestamp", *names]].sort_values("event_timestamp", kind="stable")
     return pd.merge_asof(
         left.sort_values("event_timestamp", kind="stable"), right, on="event_timestamp", by=key
@@ -36,8 +37,8 @@ def model_input_stream(config: GeneratorConfig) -> tuple[pd.DataFrame, pd.DataFr
     data = generate(config)
     tx = data.transactions.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
     users, merchants = entity_feature_tables(tx, data.labels)
-    joined = _asof(tx, users, "user_id", USER_FEATURES)
-    joined = _asof(joined, merchants, "merchant_id", MERCHANT_FEATURES)
+    joined = asof_join(tx, users, "user_id", USER_FEATURES)
+    joined = asof_join(joined, merchants, "merchant_id", MERCHANT_FEATURES)
     joined = joined.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
     inputs = model_inputs(joined)
     stream = pd.concat([joined[["transaction_id", "event_timestamp", "is_fraud"]], inputs], axis=1)

@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, ce_id TEXT NOT NULL, type TEXT NOT NULL, track TEXT NOT NULL,
     time TEXT NOT NULL, received REAL NOT NULL, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS predictions (
-    transaction_id TEXT PRIMARY KEY, track TEXT NOT NULL, time REAL NOT NULL, score REAL NOT NULL);
+    transaction_id TEXT NOT NULL, track TEXT NOT NULL, time REAL NOT NULL, score REAL NOT NULL,
+    version TEXT, PRIMARY KEY (transaction_id, track));
+CREATE INDEX IF NOT EXISTS predictions_by_track_time ON predictions (track, time);
 CREATE TABLE IF NOT EXISTS labels (
     transaction_id TEXT PRIMARY KEY, is_fraud INTEGER NOT NULL, label_time REAL NOT NULL,
     received REAL NOT NULL);
@@ -41,8 +43,26 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
+    _migrate(conn)
     conn.executescript(SCHEMA)
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Upgrade a log written before predictions kept their model version.
+
+    One prediction per transaction becomes one per (transaction, track), since a shadow and stable both
+    score a mirrored transaction; migrated rows have no version.
+    """
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(predictions)")]
+    if columns and "version" not in columns:
+        conn.executescript(
+            "BEGIN IMMEDIATE; ALTER TABLE predictions RENAME TO predictions_v1;"
+            + SCHEMA
+            + "INSERT INTO predictions (transaction_id, track, time, score) "
+            "SELECT transaction_id, track, time, score FROM predictions_v1; "
+            "DROP TABLE predictions_v1; COMMIT;"
+        )
 
 
 class EventLog:

@@ -2,13 +2,18 @@
 
 Every ``interval_seconds`` the controller reads one :class:`~relearn.rollout.analysis.Snapshot` of the
 canary and the stable version from Prometheus (instant queries over ``/api/v1/query``, one PromQL per gate
-in :data:`QUERIES`, selected by the ``model_version`` label of the serving metrics and the ``track`` label
-of the drift detector's), calls :func:`~relearn.rollout.analysis.decide` and acts:
+in :data:`QUERIES`, selected by the ``model_version`` label of the serving metrics, live traffic only, and
+the ``track`` and ``model_version`` labels of the drift detector's), calls
+:func:`~relearn.rollout.analysis.decide` and acts:
 
 * ``step``: ``backend.set_canary_percent`` to the next weight of the schedule (10 → 25 → 50 → 100);
 * ``promote``: ``backend.promote`` and the MLflow ``champion`` alias moved to the canary version;
 * ``rollback``: ``backend.rollback`` and the version tagged ``rollout_rejected=<reason>``;
 * ``hold``: nothing (too little canary traffic in the window, or Prometheus could not answer).
+
+With a shadow and no canary, the shadow gate of :mod:`relearn.rollout.shadow` decides whether the shadow
+becomes a canary: on the drift detector's comparison (``detector_url``, ``GET /v1/shadow``) in a cluster,
+or on its inference log (``shadow_log``) when the controller can read the file.
 
 Every decision taken while a canary runs is appended, with its reason and the snapshot, to the audit log.
 One iteration is :func:`step`, so tests drive it directly::
@@ -35,7 +40,14 @@ from pydantic import Field
 from relearn.rollout.analysis import Action, AnalysisSettings, Decision, Snapshot, decide
 from relearn.rollout.audit import AuditLog, audit_log_for
 from relearn.rollout.backend import RolloutBackend, RolloutError, RolloutState, make_backend
-from relearn.rollout.shadow import ShadowSettings
+from relearn.rollout.shadow import (
+    Comparison,
+    ShadowSettings,
+    comparison_of,
+    detector_comparison,
+    events_from_log,
+    shadow_ready,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +57,13 @@ CHAMPION = "champion"
 
 # One PromQL per gate. Placeholders: {component}, {version} (model_version label), {window} (range),
 # {track} (drift detector track), {p} (p-value under which a feature counts as drifted).
-_SEL = 'component="{component}",model_version="{version}"'
-_ERR = 'component="{component}",model_version="{version}",outcome=~"error|unavailable"'
+# Live traffic only: requests mirrored to a shadow (track="mirror", see relearn.serving.metrics) and, in a
+# cluster, every pod of the shadow InferenceService (relearn_io_role="shadow", a target label of the
+# ServiceMonitor; it also covers gRPC mirrors, whose :authority Python servers cannot read) stay out of a
+# version's canary windows. Series without these labels match.
+_SEL = 'component="{component}",model_version="{version}",track!="mirror",relearn_io_role!="shadow"'
+_ERR = _SEL + ',outcome=~"error|unavailable"'
+_VERSION = 'track="{track}",model_version="{version}"'
 QUERIES: dict[str, str] = {
     "requests": "sum(increase(relearn_serving_requests_total{{" + _SEL + "}}[{window}]))",
     "error_rate": "sum(rate(relearn_serving_requests_total{{" + _ERR + "}}[{window}]))"
@@ -56,8 +73,9 @@ QUERIES: dict[str, str] = {
     "score_divergence": 'max(relearn_drift_score_divergence{{track="{track}"}})',
     "drift_share": 'count(relearn_drift_p_value{{track="{track}"}} < {p})'
     ' / count(relearn_drift_p_value{{track="{track}"}})',
-    "precision": 'max(relearn_drift_model_precision_at_budget{{track="{track}"}})',
-    "recall": 'max(relearn_drift_model_recall_at_budget{{track="{track}"}})',
+    "labelled": "max(relearn_drift_version_labelled_predictions{{" + _VERSION + "}})",
+    "precision": "max(relearn_drift_version_precision_at_budget{{" + _VERSION + "}})",
+    "recall": "max(relearn_drift_version_recall_at_budget{{" + _VERSION + "}})",
 }
 
 
@@ -83,6 +101,12 @@ class ControllerSettings(AnalysisSettings):
         description="The drift detector's inference log (SQLite): shadow and stable predictions of the same "
         "requests; with it, a shadow that passes the shadow gate becomes a canary by itself.",
     )
+    detector_url: str | None = Field(
+        None,
+        description="The drift detector's base URL: the shadow gate reads its comparison (GET /v1/shadow) "
+        "instead of the log file, which in a cluster is on the detector's own volume. Wins over shadow_log.",
+    )
+    detector_timeout_seconds: float = Field(10.0, description="Timeout of one shadow comparison request.")
 
 
 # ------------------------------------------------------------------------------------------- Prometheus
@@ -147,16 +171,17 @@ def render(gate: str, settings: ControllerSettings, *, version: str | None = Non
 def read_snapshot(prometheus: Prometheus, settings: ControllerSettings, stable: str, canary: str) -> Snapshot:
     """One analysis window of the canary against the stable version.
 
-    Missing series count as zero (no traffic, no errors, no drift); the label gates count only when the
-    drift detector publishes precision for both tracks (it does once its quality window has labels).
+    Missing series count as zero (no traffic, no errors, no drift); the label gates compare the canary
+    version's precision and recall with the stable version's once the drift detector publishes them (it
+    does per version once 50 of its predictions are labelled) and ``min_labels`` canary predictions are.
     """
 
     def q(gate: str, **kw: Any) -> float | None:
         return prometheus.query(render(gate, settings, **kw))
 
-    precision = {t: q("precision", track=t) for t in ("canary", "stable")}
-    recall = {t: q("recall", track=t) for t in ("canary", "stable")}
-    labelled = all(v is not None for v in (*precision.values(), *recall.values()))
+    versions = {"canary": canary, "stable": stable}
+    precision = {t: q("precision", track=t, version=v) for t, v in versions.items()}
+    recall = {t: q("recall", track=t, version=v) for t, v in versions.items()}
     return Snapshot(
         canary_requests=round(q("requests", version=canary) or 0),
         canary_error_rate=q("error_rate", version=canary) or 0.0,
@@ -164,7 +189,7 @@ def read_snapshot(prometheus: Prometheus, settings: ControllerSettings, stable: 
         canary_p99_seconds=q("p99_seconds", version=canary) or 0.0,
         score_divergence=q("score_divergence", track="canary") or 0.0,
         canary_drift_share=q("drift_share", track="canary") or 0.0,
-        labels=settings.min_labels if labelled else 0,
+        labels=round(q("labelled", track="canary", version=canary) or 0),
         canary_precision=precision["canary"],
         stable_precision=precision["stable"],
         canary_recall=recall["canary"],
@@ -213,6 +238,27 @@ class MlflowRegistry:
         )
 
 
+# ------------------------------------------------------------------------------------------- shadow gate
+ShadowSource = Callable[[str | None, ShadowSettings], Comparison]
+"""(shadow version, gate settings) → that shadow's comparison with stable."""
+
+
+def events_source(events: Callable[[], list[Any]]) -> ShadowSource:
+    """A comparison computed here from logged events (``events()`` is called at each iteration)."""
+    return lambda version, s: comparison_of(events(), s.threshold, shadow_version=version)
+
+
+def shadow_source(settings: ControllerSettings) -> ShadowSource | None:
+    """The comparison the settings name: the detector's endpoint, else its log file, else none."""
+    if settings.detector_url:
+        url, timeout = settings.detector_url, settings.detector_timeout_seconds
+        return lambda version, s: detector_comparison(url, version, s, timeout)
+    if settings.shadow_log is not None:
+        path = settings.shadow_log
+        return events_source(lambda: events_from_log(path))
+    return None
+
+
 # ------------------------------------------------------------------------------------------------- loop
 def step(
     backend: RolloutBackend,
@@ -222,11 +268,12 @@ def step(
     audit: AuditLog | None = None,
     shadow_events: Callable[[], list[Any]] | None = None,
     shadow_settings: ShadowSettings | None = None,
+    shadow_comparison: ShadowSource | None = None,
 ) -> Decision:
     """One analysis iteration: snapshot, decision, action, audit entry.
 
-    With no canary but a shadow, and ``shadow_events`` to compare it with stable, the shadow gate decides
-    whether the shadow becomes a canary at the first step.
+    With no canary but a shadow, and ``shadow_comparison`` (see :func:`shadow_source`) or ``shadow_events``
+    to compare it with stable, the shadow gate decides whether the shadow becomes a canary at the first step.
 
     Returns:
         The decision; ``hold`` with an empty reason list when nothing is to be analysed (nothing is audited
@@ -234,8 +281,10 @@ def step(
     """
     state = backend.state()
     if state.canary is None:
-        if state.shadow is not None and shadow_events is not None:
-            return _shadow_step(backend, state, shadow_events(), settings, shadow_settings, audit)
+        if shadow_comparison is None and shadow_events is not None:
+            shadow_comparison = events_source(shadow_events)
+        if state.shadow is not None and shadow_comparison is not None:
+            return _shadow_step(backend, state, shadow_comparison, settings, shadow_settings, audit)
         return Decision(Action.HOLD, None)
     canary, stable = state.canary, state.stable or ""
     audit = audit or audit_log_for(settings.audit_log)
@@ -289,15 +338,18 @@ def step(
 def _shadow_step(
     backend: RolloutBackend,
     state: RolloutState,
-    events: list[Any],
+    source: ShadowSource,
     settings: ControllerSettings,
     shadow_settings: ShadowSettings | None,
     audit: AuditLog | None,
 ) -> Decision:
     """A shadow that agrees with stable on the same requests becomes a canary at the first step."""
-    from relearn.rollout.shadow import evaluate
-
-    _, ready, reason = evaluate(events, shadow_settings)
+    s = shadow_settings or ShadowSettings()
+    try:
+        comparison = source(state.shadow, s)
+    except httpx.HTTPError as exc:  # the detector is down or restarting: hold, ask again next time
+        return Decision(Action.HOLD, None, [f"shadow {state.shadow}: no comparison: {exc}"])
+    ready, reason = shadow_ready(comparison, s)
     if not ready:
         return Decision(Action.HOLD, None, [f"shadow {state.shadow}: {reason}"])
     version, first = state.shadow, min(settings.steps)
@@ -324,18 +376,15 @@ def run(
     prometheus = prometheus or Prometheus(settings.prometheus_url, settings.prometheus_timeout_seconds)
     registry = registry or MlflowRegistry()
     audit = audit_log_for(settings.audit_log)
-    shadow_events = None
-    if settings.shadow_log is not None:
-        from relearn.rollout.shadow import events_from_log
-
-        shadow_log = settings.shadow_log
-        shadow_events = lambda: events_from_log(shadow_log)  # noqa: E731
+    comparison = shadow_source(settings)
     stop = stop or threading.Event()
     decisions: list[Decision] = []
     while not stop.is_set() and (max_iterations is None or len(decisions) < max_iterations):
         started = time.monotonic()
         try:
-            decisions.append(step(backend, prometheus, registry, settings, audit, shadow_events))
+            decisions.append(
+                step(backend, prometheus, registry, settings, audit, shadow_comparison=comparison)
+            )
         except Exception:  # a failed iteration (API server down, ...) must not kill the controller
             log.exception("analysis iteration failed")
             decisions.append(Decision(Action.HOLD, None, ["iteration failed"]))
@@ -355,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     for name in (
         "backend", "namespace", "inference_service", "virtual_service", "shadow_service", "model_name",
-        "state", "audit_log", "prometheus_url", "interval_seconds", "window", "shadow_log",
+        "state", "audit_log", "prometheus_url", "interval_seconds", "window", "shadow_log", "detector_url",
     ):  # fmt: skip
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=fields[name].description)
     parser.add_argument("--once", action="store_true", help="run one analysis iteration and exit")

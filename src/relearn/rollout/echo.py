@@ -3,8 +3,9 @@
 ``python -m relearn.rollout.echo --name stable --rest-port 9001 --grpc-port 9002`` serves
 ``/v2/health/ready``, ``/v2/models/{model}/infer`` and ``inference.GRPCInferenceService`` (ServerLive,
 ServerReady, ModelInfer). Every inference answers one BYTES output ``server`` holding the name, and
-``GET /count`` returns how many inference requests arrived. ``--fail`` makes every inference fail (500 /
-INTERNAL): a broken shadow or canary.
+``GET /count`` returns how many inference requests arrived per protocol (``rest``, ``grpc``) and how many of
+them came marked as mirrored (``rest_mirror``, ``grpc_mirror``: :func:`relearn.serving.metrics.track_of`).
+``--fail`` makes every inference fail (500 / INTERNAL): a broken shadow or canary.
 """
 
 from __future__ import annotations
@@ -43,14 +44,17 @@ async def serve(name: str, host: str, rest_port: int, grpc_port: int, fail: bool
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
+    from relearn.serving.metrics import track_of
+
     pb = v2_pb2()
-    counts = {"rest": 0, "grpc": 0}
+    counts = {"rest": 0, "grpc": 0, "rest_mirror": 0, "grpc_mirror": 0}
 
     async def ready(request: Request) -> JSONResponse:
         return JSONResponse({"ready": True} if "ready" in request.url.path else {"live": True})
 
     async def infer(request: Request) -> JSONResponse:
         counts["rest"] += 1
+        counts["rest_mirror"] += track_of(request.headers) == "mirror"
         body = await request.json()
         if fail:
             return JSONResponse({"error": f"{name} fails"}, status_code=500)
@@ -79,6 +83,7 @@ async def serve(name: str, host: str, rest_port: int, grpc_port: int, fail: bool
 
     async def model_infer(request: Any, context: Any) -> Any:
         counts["grpc"] += 1
+        counts["grpc_mirror"] += track_of(dict(context.invocation_metadata() or ())) == "mirror"
         if fail:
             await context.abort(grpc.StatusCode.INTERNAL, f"{name} fails")
         out = pb.ModelInferResponse(model_name=request.model_name, id=request.id)

@@ -6,7 +6,10 @@ The same semantics as KServe + Istio in a cluster:
   (Knative splits revisions by weight, per request);
 * independently, a share ``mirror_percent`` / 100 of the requests is also sent to the shadow, fire and
   forget: the mirror's response is discarded and its failure or slowness never reaches the client
-  (Istio ``mirror`` + ``mirrorPercentage``; Istio also appends ``-shadow`` to the mirrored Host);
+  (Istio ``mirror`` + ``mirrorPercentage``). Like Envoy, the router inserts ``-shadow`` into the mirrored
+  Host (``host:port`` → ``host-shadow:port``); gRPC mirrors carry that authority as ``host`` metadata
+  (Python gRPC servers do not expose ``:authority``), so the servers count mirrored requests apart
+  (:func:`relearn.serving.metrics.track_of`);
 * a route whose upstream cannot be reached answers 503 (REST) / UNAVAILABLE (gRPC), as Envoy does.
 
 REST is proxied by a Starlette app (httpx to the upstreams); gRPC by a generic ``grpc.aio`` handler that
@@ -36,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from relearn.rollout.backend import RolloutError, RolloutState, check_percent
+from relearn.serving.metrics import shadow_host
+from relearn.serving.payload_log import ROUTE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,6 @@ HOP_BY_HOP = {
     "host",
     "content-length",
 }
-ROUTE_HEADER = "x-relearn-route"
 MAX_MIRRORS_IN_FLIGHT = 64
 
 
@@ -284,7 +288,7 @@ def rest_app(router: Router, timeout: float = 30.0) -> Any:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         if mirror is not None and mirror.rest:
             host = request.headers.get("host", "")
-            shadow_headers = {**headers, "host": f"{host}-shadow"} if host else headers
+            shadow_headers = {**headers, "host": shadow_host(host)} if host else headers
             router.mirror(_send_mirror(mirror.rest + target, request.method, shadow_headers, body))
         if primary is None or not primary.rest:
             return JSONResponse(
@@ -293,7 +297,10 @@ def rest_app(router: Router, timeout: float = 30.0) -> Any:
                 headers={ROUTE_HEADER: route},
             )
         try:
-            resp = await client.request(request.method, primary.rest + target, headers=headers, content=body)
+            # The route travels upstream too: locally one predictor plays stable and canary in turn, and
+            # tags its payload-logger events by the route (relearn.serving.payload_log.event_route).
+            routed = {**headers, ROUTE_HEADER: route}
+            resp = await client.request(request.method, primary.rest + target, headers=routed, content=body)
         except httpx.HTTPError as exc:  # the route's own failure: say which route, as for its answers
             return JSONResponse(
                 {"error": f"upstream {route}: {exc!r}"}, status_code=503, headers={ROUTE_HEADER: route}
@@ -339,13 +346,14 @@ def grpc_handler(router: Router, timeout: float = 30.0) -> Any:
                     if not k.startswith((":", "grpc-")) and k != "user-agent"
                 )
                 if mirror is not None and mirror.grpc:
-                    router.mirror(_send_mirror(mirror.grpc, method, request, metadata))
+                    marked = (*(m for m in metadata if m[0] != "host"), ("host", shadow_host(mirror.grpc)))
+                    router.mirror(_send_mirror(mirror.grpc, method, request, marked))
                 if primary is None or not primary.grpc:
                     context.set_trailing_metadata(((ROUTE_HEADER, route),))
                     await context.abort(grpc.StatusCode.UNAVAILABLE, f"no healthy upstream for route {route}")
                 try:
                     response, unary = await _with_call(
-                        channel(primary.grpc).unary_unary(method), request, metadata
+                        channel(primary.grpc).unary_unary(method), request, (*metadata, (ROUTE_HEADER, route))
                     )
                 except grpc.aio.AioRpcError as exc:
                     context.set_trailing_metadata((*(exc.trailing_metadata() or ()), (ROUTE_HEADER, route)))

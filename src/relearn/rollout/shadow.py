@@ -13,15 +13,19 @@ They are exported as gauges (``relearn_rollout_shadow_*`` and ``relearn_rollout_
 controller's canary score-divergence gate reads the drift detector's ``relearn_drift_score_divergence``)
 and checked by :func:`shadow_ready` before a shadow is moved to canary. The events come from the drift
 detector's inference log (:func:`events_from_log`) or from any iterable of
-:class:`relearn.monitoring.payloads.Event`-like objects.
+:class:`relearn.monitoring.payloads.Event`-like objects. In a cluster the controller cannot open that log
+(the detector's volume is ReadWriteOnce): the detector serves :func:`comparison_of` its log as
+``GET /v1/shadow`` and the controller reads it with :func:`detector_comparison`. This module needs no
+torch, KServe or Feast: the detector's own environment (numpy<2) imports it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +35,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relearn.events import REQUEST_TYPE, RESPONSE_TYPE
-from relearn.monitoring.payloads import ID_FIELD, Event, Rejected, response_scores
+from relearn.monitoring.payloads import ID_FIELD, Event, Rejected, parse_response
 
 
 class ShadowSettings(BaseSettings):
@@ -57,6 +61,15 @@ class Comparison:
     stable_positive_rate: float
     shadow_positive_rate: float
     unmatched: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: undefined values (NaN, no pairs yet) become null."""
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Comparison:
+        """The inverse of :meth:`to_dict` (unknown keys are ignored)."""
+        return cls(**{f.name: math.nan if data[f.name] is None else data[f.name] for f in fields(cls)})
 
 
 def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
@@ -96,6 +109,7 @@ def join(
     stable_track: str = "stable",
     shadow_track: str = "shadow",
     key: Literal["ce_id", "transaction_id"] = "ce_id",
+    shadow_version: str | None = None,
 ) -> tuple[list[tuple[float, float]], int]:
     """Pair stable and shadow scores of the same request.
 
@@ -105,6 +119,7 @@ def join(
         stable_track: Track of the reference predictions.
         shadow_track: Track of the compared predictions.
         key: Join by ``ce_id`` (row by row within a request) or by the requests' ``transaction_id``.
+        shadow_version: Skip shadow responses that name another ``model_version`` (an earlier shadow's).
 
     Returns:
         ``[(stable_score, shadow_score), ...]`` and how many scored rows found no partner.
@@ -122,7 +137,10 @@ def join(
             if kind == REQUEST_TYPE and key == "transaction_id":
                 ids[(track, ce_id)] = request_ids(body)
             elif kind == RESPONSE_TYPE:
-                responses.append((track, ce_id, response_scores(body)))
+                values, version = parse_response(body)
+                if track == shadow_track and shadow_version and version and version != shadow_version:
+                    continue  # an earlier shadow's prediction
+                responses.append((track, ce_id, values))
         except Rejected:
             continue
     for track, ce_id, values in responses:
@@ -224,6 +242,36 @@ class ShadowMetrics:
         self.ready.labels(track).set(1.0 if ready else 0.0)
 
 
+def comparison_of(
+    events: Iterable[Any],
+    threshold: float = 0.5,
+    *,
+    key: Literal["ce_id", "transaction_id"] = "ce_id",
+    shadow_version: str | None = None,
+) -> Comparison:
+    """:func:`join` then :func:`compare`: the shadow comparison of a stream of logged events."""
+    pairs, unmatched = join(events, key=key, shadow_version=shadow_version)
+    return compare(pairs, threshold, unmatched)
+
+
+def detector_comparison(
+    url: str, version: str | None, settings: ShadowSettings | None = None, timeout: float = 10.0
+) -> Comparison:
+    """The drift detector's comparison of shadow ``version`` with stable (``GET <url>/v1/shadow``).
+
+    Raises:
+        httpx.HTTPError: The detector is unreachable or answers an error.
+    """
+    import httpx
+
+    params: dict[str, Any] = {"threshold": (settings or ShadowSettings()).threshold}
+    if version is not None:
+        params["version"] = version
+    resp = httpx.get(f"{url.rstrip('/')}/v1/shadow", params=params, timeout=timeout)
+    resp.raise_for_status()
+    return Comparison.from_dict(resp.json())
+
+
 def events_from_log(path: Path | str, *, limit: int = 200_000) -> list[Event]:
     """The newest ``limit`` events of the drift detector's inference log (SQLite, read-only)."""
     conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
@@ -242,11 +290,11 @@ def evaluate(
     *,
     metrics: ShadowMetrics | None = None,
     key: Literal["ce_id", "transaction_id"] = "ce_id",
+    shadow_version: str | None = None,
 ) -> tuple[Comparison, bool, str]:
     """Join, compare, gate and (optionally) publish: the whole shadow check in one call."""
     s = settings or ShadowSettings()
-    pairs, unmatched = join(events, key=key)
-    comparison = compare(pairs, s.threshold, unmatched)
+    comparison = comparison_of(events, s.threshold, key=key, shadow_version=shadow_version)
     ready, reason = shadow_ready(comparison, s)
     if metrics is not None:
         metrics.update(comparison, ready)

@@ -1,29 +1,41 @@
 """Prometheus metrics of the serving processes (``relearn_`` prefix, base units, bounded labels).
 
-Labels: ``component`` (predictor / transformer), ``model_version``, ``stage`` and ``outcome`` (small fixed
-sets). They live in prometheus-client's default registry, which KServe's ``/metrics`` endpoint exports.
+Labels: ``component`` (predictor / transformer), ``model_version``, ``stage``, ``outcome`` and ``track``
+(small fixed sets). They live in prometheus-client's default registry, which KServe's ``/metrics`` endpoint
+exports.
+
+``track`` separates live traffic (``primary``) from requests mirrored to a shadow (``mirror``), so a version
+that was a shadow and becomes a canary does not carry its mirrored requests into the canary's analysis
+window. A request is a mirror the way Istio marks it: Envoy inserts ``-shadow`` into the Host /
+``:authority`` of mirrored requests (``svc:80`` becomes ``svc-shadow:80``); the local router does the same.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
 
 STAGES = ("feature_fetch", "transform", "predict")
 OUTCOMES = ("ok", "invalid", "unavailable", "error")
+TRACKS = ("primary", "mirror")
+SHADOW_SUFFIX = "-shadow"
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 STAGE_SECONDS = Histogram(
     "relearn_serving_stage_duration_seconds",
     "Latency of one serving stage for one request batch.",
-    ["component", "stage", "model_version"],
+    ["component", "stage", "model_version", "track"],
     buckets=_BUCKETS,
 )
 REQUESTS = Counter(
     "relearn_serving_requests_total",
     "Inference requests by outcome.",
-    ["component", "outcome", "model_version"],
+    ["component", "outcome", "model_version", "track"],
 )
-ROWS = Counter("relearn_serving_rows_total", "Rows (transactions) scored.", ["component", "model_version"])
+ROWS = Counter(
+    "relearn_serving_rows_total", "Rows (transactions) scored.", ["component", "model_version", "track"]
+)
 COLD_START = Counter(
     "relearn_serving_cold_start_lookups_total",
     "Rows whose user or merchant had no online features (defaults used).",
@@ -40,3 +52,26 @@ LOG_DROPPED = Counter(
 LOG_SENT = Counter(
     "relearn_payload_log_sent_total", "Payload-logger events accepted by the sink.", ["component"]
 )
+
+
+def _split_port(host: str) -> tuple[str, str]:
+    """``(name, ":port" or "")`` of a Host value (an IPv6 literal keeps its brackets)."""
+    name, sep, port = host.rpartition(":")
+    return (name, sep + port) if sep and port.isdigit() else (host, "")
+
+
+def shadow_host(host: str) -> str:
+    """The Host / ``:authority`` Envoy gives a mirrored request: ``-shadow`` before the port, if any."""
+    name, port = _split_port(host)
+    return f"{name}{SHADOW_SUFFIX}{port}"
+
+
+def track_of(headers: Mapping[str, str] | None) -> str:
+    """``mirror`` for a request sent to a shadow host (see :func:`shadow_host`), else ``primary``.
+
+    REST servers read the Host header. Python gRPC servers do not expose ``:authority``, so the local router
+    also sends a mirrored call's authority as ``host`` metadata, which they do see.
+    """
+    headers = headers or {}
+    host = headers.get("host") or headers.get(":authority") or ""
+    return "mirror" if _split_port(host)[0].endswith(SHADOW_SUFFIX) else "primary"

@@ -22,19 +22,21 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from relearn.events import REQUEST_TYPE, RESPONSE_TYPE, binary_headers
-from relearn.serving.metrics import LOG_DROPPED, LOG_QUEUE_DEPTH, LOG_SENT
+from relearn.serving.metrics import LOG_DROPPED, LOG_QUEUE_DEPTH, LOG_SENT, SHADOW_SUFFIX, track_of
 
 log = logging.getLogger(__name__)
 
 Body = dict[str, Any] | Callable[[], dict[str, Any]]
-_Event = tuple[str, str, float, Body]
+Route = tuple[str | None, str | None]  # (inference_service, endpoint) overrides of one event
+_Event = tuple[str, str, float, Body, str | None, str | None]
+ROUTE_HEADER = "x-relearn-route"  # the local router's route of a request (stable, canary)
 _CLOSED = "connection closed by the sink"
 
 
@@ -206,22 +208,26 @@ class PayloadLogger:
             thread.join(timeout)
         self._threads = []
 
-    def log(self, event_id: str, event_type: str, body: Body) -> None:
-        """Queue one event; ``body`` is the v2 JSON (or a function building it, run on the sender thread)."""
+    def log(self, event_id: str, event_type: str, body: Body, route: Route = (None, None)) -> None:
+        """Queue one event; ``body`` is the v2 JSON (or a function building it, run on the sender thread).
+
+        ``route`` overrides the configured ``(inference_service, endpoint)`` for this event (see
+        :func:`event_route`).
+        """
         if not self.enabled:
             return
         try:
-            self._queue.put_nowait((event_id, event_type, time.time(), body))
+            self._queue.put_nowait((event_id, event_type, time.time(), body, *route))
         except queue.Full:
             self._full.inc()
 
-    def log_request(self, event_id: str, body: Body) -> None:
+    def log_request(self, event_id: str, body: Body, route: Route = (None, None)) -> None:
         """Queue the request event of an inference."""
-        self.log(event_id, REQUEST_TYPE, body)
+        self.log(event_id, REQUEST_TYPE, body, route)
 
-    def log_response(self, event_id: str, body: Body) -> None:
+    def log_response(self, event_id: str, body: Body, route: Route = (None, None)) -> None:
         """Queue the response event of a successful inference."""
-        self.log(event_id, RESPONSE_TYPE, body)
+        self.log(event_id, RESPONSE_TYPE, body, route)
 
     def _run(self) -> None:
         connection = SinkConnection(self.config.sink_url, self.config.timeout_seconds)
@@ -244,17 +250,17 @@ class PayloadLogger:
 
     def _send(self, connection: SinkConnection, item: _Event) -> None:
         cfg = self.config
-        event_id, event_type, moment, body = item
+        event_id, event_type, moment, body, service, endpoint = item
         try:
             payload = body() if callable(body) else body
             headers = binary_headers(
                 event_id=event_id,
                 event_type=event_type,
                 source=cfg.source,
-                inference_service=cfg.inference_service,
+                inference_service=service or cfg.inference_service,
                 namespace=cfg.namespace,
                 component=cfg.component,
-                endpoint=cfg.endpoint,
+                endpoint=endpoint or cfg.endpoint,
                 time=datetime.fromtimestamp(moment, UTC),
             )
             data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
@@ -265,6 +271,23 @@ class PayloadLogger:
         except Exception as exc:
             self._failed.inc()
             log.debug("payload log event dropped", extra={"error": str(exc)})
+
+
+def event_route(headers: Mapping[str, str] | None, inference_service: str) -> Route:
+    """``(inference_service, endpoint)`` of one inference's events, where the request says it.
+
+    In a cluster each role has its own pods and logger settings: the shadow is an InferenceService of
+    its own and the canary's logger says ``ce-endpoint: canary``. Locally one process per version plays
+    every role in turn, so the request tells: a mirrored one (Envoy's ``-shadow`` host, see
+    :func:`relearn.serving.metrics.track_of`) belongs to ``<inference_service>-shadow``, one the local
+    router sent on its canary route (``x-relearn-route: canary``) to the canary endpoint.
+    """
+    headers = headers or {}
+    if track_of(headers) == "mirror":
+        return f"{inference_service}{SHADOW_SUFFIX}", None
+    if headers.get(ROUTE_HEADER) == "canary":
+        return None, "canary"
+    return None, None
 
 
 def payload_logger_for(settings: Any, component: str) -> PayloadLogger:

@@ -27,8 +27,8 @@ from relearn.model.net import CONFIG_FILE, load_model, predict_logits
 from relearn.model.registry import TORCH_ARTIFACT
 from relearn.serving import tensors
 from relearn.serving.config import PredictorSettings
-from relearn.serving.metrics import REQUESTS, ROWS, STAGE_SECONDS
-from relearn.serving.payload_log import LoggerConfig, PayloadLogger
+from relearn.serving.metrics import REQUESTS, ROWS, STAGE_SECONDS, track_of
+from relearn.serving.payload_log import LoggerConfig, PayloadLogger, event_route
 from relearn.settings import RelearnSettings
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class FraudPredictor(Model):
         self, payload: dict | InferRequest, headers: dict[str, str] | None = None
     ) -> dict | InferResponse:
         """Score a v1 dict or a v2 InferRequest (REST or gRPC); log request and response events."""
-        labels = {"component": "predictor", "model_version": self.version}
+        labels = {"component": "predictor", "model_version": self.version, "track": track_of(headers)}
         try:
             if isinstance(payload, InferRequest):
                 event_id = payload.id or (headers or {}).get("x-request-id") or str(uuid.uuid4())
@@ -129,7 +129,10 @@ class FraudPredictor(Model):
             else:
                 event_id = (headers or {}).get("x-request-id") or str(uuid.uuid4())
                 numeric, categorical = self._v1_arrays(payload)
-            self.payload_logger.log_request(event_id, _request_body(payload, numeric, categorical, event_id))
+            route = event_route(headers, self.settings.inference_service)
+            self.payload_logger.log_request(
+                event_id, _request_body(payload, numeric, categorical, event_id), route
+            )
             start = time.perf_counter()
             scores = self.score_arrays(numeric, categorical)
             STAGE_SECONDS.labels(stage="predict", **labels).observe(time.perf_counter() - start)
@@ -151,7 +154,7 @@ class FraudPredictor(Model):
                 ],
                 "model_version": self.version,
             }
-        self.payload_logger.log_response(event_id, _response_body(response, scores, decisions, self))
+        self.payload_logger.log_response(event_id, _response_body(response, scores, decisions, self), route)
         return response
 
     def _v2_response(

@@ -30,7 +30,7 @@ from relearn.features.spec import CATEGORICAL_INPUTS, NUMERIC_INPUTS
 from relearn.features.transforms import cold_start_mask, model_inputs
 from relearn.serving import tensors
 from relearn.serving.config import TransformerSettings
-from relearn.serving.metrics import COLD_START, REQUESTS, ROWS, STAGE_SECONDS
+from relearn.serving.metrics import COLD_START, REQUESTS, ROWS, STAGE_SECONDS, track_of
 from relearn.serving.payload_log import LoggerConfig, PayloadLogger
 from relearn.settings import RelearnSettings
 
@@ -103,7 +103,7 @@ class FraudTransformer(Model):
         self, payload: dict | InferRequest, headers: dict[str, str] | None = None
     ) -> dict | InferResponse:
         """Validate, enrich, score through the predictor, decide; log request and response events."""
-        version = self.version
+        version, tags = self.version, {"component": "transformer", "track": track_of(headers)}
         try:
             is_v2 = isinstance(payload, InferRequest)
             event_id = (
@@ -116,27 +116,23 @@ class FraudTransformer(Model):
             inputs = model_inputs(features)
             cold = int(cold_start_mask(features).sum())
             transform_seconds = time.perf_counter() - start
-            scores, decisions, version = await self._score(inputs, event_id)
+            scores, decisions, version = await self._score(inputs, event_id, tags["track"])
         except InvalidInput:
-            REQUESTS.labels(component="transformer", outcome="invalid", model_version=version).inc()
+            REQUESTS.labels(outcome="invalid", model_version=version, **tags).inc()
             raise
         except ServerNotReady:
-            REQUESTS.labels(component="transformer", outcome="unavailable", model_version=version).inc()
+            REQUESTS.labels(outcome="unavailable", model_version=version, **tags).inc()
             raise
         except Exception:
-            REQUESTS.labels(component="transformer", outcome="error", model_version=version).inc()
+            REQUESTS.labels(outcome="error", model_version=version, **tags).inc()
             raise
         self.version = version
-        STAGE_SECONDS.labels(component="transformer", stage="transform", model_version=version).observe(
-            transform_seconds
-        )
-        STAGE_SECONDS.labels(component="transformer", stage="feature_fetch", model_version=version).observe(
-            fetch_seconds
-        )
+        STAGE_SECONDS.labels(stage="transform", model_version=version, **tags).observe(transform_seconds)
+        STAGE_SECONDS.labels(stage="feature_fetch", model_version=version, **tags).observe(fetch_seconds)
         if cold:
             COLD_START.labels(model_version=version).inc(cold)
-        REQUESTS.labels(component="transformer", outcome="ok", model_version=version).inc()
-        ROWS.labels(component="transformer", model_version=version).inc(len(scores))
+        REQUESTS.labels(outcome="ok", model_version=version, **tags).inc()
+        ROWS.labels(model_version=version, **tags).inc(len(scores))
         ids = frame["transaction_id"].to_numpy(dtype=object)
         if is_v2:
             response: dict | InferResponse = self._v2_response(
@@ -187,7 +183,9 @@ class FraudTransformer(Model):
                 return frame, time.perf_counter() - start  # no entity features: cold-start defaults
             raise unavailable(f"feature store unavailable: online lookup {reason}") from None
 
-    async def _score(self, inputs: pd.DataFrame, event_id: str) -> tuple[np.ndarray, np.ndarray, str]:
+    async def _score(
+        self, inputs: pd.DataFrame, event_id: str, track: str = "primary"
+    ) -> tuple[np.ndarray, np.ndarray, str]:
         import grpc
         from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
@@ -215,9 +213,9 @@ class FraudTransformer(Model):
                 raise InvalidInput(f"predictor rejected the inputs: {exc.details()}") from None
             raise unavailable(f"predictor unavailable: {exc.code().name}: {exc.details()}") from None
         version = response.model_version or self.version
-        STAGE_SECONDS.labels(component="transformer", stage="predict", model_version=version).observe(
-            time.perf_counter() - start
-        )
+        STAGE_SECONDS.labels(
+            component="transformer", stage="predict", model_version=version, track=track
+        ).observe(time.perf_counter() - start)
         names = [o.name for o in response.outputs]
         scores = np.frombuffer(response.raw_output_contents[names.index(tensors.SCORE)], dtype=np.float32)
         if self.settings.threshold is not None:
