@@ -9,7 +9,7 @@ DRIFT := $(VENV)/drift
 PY := $(PLATFORM)/bin/python
 PIPELINE_DIR := pipelines/compiled
 
-.PHONY: help setup train pipelines test lint bench bench-serving bench-drift bench-rollout bench-tools clean drift chart-test serve
+.PHONY: help setup demo train pipelines test lint bench bench-serving bench-drift bench-rollout bench-distributed bench-tools clean drift chart-test serve
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "relearn targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,6 +37,11 @@ $(VENV)/chart/.ready: .ci/install-tools.sh requirements/chart.txt
 	touch $@
 
 setup: $(PLATFORM)/.ready $(DRIFT)/.ready $(VENV)/chart/.ready ## Create the environments and offline cluster tools (idempotent)
+
+# The demo needs both environments and Debian's Prometheus server, not the chart linters.
+demo: $(PLATFORM)/.ready $(DRIFT)/.ready ## The whole loop on one machine: train, serve, drift, retrain, shadow, canary, promote; report (ARGS="--help")
+	PYTHON=$(PYTHON) VENV=$(abspath $(VENV)) .ci/install-tools.sh --no-chart-venv
+	$(PY) -m relearn.demo $(ARGS)
 
 train: setup ## Run the training pipeline locally (kfp.local): data → features → train → evaluate → register → gate
 	$(PY) -m pipelines.run $(ARGS)
@@ -73,6 +78,9 @@ bench-drift: setup ## Drift detector benchmark: ingest events/s, detection delay
 
 bench-rollout: setup ## Time from a bad canary's start to its automated rollback, and requests it served
 	$(PY) -m benchmarks.rollout $(ARGS)
+
+bench-distributed: setup ## Training samples/s with 1 and 2 gloo processes (DDP) side by side, and the model gap
+	$(PY) -m benchmarks.distributed $(ARGS)
 
 # Load generator (wrk, Debian) and Seldon MLServer in an environment of its own, for bench-serving only.
 $(VENV)/mlserver/.ready: requirements/mlserver.txt

@@ -172,6 +172,7 @@ class _RunnerOptions(BaseSettings):
     pipeline_root: Path = Field(Path(".relearn/pipeline_runs"), description="Where task outputs go.")
     log_level: str = Field("INFO", description="Log level of relearn's JSON logs.")
     verbose: bool = Field(False, description="Stream every task's output instead of a progress bar.")
+    summary_json: Path | None = Field(None, description="Also write the run's summary to this JSON file.")
 
     def cli_cmd(self) -> None:
         """Runs the pipeline and prints a summary; exits 1 with the report when a task fails."""
@@ -183,6 +184,9 @@ class _RunnerOptions(BaseSettings):
         except LocalRunError as exc:
             print(f"\nrelearn-train: FAILED\n{exc}", file=sys.stderr)
             raise SystemExit(1) from None
+        if self.summary_json:
+            self.summary_json.parent.mkdir(parents=True, exist_ok=True)
+            self.summary_json.write_text(json.dumps(summary, indent=2, default=str))
         print_summary(summary)
 
 

@@ -16,7 +16,7 @@ from relearn.model.evaluate import HEADLINE_METRICS, LOWER_IS_BETTER, alert_coun
 Curves = Mapping[str, tuple[Sequence[float], Sequence[int]]]  # model name -> (scores, labels)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     """Pyplot on the Agg backend, chosen here so that importing this module has no side effects."""
     import matplotlib
 
@@ -30,7 +30,7 @@ def plot_pr_curves(curves: Curves, path: str | Path, alert_budget: float | None 
     """Precision-recall curves of several models (e.g. candidate, baseline, champion) on the same rows."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, (scores, labels) in curves.items():
         precision, recall, _ = precision_recall_curve(labels, scores)
@@ -47,12 +47,12 @@ def plot_pr_curves(curves: Curves, path: str | Path, alert_budget: float | None 
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_calibration(models: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
     """Reliability diagram from the ``calibration`` entries of evaluation metrics, one line per model."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect")
     for name, metrics in models.items():
@@ -69,12 +69,12 @@ def plot_calibration(models: Mapping[str, Mapping[str, Any]], path: str | Path) 
     ax.set_title("Calibration (reliability diagram)")
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_slices(models: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
     """Recall at the alert budget per slice, one bar per model, so a slice regression stands out."""
-    plt = _pyplot()
+    plt = pyplot()
     first = next(iter(models.values()))
     rows = [(g, v) for g, values in first["slices"].items() for v in values]
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1.5))
@@ -88,15 +88,16 @@ def plot_slices(models: Mapping[str, Mapping[str, Any]], path: str | Path) -> Pa
     ax.set(xlabel="recall at alert budget", xlim=(0, 1), title="Slices")
     ax.legend(fontsize=8)
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Save a figure as PNG (parents created) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -131,7 +132,7 @@ def _delta_cell(delta: float | None, lower_is_better: bool) -> str:
     return f'<td class="{css}">{delta:+.4f}</td>'
 
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1000px;color:#222}
 h1{margin-bottom:.2rem} .sub{color:#666;margin-top:0}
 .cards{display:flex;flex-wrap:wrap;gap:.8rem;margin:1rem 0}
@@ -224,7 +225,7 @@ def write_report(
     body = "\n".join(parts)
     path.write_text(
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n",
+        f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n",
         encoding="utf-8",
     )
     return path

@@ -1,0 +1,220 @@
+"""Replay the live stream through the gRPC endpoint at a steady rate, with chargebacks arriving later.
+
+The replay is the outside world: it keeps the online store fresh (each request's user and merchant rows as
+of its time, as a streaming feature pipeline would), sends each transaction as a v2 ``ModelInfer`` call to
+the transformer, and posts chargebacks to the drift detector once the stream's clock passes their arrival.
+A chargeback arrives *now*: its timestamp is the wall-clock time it is posted, the clock the serving side
+stamps predictions with. Every answer is recorded (latency, status, serving version, score).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pandas as pd
+
+from relearn.data.schema import REQUEST_FIELDS
+from relearn.features.spec import MERCHANT_FEATURES, MERCHANT_VIEW, USER_FEATURES, USER_VIEW
+
+log = logging.getLogger(__name__)
+FEATURE_PUSH_SECONDS = 0.5  # how far ahead (in wall time) the features of coming requests are written
+
+
+@dataclass
+class Record:
+    """What happened to each replayed transaction (arrays indexed like the stream)."""
+
+    n: int
+    sent: np.ndarray = field(init=False)  # wall-clock send time (epoch s); NaN: not sent
+    latency: np.ndarray = field(init=False)  # seconds; NaN: no answer (yet)
+    code: np.ndarray = field(init=False)  # 0 OK, else the gRPC status code; -1 no answer (yet)
+    score: np.ndarray = field(init=False)
+    version: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sent = np.full(self.n, np.nan)
+        self.latency = np.full(self.n, np.nan)
+        self.code = np.full(self.n, -1, dtype=np.int16)
+        self.score = np.full(self.n, np.nan)
+        self.version = np.full(self.n, "", dtype=object)
+
+    def frame(self) -> pd.DataFrame:
+        """The records as columns."""
+        return pd.DataFrame(
+            {
+                "sent": self.sent,
+                "latency_s": self.latency,
+                "code": self.code,
+                "score": self.score,
+                "model_version": self.version,
+            }
+        )
+
+
+def infer_request(row: Any, model_name: str) -> Any:
+    """The v2 gRPC request of one transaction: one input per request field (``amount`` FP64)."""
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=model_name, id=str(row.transaction_id))
+    for name in REQUEST_FIELDS:
+        value = getattr(row, name)
+        tensor = request.inputs.add(name=name, shape=[1])
+        if name == "amount":
+            tensor.datatype = "FP64"
+            tensor.contents.fp64_contents.append(float(value))
+        else:
+            tensor.datatype = "BYTES"
+            text = value.isoformat() if name == "event_timestamp" else str(value)
+            tensor.contents.bytes_contents.append(text.encode())
+    return request
+
+
+def response_score(reply: Any) -> float:
+    """The fraud score in a transformer reply (raw or typed contents)."""
+    names = [o.name for o in reply.outputs]
+    i = names.index("score")
+    if reply.raw_output_contents:
+        return float(np.frombuffer(reply.raw_output_contents[i], dtype=np.float32)[0])
+    return float(reply.outputs[i].contents.fp32_contents[0])
+
+
+class Replay:
+    """Sends the stream; ``position`` and ``sim_time`` say how far it got.
+
+    Args:
+        stream: Served transactions in time order with request fields, entity features and ``is_fraud``.
+        labels: Their chargebacks (``transaction_id``, ``chargeback_timestamp``), in arrival order.
+        grpc_target: ``host:port`` of the transformer's gRPC endpoint.
+        detector_url: Base URL of the drift detector (chargebacks go to ``/labels``).
+        rate: Requests per second.
+        feature_store: The Feast store the transformer reads (online writes go there).
+        model_name: Model name of the calls.
+    """
+
+    def __init__(
+        self,
+        stream: pd.DataFrame,
+        labels: pd.DataFrame,
+        grpc_target: str,
+        detector_url: str,
+        rate: float,
+        feature_store: Any,
+        model_name: str = "relearn-fraud",
+    ) -> None:
+        self.stream = stream
+        self.labels = labels
+        self.rate = rate
+        self.detector_url = detector_url.rstrip("/")
+        self.store = feature_store
+        self.model_name = model_name
+        self.record = Record(len(stream))
+        self.position = 0
+        self.labels_sent = 0
+        self.failures: list[str] = []
+        self._channel = grpc.insecure_channel(grpc_target)
+        from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+
+        self._stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._times = stream["event_timestamp"]
+        self._label_times = labels["chargeback_timestamp"].dt.tz_convert(None).to_numpy()
+        self._pushed = 0
+        self._in_flight = threading.Semaphore(256)
+
+    @property
+    def sim_time(self) -> pd.Timestamp | None:
+        """The stream's clock: the time of the last transaction sent."""
+        return self._times.iloc[self.position - 1] if self.position else None
+
+    def _push_features(self, upto: int) -> None:
+        """Write the user and merchant rows of requests [pushed, upto) into the online store."""
+        if upto <= self._pushed:
+            return
+        rows = self.stream.iloc[self._pushed : upto]
+        for view, key, names in (
+            (USER_VIEW, "user_id", USER_FEATURES),
+            (MERCHANT_VIEW, "merchant_id", MERCHANT_FEATURES),
+        ):
+            frame = rows[[key, "event_timestamp", *names]].drop_duplicates(key, keep="last")
+            self.store.write_to_online_store(view, frame.reset_index(drop=True))
+        self._pushed = upto
+
+    def _post_labels(self, client: httpx.Client) -> None:
+        """Post the chargebacks that have arrived by the stream's clock, stamped with the wall clock."""
+        now = self.sim_time
+        if now is None:
+            return
+        due = int(np.searchsorted(self._label_times, np.datetime64(now.tz_convert(None)), side="right"))
+        if due <= self.labels_sent:
+            return
+        arrived = datetime.now(UTC).isoformat()
+        batch = self.labels.iloc[self.labels_sent : due]
+        body = [{"transaction_id": t, "chargeback_timestamp": arrived} for t in batch["transaction_id"]]
+        try:
+            client.post(f"{self.detector_url}/labels", json=body, timeout=10).raise_for_status()
+            self.labels_sent = due
+        except httpx.HTTPError as exc:  # retried on the next tick; labels are idempotent upserts
+            log.warning("posting labels failed: %s", exc)
+
+    def _send(self, i: int) -> None:
+        row = self.stream.iloc[i]
+        request = infer_request(row, self.model_name)
+        self._in_flight.acquire()
+        started = time.time()
+        self.record.sent[i] = started
+        future = self._stub.ModelInfer.future(request, timeout=10.0)
+
+        def done(f: Any) -> None:
+            try:
+                reply = f.result()
+                self.record.score[i] = response_score(reply)
+                self.record.version[i] = reply.model_version
+                self.record.code[i] = 0
+            except grpc.RpcError as exc:
+                self.record.code[i] = exc.code().value[0]
+                if len(self.failures) < 20:
+                    self.failures.append(f"{row.transaction_id}: {exc.code().name} {exc.details()}")
+            finally:
+                self.record.latency[i] = time.time() - started
+                self._in_flight.release()
+
+        future.add_done_callback(done)
+
+    def run(self, stop: threading.Event, until: Callable[[int], bool] | None = None) -> None:
+        """Send at ``rate`` until the stream ends, ``stop`` is set or ``until(position)`` holds."""
+        ahead = max(1, int(self.rate * FEATURE_PUSH_SECONDS))
+        next_at = time.monotonic()
+        with httpx.Client() as client:
+            last_labels = 0.0
+            while self.position < len(self.stream) and not stop.is_set():
+                if until is not None and until(self.position):
+                    break
+                if self.position >= self._pushed:
+                    self._push_features(min(len(self.stream), self.position + ahead))
+                self._send(self.position)
+                self.position += 1
+                if time.monotonic() - last_labels > 1.0:
+                    self._post_labels(client)
+                    last_labels = time.monotonic()
+                next_at += 1.0 / self.rate
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    stop.wait(delay)
+                else:
+                    next_at = max(next_at, time.monotonic() - 1.0)  # catch up, but no long bursts
+            self._post_labels(client)
+
+    def drain(self, timeout: float = 15.0) -> None:
+        """Wait for the answers still in flight, then close the channel."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and np.any(self.record.code[: self.position] == -1):
+            time.sleep(0.05)
+        self._channel.close()
