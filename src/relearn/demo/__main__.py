@@ -34,6 +34,8 @@ class DemoCommand(DemoSettings):
         page, summary = report.write(outcome)
         print("\n" + report.terminal_table(summary))
         print(f"\n  report: {page}")
+        if outcome.interrupted:
+            sys.exit(130)
         if summary["failed"] or outcome.ports_left_open or outcome.left_running:
             sys.exit(1)
 

@@ -235,6 +235,9 @@ def start_stack(settings: DemoSettings, home: Path, wall_per_day: float, procs: 
         RELEARN_DRIFT_WEBHOOK_URL=f"http://127.0.0.1:{port['webhook']}/",
         RELEARN_DRIFT_COOLDOWN_S=str(2 * wall_per_day),
         RELEARN_DRIFT_SHADOW_SERVICE=SHADOW_SERVICE,
+        # The predictor's events carry the transaction id as request id (the replay sets it, the
+        # transformer passes it on): the chargebacks join by it.
+        RELEARN_DRIFT_KEY_BY_REQUEST_ID="true",
         RELEARN_DRIFT_SQLITE_SYNCHRONOUS="NORMAL",
         RELEARN_DRIFT_REPORTS="false",
         RELEARN_DRIFT_LOG_LEVEL="WARNING",
@@ -287,6 +290,9 @@ def start_stack(settings: DemoSettings, home: Path, wall_per_day: float, procs: 
             interval_seconds=settings.analysis_interval_seconds, window=settings.analysis_window,
             detector_url=stack.url("detector"), audit_log=home / "rollout" / "audit.jsonl")],
         RELEARN_ROLLOUT_MIN_REQUESTS=str(settings.min_canary_requests),
+        # A canary here lives a few stream days, about the chargeback delay: too few of its predictions
+        # are labelled for precision at a 1 % budget to mean anything, so the label gates wait for 2,000.
+        RELEARN_ROLLOUT_MIN_LABELS="2000",
         RELEARN_ROLLOUT_SHADOW_MIN_PAIRS="300",
         RELEARN_ROLLOUT_SHADOW_MIN_AGREEMENT="0.95",
         RELEARN_ROLLOUT_SHADOW_MAX_MEAN_ABS_DIFF="0.1",

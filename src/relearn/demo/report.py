@@ -50,7 +50,7 @@ def milestones(outcome: Outcome) -> dict[str, dict[str, Any]]:
                 "kind": "canary-start",
                 "version": entry.get("version"),
             }
-    return out
+    return dict(sorted(out.items(), key=lambda item: item[1]["wall"]))
 
 
 def _audit_time(entry: dict[str, Any]) -> float:
@@ -179,7 +179,7 @@ def plot_drift(outcome: Outcome, path: Path) -> Path:
     plt = pyplot()
     start = outcome.timeline.first("replay-start")["wall"]
     windows = [w for w in outcome.windows if w["track"] == "stable"]
-    fig, ax = plt.subplots(figsize=(10, 5))
+    fig, ax = plt.subplots(figsize=(12, 5))
     if windows:
         times = [w["wall"] - start for w in windows]
         names = sorted({n for w in windows for n in w["p_values"]})
@@ -189,7 +189,7 @@ def plot_drift(outcome: Outcome, path: Path) -> Path:
             ax.plot(times, values, ".-", lw=0.8, ms=3, color=cmap(i % 20), label=name)
         drifted = [t for t, w in zip(times, windows, strict=True) if w.get("drift")]
         ax.plot(drifted, [1e-12] * len(drifted), "rv", ms=8, label="window flagged")
-        ax.legend(loc="lower left", fontsize=6, ncol=4)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=6, frameon=False)
     ax.set_yscale("log")
     ax.set_ylabel("p-value (per feature)")
     ax.set_xlabel("seconds since the replay started (window closed)")
