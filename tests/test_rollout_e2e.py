@@ -121,7 +121,9 @@ def test_rollouts_end_to_end(registry, tmp_path: Path) -> None:
         assert worse[-1][0].action is Action.ROLLBACK, worse
         assert all(d.percent < 50 for d, _, _ in worse if d.action is Action.STEP), "rolled back before 50 %"
         tag = get_version_tags(reg.settings, "4")[REJECTED_TAG]
-        assert "precision at budget" in tag and "error rate" not in tag, tag
+        # A label gate stopped it (reversed scores fail precision and recall at the budget alike; which one
+        # a window reports first depends on the labels that window holds), not the error-rate gate.
+        assert ("precision at budget" in tag or "recall at budget" in tag) and "error rate" not in tag, tag
         state = stack.backend.state()
         assert state.stable == "1" and state.canary is None
         assert get_alias_version(reg.settings, "champion") == "1"
