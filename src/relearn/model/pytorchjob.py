@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relearn import kube
 from relearn.model.distributed import MODEL_ARTIFACT, TrainingFailed, WorkerOptions
 from relearn.settings import RelearnSettings
 
@@ -175,7 +176,7 @@ def submit_and_wait(
     """
     from kubernetes import client
 
-    api = client.CustomObjectsApi(api_client or default_api_client())
+    api = client.CustomObjectsApi(api_client or kube.api_client())
     namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
     api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job)
     log.info("pytorchjob created", extra={"namespace": namespace, "job": name})
@@ -270,15 +271,3 @@ def own_namespace() -> str:
     if SERVICE_ACCOUNT_NAMESPACE.exists():
         return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
     return "default"
-
-
-def default_api_client() -> Any:
-    """A Kubernetes API client: the in-cluster service account, else the kubeconfig (``KUBECONFIG``)."""
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        # KUBECONFIG as it is now: the client reads its default only once, when it is imported.
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    return client.ApiClient()

@@ -26,6 +26,8 @@ import copy
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from relearn import kube
+
 ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 VS_GROUP, VS_VERSION, VS_PLURAL = "networking.istio.io", "v1", "virtualservices"
 
@@ -179,7 +181,7 @@ class KubernetesBackend:
         self.shadow_isvc = shadow_service or f"{inference_service}-shadow"
         self.model_name = model_name
         self.route_name = route_name
-        self.api = client.CustomObjectsApi(api_client or _default_api_client())
+        self.api = client.CustomObjectsApi(api_client or kube.api_client())
 
     # ----------------------------------------------------------------------------------------- API calls
     def _get_isvc(self, name: str) -> dict[str, Any]:
@@ -357,13 +359,3 @@ def make_backend(cfg: Any) -> RolloutBackend:
         shadow_service=cfg.shadow_service,
         model_name=cfg.model_name,
     )
-
-
-def _default_api_client() -> Any:
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
