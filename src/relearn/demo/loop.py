@@ -556,7 +556,7 @@ class _Driver:
                 self._phase_of(state)
             self.last_state = key
 
-    def done(self, position: int) -> bool:
+    def done(self) -> bool:
         """Whether the replay can stop: the rollout was decided ``after_decision_days`` ago."""
         sim = self.replay.sim_time
         return self.decided is not None and sim is not None and sim >= self.decided + self.after

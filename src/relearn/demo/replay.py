@@ -188,14 +188,14 @@ class Replay:
 
         future.add_done_callback(done)
 
-    def run(self, stop: threading.Event, until: Callable[[int], bool] | None = None) -> None:
-        """Send at ``rate`` until the stream ends, ``stop`` is set or ``until(position)`` holds."""
+    def run(self, stop: threading.Event, until: Callable[[], bool] | None = None) -> None:
+        """Send at ``rate`` until the stream ends, ``stop`` is set or ``until()`` holds."""
         ahead = max(1, int(self.rate * FEATURE_PUSH_SECONDS))
         next_at = time.monotonic()
         with httpx.Client() as client:
             last_labels = 0.0
             while self.position < len(self.stream) and not stop.is_set():
-                if until is not None and until(self.position):
+                if until is not None and until():
                     break
                 if self.position >= self._pushed:
                     self._push_features(min(len(self.stream), self.position + ahead))

@@ -139,7 +139,7 @@ def summary(outcome: Outcome) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- plots
-def _markers(ax: Any, outcome: Outcome, start: float, seen: set[str] | None = None) -> None:
+def _markers(ax: Any, outcome: Outcome, start: float) -> None:
     for kind, event in milestones(outcome).items():
         if kind in MARKERS:
             label, colour = MARKERS[kind]
