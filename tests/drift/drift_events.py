@@ -37,9 +37,18 @@ def v1_request(row: pd.Series) -> dict:
     return {"instances": [{"transaction_id": row["transaction_id"], **values}]}
 
 
-def transaction_events(rows: pd.DataFrame, prefix: str, endpoint: str = "default"):
-    """Request + response event pairs (v1 bodies) for each row."""
+def transaction_events(
+    rows: pd.DataFrame,
+    prefix: str,
+    endpoint: str = "default",
+    version: str | None = None,
+    service: str = "fraud",
+):
+    """Request + response event pairs (v1 bodies) for each row; the response names ``version`` if given."""
     for i, (_, row) in enumerate(rows.iterrows()):
         ce_id = f"{prefix}-{i}"
-        yield kserve_event(ce_id, REQUEST_TYPE, v1_request(row), endpoint)
-        yield kserve_event(ce_id, RESPONSE_TYPE, {"predictions": [float(row["score"])]}, endpoint)
+        response: dict = {"predictions": [float(row["score"])]}
+        if version is not None:
+            response["model_version"] = version
+        yield kserve_event(ce_id, REQUEST_TYPE, v1_request(row), endpoint, service)
+        yield kserve_event(ce_id, RESPONSE_TYPE, response, endpoint, service)

@@ -1,12 +1,31 @@
 """The monitor thread: reads the inference log, pairs requests with responses, closes windows, alerts.
 
-Per track (stable, canary, shadow) it keeps the current window in memory and its first sequence number
-in the ``state`` table; after a restart it re-reads the log from there, so windows resume where they
-were and nothing accepted is skipped.
+A request waits in ``pending`` until its response (same ``ce-id``) is read; the pair then goes to the
+window of its track, decided at that point:
+
+* ``shadow``: the event names the shadow InferenceService (``shadow_service``);
+* ``canary``: the event says ``ce-endpoint: canary``, or it says ``default`` but the response names a model
+  version other than the stable one (``stable_version``, else the champion the reference was loaded
+  from). KServe gives a canary revision the stable's logger settings, so in a cluster its events say
+  ``default`` too; only the version tells them apart;
+* ``stable``: the rest (all of it when the stable version is unknown: a reference file without
+  ``stable_version``).
+
+After a promotion the new champion's responses name a version the loaded reference does not know: such
+a response makes the monitor check the alias at once (at most every ``CHAMPION_RECHECK_S``) rather than
+at the next ``reference_poll_s``, so they are counted as canary for seconds at most.
+
+The stored ``predictions`` (the label joins) take the same track; the events table keeps the headers'.
+A request whose response never comes (KServe logs responses on 200 only) counts in no window.
+
+Per track it keeps the open window in memory and its first sequence number (of a response) in the
+``state`` table; after a restart it re-reads the log from the earliest of them, and the requests of a
+bounded stretch before it, so windows resume where they were and nothing accepted is skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -37,7 +56,15 @@ from relearn.monitoring.report import write_report
 from relearn.monitoring.settings import DriftSettings
 
 log = logging.getLogger(__name__)
-MAX_PENDING = 200_000  # requests waiting for their response (oldest dropped beyond this)
+# Requests waiting for their response, oldest dropped beyond this: KServe logs no response for a failed
+# request, and each pending row holds its parsed features (~1.6 kB).
+MAX_PENDING = 50_000
+# After a restart, the requests among this many events before the resume point are read again: their
+# responses may come after it (the logger's 5 workers keep a pair within a few hundred events).
+PENDING_LOOKBACK = 5000
+# Least seconds between two alias checks forced by a stable-headed response naming an unknown version
+# (a promotion the poll every reference_poll_s has not seen yet).
+CHAMPION_RECHECK_S = 5.0
 COMPARED_TRACKS = ("canary", "shadow")  # score divergence against the last stable window
 
 
@@ -49,8 +76,18 @@ def _epoch(text: str, default: float) -> float:
 
 
 @dataclass
+class Pending:
+    """A request waiting for its response."""
+
+    track: str  # from the event's headers
+    rows: list[dict[str, Any]]
+    ids: list[str | None]
+    time: float
+
+
+@dataclass
 class Window:
-    """The open window of one track."""
+    """The open window of one track: the pairs whose response came at or after ``start_seq``."""
 
     start_seq: int = 0
     start_time: float | None = None
@@ -70,7 +107,7 @@ class Monitor:
         self.tester: DriftTester | None = None
         self.results: dict[str, list[dict[str, Any]]] = {t: [] for t in TRACKS}
         self.windows = {t: Window() for t in TRACKS}
-        self.pending: dict[str, tuple[str, list[str | None], float, int]] = {}
+        self.pending: dict[str, Pending] = {}
         self.cursor = 0
         self.quality_due = threading.Event()
         self.error: str | None = None
@@ -103,6 +140,19 @@ class Monitor:
         if fired is not None:
             self.alerter.last_fired = float(fired)
         self.cursor = max(0, min(w.start_seq for w in self.windows.values()) - 1)
+        self._refill_pending()
+
+    def _refill_pending(self) -> None:
+        """Hold again the requests just before the cursor whose responses were not read before it."""
+        start = max(0, self.cursor - PENDING_LOOKBACK)
+        for seq, ce_id, kind, track, when, body in store.read_events(self.conn, start, PENDING_LOOKBACK):
+            if seq > self.cursor:
+                break
+            if kind != REQUEST_TYPE:
+                self.pending.pop(ce_id, None)
+                continue
+            with contextlib.suppress(Rejected):  # counted when it was first read
+                self._hold(ce_id, track, request_features(body), _epoch(when, time.time()))
 
     def _load_reference(self) -> None:
         s = self.settings
@@ -130,9 +180,15 @@ class Monitor:
             "reference %s loaded: %d rows, %d features", version, len(reference), len(self.tester.features)
         )
 
-    def _poll_champion(self) -> None:
+    def _poll_champion(self, force: bool = False) -> None:
+        """Reload the reference when the alias moved; checked every ``reference_poll_s``.
+
+        Args:
+            force: Check sooner, at most every ``CHAMPION_RECHECK_S`` (a response named a new version).
+        """
         s = self.settings
-        if s.reference_path is not None or time.monotonic() - self._last_poll < s.reference_poll_s:
+        wait = min(CHAMPION_RECHECK_S, s.reference_poll_s) if force else s.reference_poll_s
+        if s.reference_path is not None or time.monotonic() - self._last_poll < wait:
             return
         self._last_poll = time.monotonic()
         from relearn.monitoring.detector import champion_version
@@ -177,28 +233,27 @@ class Monitor:
             t = _epoch(when, time.time())
             try:
                 if kind == REQUEST_TYPE:
-                    rows = request_features(body)
-                    self.pending[ce_id] = (track, self._keys(ce_id, rows), t, seq)
-                    if len(self.pending) > MAX_PENDING:
-                        self.pending.pop(next(iter(self.pending)))
-                    window = self.windows[track]
-                    if seq >= window.start_seq:
-                        if window.start_time is None:
-                            window.start_time = t
-                        window.rows.extend(rows)
-                        self._maybe_close(track, seq, t, predictions)
-                else:
-                    scores, version = parse_response(body)
-                    request = self.pending.pop(ce_id, None)
-                    if request is None:
-                        continue
-                    _, ids, t_req, req_seq = request
-                    window = self.windows[track]
-                    if req_seq >= window.start_seq:
-                        window.scores.extend(scores)
-                    predictions.extend(
-                        (tid, track, t_req, s, version) for tid, s in zip(ids, scores, strict=False) if tid
-                    )
+                    self._hold(ce_id, track, request_features(body), t)
+                    continue
+                scores, version = parse_response(body)
+                request = self.pending.pop(ce_id, None)
+                if request is None:
+                    continue
+                if len(scores) != len(request.rows):
+                    raise Rejected("bad_body", f"{len(scores)} scores for {len(request.rows)} rows")
+                track = self._track_of(request.track, version)
+                predictions.extend(
+                    (tid, track, request.time, s, version)
+                    for tid, s in zip(request.ids, scores, strict=True)
+                    if tid
+                )
+                window = self.windows[track]
+                if seq >= window.start_seq:  # else the pair was in a window closed before a restart
+                    if window.start_time is None:
+                        window.start_time = t
+                    window.rows.extend(request.rows)
+                    window.scores.extend(scores)
+                    self._maybe_close(track, seq, t, predictions)
             except Rejected as error:  # validated at ingest, unless validate_bodies is off
                 self.metrics.rejected.labels(error.reason).inc()
                 log.warning("skipping unreadable event %s: %s", seq, error)
@@ -206,6 +261,33 @@ class Monitor:
         for track, window in self.windows.items():
             self.metrics.window_fill.labels(track).set(len(window.rows))
         return bool(events)
+
+    def _hold(self, ce_id: str, track: str, rows: list[dict[str, Any]], t: float) -> None:
+        """Keep a request's rows until its response comes (the oldest dropped beyond MAX_PENDING)."""
+        self.pending[ce_id] = Pending(track, rows, self._keys(ce_id, rows), t)
+        if len(self.pending) > MAX_PENDING:
+            self.pending.pop(next(iter(self.pending)))
+
+    def stable_version(self) -> str | None:
+        """The model version of the stable track: the setting, else the champion's (None: unknown)."""
+        if self.settings.stable_version is not None:
+            return self.settings.stable_version
+        if self.settings.reference_path is None and self.tester is not None:
+            return self.tester.version
+        return None
+
+    def _track_of(self, header_track: str, version: str | None) -> str:
+        """The track of a pair: a stable-headed response from another known version is the canary's."""
+        stable = self.stable_version()
+        if header_track != "stable" or version is None or stable is None or version == stable:
+            return header_track
+        if self.settings.stable_version is None:  # maybe a promotion the alias poll has not seen yet
+            try:
+                self._poll_champion(force=True)
+            except Exception:  # the registry is down: the loop's poll retries; keep the pair
+                log.exception("reference reload failed")
+            stable = self.stable_version()
+        return "stable" if version == stable else "canary"
 
     def _keys(self, ce_id: str, rows: list[dict[str, Any]]) -> list[str | None]:
         """The rows' transaction ids, popped from the rows (request-id keys if ``key_by_request_id``)."""

@@ -56,7 +56,9 @@ def parse_headers(headers: Any, shadow_service: str | None) -> tuple[str, str, s
         shadow_service: ``ce-inferenceservicename`` of the shadow InferenceService, if any.
 
     Returns:
-        ``(ce_id, type, track, time)``; ``track`` is ``stable``, ``canary`` or ``shadow``.
+        ``(ce_id, type, track, time)``; ``track`` is ``stable``, ``canary`` or ``shadow``, from the
+        headers alone (stored with the event). The monitor counts a ``stable`` pair whose response names
+        another model version than the stable one as ``canary`` (see :mod:`relearn.monitoring.monitor`).
 
     Raises:
         Rejected: Missing attributes, a spec version other than 1.0, an unknown type or endpoint.

@@ -67,6 +67,16 @@ class DriftSettings(BaseSettings):
     model_name: str = Field("relearn-fraud", description="Registered model whose champion is monitored.")
     model_alias: str = Field("champion", description="Alias whose reference is used.")
     reference_poll_s: float = Field(60.0, gt=0, description="How often the alias is checked for a change.")
+    stable_version: str | None = Field(
+        None,
+        description="Model version of the stable track (the responses' model_version). A response to a "
+        "stable-headed request (ce-endpoint default) from another version counts as canary traffic: a "
+        "KServe canary revision logs with the stable's settings. Default: the version of the champion "
+        "the reference was loaded from (a response from an unknown version makes the alias be checked "
+        "again within seconds, so a promotion is followed); a set value stays fixed, so set it only for "
+        "a reference file. With a reference file and no stable_version, tracks come from the headers "
+        "alone.",
+    )
     # Tests.
     window_size: int = Field(1000, ge=50, description="Events per window (count-based windows).")
     window_seconds: float | None = Field(None, gt=0, description="Time-based windows (ce-time) instead.")
@@ -94,7 +104,8 @@ class DriftSettings(BaseSettings):
         False,
         description="Key rows whose request names no transaction_id by the request id (ce-id; <ce-id>/<row> "
         "in a batch), so labels join the predictions of clients that call the predictor directly with the "
-        "transaction id as request id. Off: such rows take no labels (the transformer logs the ids).",
+        "transaction id as request id. Off: such rows take no labels (the transformer passes the ids to "
+        "the predictor, whose events carry them).",
     )
     # Labels and quality.
     alert_budget: float = Field(0.01, gt=0, lt=1, description="Share of transactions the fraud team reviews.")
