@@ -261,13 +261,15 @@ def test_canary_field_exactly_when_enabled() -> None:
 
 @needs_helm
 def test_payload_logging_points_at_the_drift_detector() -> None:
+    """Only the predictor logs: two components logging one request under one ce-id would cross."""
     (isvc,) = objects(rendered("default"), "InferenceService")
     url = "http://relearn-drift-detector.relearn.svc.cluster.local:8090/"
-    for comp in ("predictor", "transformer"):
-        env = {e["name"]: e.get("value") for e in isvc["spec"][comp]["containers"][0]["env"]}
-        prefix = f"RELEARN_{comp.upper()}_"
-        assert env[prefix + "LOG_SINK_URL"] == url
-        assert env[prefix + "INFERENCE_SERVICE"] == "relearn-fraud"
+    env = {e["name"]: e.get("value") for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
+    assert env["RELEARN_PREDICTOR_LOG_SINK_URL"] == url
+    assert env["RELEARN_PREDICTOR_INFERENCE_SERVICE"] == "relearn-fraud"
+    transformer = {e["name"] for e in isvc["spec"]["transformer"]["containers"][0]["env"]}
+    assert not {name for name in transformer if "LOG_SINK" in name or "ENDPOINT" in name}, transformer
+    assert "logger" not in isvc["spec"]["transformer"]
     (isvc,) = objects(rendered("default", "--set", "fraud.logger.via=kserve"), "InferenceService")
     assert isvc["spec"]["predictor"]["logger"] == {"mode": "all", "url": url}
 

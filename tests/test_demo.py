@@ -67,6 +67,15 @@ def test_drift_is_detected_after_the_onset_and_not_before(demo):
     assert not any(w["drift"] for w in before)
 
 
+def test_chargebacks_join_the_predictions_through_the_logged_transaction_ids(demo):
+    """Only the predictor logs; the transformer passes it the transaction ids the chargebacks name."""
+    outcome, _, _ = demo
+    assert outcome.quality, "the detector reported no labelled quality"
+    # Without the ids no chargeback would join: positives would stay 0.
+    best = max(outcome.quality, key=lambda q: q["positives"])
+    assert best["n"] >= 200 and best["positives"] >= 5, outcome.quality[-3:]
+
+
 def test_a_retrained_challenger_is_promoted_by_the_controller(demo):
     outcome, _, _ = demo
     kinds = [e["kind"] for e in outcome.timeline.events]

@@ -82,7 +82,7 @@ def stack(trained):
     )
     transformer = Server(
         "relearn.serving.transformer",
-        ["--predictor-host", live.grpc_target, "--log-sink-url", sink.url, "--max-batch-size", "256"],
+        ["--predictor-host", live.grpc_target, "--max-batch-size", "256"],
         env,
         root / "transformer.log",
     )
@@ -289,6 +289,18 @@ BAD_PREDICTOR_V2 = {
     "extra input": (lambda d: d["inputs"].append({**d["inputs"][0], "name": "bogus"}), "bogus"),
     "nan": (lambda d: d["inputs"][0]["data"].__setitem__(2, "NaN"), "user_txn_count_7d"),
     "too few values": (lambda d: d["inputs"][0]["data"].pop(), "numeric"),
+    "numeric ids": (
+        lambda d: d["inputs"].append(
+            {"name": "transaction_id", "datatype": "INT64", "shape": [3], "data": [1, 2, 3]}
+        ),
+        "transaction_id",
+    ),
+    "ids for 2 of 3 rows": (
+        lambda d: d["inputs"].append(
+            {"name": "transaction_id", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]}
+        ),
+        "transaction_id",
+    ),
 }
 
 
@@ -374,23 +386,26 @@ def test_transformer_rejects_bad_transactions(trained, stack):
 def test_payload_events_in_kserve_format_for_rest_and_grpc(trained, stack):
     sink, predictor, transformer = stack["sink"], stack["predictor"], stack["transformer"]
     numeric, categorical = numeric_example()
-    httpx.post(
-        f"{predictor.url}/v2/models/{MODEL}/infer", json=v2_predictor_json(numeric, categorical, "rest-1")
+    with_ids = v2_predictor_json(numeric, categorical, "rest-1")
+    with_ids["inputs"].append(
+        {"name": "transaction_id", "datatype": "BYTES", "shape": [3], "data": ["a", "b", "c"]}
     )
+    assert httpx.post(f"{predictor.url}/v2/models/{MODEL}/infer", json=with_ids).status_code == 200
     stub(predictor).ModelInfer(grpc_predictor_request(numeric, categorical, raw=True, request_id="grpc-1"))
     good = v1_instances(requests_at_end(trained, n=2))
-    httpx.post(
-        f"{transformer.url}/v1/models/{MODEL}:predict",
-        json={"instances": good},
-        headers={"x-request-id": "tr-1"},
-    )
+    for request_id, body in (("tr-1", {"instances": good}), ("tr-2", {"instances": good[:1]})):
+        response = httpx.post(
+            f"{transformer.url}/v1/models/{MODEL}:predict", json=body, headers={"x-request-id": request_id}
+        )
+        assert response.status_code == 200, response.text
 
-    # The transformer forwards its request id to the predictor: both log "tr-1", one per component.
+    # The transformer logs nothing: it forwards its request id and the transaction ids to the predictor,
+    # whose events carry both (one request/response pair per inference).
     expected = [
         ("rest-1", "predictor"),
         ("grpc-1", "predictor"),
-        ("tr-1", "transformer"),
         ("tr-1", "predictor"),
+        ("tr-2", "predictor"),
     ]
 
     def key(headers: dict) -> tuple[str, str, str]:
@@ -414,13 +429,26 @@ def test_payload_events_in_kserve_format_for_rest_and_grpc(trained, stack):
             assert headers["content-type"] == "application/json"
     for event_id in ("rest-1", "grpc-1"):
         request = by_key[(event_id, "request", "predictor")][1]
-        assert [t["name"] for t in request["inputs"]] == ["numeric", "categorical"]
+        assert [t["name"] for t in request["inputs"]][:2] == ["numeric", "categorical"]
         assert request["inputs"][0]["shape"] == [3, len(NUMERIC_INPUTS)]
         np.testing.assert_allclose(request["inputs"][0]["data"], numeric.ravel(), rtol=1e-6)
         response = by_key[(event_id, "response", "predictor")][1]
         assert response["model_version"] == "1" and response["outputs"][0]["name"] == "score"
-    assert by_key[("tr-1", "request", "transformer")][1] == {"instances": good}
-    assert len(by_key[("tr-1", "response", "transformer")][1]["predictions"]) == 2
+    assert [t["data"] for t in by_key[("rest-1", "request", "predictor")][1]["inputs"][2:]] == [
+        ["a", "b", "c"]
+    ]
+    assert len(by_key[("grpc-1", "request", "predictor")][1]["inputs"]) == 2  # sent without ids
+    for event_id, rows in (("tr-1", good), ("tr-2", good[:1])):
+        request = by_key[(event_id, "request", "predictor")][1]
+        assert [t["name"] for t in request["inputs"]] == ["numeric", "categorical", "transaction_id"]
+        assert request["inputs"][2] == {
+            "name": "transaction_id",
+            "datatype": "BYTES",
+            "shape": [len(rows)],
+            "data": [r["transaction_id"] for r in rows],
+        }
+        assert len(by_key[(event_id, "response", "predictor")][1]["outputs"][0]["data"]) == len(rows)
+    assert not [h for h, _ in sink.events if h["ce-component"] != "predictor"]
 
 
 def test_dead_sink_does_not_slow_predictions_and_drops_are_counted(stack):

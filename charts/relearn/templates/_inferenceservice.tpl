@@ -37,10 +37,15 @@ imagePullSecrets:
 {{- end }}
 {{- end -}}
 
+{{/*
+Env of a server; the payload-logger settings only for the predictor (.logs): it logs each inference with
+the transaction ids the transformer passes on, so the detector pairs one request/response per ce-id.
+*/}}
 {{- define "relearn.isvc.env" -}}
 {{- $p := .prefix -}}
 - name: {{ $p }}MODEL_NAME
   value: {{ .ctx.Values.fraud.modelName | quote }}
+{{- if .logs }}
 - name: {{ $p }}INFERENCE_SERVICE
   value: {{ .name | quote }}
 - name: {{ $p }}NAMESPACE
@@ -49,6 +54,7 @@ imagePullSecrets:
   value: {{ ternary "default" "canary" (eq .canary nil) }}
 - name: {{ $p }}LOG_SINK_URL
   value: {{ ternary (include "relearn.drift.url" .ctx) "" (and .ctx.Values.driftDetector.enabled .ctx.Values.fraud.logger.enabled (eq .ctx.Values.fraud.logger.via "relearn")) | quote }}
+{{- end }}
 {{- end -}}
 
 {{- define "relearn.isvc.spec" -}}
@@ -73,7 +79,7 @@ predictor:
           value: {{ .modelUri | quote }}
         - name: RELEARN_PREDICTOR_HOST
           value: 0.0.0.0
-        {{- include "relearn.isvc.env" (dict "ctx" .ctx "prefix" "RELEARN_PREDICTOR_" "name" .name "canary" .canary) | nindent 8 }}
+        {{- include "relearn.isvc.env" (dict "ctx" .ctx "prefix" "RELEARN_PREDICTOR_" "name" .name "canary" .canary "logs" true) | nindent 8 }}
         {{- with $v.fraud.predictor.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -117,7 +123,7 @@ transformer:
         # Feature reads go to the Redis read replicas when there are some (overrides the settings ConfigMap).
         - name: RELEARN_FEAST_REDIS_CONNECTION
           value: {{ include "relearn.redis.readConnection" .ctx | quote }}
-        {{- include "relearn.isvc.env" (dict "ctx" .ctx "prefix" "RELEARN_TRANSFORMER_" "name" .name "canary" .canary) | nindent 8 }}
+        {{- include "relearn.isvc.env" (dict "ctx" .ctx "prefix" "RELEARN_TRANSFORMER_" "name" .name "canary" .canary "logs" false) | nindent 8 }}
         {{- with $v.fraud.transformer.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}

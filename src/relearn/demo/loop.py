@@ -235,9 +235,6 @@ def start_stack(settings: DemoSettings, home: Path, wall_per_day: float, procs: 
         RELEARN_DRIFT_WEBHOOK_URL=f"http://127.0.0.1:{port['webhook']}/",
         RELEARN_DRIFT_COOLDOWN_S=str(2 * wall_per_day),
         RELEARN_DRIFT_SHADOW_SERVICE=SHADOW_SERVICE,
-        # The predictor's events carry the transaction id as request id (the replay sets it, the
-        # transformer passes it on): the chargebacks join by it.
-        RELEARN_DRIFT_KEY_BY_REQUEST_ID="true",
         RELEARN_DRIFT_SQLITE_SYNCHRONOUS="NORMAL",
         RELEARN_DRIFT_REPORTS="false",
         RELEARN_DRIFT_LOG_LEVEL="WARNING",

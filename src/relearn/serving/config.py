@@ -17,7 +17,7 @@ _CLI = {"cli_kebab_case": True, "cli_implicit_flags": True, "cli_hide_none_type"
 
 
 class CommonServingSettings(BaseSettings):
-    """Options both servers share (ports, model name, payload logging, limits)."""
+    """Options both servers share (ports, model name, limits)."""
 
     http_port: int = Field(8080, ge=0, lt=65536, description="REST port (v1 and v2 protocol, /metrics).")
     grpc_port: int = Field(8081, ge=0, lt=65536, description="gRPC port (v2 GRPCInferenceService).")
@@ -25,13 +25,6 @@ class CommonServingSettings(BaseSettings):
     model_name: str = Field("relearn-fraud", description="Model name in the v1/v2 URLs and gRPC calls.")
     workers: int = Field(1, ge=1, description="REST worker processes (uvicorn).")
     max_batch_size: int = Field(1024, ge=1, description="Largest batch (rows) accepted; more is a 400.")
-    log_sink_url: str = Field("", description="Payload-logger CloudEvents target (empty: logging off).")
-    log_queue_size: int = Field(100, ge=1, description="Payload-logger queue length (full: drop, count).")
-    log_workers: int = Field(1, ge=1, description="Payload-logger sender threads (one connection each).")
-    log_timeout_seconds: float = Field(2.0, gt=0, description="Timeout of one POST to the sink.")
-    inference_service: str = Field("relearn-fraud", description="ce-inferenceservicename of logged events.")
-    namespace: str = Field("default", description="ce-namespace of logged events.")
-    endpoint: str = Field("default", description="ce-endpoint of logged events: default or canary.")
     log_level: str = Field("INFO", description="Log level of relearn's JSON logs.")
 
 
@@ -53,14 +46,25 @@ class PredictorSettings(CommonServingSettings):
     model_version: str | None = Field(
         None, description="Version reported for a local directory (default: read from it, else 'local')."
     )
+    # Payload logging: only the predictor logs (its request holds the model inputs and the transaction ids
+    # the transformer passes on, its response the scores), so one inference is one request/response pair.
+    log_sink_url: str = Field("", description="Payload-logger CloudEvents target (empty: logging off).")
+    log_queue_size: int = Field(100, ge=1, description="Payload-logger queue length (full: drop, count).")
+    log_workers: int = Field(1, ge=1, description="Payload-logger sender threads (one connection each).")
+    log_timeout_seconds: float = Field(2.0, gt=0, description="Timeout of one POST to the sink.")
+    inference_service: str = Field("relearn-fraud", description="ce-inferenceservicename of logged events.")
+    namespace: str = Field("default", description="ce-namespace of logged events.")
+    endpoint: str = Field("default", description="ce-endpoint of logged events: default or canary.")
 
     def cli_cmd(self) -> None:
         """Load the model and serve until interrupted."""
         _strip_argv()
         from relearn.serving import server
+        from relearn.serving.payload_log import payload_logger_for
         from relearn.serving.predictor_model import FraudPredictor
 
-        server.serve(FraudPredictor, self, "predictor")
+        payload_logger = payload_logger_for(self)
+        server.serve(FraudPredictor(self, payload_logger), self, payload_logger)
 
 
 class TransformerSettings(CommonServingSettings):
@@ -92,7 +96,7 @@ class TransformerSettings(CommonServingSettings):
         from relearn.serving import server
         from relearn.serving.transformer_model import FraudTransformer
 
-        server.serve(FraudTransformer, self, "transformer")
+        server.serve(FraudTransformer(self), self)
 
 
 def _strip_argv() -> None:

@@ -54,7 +54,9 @@ class LocalStackSettings(BaseSettings):
     predictor_grpc_port: int = Field(8091, description="Predictor gRPC port (the transformer calls it).")
     model_uri: str = Field("models:/relearn-fraud@champion", description="Model the predictor serves.")
     model_name: str = Field("relearn-fraud", description="Model name in the URLs.")
-    log_sink_url: str = Field("", description="Payload-logger target for both servers (empty: off).")
+    log_sink_url: str = Field(
+        "", description="Payload-logger target (the predictor logs each inference; empty: off)."
+    )
     ready_timeout_seconds: float = Field(120.0, gt=0, description="How long to wait for readiness.")
 
     def cli_cmd(self) -> None:
@@ -109,7 +111,7 @@ Python:
 
 def run(settings: LocalStackSettings) -> None:
     """Start, print, wait; always stops the children."""
-    common = ["--model-name", settings.model_name, "--log-sink-url", settings.log_sink_url]
+    common = ["--model-name", settings.model_name]
     predictor = _start(
         "relearn.serving.predictor",
         [
@@ -119,6 +121,8 @@ def run(settings: LocalStackSettings) -> None:
             str(settings.predictor_grpc_port),
             "--model-uri",
             settings.model_uri,
+            "--log-sink-url",
+            settings.log_sink_url,
             *common,
         ],
     )

@@ -1,8 +1,11 @@
 """Payload logging in KServe's logger format, for REST and gRPC alike, off the request path.
 
-KServe's logger cannot decode gRPC, so both servers log every inference themselves: a request event and,
+KServe's logger cannot decode gRPC, so the predictor logs every inference itself: a request event and,
 when the inference succeeded, a response event sharing its ``ce-id`` (binary-mode CloudEvents, headers
-from :func:`relearn.events.binary_headers`, body the v2 JSON request or response). Events go through a
+from :func:`relearn.events.binary_headers`, body the v2 JSON request or response). The transformer does not
+log: it passes each row's ``transaction_id`` to the predictor as an extra input, so the predictor's pair
+holds the model inputs, the ids the labels join on and the scores (two components logging one request
+under one ``ce-id`` would cross in the detector's pairing). Events go through a
 bounded queue (KServe: queue 100, no retries); a full queue or a failing sink drops the event and counts
 it in ``relearn_payload_log_dropped_total``. Prediction latency does not depend on the sink:
 :meth:`PayloadLogger.log` never blocks and only enqueues references (the body, or a function building it).
@@ -290,8 +293,8 @@ def event_route(headers: Mapping[str, str] | None, inference_service: str) -> Ro
     return None, None
 
 
-def payload_logger_for(settings: Any, component: str) -> PayloadLogger:
-    """The payload logger these settings describe."""
+def payload_logger_for(settings: Any, component: str = "predictor") -> PayloadLogger:
+    """The payload logger these (predictor) settings describe."""
     return PayloadLogger(
         LoggerConfig(
             sink_url=settings.log_sink_url,

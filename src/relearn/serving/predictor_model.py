@@ -1,10 +1,10 @@
 """The predictor: the registered fraud network as a flat ``kserve.Model``, one forward pass per batch.
 
-Tensor interface (v2; see :mod:`relearn.serving.tensors`): inputs ``numeric`` FP32 ``[N, 17]`` and
-``categorical`` BYTES ``[N, 5]``; outputs ``score`` FP32 ``[N]`` and ``decision`` BOOL ``[N]``; the
-response's ``model_version`` is the registered MLflow version. v1 (``/v1/models/<m>:predict``) takes
-``{"instances": [{<MODEL_INPUTS>}, ...]}`` and answers ``{"predictions": [{"score", "decision"}],
-"model_version"}``.
+Tensor interface (v2; see :mod:`relearn.serving.tensors`): inputs ``numeric`` FP32 ``[N, 17]``,
+``categorical`` BYTES ``[N, 5]`` and, optionally, ``transaction_id`` BYTES ``[N]`` (logged, not scored);
+outputs ``score`` FP32 ``[N]`` and ``decision`` BOOL ``[N]``; the response's ``model_version`` is the
+registered MLflow version. v1 (``/v1/models/<m>:predict``) takes ``{"instances": [{<MODEL_INPUTS>,
+"transaction_id"?}, ...]}`` and answers ``{"predictions": [{"score", "decision"}], "model_version"}``.
 """
 
 from __future__ import annotations
@@ -125,13 +125,13 @@ class FraudPredictor(Model):
         try:
             if isinstance(payload, InferRequest):
                 event_id = payload.id or (headers or {}).get("x-request-id") or str(uuid.uuid4())
-                numeric, categorical = self._v2_arrays(payload)
+                numeric, categorical, ids = self._v2_arrays(payload)
             else:
                 event_id = (headers or {}).get("x-request-id") or str(uuid.uuid4())
-                numeric, categorical = self._v1_arrays(payload)
+                numeric, categorical, ids = self._v1_arrays(payload)
             route = event_route(headers, self.settings.inference_service)
             self.payload_logger.log_request(
-                event_id, _request_body(payload, numeric, categorical, event_id), route
+                event_id, _request_body(payload, numeric, categorical, ids, event_id), route
             )
             start = time.perf_counter()
             scores = self.score_arrays(numeric, categorical)
@@ -184,11 +184,14 @@ class FraudPredictor(Model):
         if rows > self.settings.max_batch_size:
             raise InvalidInput(f"batch of {rows} rows exceeds max_batch_size {self.settings.max_batch_size}")
 
-    def _v2_arrays(self, request: InferRequest) -> tuple[np.ndarray, np.ndarray]:
+    def _v2_arrays(self, request: InferRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         by_name = {tensor.name: tensor for tensor in request.inputs}
+        ids = self._v2_ids(by_name.pop(tensors.TRANSACTION_ID, None))
         expected = {meta["name"]: meta for meta in tensors.INPUT_METADATA}
         if extra := sorted(set(by_name) - set(expected)):
-            raise InvalidInput(f"unexpected input(s) {extra}; expected {sorted(expected)}")
+            raise InvalidInput(
+                f"unexpected input(s) {extra}; expected {sorted(expected)} (and {tensors.TRANSACTION_ID!r})"
+            )
         if missing := sorted(set(expected) - set(by_name)):
             raise InvalidInput(f"missing input(s) {missing}")
         arrays = {}
@@ -210,11 +213,29 @@ class FraudPredictor(Model):
         categorical = arrays[tensors.CATEGORICAL]
         if numeric.shape[0] != categorical.shape[0]:
             raise InvalidInput(f"inputs have {numeric.shape[0]} and {categorical.shape[0]} rows")
+        if ids is not None and len(ids) != numeric.shape[0]:
+            raise InvalidInput(f"input 'transaction_id': {len(ids)} ids for {numeric.shape[0]} rows")
         self._check_batch(numeric.shape[0])
         _check_finite(numeric)
-        return numeric, categorical
+        return numeric, categorical, ids
 
-    def _v1_arrays(self, payload: Any) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def _v2_ids(tensor: Any) -> np.ndarray | None:
+        """The optional ``transaction_id`` input as an array of ``[N]`` strings (None when absent)."""
+        if tensor is None:
+            return None
+        shape = list(tensor.shape)
+        if tensor.datatype != "BYTES" or len(shape) != 1:
+            raise InvalidInput(f"input 'transaction_id': {tensor.datatype} {shape}, expected BYTES [N]")
+        try:
+            values = tensor.as_numpy()
+        except Exception as exc:
+            raise InvalidInput(f"input 'transaction_id': contents do not fit shape {shape}: {exc}") from None
+        if values.shape != (shape[0],):
+            raise InvalidInput(f"input 'transaction_id': {values.size} values do not fill shape {shape}")
+        return values
+
+    def _v1_arrays(self, payload: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
             raise InvalidInput('expected {"instances": [{...model inputs...}, ...]}')
         instances = payload["instances"]
@@ -224,7 +245,7 @@ class FraudPredictor(Model):
                 raise InvalidInput(f"instances[{i}]: expected an object of model inputs")
             if missing := [c for c in MODEL_INPUTS if c not in row]:
                 raise InvalidInput(f"instances[{i}]: missing field(s) {missing}")
-            if extra := sorted(set(row) - set(MODEL_INPUTS)):
+            if extra := sorted(set(row) - set(MODEL_INPUTS) - {tensors.TRANSACTION_ID}):
                 raise InvalidInput(f"instances[{i}]: unexpected field(s) {extra}")
         frame = pd.DataFrame(instances, columns=list(MODEL_INPUTS))
         try:
@@ -234,7 +255,7 @@ class FraudPredictor(Model):
             raise InvalidInput(f"field '{bad}': expected numbers") from None
         _check_finite(numeric)
         categorical = frame[list(CATEGORICAL_INPUTS)].astype(str).to_numpy(dtype=object)
-        return numeric, categorical
+        return numeric, categorical, None  # a v1 request is logged as sent, transaction ids included
 
 
 def _check_finite(numeric: np.ndarray) -> None:
@@ -244,16 +265,18 @@ def _check_finite(numeric: np.ndarray) -> None:
         raise InvalidInput(f"input 'numeric' field '{NUMERIC_INPUTS[col]}' (row {row}) is NaN or infinite")
 
 
-def _request_body(payload: Any, numeric: np.ndarray, categorical: np.ndarray, event_id: str) -> Any:
+def _request_body(
+    payload: Any, numeric: np.ndarray, categorical: np.ndarray, ids: np.ndarray | None, event_id: str
+) -> Any:
     if not isinstance(payload, InferRequest):
         return payload
-    return lambda: tensors.v2_json(
-        [
-            (tensors.NUMERIC, "FP32", list(numeric.shape), numeric),
-            (tensors.CATEGORICAL, "BYTES", list(categorical.shape), categorical),
-        ],
-        event_id,
-    )
+    inputs = [
+        (tensors.NUMERIC, "FP32", list(numeric.shape), numeric),
+        (tensors.CATEGORICAL, "BYTES", list(categorical.shape), categorical),
+    ]
+    if ids is not None:
+        inputs.append((tensors.TRANSACTION_ID, "BYTES", [len(ids)], ids))
+    return lambda: tensors.v2_json(inputs, event_id)
 
 
 def _response_body(response: Any, scores: np.ndarray, decisions: np.ndarray, model: FraudPredictor) -> Any:

@@ -57,15 +57,15 @@ def strict_handlers(servicer: Any) -> Any:
     return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
 
 
-def serve(model_class: type, settings: CommonServingSettings, component: str) -> None:
-    """Build ``component``'s payload logger and model, load it, and serve it until SIGINT/SIGTERM."""
+def serve(model: Any, settings: CommonServingSettings, payload_logger: Any = None) -> None:
+    """Load ``model``, start its payload logger (if any) and serve it until SIGINT/SIGTERM."""
     from relearn.logs import configure_logging
-    from relearn.serving.payload_log import payload_logger_for
 
     configure_logging(settings.log_level)
-    payload_logger = payload_logger_for(settings, component)
-    model = model_class(settings, payload_logger)
     model.load()
+    if payload_logger is None:
+        run(model, settings)
+        return
     payload_logger.start()
     run(model, settings, on_stop=payload_logger.stop)
 

@@ -5,6 +5,8 @@ Inputs (one row per transaction, columns in the order of :mod:`relearn.features.
 - ``numeric``: FP32, shape ``[N, 17]`` — ``NUMERIC_INPUTS`` (finite values only).
 - ``categorical``: BYTES, shape ``[N, 5]`` — ``CATEGORICAL_INPUTS`` as UTF-8 strings (unknown values map to
   the model's out-of-vocabulary slot, so the predictor owns the vocabularies).
+- ``transaction_id`` (optional): BYTES, shape ``[N]`` — not scored, only logged, so the drift detector
+  joins the chargebacks to the predictions (the transformer sends it).
 
 Outputs: ``score`` FP32 ``[N]`` (fraud probability) and ``decision`` BOOL ``[N]`` (score >= the registered
 version's threshold). Raw contents (``raw_input_contents`` / ``raw_output_contents``, or the REST binary
@@ -21,6 +23,7 @@ from relearn.features.spec import CATEGORICAL_INPUTS, NUMERIC_INPUTS
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
+TRANSACTION_ID = "transaction_id"
 SCORE = "score"
 DECISION = "decision"
 N_NUMERIC = len(NUMERIC_INPUTS)

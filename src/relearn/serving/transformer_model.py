@@ -4,7 +4,9 @@ Requests: v1 ``{"instances": [{<REQUEST_FIELDS>}, ...]}`` or v2 with one input p
 ``[N]`` (``amount`` FP64 or FP32, the others BYTES; ``event_timestamp`` an ISO-8601 string). Per batch: one
 Feast ``get_online_features`` call (bounded by ``feature_timeout_seconds``), then
 :func:`relearn.features.transforms.model_inputs` — the same code that built the training set — then one
-``ModelInfer`` call to the predictor with raw tensor contents (bounded by ``predictor_timeout_seconds``).
+``ModelInfer`` call to the predictor with raw tensor contents (bounded by ``predictor_timeout_seconds``),
+under the request's id and with each row's ``transaction_id``, which the predictor's payload log carries
+to the drift detector (the transformer logs nothing itself).
 Responses: v1 ``{"predictions": [{"transaction_id", "score", "decision"}], "model_version"}``; v2 outputs
 ``transaction_id`` BYTES, ``score`` FP32, ``decision`` BOOL, all ``[N]``, and ``model_version``.
 A feature-store or predictor failure (or timeout) is a 503 / UNAVAILABLE, never a hang; with
@@ -31,7 +33,6 @@ from relearn.features.transforms import cold_start_mask, model_inputs
 from relearn.serving import tensors
 from relearn.serving.config import TransformerSettings
 from relearn.serving.metrics import COLD_START, REQUESTS, ROWS, STAGE_SECONDS, track_of
-from relearn.serving.payload_log import LoggerConfig, PayloadLogger
 from relearn.settings import RelearnSettings
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,9 @@ REQUIRED_FIELDS = ("transaction_id", "event_timestamp", "user_id", "merchant_id"
 class FraudTransformer(Model):
     """Feature enrichment in front of the predictor; decision at the configured (or registered) threshold."""
 
-    def __init__(self, settings: TransformerSettings, payload_logger: PayloadLogger | None = None) -> None:
+    def __init__(self, settings: TransformerSettings) -> None:
         super().__init__(settings.model_name)
         self.settings = settings
-        self.payload_logger = payload_logger or PayloadLogger(LoggerConfig(component="transformer"))
         self.store: Any = None
         self.channel: Any = None
         self.stub: Any = None
@@ -102,7 +102,7 @@ class FraudTransformer(Model):
     async def predict(
         self, payload: dict | InferRequest, headers: dict[str, str] | None = None
     ) -> dict | InferResponse:
-        """Validate, enrich, score through the predictor, decide; log request and response events."""
+        """Validate, enrich, score through the predictor (which logs the inference), decide."""
         version, tags = self.version, {"component": "transformer", "track": track_of(headers)}
         try:
             is_v2 = isinstance(payload, InferRequest)
@@ -110,13 +110,13 @@ class FraudTransformer(Model):
                 (payload.id if is_v2 else None) or (headers or {}).get("x-request-id") or str(uuid.uuid4())
             )
             frame = self._v2_frame(payload) if is_v2 else self._v1_frame(payload)
-            self.payload_logger.log_request(event_id, _request_body(payload, frame, event_id))
             features, fetch_seconds = await self._features(frame)
             start = time.perf_counter()
             inputs = model_inputs(features)
             cold = int(cold_start_mask(features).sum())
             transform_seconds = time.perf_counter() - start
-            scores, decisions, version = await self._score(inputs, event_id, tags["track"])
+            ids = frame["transaction_id"].to_numpy(dtype=object)
+            scores, decisions, version = await self._score(inputs, ids, event_id, tags["track"])
         except InvalidInput:
             REQUESTS.labels(outcome="invalid", model_version=version, **tags).inc()
             raise
@@ -133,32 +133,15 @@ class FraudTransformer(Model):
             COLD_START.labels(model_version=version).inc(cold)
         REQUESTS.labels(outcome="ok", model_version=version, **tags).inc()
         ROWS.labels(model_version=version, **tags).inc(len(scores))
-        ids = frame["transaction_id"].to_numpy(dtype=object)
         if is_v2:
-            response: dict | InferResponse = self._v2_response(
-                payload, event_id, ids, scores, decisions, version
-            )
-            body: Any = lambda: tensors.v2_json(  # noqa: E731
-                [
-                    ("transaction_id", "BYTES", [len(ids)], ids),
-                    (tensors.SCORE, "FP32", [len(scores)], scores),
-                    (tensors.DECISION, "BOOL", [len(decisions)], decisions),
-                ],
-                event_id,
-                model_name=self.name,
-                model_version=version,
-                key="outputs",
-            )
-        else:
-            response = body = {
-                "predictions": [
-                    {"transaction_id": str(t), "score": float(s), "decision": bool(d)}
-                    for t, s, d in zip(ids, scores, decisions, strict=True)
-                ],
-                "model_version": version,
-            }
-        self.payload_logger.log_response(event_id, body)
-        return response
+            return self._v2_response(payload, event_id, ids, scores, decisions, version)
+        return {
+            "predictions": [
+                {"transaction_id": str(t), "score": float(s), "decision": bool(d)}
+                for t, s, d in zip(ids, scores, decisions, strict=True)
+            ],
+            "model_version": version,
+        }
 
     async def _features(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, float]:
         """One online lookup for the batch, bounded by the timeout; failure → 503 or the fallback.
@@ -184,7 +167,7 @@ class FraudTransformer(Model):
             raise unavailable(f"feature store unavailable: online lookup {reason}") from None
 
     async def _score(
-        self, inputs: pd.DataFrame, event_id: str, track: str = "primary"
+        self, inputs: pd.DataFrame, ids: np.ndarray, event_id: str, track: str = "primary"
     ) -> tuple[np.ndarray, np.ndarray, str]:
         import grpc
         from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
@@ -202,8 +185,15 @@ class FraudTransformer(Model):
                 pb.ModelInferRequest.InferInputTensor(
                     name=tensors.CATEGORICAL, datatype="BYTES", shape=[n, tensors.N_CATEGORICAL]
                 ),
+                pb.ModelInferRequest.InferInputTensor(
+                    name=tensors.TRANSACTION_ID, datatype="BYTES", shape=[n]
+                ),
             ],
-            raw_input_contents=[numeric.tobytes(), tensors.serialize_bytes(categorical)],
+            raw_input_contents=[
+                numeric.tobytes(),
+                tensors.serialize_bytes(categorical),
+                tensors.serialize_bytes(ids),
+            ],
         )
         start = time.perf_counter()
         try:
@@ -328,23 +318,3 @@ class FraudTransformer(Model):
             if name not in frame:
                 frame[name] = None
         return self._check(frame[list(REQUEST_FIELDS)])
-
-
-def _request_body(payload: Any, frame: pd.DataFrame, event_id: str) -> Any:
-    if not isinstance(payload, InferRequest):
-        return payload
-    snapshot = frame.copy()
-    return lambda: tensors.v2_json(
-        [
-            (
-                name,
-                "FP64" if name in NUMERIC_FIELDS else "BYTES",
-                [len(snapshot)],
-                snapshot[name].astype(str).to_numpy(dtype=object)
-                if name == "event_timestamp"
-                else snapshot[name].to_numpy(),
-            )
-            for name in REQUEST_FIELDS
-        ],
-        event_id,
-    )
