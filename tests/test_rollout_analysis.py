@@ -6,13 +6,14 @@ import dataclasses
 
 import pytest
 
-from relearn.rollout.analysis import Action, AnalysisSettings, Snapshot, decide
+from relearn.rollout.analysis import Action, AnalysisSettings, Snapshot, decide, drop_p_value
 
 CFG = AnalysisSettings()
 GOOD = Snapshot(
     canary_requests=500, canary_error_rate=0.0, stable_error_rate=0.0, canary_p99_seconds=0.05,
     score_divergence=0.01, canary_drift_share=0.0, labels=100, canary_precision=0.9, stable_precision=0.9,
-    canary_recall=0.8, stable_recall=0.8,
+    canary_recall=0.8, stable_recall=0.8, canary_reviewed=100, stable_reviewed=100, canary_frauds=100,
+    stable_frauds=100,
 )  # fmt: skip
 
 
@@ -23,8 +24,6 @@ GOOD = Snapshot(
         ("canary_p99_seconds", 0.25, 0.2501),
         ("score_divergence", 0.1, 0.1001),
         ("canary_drift_share", 0.5, 0.51),
-        ("canary_precision", 0.85, 0.849),
-        ("canary_recall", 0.75, 0.749),
     ],
 )
 def test_each_gate_edge(field: str, at_limit: float, past: float) -> None:
@@ -37,6 +36,40 @@ def test_error_rate_increase_over_stable() -> None:
     snap = dataclasses.replace(GOOD, canary_error_rate=0.008, stable_error_rate=0.002)
     assert decide(25, snap, CFG).action == Action.ROLLBACK
     assert decide(25, dataclasses.replace(snap, stable_error_rate=0.004), CFG).action == Action.STEP
+
+
+@pytest.mark.parametrize("gate", ["precision", "recall"])
+def test_label_gate_edge_is_a_one_sided_test(gate: str) -> None:
+    """Stable 0.8 of 100, tolerated drop 0.05, p < 0.01: z = (0.75 - c) / sqrt(c(1-c)/100 + 0.0016).
+
+    c = 0.61 gives z = 2.22 (p = 0.013): a drop of 0.19 that sampling noise can explain passes; c = 0.60
+    gives z = 2.37 (p = 0.0088): rolled back.
+    """
+    stable = {"canary_precision": 0.8, "stable_precision": 0.8, "canary_recall": 0.8, "stable_recall": 0.8}
+    ok = dataclasses.replace(GOOD, **{**stable, f"canary_{gate}": 0.61})
+    assert decide(10, ok, CFG).action == Action.STEP
+    bad = decide(10, dataclasses.replace(ok, **{f"canary_{gate}": 0.60}), CFG)
+    assert bad.action == Action.ROLLBACK and f"{gate} at budget 0.6 of 100" in bad.reason
+    assert drop_p_value(0.61, 100, 0.8, 100, 0.05) == pytest.approx(0.0132, abs=5e-4)
+    assert drop_p_value(0.60, 100, 0.8, 100, 0.05) == pytest.approx(0.0088, abs=5e-4)
+
+
+def test_label_gates_weigh_the_number_of_trials() -> None:
+    """The same drop is noise on 10 reviewed predictions and evidence on 1000."""
+    drop = dataclasses.replace(GOOD, canary_precision=0.6, stable_precision=0.8)
+    few = dataclasses.replace(drop, canary_reviewed=10)
+    assert decide(10, few, CFG).action == Action.STEP
+    assert decide(10, dataclasses.replace(drop, canary_reviewed=1000), CFG).action == Action.ROLLBACK
+    # a drop no larger than the tolerated one never fails, however many trials; no trials, no verdict
+    exact = dataclasses.replace(drop, canary_precision=0.75, canary_reviewed=10**6, stable_reviewed=10**6)
+    assert drop_p_value(0.75, 10**6, 0.8, 10**6, 0.05) == pytest.approx(0.5)
+    assert decide(10, exact, CFG).action == Action.STEP
+    assert decide(10, dataclasses.replace(drop, canary_reviewed=0), CFG).action == Action.STEP
+    # a canary that caught none of 20 frauds the stable caught 16 of: certain enough
+    none_caught = dataclasses.replace(GOOD, canary_recall=0.0, canary_frauds=20, stable_frauds=20)
+    assert decide(10, none_caught, CFG).action == Action.ROLLBACK
+    nan = dataclasses.replace(GOOD, canary_recall=float("nan"), canary_frauds=0)
+    assert decide(10, nan, CFG).action == Action.STEP
 
 
 def test_label_gates_wait_for_labels() -> None:

@@ -325,6 +325,9 @@ def test_queries_select_by_model_version_and_window() -> None:
     assert render("precision", cfg, track="canary", version="7") == (
         'max(relearn_drift_version_precision_at_budget{track="canary",model_version="7"})'
     )
+    assert render("reviewed", cfg, track="stable", version="6") == (
+        'max(relearn_drift_version_reviewed_predictions{track="stable",model_version="6"})'
+    )
     assert 'track="canary"' in render("drift_share", cfg, track="canary")
     # the drift detector exports the canary-vs-stable score KS statistic
     divergence = render("score_divergence", cfg, track="canary")

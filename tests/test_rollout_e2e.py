@@ -202,4 +202,7 @@ def test_rollouts_end_to_end(registry, tmp_path: Path) -> None:
     labelled = rollbacks[0]["snapshot"]
     assert labelled["labels"] >= cfg.min_labels
     assert labelled["stable_precision"] - labelled["canary_precision"] > cfg.max_precision_drop
+    # the one-sided tests had their trials, read from the detector's gauges through Prometheus
+    assert labelled["canary_reviewed"] > 0 and labelled["stable_reviewed"] > 0, labelled
+    assert labelled["canary_frauds"] > 0 and labelled["stable_frauds"] > 0, labelled
     assert rollbacks[1]["snapshot"]["canary_error_rate"] > cfg.max_error_rate

@@ -157,6 +157,9 @@ def test_labels_give_per_version_precision_for_the_label_gates(server):
     assert 'relearn_drift_version_precision_at_budget{model_version="4",track="canary"} 0.0' in metrics
     assert 'relearn_drift_version_labelled_predictions{model_version="4",track="canary"} 100.0' in metrics
     assert 'relearn_drift_version_precision_at_budget{model_version="5",track="stable"} 1.0' in metrics
+    # the trials of the label gates' tests: 10 % of 100 reviewed, 10 frauds
+    assert 'relearn_drift_version_reviewed_predictions{model_version="4",track="canary"} 10.0' in metrics
+    assert 'relearn_drift_version_frauds{model_version="4",track="canary"} 10.0' in metrics
 
 
 def test_logs_from_before_model_versions_are_migrated(tmp_path):

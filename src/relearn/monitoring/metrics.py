@@ -91,6 +91,14 @@ class Metrics:
             "relearn_drift_version_recall_at_budget",
             "Rolling recall at the alert budget of one model version.",
         )
+        self.version_reviewed = per_version(
+            "relearn_drift_version_reviewed_predictions",
+            "Predictions in the version's reviewed top alert-budget share (the trials of its precision).",
+        )
+        self.version_frauds = per_version(
+            "relearn_drift_version_frauds",
+            "Frauds among the version's labelled predictions (the trials of its recall).",
+        )
         self.prevalence = Gauge(
             "relearn_drift_label_prevalence",
             "Fraud share among the labelled predictions of the rolling quality window.",

@@ -50,6 +50,7 @@ from relearn.monitoring.quality import (
     baseline_from,
     recall_drop_p_value,
     recent_versions,
+    reviewed,
     rolling_quality,
 )
 from relearn.monitoring.report import write_report
@@ -501,11 +502,18 @@ class Monitor:
                 )
                 if q is not None:
                     current[(track, version)] = q
+        gauges = (
+            m.version_labelled,
+            m.version_precision,
+            m.version_recall,
+            m.version_reviewed,
+            m.version_frauds,
+        )
         for key in self.version_quality.keys() - current.keys():
-            for gauge in (m.version_labelled, m.version_precision, m.version_recall):
+            for gauge in gauges:
                 gauge.remove(*key)
         for key, q in current.items():
-            m.version_labelled.labels(*key).set(q.n)
-            m.version_precision.labels(*key).set(q.precision)
-            m.version_recall.labels(*key).set(q.recall)
+            values = (q.n, q.precision, q.recall, reviewed(q.n, s.alert_budget), q.positives)
+            for gauge, value in zip(gauges, values, strict=True):
+                gauge.labels(*key).set(value)
         self.version_quality = current

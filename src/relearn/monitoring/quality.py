@@ -22,9 +22,14 @@ class Quality:
     caught: int = 0
 
 
+def reviewed(n: int, budget: float) -> int:
+    """How many of ``n`` predictions the fraud team reviews at ``budget`` (at least one)."""
+    return max(1, round(budget * n))
+
+
 def at_budget(scores: np.ndarray, labels: np.ndarray, budget: float) -> tuple[float, float]:
     """Precision and recall when the top ``budget`` share of scores is reviewed."""
-    k = max(1, round(budget * len(scores)))
+    k = reviewed(len(scores), budget)
     top = np.argsort(-scores, kind="stable")[:k]
     caught = labels[top].sum()
     return float(caught / k), float(caught / labels.sum()) if labels.sum() else float("nan")
@@ -100,7 +105,7 @@ class Baseline:
 
 def caught_at_budget(scores: np.ndarray, labels: np.ndarray, budget: float) -> int:
     """Frauds among the top ``budget`` share of ``scores`` (the transactions the fraud team reviews)."""
-    k = max(1, round(budget * len(scores)))
+    k = reviewed(len(scores), budget)
     return int(labels[np.argsort(-scores, kind="stable")[:k]].sum())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -24,8 +25,20 @@ class AnalysisSettings(BaseSettings):
     min_labels: int = Field(
         50, description="Labelled canary predictions needed before the label gates count."
     )
-    max_precision_drop: float = Field(0.05, description="Highest stable minus canary precision at budget.")
-    max_recall_drop: float = Field(0.05, description="Highest stable minus canary recall at budget.")
+    max_precision_drop: float = Field(
+        0.05, description="Tolerated drop of the canary's precision at budget below the stable's."
+    )
+    max_recall_drop: float = Field(
+        0.05, description="Tolerated drop of the canary's recall at budget below the stable's."
+    )
+    label_p_value: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="A label gate fails when the canary's precision (recall) at budget is below the "
+        "stable's minus the tolerated drop with a one-sided p-value under this: at a small budget a few "
+        "dozen reviewed predictions carry much sampling noise, so a good canary is not rolled back on it.",
+    )
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,11 @@ class Snapshot:
     stable_precision: float | None = None
     canary_recall: float | None = None
     stable_recall: float | None = None
+    # Trials of those proportions: predictions reviewed at the budget (precision) and frauds (recall).
+    canary_reviewed: int = 0
+    stable_reviewed: int = 0
+    canary_frauds: int = 0
+    stable_frauds: int = 0
 
 
 class Action(StrEnum):
@@ -68,6 +86,25 @@ class Decision:
         return "; ".join(self.failed) or self.action.value
 
 
+def drop_p_value(canary: float, canary_n: int, stable: float, stable_n: int, margin: float) -> float:
+    """One-sided p-value that the canary's proportion is more than ``margin`` below the stable's.
+
+    H0: canary >= stable - margin. Two independent binomial proportions (``canary`` of ``canary_n``
+    trials, ``stable`` of ``stable_n``), Wald z-test; each proportion is kept half a trial away from 0
+    and 1 in the variance, so a canary that caught none of a few frauds is not certain. A drop equal to
+    the margin gives 0.5. 1.0 without trials or with an unknown (NaN) proportion.
+    """
+    if canary_n <= 0 or stable_n <= 0 or math.isnan(canary) or math.isnan(stable):
+        return 1.0
+
+    def variance(p: float, n: int) -> float:
+        p = min(max(p, 0.5 / n), 1 - 0.5 / n)
+        return p * (1 - p) / n
+
+    z = (stable - margin - canary) / math.sqrt(variance(canary, canary_n) + variance(stable, stable_n))
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
 def failed_gates(s: Snapshot, cfg: AnalysisSettings) -> list[str]:
     """The gates a snapshot fails (each limit is inclusive: a value equal to it passes)."""
     out = []
@@ -82,14 +119,20 @@ def failed_gates(s: Snapshot, cfg: AnalysisSettings) -> list[str]:
     if s.canary_drift_share > cfg.max_drift_share:
         out.append(f"drift share {s.canary_drift_share:.4g} > {cfg.max_drift_share:g}")
     if s.labels >= cfg.min_labels:
-        for name, canary, stable, limit in (
-            ("precision", s.canary_precision, s.stable_precision, cfg.max_precision_drop),
-            ("recall", s.canary_recall, s.stable_recall, cfg.max_recall_drop),
-        ):
-            if (
-                canary is not None and stable is not None and stable - canary > limit + 1e-9
-            ):  # a drop equal to the limit passes
-                out.append(f"{name} at budget {canary:.4g} vs stable {stable:.4g}")
+        for name, canary, canary_n, stable, stable_n, margin in (
+            ("precision", s.canary_precision, s.canary_reviewed, s.stable_precision, s.stable_reviewed,
+             cfg.max_precision_drop),
+            ("recall", s.canary_recall, s.canary_frauds, s.stable_recall, s.stable_frauds,
+             cfg.max_recall_drop),
+        ):  # fmt: skip
+            if canary is None or stable is None:
+                continue
+            p = drop_p_value(canary, canary_n, stable, stable_n, margin)
+            if p < cfg.label_p_value:
+                out.append(
+                    f"{name} at budget {canary:.4g} of {canary_n} vs stable {stable:.4g} of {stable_n} "
+                    f"(p={p:.2g})"
+                )
     return out
 
 

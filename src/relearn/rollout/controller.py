@@ -76,6 +76,8 @@ QUERIES: dict[str, str] = {
     "labelled": "max(relearn_drift_version_labelled_predictions{{" + _VERSION + "}})",
     "precision": "max(relearn_drift_version_precision_at_budget{{" + _VERSION + "}})",
     "recall": "max(relearn_drift_version_recall_at_budget{{" + _VERSION + "}})",
+    "reviewed": "max(relearn_drift_version_reviewed_predictions{{" + _VERSION + "}})",
+    "frauds": "max(relearn_drift_version_frauds{{" + _VERSION + "}})",
 }
 
 
@@ -172,16 +174,20 @@ def read_snapshot(prometheus: Prometheus, settings: ControllerSettings, stable: 
     """One analysis window of the canary against the stable version.
 
     Missing series count as zero (no traffic, no errors, no drift); the label gates compare the canary
-    version's precision and recall with the stable version's once the drift detector publishes them (it
-    does per version once 50 of its predictions are labelled) and ``min_labels`` canary predictions are.
+    version's precision and recall with the stable version's, with their trials (reviewed predictions,
+    frauds), once the drift detector publishes them (it does per version once 50 of its predictions are
+    labelled) and ``min_labels`` canary predictions are.
     """
 
     def q(gate: str, **kw: Any) -> float | None:
         return prometheus.query(render(gate, settings, **kw))
 
     versions = {"canary": canary, "stable": stable}
-    precision = {t: q("precision", track=t, version=v) for t, v in versions.items()}
-    recall = {t: q("recall", track=t, version=v) for t, v in versions.items()}
+    label = {
+        (gate, t): q(gate, track=t, version=v)
+        for gate in ("precision", "recall", "reviewed", "frauds")
+        for t, v in versions.items()
+    }
     return Snapshot(
         canary_requests=round(q("requests", version=canary) or 0),
         canary_error_rate=q("error_rate", version=canary) or 0.0,
@@ -190,10 +196,14 @@ def read_snapshot(prometheus: Prometheus, settings: ControllerSettings, stable: 
         score_divergence=q("score_divergence", track="canary") or 0.0,
         canary_drift_share=q("drift_share", track="canary") or 0.0,
         labels=round(q("labelled", track="canary", version=canary) or 0),
-        canary_precision=precision["canary"],
-        stable_precision=precision["stable"],
-        canary_recall=recall["canary"],
-        stable_recall=recall["stable"],
+        canary_precision=label["precision", "canary"],
+        stable_precision=label["precision", "stable"],
+        canary_recall=label["recall", "canary"],
+        stable_recall=label["recall", "stable"],
+        canary_reviewed=round(label["reviewed", "canary"] or 0),
+        stable_reviewed=round(label["reviewed", "stable"] or 0),
+        canary_frauds=round(label["frauds", "canary"] or 0),
+        stable_frauds=round(label["frauds", "stable"] or 0),
     )
 
 
