@@ -45,22 +45,23 @@ def reference_version(url: str) -> float:
     return float(re.search(r"^relearn_drift_reference_version (\S+)$", text, re.M).group(1))
 
 
-def test_reference_loads_from_champion_and_reloads_when_alias_moves(tmp_path, monkeypatch):
-    import mlflow
+def champion_detector(tmp_path, monkeypatch, **options: str) -> tuple[Server, str, str, str]:
+    """A detector on the champion of a registry holding v1 (champion) and v2: ``(server, uri, v1, v2)``.
 
-    # The drift image has mlflow-skinny (no SQLAlchemy): here a file store plays the tracking server; in a
-    # cluster the detector talks to the MLflow server over HTTP with the same client calls.
+    The drift image has mlflow-skinny (no SQLAlchemy): here a file store plays the tracking server; in a
+    cluster the detector talks to the MLflow server over HTTP with the same client calls.
+    """
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     tracking_uri = (tmp_path / "mlruns").as_uri()
     v1, v2 = registered_versions(tracking_uri, tmp_path)
-    srv = Server(
-        tmp_path / "data",
-        None,
-        mlflow_tracking_uri=tracking_uri,
-        model_name=MODEL,
-        reference_poll_s="0.5",
-        reports="false",
-    )
+    options = {"mlflow_tracking_uri": tracking_uri, "model_name": MODEL, "reports": "false", **options}
+    return Server(tmp_path / "data", None, **options), tracking_uri, v1, v2
+
+
+def test_reference_loads_from_champion_and_reloads_when_alias_moves(tmp_path, monkeypatch):
+    import mlflow
+
+    srv, tracking_uri, v1, v2 = champion_detector(tmp_path, monkeypatch, reference_poll_s="0.5")
     try:
         srv.wait_ready()
         assert get_json(srv.url + "/ready")["reference"] == v1

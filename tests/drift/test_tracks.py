@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from drift_events import kserve_event, transaction_events
-from test_reference import MODEL, reference_version, registered_versions
+from test_reference import MODEL, champion_detector, reference_version
 from test_rollout_endpoints import predictor_request, predictor_response
 from test_server import post
 
@@ -196,18 +196,8 @@ def test_a_promotion_is_followed_within_seconds_not_at_the_next_alias_poll(tmp_p
     """The champion alias moves v1 → v2; the alias poll is hourly, yet v2's responses turn stable."""
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # as in test_reference
-    tracking_uri = (tmp_path / "mlruns").as_uri()
-    v1, v2 = registered_versions(tracking_uri, tmp_path)
-    srv = Server(
-        tmp_path / "data",
-        None,
-        mlflow_tracking_uri=tracking_uri,
-        model_name=MODEL,
-        reference_poll_s="3600",
-        key_by_request_id="true",
-        window_size="100000",
-        reports="false",
+    srv, tracking_uri, v1, v2 = champion_detector(
+        tmp_path, monkeypatch, reference_poll_s="3600", key_by_request_id="true", window_size="100000"
     )
     rng = np.random.default_rng(4)
     try:
