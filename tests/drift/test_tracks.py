@@ -131,6 +131,26 @@ def test_without_a_stable_version_tracks_come_from_the_headers(tmp_path):
     assert {track for track, _ in predictions(tmp_path / "data").values()} == {"stable"}
 
 
+def test_the_version_wins_over_a_canary_endpoint(tmp_path):
+    """A revision rendered as the canary keeps ``ce-endpoint: canary`` after its promotion: v5 is stable."""
+    _, before, _ = scenario_stream("covariate_shift")
+    srv = Server(
+        tmp_path / "data", reference_file(tmp_path), stable_version="5", window_size="100000", reports="false"
+    )
+    try:
+        srv.wait_ready()
+        events = [
+            *transaction_events(before.iloc[:60], "promoted", endpoint="canary", version="5"),
+            *transaction_events(before.iloc[60:100], "next", endpoint="canary", version="6"),
+            *transaction_events(before.iloc[100:120], "unversioned", endpoint="canary"),
+        ]
+        post_all(srv.url, events)
+        status = srv.wait_processed(lambda s: s["processed_seq"] >= len(events))
+        assert status["open"] == {"stable": 60, "canary": 60, "shadow": 0}
+    finally:
+        srv.stop()
+
+
 def send_request(url: str, ce_id: str, rng: np.random.Generator, service: str = "fraud") -> None:
     headers, body = kserve_event(ce_id, REQUEST_TYPE, predictor_request(ce_id, rng), service=service)
     assert post(url, headers, body) == 202

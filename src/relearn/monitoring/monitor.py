@@ -4,12 +4,13 @@ A request waits in ``pending`` until its response (same ``ce-id``) is read; the 
 window of its track, decided at that point:
 
 * ``shadow``: the event names the shadow InferenceService (``shadow_service``);
-* ``canary``: the event says ``ce-endpoint: canary``, or it says ``default`` but the response names a model
-  version other than the stable one (``stable_version``, else the champion the reference was loaded
-  from). KServe gives a canary revision the stable's logger settings, so in a cluster its events say
-  ``default`` too; only the version tells them apart;
-* ``stable``: the rest (all of it when the stable version is unknown: a reference file without
-  ``stable_version``).
+* else, when the stable version is known (``stable_version``, else the champion the reference was loaded
+  from) and the response names its ``model_version``: ``stable`` for that version, ``canary`` for any
+  other. The version wins over ``ce-endpoint``: a canary revision started by patching the model URI
+  keeps the stable's logger settings (``default``), and a revision the chart rendered as the canary
+  keeps saying ``canary`` after its promotion;
+* else ``ce-endpoint``: ``default`` is stable, ``canary`` canary (a reference file without
+  ``stable_version``, or a response without a version).
 
 After a promotion the new champion's responses name a version the loaded reference does not know: such
 a response makes the monitor check the alias at once (at most every ``CHAMPION_RECHECK_S``) rather than
@@ -278,11 +279,16 @@ class Monitor:
         return None
 
     def _track_of(self, header_track: str, version: str | None) -> str:
-        """The track of a pair: a stable-headed response from another known version is the canary's."""
+        """The track of a pair: by its response's version when the stable one is known, else the header's.
+
+        The version wins over ``ce-endpoint`` both ways: a canary revision logs ``default`` when it was
+        started by a patch of the model URI, and a revision the chart rendered as the canary keeps saying
+        ``canary`` after its promotion.
+        """
         stable = self.stable_version()
-        if header_track != "stable" or version is None or stable is None or version == stable:
+        if header_track == "shadow" or version is None or stable is None:
             return header_track
-        if self.settings.stable_version is None:  # maybe a promotion the alias poll has not seen yet
+        if version != stable and self.settings.stable_version is None:  # a promotion not yet polled?
             try:
                 self._poll_champion(force=True)
             except Exception:  # the registry is down: the loop's poll retries; keep the pair

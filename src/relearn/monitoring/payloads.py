@@ -57,8 +57,8 @@ def parse_headers(headers: Any, shadow_service: str | None) -> tuple[str, str, s
 
     Returns:
         ``(ce_id, type, track, time)``; ``track`` is ``stable``, ``canary`` or ``shadow``, from the
-        headers alone (stored with the event). The monitor counts a ``stable`` pair whose response names
-        another model version than the stable one as ``canary`` (see :mod:`relearn.monitoring.monitor`).
+        headers alone (stored with the event). The monitor decides a pair's track by its response's
+        model version when it knows the stable one (see :mod:`relearn.monitoring.monitor`).
 
     Raises:
         Rejected: Missing attributes, a spec version other than 1.0, an unknown type or endpoint.

@@ -69,9 +69,9 @@ class DriftSettings(BaseSettings):
     reference_poll_s: float = Field(60.0, gt=0, description="How often the alias is checked for a change.")
     stable_version: str | None = Field(
         None,
-        description="Model version of the stable track (the responses' model_version). A response to a "
-        "stable-headed request (ce-endpoint default) from another version counts as canary traffic: a "
-        "KServe canary revision logs with the stable's settings. Default: the version of the champion "
+        description="Model version of the stable track (the responses' model_version): its pairs are "
+        "stable traffic, any other version's canary, whatever their ce-endpoint says (a KServe canary "
+        "revision started by a patch logs with the stable's settings). Default: the version of the champion "
         "the reference was loaded from (a response from an unknown version makes the alias be checked "
         "again within seconds, so a promotion is followed); a set value stays fixed, so set it only for "
         "a reference file. With a reference file and no stable_version, tracks come from the headers "
