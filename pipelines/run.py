@@ -22,10 +22,9 @@ from typing import Any
 from kfp import local
 from pydantic import Field, create_model
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
-from tqdm import tqdm
 
 from pipelines.train import PIPELINE_NAME, train_pipeline
-from relearn.logs import configure_logging
+from relearn.logs import configure_logging, progress
 from relearn.settings import RelearnSettings
 
 log = logging.getLogger("relearn.pipeline")
@@ -53,7 +52,7 @@ class _TaskProgress:
 
     def __init__(self, log_file, steps: int) -> None:
         self.log_file = log_file
-        self.bar = tqdm(total=steps, desc="relearn-train", unit="step", file=sys.stderr)
+        self.bar = progress(total=steps, desc="relearn-train", unit="step", file=sys.stderr)
 
     def write(self, text: str) -> int:
         self.log_file.write(text)

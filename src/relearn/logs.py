@@ -1,4 +1,4 @@
-"""Structured (JSON lines) logging for every relearn process."""
+"""Structured (JSON lines) logging for every relearn process, and progress bars that suit a log file."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 # Attributes every LogRecord has; anything else came in through ``extra=`` and is logged as a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -36,3 +37,20 @@ def configure_logging(level: str = "INFO") -> None:
         handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
     logger.propagate = False
+
+
+NON_TTY_REFRESH_SECONDS = 30.0
+
+
+def progress(iterable: Any = None, **options: Any) -> Any:
+    """A tqdm bar that redraws at most every 30 s where its output is no terminal (CI, ``make > file``).
+
+    On a terminal the bar is one live line; elsewhere each redraw is appended to the log, so frequent ones
+    would bury everything else in it.
+    """
+    from tqdm.auto import tqdm  # a widget in a notebook
+
+    out = options.setdefault("file", sys.stderr)
+    if not (hasattr(out, "isatty") and out.isatty()):
+        options.setdefault("mininterval", NON_TTY_REFRESH_SECONDS)
+    return tqdm(iterable, **options)

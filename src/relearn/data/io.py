@@ -15,7 +15,6 @@ from typing import Literal
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from relearn.data.schema import LABEL_SCHEMA, LABELS_DIR, TRANSACTION_SCHEMA, TRANSACTIONS_DIR
 
@@ -65,7 +64,7 @@ def write_partitioned(
     days = pd.to_datetime(df[time_col], utc=True).dt.strftime("%Y-%m-%d")
     written = []
     groups = df.groupby(days, sort=True)
-    for day, part in tqdm(
+    for day, part in progress(
         groups, total=groups.ngroups, desc=f"write {kind}", unit="day", disable=not progress
     ):
         table = to_table(part.sort_values(time_col, kind="stable"), kind)
