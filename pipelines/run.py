@@ -24,7 +24,7 @@ from pydantic import Field, create_model
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 from pipelines.train import PIPELINE_NAME, train_pipeline
-from relearn.logs import configure_logging, progress
+from relearn.logs import configure_logging, progress_bar
 from relearn.settings import RelearnSettings
 
 log = logging.getLogger("relearn.pipeline")
@@ -52,7 +52,7 @@ class _TaskProgress:
 
     def __init__(self, log_file, steps: int) -> None:
         self.log_file = log_file
-        self.bar = progress(total=steps, desc="relearn-train", unit="step", file=sys.stderr)
+        self.bar = progress_bar(total=steps, desc="relearn-train", unit="step", file=sys.stderr)
 
     def write(self, text: str) -> int:
         self.log_file.write(text)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import time
 
-from relearn.logs import progress
+from relearn.logs import progress_bar
 
 
 def run_bar(out, items: int = 100, pause: float = 0.01) -> None:
     """A bar over ``items`` iterations of ``pause`` seconds (~1 s), written to ``out``."""
-    for _ in progress(range(items), file=out, desc="work"):
+    for _ in progress_bar(range(items), file=out, desc="work"):
         time.sleep(pause)
     out.flush()
 

@@ -42,7 +42,7 @@ def configure_logging(level: str = "INFO") -> None:
 NON_TTY_REFRESH_SECONDS = 30.0
 
 
-def progress(iterable: Any = None, **options: Any) -> Any:
+def progress_bar(iterable: Any = None, **options: Any) -> Any:
     """A tqdm bar that redraws at most every 30 s where its output is no terminal (CI, ``make > file``).
 
     On a terminal the bar is one live line; elsewhere each redraw is appended to the log, so frequent ones

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from relearn.data.schema import LABEL_SCHEMA, LABELS_DIR, TRANSACTION_SCHEMA, TRANSACTIONS_DIR
+from relearn.logs import progress_bar
 
 log = logging.getLogger("relearn.data.io")
 
@@ -64,7 +65,7 @@ def write_partitioned(
     days = pd.to_datetime(df[time_col], utc=True).dt.strftime("%Y-%m-%d")
     written = []
     groups = df.groupby(days, sort=True)
-    for day, part in progress(
+    for day, part in progress_bar(
         groups, total=groups.ngroups, desc=f"write {kind}", unit="day", disable=not progress
     ):
         table = to_table(part.sort_values(time_col, kind="stable"), kind)

@@ -43,7 +43,7 @@ from relearn.demo.stack import (
     write_targets,
 )
 from relearn.demo.world import START, World, build, cache_key
-from relearn.logs import progress
+from relearn.logs import progress_bar
 
 log = logging.getLogger(__name__)
 MODEL = "relearn-fraud"
@@ -397,7 +397,7 @@ def run(settings: DemoSettings) -> Outcome:
     sender = threading.Thread(target=send, daemon=True)
     driver = _Driver(settings, stack, timeline, replay, world, home)
     interrupted = False
-    bar = progress(
+    bar = progress_bar(
         total=len(world.stream), unit="tx", desc="replay", disable=not settings.progress, file=sys.stderr
     )
     timeline.add("replay-start", sim=pd.Timestamp(world.history_end))

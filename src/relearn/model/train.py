@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from sklearn.metrics import average_precision_score
 
 from relearn.features.spec import CATEGORICAL_INPUTS, LABEL, NUMERIC_INPUTS
-from relearn.logs import progress
+from relearn.logs import progress_bar
 from relearn.model.net import FraudNet, Preprocessor, predict_logits, signed_log1p
 
 log = logging.getLogger(__name__)
@@ -301,7 +301,7 @@ def _train(
     best_epoch, best_pr_auc, seen, train_seconds = 0, -1.0, 0, 0.0
     low, high = shard.train_offset, shard.train_offset + len(y)
     lead = ranks.rank == 0
-    epochs = progress(
+    epochs = progress_bar(
         range(1, params.epochs + 1), desc="train", unit="epoch", disable=not (params.progress and lead)
     )
     try:

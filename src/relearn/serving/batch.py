@@ -24,7 +24,7 @@ import pandas as pd
 from pydantic import Field
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
-from relearn.logs import configure_logging, progress
+from relearn.logs import configure_logging, progress_bar
 from relearn.settings import RelearnSettings
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def run(settings: BatchSettings) -> dict[str, Any]:
     threshold = float(metadata.get("threshold", 0.5))
     store = get_store(RelearnSettings())
     scores = np.empty(len(tx))
-    bar = progress(total=len(tx), desc="relearn-batch", unit="tx", disable=not settings.progress)
+    bar = progress_bar(total=len(tx), desc="relearn-batch", unit="tx", disable=not settings.progress)
     for begin in range(0, len(tx), settings.chunk_rows):
         chunk = tx.iloc[begin : begin + settings.chunk_rows]
         inputs = model_inputs(historical_features(store, chunk[list(REQUEST_FIELDS)]))
