@@ -186,7 +186,7 @@ class FraudPredictor(Model):
 
     def _v2_arrays(self, request: InferRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         by_name = {tensor.name: tensor for tensor in request.inputs}
-        ids = self._v2_ids(by_name.pop(tensors.TRANSACTION_ID, None))
+        id_tensor = by_name.pop(tensors.TRANSACTION_ID, None)
         expected = {meta["name"]: meta for meta in tensors.INPUT_METADATA}
         if extra := sorted(set(by_name) - set(expected)):
             raise InvalidInput(
@@ -194,21 +194,8 @@ class FraudPredictor(Model):
             )
         if missing := sorted(set(expected) - set(by_name)):
             raise InvalidInput(f"missing input(s) {missing}")
-        arrays = {}
-        for name, meta in expected.items():
-            tensor = by_name[name]
-            if tensor.datatype != meta["datatype"]:
-                raise InvalidInput(f"input '{name}': datatype {tensor.datatype}, expected {meta['datatype']}")
-            shape = list(tensor.shape)
-            if len(shape) != 2 or shape[1] != meta["shape"][1]:
-                raise InvalidInput(f"input '{name}': shape {shape}, expected [N, {meta['shape'][1]}]")
-            try:
-                array = tensor.as_numpy()
-            except Exception as exc:
-                raise InvalidInput(f"input '{name}': contents do not match shape {shape}: {exc}") from None
-            if list(array.shape) != shape:
-                raise InvalidInput(f"input '{name}': {array.size} values do not fill shape {shape}")
-            arrays[name] = array
+        arrays = {name: _tensor_array(by_name[name], meta) for name, meta in expected.items()}
+        ids = None if id_tensor is None else _tensor_array(id_tensor, tensors.ID_METADATA)
         numeric = np.ascontiguousarray(arrays[tensors.NUMERIC], dtype=np.float32)
         categorical = arrays[tensors.CATEGORICAL]
         if numeric.shape[0] != categorical.shape[0]:
@@ -218,22 +205,6 @@ class FraudPredictor(Model):
         self._check_batch(numeric.shape[0])
         _check_finite(numeric)
         return numeric, categorical, ids
-
-    @staticmethod
-    def _v2_ids(tensor: Any) -> np.ndarray | None:
-        """The optional ``transaction_id`` input as an array of ``[N]`` strings (None when absent)."""
-        if tensor is None:
-            return None
-        shape = list(tensor.shape)
-        if tensor.datatype != "BYTES" or len(shape) != 1:
-            raise InvalidInput(f"input 'transaction_id': {tensor.datatype} {shape}, expected BYTES [N]")
-        try:
-            values = tensor.as_numpy()
-        except Exception as exc:
-            raise InvalidInput(f"input 'transaction_id': contents do not fit shape {shape}: {exc}") from None
-        if values.shape != (shape[0],):
-            raise InvalidInput(f"input 'transaction_id': {values.size} values do not fill shape {shape}")
-        return values
 
     def _v1_arrays(self, payload: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
@@ -256,6 +227,24 @@ class FraudPredictor(Model):
         _check_finite(numeric)
         categorical = frame[list(CATEGORICAL_INPUTS)].astype(str).to_numpy(dtype=object)
         return numeric, categorical, None  # a v1 request is logged as sent, transaction ids included
+
+
+def _tensor_array(tensor: Any, meta: dict[str, Any]) -> np.ndarray:
+    """The contents of a v2 input as an array, checked against its metadata (``-1``: any size)."""
+    name, expected = meta["name"], meta["shape"]
+    if tensor.datatype != meta["datatype"]:
+        raise InvalidInput(f"input '{name}': datatype {tensor.datatype}, expected {meta['datatype']}")
+    shape = list(tensor.shape)
+    if len(shape) != len(expected) or any(e not in (-1, d) for d, e in zip(shape, expected, strict=True)):
+        wanted = ", ".join("N" if e == -1 else str(e) for e in expected)
+        raise InvalidInput(f"input '{name}': shape {shape}, expected [{wanted}]")
+    try:
+        array = tensor.as_numpy()
+    except Exception as exc:
+        raise InvalidInput(f"input '{name}': contents do not match shape {shape}: {exc}") from None
+    if list(array.shape) != shape:
+        raise InvalidInput(f"input '{name}': {array.size} values do not fill shape {shape}")
+    return array
 
 
 def _check_finite(numeric: np.ndarray) -> None:

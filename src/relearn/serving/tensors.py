@@ -33,6 +33,7 @@ INPUT_METADATA: list[dict[str, Any]] = [
     {"name": NUMERIC, "datatype": "FP32", "shape": [-1, N_NUMERIC]},
     {"name": CATEGORICAL, "datatype": "BYTES", "shape": [-1, N_CATEGORICAL]},
 ]
+ID_METADATA: dict[str, Any] = {"name": TRANSACTION_ID, "datatype": "BYTES", "shape": [-1]}  # optional
 OUTPUT_METADATA: list[dict[str, Any]] = [
     {"name": SCORE, "datatype": "FP32", "shape": [-1]},
     {"name": DECISION, "datatype": "BOOL", "shape": [-1]},
