@@ -113,42 +113,38 @@ def test_canary_by_version_has_its_own_drift_windows_and_label_gates(tmp_path):
     assert {stored[t] for t in stable["transaction_id"]} == {("stable", "5")}
 
 
+def open_windows(tmp_path: Path, events: list, **options: str) -> dict[str, int]:
+    """Rows per track in the open windows after a detector on the reference file read ``events``."""
+    options = {"window_size": "100000", "reports": "false", **options}
+    srv = Server(tmp_path / "data", reference_file(tmp_path), **options)
+    try:
+        srv.wait_ready()
+        post_all(srv.url, events)
+        return srv.wait_processed(lambda s: s["processed_seq"] >= len(events))["open"]
+    finally:
+        srv.stop()
+
+
 def test_without_a_stable_version_tracks_come_from_the_headers(tmp_path):
     """A reference file and no ``stable_version``: the stable version is unknown, v4 stays stable."""
     _, before, _ = scenario_stream("covariate_shift")
-    srv = Server(tmp_path / "data", reference_file(tmp_path), window_size="100000", reports="false")
-    try:
-        srv.wait_ready()
-        events = [
-            *transaction_events(before.iloc[:60], "s", version="5"),
-            *transaction_events(before.iloc[60:120], "c", version="4"),
-        ]
-        post_all(srv.url, events)
-        status = srv.wait_processed(lambda s: s["processed_seq"] >= len(events))
-        assert status["open"] == {"stable": 120, "canary": 0, "shadow": 0}
-    finally:
-        srv.stop()
+    events = [
+        *transaction_events(before.iloc[:60], "s", version="5"),
+        *transaction_events(before.iloc[60:120], "c", version="4"),
+    ]
+    assert open_windows(tmp_path, events) == {"stable": 120, "canary": 0, "shadow": 0}
     assert {track for track, _ in predictions(tmp_path / "data").values()} == {"stable"}
 
 
 def test_the_version_wins_over_a_canary_endpoint(tmp_path):
     """A revision rendered as the canary keeps ``ce-endpoint: canary`` after its promotion: v5 is stable."""
     _, before, _ = scenario_stream("covariate_shift")
-    srv = Server(
-        tmp_path / "data", reference_file(tmp_path), stable_version="5", window_size="100000", reports="false"
-    )
-    try:
-        srv.wait_ready()
-        events = [
-            *transaction_events(before.iloc[:60], "promoted", endpoint="canary", version="5"),
-            *transaction_events(before.iloc[60:100], "next", endpoint="canary", version="6"),
-            *transaction_events(before.iloc[100:120], "unversioned", endpoint="canary"),
-        ]
-        post_all(srv.url, events)
-        status = srv.wait_processed(lambda s: s["processed_seq"] >= len(events))
-        assert status["open"] == {"stable": 60, "canary": 60, "shadow": 0}
-    finally:
-        srv.stop()
+    events = [
+        *transaction_events(before.iloc[:60], "promoted", endpoint="canary", version="5"),
+        *transaction_events(before.iloc[60:100], "next", endpoint="canary", version="6"),
+        *transaction_events(before.iloc[100:120], "unversioned", endpoint="canary"),
+    ]
+    assert open_windows(tmp_path, events, stable_version="5") == {"stable": 60, "canary": 60, "shadow": 0}
 
 
 def send_request(url: str, ce_id: str, rng: np.random.Generator, service: str = "fraud") -> None:
