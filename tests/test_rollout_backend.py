@@ -220,7 +220,7 @@ def test_shadow_patches_the_virtual_service_mirror(api: FakeApiServer, backend: 
     assert vs_patch["path"] == f"{VS}/relearn-shadow-mirror"
     assert vs_patch["content_type"] == MERGE
     [route] = vs_patch["body"]["spec"]["http"]
-    assert route["mirror"] == {"host": f"relearn-fraud-shadow.{NS}.svc.cluster.local", "port": {"number": 80}}
+    assert route["mirror"] == {"host": f"relearn-fraud-shadow-transformer.{NS}.svc.cluster.local", "port": {"number": 80}}
     assert route["mirrorPercentage"] == {"value": 20.0}
     assert route["route"] == virtual_service()["spec"]["http"][0]["route"], "the primary route is kept"
     assert vs_patch["body"]["metadata"] == {"annotations": {ANN_SHADOW: "3"}}

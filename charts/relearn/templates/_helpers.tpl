@@ -41,6 +41,17 @@ app.kubernetes.io/part-of: relearn
 {{- end }}
 {{- end -}}
 
+{{/* Labels of InferenceServices: KServe copies them into each revision's pod template, so they leave out
+what changes with every chart release (helm.sh/chart, app.kubernetes.io/version). */}}
+{{- define "relearn.revisionLabels" -}}
+{{ include "relearn.selectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: relearn
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
 {{/* Image reference; call with (dict "ctx" $ "image" .Values.images.x). */}}
 {{- define "relearn.image" -}}
 {{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) -}}

@@ -1,6 +1,7 @@
 {{/*
 InferenceService spec shared by the fraud and shadow services.
-Call with (dict "ctx" $ "name" <isvc name> "modelUri" <uri> "canary" <percent or nil> "role" "fraud|shadow").
+Call with (dict "ctx" $ "name" <isvc name> "modelUri" <uri> "canary" <percent or nil> "role" "fraud|shadow"
+"raw" <true for KServe RawDeployment mode>).
 Knative runs each component as one revision; only container-level securityContext fields are set
 (pod-level ones need Knative's kubernetes.podspec-securitycontext flag).
 */}}
@@ -10,6 +11,8 @@ Knative runs each component as one revision; only container-level securityContex
 {{- $_ := set $sc "runAsUser" .Values.podSecurityContext.runAsUser -}}
 {{- $_ := set $sc "runAsGroup" .Values.podSecurityContext.runAsGroup -}}
 {{- $_ := set $sc "seccompProfile" (dict "type" "RuntimeDefault") -}}
+{{- /* Knative < 1.17 rejects securityContext.privileged in a revision; false is the default anyway. */ -}}
+{{- $_ := unset $sc "privileged" -}}
 {{ toYaml $sc }}
 {{- end -}}
 
@@ -17,9 +20,17 @@ Knative runs each component as one revision; only container-level securityContex
 {{- $c := .component -}}
 minReplicas: {{ $c.minReplicas }}
 maxReplicas: {{ $c.maxReplicas }}
+{{- if .raw }}
+{{- /* RawDeployment scales with an HPA: cpu or memory only (validateScalingHPACompExtension). */}}
+scaleMetric: cpu
+scaleTarget: 80
+{{- else }}
 scaleMetric: {{ $c.scaleMetric }}
 scaleTarget: {{ $c.scaleTarget }}
+{{- if gt (int $c.containerConcurrency) 0 }}
 containerConcurrency: {{ $c.containerConcurrency }}
+{{- end }}
+{{- end }}
 timeout: {{ $c.timeout }}
 {{- if ne .canary nil }}
 canaryTrafficPercent: {{ .canary }}
@@ -61,7 +72,7 @@ the transaction ids the transformer passes on, so the detector pairs one request
 {{- $v := .ctx.Values -}}
 {{- $grpcOut := eq $v.fraud.exposedProtocol "h2c" -}}
 predictor:
-  {{- include "relearn.isvc.common" (dict "ctx" .ctx "component" $v.fraud.predictor "canary" .canary "role" .role "kind" "predictor") | nindent 2 }}
+  {{- include "relearn.isvc.common" (dict "ctx" .ctx "component" $v.fraud.predictor "canary" .canary "role" .role "kind" "predictor" "raw" .raw) | nindent 2 }}
   {{- if and $v.driftDetector.enabled $v.fraud.logger.enabled (eq $v.fraud.logger.via "kserve") }}
   logger:
     mode: {{ $v.fraud.logger.mode }}
@@ -101,17 +112,22 @@ predictor:
   volumes:
     {{- include "relearn.tmpVolume" .ctx | nindent 4 }}
 transformer:
-  {{- include "relearn.isvc.common" (dict "ctx" .ctx "component" $v.fraud.transformer "canary" .canary "role" .role "kind" "transformer") | nindent 2 }}
+  {{- include "relearn.isvc.common" (dict "ctx" .ctx "component" $v.fraud.transformer "canary" .canary "role" .role "kind" "transformer" "raw" .raw) | nindent 2 }}
   containers:
     - name: kserve-container
       image: {{ include "relearn.image" (dict "ctx" .ctx "image" $v.images.transformer) }}
       imagePullPolicy: {{ $v.images.pullPolicy }}
       command: [python, -m, relearn.serving.transformer]
+      # KServe appends --model_name <isvc name>, --predictor_host <isvc>-predictor.<ns>, --http_port 8080 and
+      # --workers <containerConcurrency> unless the args already hold them (CustomTransformer.GetContainer,
+      # pkg/apis/serving/v1beta1/transformer_custom.go): the model name must stay the same for the shadow
+      # InferenceService, and one process per pod (replicas scale, not workers).
+      args:
+        - --model_name={{ .ctx.Values.fraud.modelName }}
+        - --workers=1
       envFrom:
         {{- include "relearn.commonEnvFrom" .ctx | nindent 8 }}
       env:
-        - name: RELEARN_TRANSFORMER_PREDICTOR_HOST
-          value: {{ printf "%s-predictor.%s.svc.cluster.local:80" .name .ctx.Release.Namespace | quote }}
         - name: RELEARN_TRANSFORMER_HOST
           value: 0.0.0.0
         {{- if ne $v.fraud.threshold nil }}

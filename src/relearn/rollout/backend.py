@@ -220,7 +220,9 @@ class KubernetesBackend:
         raise RolloutError(f"VirtualService {self.vs} has no http route named {self.route_name}")
 
     def _shadow_host(self) -> str:
-        return f"{self.shadow_isvc}.{self.namespace}.svc.cluster.local"
+        # The shadow InferenceService is a RawDeployment (chart): its transformer's plain Service answers
+        # Envoy's "<host>-shadow" mirror Host, which Knative's local gateway would not route.
+        return f"{self.shadow_isvc}-transformer.{self.namespace}.svc.cluster.local"
 
     def _canary_patch(self, percent: int | None) -> dict[str, Any]:
         return {"spec": {c: {"canaryTrafficPercent": percent} for c in COMPONENTS}}

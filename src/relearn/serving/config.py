@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _CLI = {"cli_kebab_case": True, "cli_implicit_flags": True, "cli_hide_none_type": True, "extra": "ignore"}
@@ -23,7 +23,9 @@ class CommonServingSettings(BaseSettings):
     grpc_port: int = Field(8081, ge=0, lt=65536, description="gRPC port (v2 GRPCInferenceService).")
     host: str = Field("0.0.0.0", description="Address the servers bind (127.0.0.1 for loopback only).")
     model_name: str = Field("relearn-fraud", description="Model name in the v1/v2 URLs and gRPC calls.")
-    workers: int = Field(1, ge=1, description="REST worker processes (uvicorn).")
+    workers: int = Field(
+        1, ge=0, description="REST worker processes (uvicorn); 0 (KServe's containerConcurrency 0) means 1."
+    )
     max_batch_size: int = Field(1024, ge=1, description="Largest batch (rows) accepted; more is a 400.")
     log_level: str = Field("INFO", description="Log level of relearn's JSON logs.")
 
@@ -77,7 +79,11 @@ class TransformerSettings(CommonServingSettings):
         env_prefix="RELEARN_TRANSFORMER_", cli_prog_name="python -m relearn.serving.transformer", **_CLI
     )
 
-    predictor_host: str = Field("localhost:8081", description="host:port of the predictor's v2 gRPC.")
+    predictor_host: str = Field(
+        "localhost:8081",
+        description="host[:port] of the predictor's v2 gRPC; KServe injects '<isvc>-predictor.<ns>' "
+        "(no port: the Knative/KServe Service's port 80).",
+    )
     threshold: float | None = Field(
         None,
         ge=0.0,
@@ -90,6 +96,12 @@ class TransformerSettings(CommonServingSettings):
         False, description="On a feature-store failure score with cold-start defaults instead of a 503."
     )
 
+    @field_validator("predictor_host")
+    @classmethod
+    def _service_port(cls, host: str) -> str:
+        # gRPC would dial 443 for a bare host; KServe's predictor Service listens on 80 (h2c to the pod).
+        return host if host.rpartition(":")[2].isdigit() else f"{host}:80"
+
     def cli_cmd(self) -> None:
         """Connect to Feast and the predictor and serve until interrupted."""
         _strip_argv()
@@ -97,6 +109,21 @@ class TransformerSettings(CommonServingSettings):
         from relearn.serving.transformer_model import FraudTransformer
 
         server.serve(FraudTransformer(self), self)
+
+
+def kserve_args(argv: list[str], settings: type[BaseSettings]) -> list[str]:
+    """Accept the options KServe's controller appends to a container (``--model_name``, ``--http_port``, …).
+
+    KServe writes them in snake case (pkg/constants/constants.go, ``ArgumentModelName`` …; appended by
+    ``CustomTransformer.GetContainer`` in pkg/apis/serving/v1beta1/transformer_custom.go, KServe 0.15–0.16);
+    our CLI is kebab case. Only names of ``settings`` fields are rewritten, so a typo still fails.
+    """
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        field = name[2:].replace("-", "_") if name.startswith("--") else ""
+        out.append(f"--{field.replace('_', '-')}{eq}{value}" if field in settings.model_fields else arg)
+    return out
 
 
 def _strip_argv() -> None:

@@ -81,7 +81,7 @@ def run(model: Any, settings: CommonServingSettings, on_stop: Any = None) -> Non
     server = ModelServer(
         http_port=settings.http_port,
         grpc_port=settings.grpc_port,
-        workers=settings.workers,
+        workers=max(1, settings.workers),
         enable_latency_logging=False,
         grace_period=2,
     )

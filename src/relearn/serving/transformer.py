@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+
 from pydantic_settings import CliApp
 
 from relearn.logs import configure_logging
-from relearn.serving.config import TransformerSettings
+from relearn.serving.config import TransformerSettings, kserve_args
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse the options (``--help`` lists them) and run the transformer."""
+    """Parse the options (``--help`` lists them; KServe's injected ones too) and run the transformer."""
     configure_logging()
-    CliApp.run(TransformerSettings, cli_args=argv)
+    args = sys.argv[1:] if argv is None else argv
+    CliApp.run(TransformerSettings, cli_args=kserve_args(args, TransformerSettings))
 
 
 if __name__ == "__main__":
