@@ -1,6 +1,13 @@
-"""The training pipeline: ingest → validate → features → train → evaluate → register → gate → deploy."""
+"""The training pipeline: ingest → validate → features → train → evaluate → register → gate → deploy.
 
-from kfp import dsl
+On a cluster every step reads relearn's settings from the ConfigMap ``relearn-pipeline-env`` that the chart
+renders in the namespace of the KFP run pods (``kubeflow.runNamespace``): MLflow, Redis and the Feast registry
+server of the release, and the InferenceService the deploy step starts a canary or shadow on. The compiled
+pipeline carries that mapping (kfp-kubernetes platform config), so a run started from the Kubeflow UI or by
+the drift detector's trigger is wired like one from ``make``. ``kfp.local`` ignores platform config.
+"""
+
+from kfp import dsl, kubernetes
 
 from components import PIPELINE_IMAGE
 from components.deploy.component import deploy
@@ -13,6 +20,31 @@ from components.train.component import train
 from components.validate.component import validate
 
 PIPELINE_NAME = "relearn-train"
+
+# charts/relearn/templates/pipeline-env-configmap.yaml: its fixed name and data keys (each becomes the env var
+# of the same name). tests/test_pipeline_compile.py checks them against the rendered chart.
+PIPELINE_ENV_CONFIG_MAP = "relearn-pipeline-env"
+PIPELINE_ENV_KEYS = (
+    "RELEARN_HOME",
+    "RELEARN_MLFLOW_TRACKING_URI",
+    "RELEARN_MODEL_NAME",
+    "RELEARN_FEAST_PROJECT",
+    "RELEARN_FEAST_ONLINE_STORE",
+    "RELEARN_FEAST_REDIS_CONNECTION",
+    "RELEARN_FEAST_REGISTRY",
+    "RELEARN_FEAST_OFFLINE_DIR",
+    "RELEARN_ROLLOUT_BACKEND",
+    "RELEARN_ROLLOUT_NAMESPACE",
+    "RELEARN_ROLLOUT_INFERENCE_SERVICE",
+    "RELEARN_ROLLOUT_MODEL_NAME",
+    "RELEARN_ROLLOUT_VIRTUAL_SERVICE",
+    "RELEARN_ROLLOUT_SHADOW_SERVICE",
+)
+
+
+def with_cluster_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """The step's pod gets the run namespace's relearn settings as env vars (kfp-kubernetes)."""
+    return kubernetes.use_config_map_as_env(task, PIPELINE_ENV_CONFIG_MAP, {k: k for k in PIPELINE_ENV_KEYS})
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="relearn: train, evaluate and register a fraud model.")
@@ -136,4 +168,6 @@ def train_pipeline(
         rollout_mode=rollout_mode,
         percent=rollout_percent,
     )
+    for task in (data, checked, feats, trained, evaluated, registered, decided, deployed):
+        with_cluster_env(task)
     return deployed.outputs["reason"]

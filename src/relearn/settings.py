@@ -30,7 +30,10 @@ class RelearnSettings(BaseSettings):
     feast_project: str = Field("relearn", description="Feast project name.")
     feast_repo: Path | None = Field(None, description="Feast repo directory; default <home>/feature_repo.")
     feast_registry: str | None = Field(
-        None, description="Feast registry path or URL; default <feast_repo>/data/registry.db."
+        None,
+        description="Feast registry: a file path or object-store URL (default <feast_repo>/data/registry.db),"
+        " or grpc://<host>:<port> for a registry served by `feast serve_registry` (Feast's remote registry;"
+        " the chart's registry server).",
     )
     feast_online_store: Literal["sqlite", "redis"] = Field("sqlite", description="Feast online store type.")
     feast_redis_connection: str = Field(

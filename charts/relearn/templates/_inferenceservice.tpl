@@ -169,17 +169,6 @@ transformer:
       volumeMounts:
         - name: tmp
           mountPath: /tmp
-        {{- if not $v.feast.registryUri }}
-        - name: feast
-          mountPath: /feast
-          readOnly: true
-        {{- end }}
   volumes:
     {{- include "relearn.tmpVolume" .ctx | nindent 4 }}
-    {{- if not $v.feast.registryUri }}
-    - name: feast
-      persistentVolumeClaim:
-        claimName: {{ include "relearn.feast.name" .ctx }}
-        readOnly: true
-    {{- end }}
 {{- end -}}
