@@ -9,7 +9,7 @@ DRIFT := $(VENV)/drift
 PY := $(PLATFORM)/bin/python
 PIPELINE_DIR := pipelines/compiled
 
-.PHONY: help setup demo train pipelines test lint bench bench-serving bench-drift bench-rollout bench-distributed bench-tools clean drift chart-test serve
+.PHONY: help setup demo train pipelines test lint bench bench-serving bench-drift bench-rollout bench-distributed bench-tools clean drift chart-test serve images rehearse
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "relearn targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,8 +61,30 @@ lint: setup ## ruff (lint + format check) and hadolint on every Dockerfile
 serve: setup ## Serve the champion locally: transformer + predictor on 127.0.0.1 (Ctrl-C stops); ARGS for options
 	$(PY) -m relearn.serving.local $(ARGS)
 
+# Part of `make test`; needs root for /etc/hosts (the in-cluster DNS names) and Debian's servers (make setup).
+rehearse: setup ## The rendered chart run as a cluster would run it (processes on loopback), then the cluster story
+	$(PY) -m pytest tests/test_rehearsal.py $(PYTEST_ARGS)
+
 chart-test: setup ## Offline chart checks: helm lint/template, kubernetes-validate, CRDs, promtool, yamllint, checkov, skaffold schema
 	$(PY) -m pytest tests/test_chart.py $(PYTEST_ARGS)
+
+# The images under the names the chart's defaults and .github/workflows/release.yaml use; CPU torch wheels.
+IMAGE_REGISTRY ?= ghcr.io/relearn
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
+images: ## Build every image with docker build as $IMAGE_REGISTRY/relearn-<name>:$IMAGE_TAG (needs a Docker engine)
+	@command -v docker >/dev/null || { echo "make images: no docker command: install Docker (an engine and its CLI) to build the images" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine answers 'docker info': start dockerd (or set DOCKER_HOST)" >&2; exit 1; }
+	@set -e; for pair in pipeline=components/Dockerfile predictor=services/predictor/Dockerfile \
+	    transformer=services/transformer/Dockerfile drift-detector=services/drift-detector/Dockerfile \
+	    rollout=services/rollout/Dockerfile; do \
+	  name=$${pair%%=*}; dockerfile=$${pair#*=}; \
+	  echo "== $(IMAGE_REGISTRY)/relearn-$$name:$(IMAGE_TAG) ($$dockerfile)"; \
+	  docker build -f $$dockerfile -t $(IMAGE_REGISTRY)/relearn-$$name:$(IMAGE_TAG) \
+	    --build-arg PIP_EXTRA_INDEX_URL=$(TORCH_INDEX) \
+	    --build-arg RELEARN_PIPELINE_IMAGE=$(IMAGE_REGISTRY)/relearn-pipeline:$(IMAGE_TAG) . ; \
+	done
 
 drift: setup ## Run the drift detector locally (options: ARGS="--help"; RELEARN_DRIFT_* settings)
 	$(DRIFT)/bin/python -m relearn.monitoring.server $(ARGS)

@@ -123,7 +123,9 @@ def test_render_one_resource_per_template_and_labels(scenario: str) -> None:
         assert labels.get("app.kubernetes.io/instance") == "relearn", where
         assert labels.get("app.kubernetes.io/managed-by") == "Helm", where
         assert labels.get("app.kubernetes.io/component"), where
-        assert d["metadata"].get("namespace") == NAMESPACE, where
+        # The one exception: the KFP run pods' settings live where KFP runs them (kubeflow.runNamespace).
+        expected = "kubeflow" if d["metadata"]["name"] == "relearn-pipeline-env" else NAMESPACE
+        assert d["metadata"].get("namespace") == expected, where
     for template in (CHART / "templates").rglob("*.yaml"):
         assert template.read_text().count("\nkind:") + template.read_text().startswith("kind:") <= 1, template
 

@@ -70,5 +70,9 @@ def test_cluster_trigger_submits_the_compiled_pipeline_through_the_kfp_api(kfp_a
     run = calls[-1][2]
     assert run["experiment_id"] == "exp-1"
     assert run["display_name"] == "relearn-retrain (drift)"
-    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "relearn-train"
+    # With a kfp-kubernetes platform spec the client sends {pipeline_spec, platform_spec}: the run pods get
+    # the cluster's settings ConfigMap (pipelines/train.py), not a pod-local MLflow.
+    assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "relearn-train"
+    executors = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert all(e["configMapAsEnv"][0]["configMapName"] == "relearn-pipeline-env" for e in executors.values())
     assert run["runtime_config"]["parameters"] == {"days": 14, "scenario": "none"}

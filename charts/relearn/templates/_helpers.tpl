@@ -109,11 +109,6 @@ http://{{ include "relearn.mlflow.name" . }}.{{ .Release.Namespace }}.svc.cluste
 {{- end -}}
 {{- end -}}
 
-{{/* Feast registry location. */}}
-{{- define "relearn.feast.registry" -}}
-{{- default "/feast/registry.db" .Values.feast.registryUri -}}
-{{- end -}}
-
 {{/* Drift detector URL (payload-logger sink). */}}
 {{- define "relearn.drift.url" -}}
 http://{{ include "relearn.drift.name" . }}.{{ .Release.Namespace }}.svc.cluster.local:{{ .Values.driftDetector.port }}/

@@ -1,0 +1,228 @@
+"""The cluster rehearsal (`make rehearse`): the rendered chart run as a cluster would, then the story.
+
+``helm template`` output becomes processes (tests/rehearsal/): each workload's command, args and env
+(ConfigMaps, Secrets, downward API) plus what the controllers add (KServe's transformer args and env,
+Knative's env), each Service on its own loopback address with its in-cluster DNS names in /etc/hosts,
+kube-proxy forwarding to ready pods only, restarts with back-off. Upstream servers are the pinned versions:
+MLflow with the chart's exact args over PostgreSQL, Redis, Prometheus configured from the ServiceMonitors
+and PrometheusRules the Prometheus Operator of kube-prometheus-stack would select. Then: a pipeline run with
+the env a KFP pod gets, predictions through the InferenceService's host, payload events into the detector,
+scrapes, and the chart's `helm test` hooks. What a rehearsal cannot see is in the README (scheduling, CNI,
+Knative autoscaling, image pulls).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from test_chart import CHART, HELM, NAMESPACE, ROOT, _run
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(HELM is None, reason="helm missing: run .ci/install-tools.sh"),
+    pytest.mark.skipif(not os.access("/etc/hosts", os.W_OK), reason="the rehearsal writes /etc/hosts (root)"),
+]
+
+PY = str(ROOT / ".venv" / "platform" / "bin" / "python")
+FQDN = "svc.cluster.local"
+SECRETS = [  # what the install guide has the operator create before `helm install`
+    {
+        "kind": "Secret",
+        "metadata": {"name": "relearn-mlflow-postgres"},
+        "stringData": {"username": "mlflow", "password": "rehearsal-secret-pw"},
+    }
+]
+PIPELINE = ["--start", "2026-02-02", "--days", "24", "--users", "800", "--merchants", "150", "--seed", "3"]
+PIPELINE += ["--epochs", "6", "--patience", "3", "--label-maturity-days", "7"]
+TRANSACTION = {
+    "transaction_id": "rehearsal-1", "event_timestamp": "2026-02-20T12:00:00Z", "user_id": "u000001",
+    "merchant_id": "m00001", "amount": 42.5, "currency": "EUR", "merchant_category": "grocery",
+    "channel": "pos", "country": "DE", "device_id": "d1",
+}  # fmt: skip
+
+
+# An install that runs pipelines: the defaults plus Kubeflow Pipelines (its run pods' ConfigMap and RBAC).
+VALUES = ["--set", "kubeflow.enabled=true"]
+
+
+def render() -> list[dict[str, Any]]:
+    """The chart as `helm install` would apply it (RELEARN_REHEARSAL_CHART: rehearse another copy)."""
+    chart = os.environ.get("RELEARN_REHEARSAL_CHART", str(CHART))
+    out = _run([HELM, "template", "relearn", str(chart), "-n", NAMESPACE, *VALUES])
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def http(url: str, body: Any = None, timeout: float = 10) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.status, json.loads(answer.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
+
+
+def hooks(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    sys.path.insert(0, str(Path(__file__).parent))
+    from rehearsal.cluster import Cluster
+    from rehearsal.prometheus import Prometheus
+
+    root = Path(
+        tempfile.mkdtemp(prefix="relearn-rehearsal-", dir="/tmp")
+    )  # /tmp: PostgreSQL's user reaches it
+    root.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
+    docs = [d for d in render() if d not in hooks(render())]
+    c = Cluster(docs, SECRETS, root, NAMESPACE)
+    prometheus = None
+    try:
+        c.start()
+        prometheus = Prometheus(c, root / "prometheus").start()
+        c.prometheus = prometheus
+        yield c
+    finally:
+        if prometheus is not None:
+            prometheus.close()
+        c.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def pod(cluster, prefix: str) -> str:
+    (name,) = [n for n in cluster.pods if n.startswith(prefix)]
+    return name
+
+
+def test_stores_mlflow_and_detector_come_up_before_any_model(cluster) -> None:
+    names = [
+        pod(cluster, p)
+        for p in ("relearn-postgres", "relearn-mlflow", "relearn-redis", "relearn-drift-detector")
+    ]
+    cluster.wait_ready(names, timeout=150)
+    # The detector stores events before a champion exists: its Service has endpoints (item 10).
+    detector = cluster.pods[pod(cluster, "relearn-drift-detector")]
+    assert detector.ready() and detector.restarts == 0
+    # MLflow answers the API on its in-cluster name, not only /health (item 3).
+    status, body = http(
+        f"http://relearn-mlflow.{NAMESPACE}.{FQDN}:5000/api/2.0/mlflow/experiments/search?max_results=1"
+    )
+    assert status == 200, body
+    assert cluster.pods[pod(cluster, "relearn-mlflow")].restarts == 0
+
+
+def kfp_env(cluster) -> dict[str, str]:
+    """What a KFP run pod gets: the pipeline's kubernetes platform spec resolved against the release."""
+    from rehearsal import kfp_pod
+
+    compiled = subprocess.run(
+        [PY, "-m", "pipelines.compile", "--out", str(cluster.root / "compiled")], cwd=ROOT
+    )
+    assert compiled.returncode == 0
+    (package,) = (cluster.root / "compiled").glob("*.yaml")
+    spec = list(yaml.safe_load_all(package.read_text()))
+    return kfp_pod.kfp_pod_env(spec, render(), "train")
+
+
+def test_a_pipeline_run_with_a_kfp_pods_env_trains_into_the_clusters_mlflow_and_feast(cluster) -> None:
+    env = {**os.environ, **kfp_env(cluster)}
+    env.pop("RELEARN_HOME", None)  # kfp.local's stand-in keeps its own outputs
+    run = subprocess.run(
+        [PY, "-m", "pipelines.run", "--pipeline-root", str(cluster.root / "runs"), *PIPELINE],
+        cwd=cluster.root, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    status, body = http(
+        f"http://relearn-mlflow.{NAMESPACE}.{FQDN}:5000/api/2.0/mlflow/registered-models/alias?name=relearn-fraud&alias=champion"
+    )
+    assert status == 200, body  # the champion is in the cluster's registry, not a pod-local SQLite (item 5)
+
+
+def test_serving_starts_with_kserves_args_and_answers_on_the_isvc_host(cluster) -> None:
+    names = [pod(cluster, "relearn-fraud-predictor"), pod(cluster, "relearn-fraud-transformer")]
+    # Both crash-loop until the first champion and the Feast definitions exist, as in a fresh cluster.
+    cluster.wait_ready(names, timeout=240)
+    log = cluster.pods[names[1]].log.read_text(errors="replace")
+    assert "unrecognized arguments" not in log  # item 1: KServe's injected args are accepted
+    url = f"http://relearn-fraud.{NAMESPACE}.{FQDN}/v1/models/relearn-fraud:predict"
+    for i in range(20):
+        status, body = http(url, {"instances": [{**TRANSACTION, "transaction_id": f"rehearsal-{i}"}]})
+        assert status == 200, body
+        (prediction,) = body["predictions"]
+        assert 0 <= prediction["score"] <= 1
+
+
+def detector_metric(name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(
+        f"http://relearn-drift-detector.{NAMESPACE}.{FQDN}:8090/metrics", timeout=5
+    ) as r:
+        families = text_string_to_metric_families(r.read().decode())
+    return sum(s.value for f in families for s in f.samples if s.name == name)
+
+
+def test_every_prediction_reaches_the_detector_as_a_request_response_pair(cluster) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and detector_metric("relearn_drift_events_ingested_total") < 40:
+        time.sleep(1)
+    assert (
+        detector_metric("relearn_drift_events_ingested_total") == 40
+    )  # 20 predictions × (request, response)
+
+
+def test_prometheus_scrapes_serving_and_detector_and_loads_the_rules(cluster) -> None:
+    prometheus = cluster.prometheus
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        up = prometheus.value('count(up{namespace="relearn"} == 1)')
+        served = prometheus.value('sum(relearn_serving_requests_total{relearn_io_role="fraud"})')
+        if up and up >= 3 and served and served >= 20:
+            break
+        time.sleep(1)
+    assert up and up >= 3, prometheus.api("targets")  # item 6: the ServiceMonitors are selected
+    assert served and served >= 20
+    groups = prometheus.api("rules")["groups"]
+    assert sum(len(g["rules"]) for g in groups) > 0  # the PrometheusRule is selected too
+
+
+def test_helm_test_hooks_pass(cluster) -> None:
+    from rehearsal.kubelet import process
+
+    tests = hooks(render())
+    assert tests, "the chart has helm test hooks"
+    for doc in tests:
+        name = doc["metadata"]["name"]
+        spec = {
+            "name": name,
+            "namespace": NAMESPACE,
+            "ip": cluster.net.pod_ip(),
+            "labels": {},
+            "spec": doc["spec"],
+        }
+        proc = process(
+            spec,
+            doc["spec"]["containers"][0],
+            cluster.objects,
+            cluster.root / "pods" / name,
+            cluster.root / "pvc",
+        )
+        done = subprocess.run(
+            proc.argv, env=proc.env, capture_output=True, text=True, timeout=180, cwd=proc.env["HOME"]
+        )
+        assert done.returncode == 0, f"{name}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
