@@ -9,11 +9,31 @@ run time.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
+import tomllib
+from pathlib import Path
 
 from kfp import dsl
 
-# Read once when the pipeline is defined; `make pipelines IMAGE=...` (or skaffold) sets the tag.
-PIPELINE_IMAGE = os.environ.get("RELEARN_PIPELINE_IMAGE", "ghcr.io/relearn/relearn-pipeline:0.1.0")
+# The registry of relearn's images: the chart's defaults (charts/relearn/values.yaml `images:`), `make images`
+# and the release workflow (.github/workflows/release.yaml) name them <registry>/relearn-<name>:<version>.
+IMAGE_REGISTRY = "ghcr.io/relearn"
+
+
+def package_version() -> str:
+    """The package version: the installed distribution's, else pyproject.toml's (a plain source tree)."""
+    try:
+        return importlib.metadata.version("relearn")
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        return tomllib.loads(pyproject.read_text())["project"]["version"]
+
+
+# Read once when the pipeline is defined. RELEARN_PIPELINE_IMAGE (the Dockerfiles' build arg, which the
+# release workflow sets to the image it pushes) overrides it; empty or unset: this version's release image.
+PIPELINE_IMAGE = (
+    os.environ.get("RELEARN_PIPELINE_IMAGE") or f"{IMAGE_REGISTRY}/relearn-pipeline:{package_version()}"
+)
 
 relearn_component = functools.partial(dsl.component, base_image=PIPELINE_IMAGE, install_kfp_package=False)
