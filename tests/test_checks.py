@@ -1,11 +1,11 @@
 """The post-install checks (``python -m relearn.checks``, the chart's helm test hooks) against real servers.
 
 Real servers on loopback: two MLflow servers (one with MLflow's default allowed hosts, which refuses the
-in-cluster Service FQDN, one started with ``--allowed-hosts`` naming it), drift detectors from the drift
-environment (one without a champion to load, one on the trained champion), and the real transformer and
-predictor on a champion registered by one small pipeline run. The checks run as the hook Pods run them: a
-subprocess whose JSON lines and exit code are read. The chart tests render the hook Pods and check them
-against the chart's own URLs and NetworkPolicies.
+in-cluster Service FQDN, one started with the ``--allowed-hosts`` the chart renders), drift detectors from
+the drift environment (one without a champion to load, one on the trained champion), and the real
+transformer and predictor on a champion registered by one small pipeline run. The checks run as the hook
+Pods run them: a subprocess whose JSON lines and exit code are read. The chart tests render the hook Pods
+and check them against the chart's own URLs and NetworkPolicies.
 """
 
 from __future__ import annotations
@@ -194,8 +194,11 @@ def mlflow_default(tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def mlflow_allowing(trained) -> Iterator[str]:
-    """MLflow on the trained registry, started with --allowed-hosts naming the in-cluster Host."""
-    allowed = f"{IN_CLUSTER_HOST},127.0.0.1:*,localhost:*"
+    """MLflow on the trained registry, started with the --allowed-hosts the chart renders for its server."""
+    if not HELM.exists():
+        pytest.skip("helm missing: run make setup")
+    (container,) = one(render(), "Deployment", "-mlflow")["spec"]["template"]["spec"]["containers"]
+    (allowed,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--allowed-hosts=")]
     with mlflow_server(
         trained["root"] / "mlflow", trained["tracking_uri"], "--allowed-hosts", allowed
     ) as url:
@@ -258,7 +261,7 @@ def test_mlflow_api_fails_on_a_host_mlflow_does_not_allow_while_health_passes(ml
     assert code == 0 and results["mlflow-api"]["ok"], results
 
 
-def test_mlflow_api_passes_when_mlflow_allows_the_in_cluster_host(mlflow_allowing):
+def test_mlflow_api_passes_with_the_charts_allowed_hosts(mlflow_allowing):
     code, results, _ = run_checks(f"--mlflow-url={mlflow_allowing}", f"--host-header={IN_CLUSTER_HOST}")
     assert code == 0, results
     assert set(results) == {"mlflow-health", "mlflow-api"}  # every check whose URL is set
@@ -407,6 +410,7 @@ def test_hook_pods_run_the_checks_against_the_charts_own_urls():
         meta, spec = pod["metadata"], pod["spec"]
         assert meta["annotations"]["helm.sh/hook"] == "test"
         assert meta["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+        assert meta["annotations"]["helm.sh/hook-output-log-policy"] == "hook-failed"  # the JSON lines
         assert meta["annotations"]["sidecar.istio.io/inject"] == "false"  # a sidecar never exits
         assert meta["labels"]["app.kubernetes.io/component"] == "helm-test"
         assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
@@ -417,7 +421,7 @@ def test_hook_pods_run_the_checks_against_the_charts_own_urls():
         assert all("value" in e for e in container.get("env", []))
         options = checks.parser().parse_args(container["args"])
         assert options.checks and set(options.checks) <= set(checks.CHECKS), name
-        assert options.deadline_seconds == 300 and not options.host_header
+        assert options.deadline_seconds == values["tests"]["deadlineSeconds"] and not options.host_header
         asked[name] = options.checks
         if name == "mlflow":
             assert options.mlflow_url == settings["RELEARN_MLFLOW_TRACKING_URI"]

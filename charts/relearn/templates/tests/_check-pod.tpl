@@ -16,6 +16,8 @@ metadata:
     helm.sh/hook: test
     helm.sh/hook-weight: {{ .weight | quote }}
     helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+    # Helm >= 3.18 prints a failed check's JSON lines (a succeeded Pod is deleted; kubectl logs a failed one).
+    helm.sh/hook-output-log-policy: hook-failed
     checkov.io/skip1: "CKV_K8S_43=images are pinned by tag; skaffold deploys tag@digest, values may pin digests"
     checkov.io/skip2: "CKV_K8S_15=IfNotPresent with immutable tags/digests; Always would make every test depend on the registry"
     checkov.io/skip3: "CKV_K8S_8=a helm test Pod runs its checks once and exits; there is nothing to keep alive"
