@@ -220,7 +220,10 @@ def test_shadow_patches_the_virtual_service_mirror(api: FakeApiServer, backend: 
     assert vs_patch["path"] == f"{VS}/relearn-shadow-mirror"
     assert vs_patch["content_type"] == MERGE
     [route] = vs_patch["body"]["spec"]["http"]
-    assert route["mirror"] == {"host": f"relearn-fraud-shadow-transformer.{NS}.svc.cluster.local", "port": {"number": 80}}
+    assert route["mirror"] == {
+        "host": f"relearn-fraud-shadow-transformer.{NS}.svc.cluster.local",
+        "port": {"number": 80},
+    }
     assert route["mirrorPercentage"] == {"value": 20.0}
     assert route["route"] == virtual_service()["spec"]["http"][0]["route"], "the primary route is kept"
     assert vs_patch["body"]["metadata"] == {"annotations": {ANN_SHADOW: "3"}}
@@ -237,3 +240,60 @@ def test_invalid_percent_is_refused_before_any_request(
     with pytest.raises(ValueError):
         backend.start_canary("2", 101)
     assert api.requests == []
+
+
+def test_pin_stable_replaces_the_alias_by_its_version(api: FakeApiServer, backend: KubernetesBackend) -> None:
+    """A stable revision loading ``@champion`` is pinned with one merge patch: URI and stable annotations."""
+    path = f"{ISVC}/relearn-fraud"
+    api.objects[path] = isvc("relearn-fraud", "models:/relearn-fraud@champion")
+    assert backend.stable_alias() == "champion"
+
+    state = backend.pin_stable("3")
+
+    [patch] = api.patches()
+    assert patch["path"] == path and patch["content_type"] == MERGE
+    assert patch["body"] == {
+        "spec": {"predictor": {"containers": [_container("models:/relearn-fraud/3")]}},
+        "metadata": {"annotations": {ANN_STABLE: "3", ANN_STABLE_URI: "models:/relearn-fraud/3"}},
+    }
+    assert state == RolloutState(stable="3")
+    assert _uri(api.objects[path]) == "models:/relearn-fraud/3"
+    assert backend.stable_alias() is None, "pinned: nothing left to pin"
+    # a canary started later records the pinned URI as the one to return to
+    backend.start_canary("4", 10)
+    assert api.objects[path]["metadata"]["annotations"][ANN_STABLE_URI] == "models:/relearn-fraud/3"
+    assert backend.stable_alias() is None, "never pin while a canary runs"
+    with pytest.raises(RolloutError):
+        backend.pin_stable("3")
+    assert api.rejected == []
+
+
+def test_pin_stable_after_a_rollback_pins_the_revision_that_serves(
+    api: FakeApiServer, backend: KubernetesBackend
+) -> None:
+    """After a rollback the previous revision (``@champion``) serves while the spec names the canary's URI."""
+    path = f"{ISVC}/relearn-fraud"
+    api.objects[path] = isvc("relearn-fraud", "models:/relearn-fraud@champion")
+    backend.start_canary("2", 10)
+    backend.rollback()
+    assert backend.stable_alias() == "champion"
+
+    backend.pin_stable("1")
+
+    body = api.patches()[-1]["body"]
+    assert body["spec"] == {  # the pinned revision is the latest: it must take 100 %, not the 0 % left over
+        "predictor": {"canaryTrafficPercent": None, "containers": [_container("models:/relearn-fraud/1")]},
+        "transformer": {"canaryTrafficPercent": None},
+    }
+    stored = api.objects[path]
+    assert "canaryTrafficPercent" not in stored["spec"]["predictor"]
+    assert "canaryTrafficPercent" not in stored["spec"]["transformer"]
+    assert backend.state() == RolloutState(stable="1")
+    assert api.rejected == []
+
+
+def test_only_the_own_models_alias_is_pinned(api: FakeApiServer, backend: KubernetesBackend) -> None:
+    assert backend.stable_alias() is None, "the fixture pins version 1 already"
+    api.objects[f"{ISVC}/relearn-fraud"] = isvc("relearn-fraud", "models:/another-model@champion")
+    assert backend.stable_alias() is None
+    assert api.patches() == []

@@ -376,3 +376,70 @@ def test_run_moves_a_shadow_to_canary_from_the_detectors_log(tmp_path: Path) -> 
     assert backend.state() == RolloutState(stable="1", canary="2", canary_percent=10)
     (entry,) = AuditLog(cfg.audit_log).entries()
     assert entry["action"] == "shadow-to-canary" and entry["reason"].startswith("250 pairs: agreement 1")
+
+
+def test_run_pins_the_stable_revision_once_its_alias_exists(settings, tmp_path: Path) -> None:
+    """The chart's stable revision loads ``@champion``: the controller pins it to the alias's version.
+
+    The InferenceService lives in a stand-in API server (tests/kube_api.py, CRD-validated), the alias in a
+    real MLflow registry. No alias yet (fresh install): no patch, retried; once it exists: one pin, audited;
+    the alias moving later changes nothing (the revision names a version); a canary is never pinned over.
+    """
+    from mlflow import MlflowClient
+
+    from kube_api import MERGE, FakeApiServer
+    from relearn.rollout.backend import ANN_CANARY, ANN_STABLE, ANN_STABLE_URI, KubernetesBackend
+    from test_rollout_backend import ISVC, NS, _container, isvc
+
+    path = f"{ISVC}/relearn-fraud"
+    cfg = ControllerSettings(namespace=NS, audit_log=tmp_path / "audit.jsonl", interval_seconds=0)
+    dead = Prometheus(f"http://127.0.0.1:{_free_port()}", timeout=0.5)
+    registry = MlflowRegistry(settings)
+    uri = settings.tracking_uri()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with FakeApiServer({path: isvc("relearn-fraud", "models:/relearn-fraud@champion")}) as api:
+        backend = KubernetesBackend(NS, "relearn-fraud", api_client=api.api_client())
+
+        def once() -> None:
+            run(cfg, backend=backend, prometheus=dead, registry=registry, max_iterations=1)
+
+        once()
+        assert api.patches() == [], "no model registered yet: nothing to pin"
+        assert AuditLog(cfg.audit_log).entries() == []
+
+        client.create_registered_model(settings.model_name)
+        source = settings.home / "artifacts"
+        source.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            client.create_model_version(settings.model_name, source=str(source))
+        client.set_registered_model_alias(settings.model_name, "champion", "2")
+        once()
+        [patch] = api.patches()
+        assert patch["path"] == path and patch["content_type"] == MERGE
+        assert patch["body"] == {
+            "spec": {"predictor": {"containers": [_container("models:/relearn-fraud/2")]}},
+            "metadata": {"annotations": {ANN_STABLE: "2", ANN_STABLE_URI: "models:/relearn-fraud/2"}},
+        }
+        assert api.rejected == []
+        [entry] = AuditLog(cfg.audit_log).entries()
+        assert entry["action"] == "pin-stable" and entry["version"] == "2" and entry["alias"] == "champion"
+        assert entry["state"]["stable"] == "2"
+
+        client.set_registered_model_alias(settings.model_name, "champion", "1")
+        once()
+        assert len(api.patches()) == 1, "a pinned revision stays pinned when the alias moves"
+        assert backend.state().stable == "2"
+
+        # A canary over a stable revision that still loads the alias: no pin while it runs.
+        api.objects[path] = isvc("relearn-fraud", "models:/relearn-fraud@champion")
+        backend.start_canary("2", 10)
+        once()
+        assert [p["body"].get("metadata") for p in api.patches()[1:]] == [
+            {
+                "annotations": {
+                    ANN_CANARY: "2",
+                    ANN_STABLE: "champion",
+                    ANN_STABLE_URI: "models:/relearn-fraud@champion",
+                }
+            }
+        ], "only the canary start was patched"

@@ -11,6 +11,9 @@ The Kubernetes backend acts exactly as the documented plain commands do::
     # roll back: 0 % for the latest revision (the previous rolled-out revision takes 100 %)
     kubectl patch isvc relearn-fraud --type merge -p \
       '{"spec":{"predictor":{"canaryTrafficPercent":0},"transformer":{"canaryTrafficPercent":0}}}'
+    # pin: the stable revision loads a version, not an alias resolved again at each pod start
+    # (the containers list with RELEARN_PREDICTOR_MODEL_URI=models:/relearn-fraud/3)
+    kubectl patch isvc relearn-fraud --type merge -p '{"spec":{"predictor":{"containers":[...]}}}'
     # shadow: mirror a share of the requests to the shadow InferenceService (responses discarded)
     kubectl patch virtualservice relearn-shadow-mirror --type merge -p '{"spec":{"http":[...]}}'
 
@@ -98,6 +101,17 @@ class RolloutBackend(Protocol):
         """Stop mirroring."""
         ...
 
+    def stable_alias(self) -> str | None:
+        """The registry alias (e.g. ``champion``) the stable revision loads at each pod start, if any.
+
+        None when the stable revision pins a version, or while a canary runs (nothing may be pinned then).
+        """
+        ...
+
+    def pin_stable(self, version: str) -> RolloutState:
+        """Make the stable revision load ``version`` itself instead of an alias (no canary may run)."""
+        ...
+
 
 def check_percent(percent: float, *, upper: int = 100) -> None:
     """Reject shares outside 0..upper."""
@@ -120,6 +134,12 @@ def version_of_uri(uri: str | None) -> str | None:
             if sep in tail:
                 return tail.split(sep, 1)[1]
     return uri
+
+
+def alias_of_uri(uri: str | None, model_name: str) -> str | None:
+    """The alias of a ``models:/<model_name>@<alias>`` URI; None for a version or another model's URI."""
+    prefix = f"models:/{model_name}@"
+    return uri[len(prefix) :] if uri and uri.startswith(prefix) else None
 
 
 def _with_model_uri(containers: list[dict[str, Any]], uri: str) -> list[dict[str, Any]]:
@@ -340,6 +360,50 @@ class KubernetesBackend:
         route.pop("mirror", None)
         route.pop("mirrorPercentage", None)
         self._patch_vs({"metadata": {"annotations": {ANN_SHADOW: None}}, "spec": {"http": routes}})
+        return self.state()
+
+    def _stable_uri(self, isvc: dict[str, Any]) -> str | None:
+        """The model URI of the revision serving the stable route (None while a canary runs).
+
+        After a rollback (``canaryTrafficPercent: 0``) the spec still names the rejected canary's URI and
+        the previous rolled-out revision serves: its URI is the one recorded at canary start.
+        """
+        ann = isvc.get("metadata", {}).get("annotations") or {}
+        if ann.get(ANN_CANARY):
+            return None
+        if isvc.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent") == 0:
+            return ann.get(ANN_STABLE_URI)
+        return _predictor_uri(isvc)
+
+    def stable_alias(self) -> str | None:
+        """The alias in the stable revision's ``models:/<model_name>@<alias>`` URI (None: pinned/canary)."""
+        return alias_of_uri(self._stable_uri(self._get_isvc(self.isvc)), self.model_name)
+
+    def pin_stable(self, version: str) -> RolloutState:
+        """Set the predictor's model URI to ``models:/<name>/<version>``: a new revision, same model.
+
+        Safe only without a canary (refused then): the new revision takes 100 % of the traffic, so a leftover
+        ``canaryTrafficPercent: 0`` of a rolled-back canary is removed with it (else the pinned revision
+        would get no traffic). The version is recorded in the stable annotations.
+        """
+        isvc = self._get_isvc(self.isvc)
+        ann = isvc.get("metadata", {}).get("annotations") or {}
+        if ann.get(ANN_CANARY):
+            raise RolloutError(
+                f"canary {ann[ANN_CANARY]} is running: the stable revision cannot be pinned now"
+            )
+        uri = model_uri(self.model_name, version)
+        spec = isvc["spec"]
+        body: dict[str, Any] = {
+            "spec": {
+                "predictor": {"containers": _with_model_uri(spec["predictor"].get("containers", []), uri)}
+            },
+            "metadata": {"annotations": {ANN_STABLE: version, ANN_STABLE_URI: uri}},
+        }
+        for component in COMPONENTS:
+            if spec.get(component, {}).get("canaryTrafficPercent") is not None:
+                body["spec"].setdefault(component, {})["canaryTrafficPercent"] = None
+        self._patch_isvc(self.isvc, body)
         return self.state()
 
 

@@ -11,6 +11,10 @@ the ``track`` and ``model_version`` labels of the drift detector's), calls
 * ``rollback``: ``backend.rollback`` and the version tagged ``rollout_rejected=<reason>``;
 * ``hold``: nothing (too little canary traffic in the window, or Prometheus could not answer).
 
+Before each analysis, a stable revision that loads an alias (``models:/<name>@champion``, resolved at each
+pod start) is pinned to the alias's current version (:func:`pin_stable`), so pods it starts later serve the
+same model.
+
 With a shadow and no canary, the shadow gate of :mod:`relearn.rollout.shadow` decides whether the shadow
 becomes a canary: on the drift detector's comparison (``detector_url``, ``GET /v1/shadow``) in a cluster,
 or on its inference log (``shadow_log``) when the controller can read the file.
@@ -219,6 +223,10 @@ class Registry(Protocol):
         """Tag ``version`` as rejected by the rollout, with the reason."""
         ...
 
+    def alias_version(self, alias: str) -> str | None:
+        """The version ``alias`` points at, or None while it does not exist (no model registered yet)."""
+        ...
+
 
 class MlflowRegistry:
     """The MLflow registry (aliases, tags) configured by :class:`relearn.settings.RelearnSettings`.
@@ -247,6 +255,12 @@ class MlflowRegistry:
             self.settings.model_name, str(version), REJECTED_TAG, reason[:5000]
         )
 
+    def alias_version(self, alias: str) -> str | None:
+        """Through :func:`relearn.model.registry.get_alias_version` (None: no such alias or model)."""
+        from relearn.model.registry import get_alias_version
+
+        return get_alias_version(self.settings, alias)
+
 
 # ------------------------------------------------------------------------------------------- shadow gate
 ShadowSource = Callable[[str | None, ShadowSettings], Comparison]
@@ -270,6 +284,33 @@ def shadow_source(settings: ControllerSettings) -> ShadowSource | None:
 
 
 # ------------------------------------------------------------------------------------------------- loop
+def pin_stable(backend: RolloutBackend, registry: Registry, audit: AuditLog) -> str | None:
+    """Pin the stable revision to the version its alias names now, if it loads an alias.
+
+    A revision whose model URI is ``models:/<name>@champion`` resolves the alias at each pod start: once the
+    alias moves, restarted or scaled-out pods of that revision would serve another model. Without a canary,
+    the backend rewrites the URI to ``models:/<name>/<version>`` (a new revision serving the same version).
+    An alias that does not exist yet (fresh install, no model) is left alone until a later iteration.
+
+    Returns:
+        The pinned version, or None when nothing was pinned.
+    """
+    alias = backend.stable_alias()
+    if alias is None:
+        return None
+    version = registry.alias_version(alias)
+    if version is None:
+        log.warning("stable revision loads @%s, which does not exist yet: not pinned, retrying", alias)
+        return None
+    state = backend.pin_stable(version)
+    reason = f"@{alias} resolved to version {version}: the stable revision loads it at every pod start"
+    audit.append(
+        "pin-stable", actor=ACTOR, reason=reason, version=version, alias=alias, state=state.to_dict()
+    )
+    log.info("decision", extra={"action": "pin-stable", "version": version, "reason": reason})
+    return version
+
+
 def step(
     backend: RolloutBackend,
     prometheus: Prometheus,
@@ -391,6 +432,10 @@ def run(
     decisions: list[Decision] = []
     while not stop.is_set() and (max_iterations is None or len(decisions) < max_iterations):
         started = time.monotonic()
+        try:
+            pin_stable(backend, registry, audit)
+        except Exception:  # MLflow or the API server down, a canary started meanwhile: next iteration
+            log.exception("pinning the stable revision failed")
         try:
             decisions.append(
                 step(backend, prometheus, registry, settings, audit, shadow_comparison=comparison)

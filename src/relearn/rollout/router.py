@@ -211,6 +211,21 @@ class LocalBackend:
 
         return self._update(fn)
 
+    def stable_alias(self) -> str | None:
+        """None: the local router's state names versions, never registry aliases."""
+        return None
+
+    def pin_stable(self, version: str) -> RolloutState:
+        """The local equivalent: ``version`` (registered) serves the stable route; refused with a canary."""
+
+        def fn(s: RouterState) -> None:
+            self._known(s, version)
+            if s.canary:
+                raise RolloutError(f"canary {s.canary} is running: the stable version cannot be pinned now")
+            s.stable = version
+
+        return self._update(fn)
+
 
 # ----------------------------------------------------------------------------------------------- router
 class Router:
