@@ -42,8 +42,18 @@ PIPELINE_ENV_KEYS = (
 )
 
 
+# With feast.redis.auth: the Redis password, from this Secret of the run namespace (manifests/README.md).
+# Optional: without auth the Secret does not exist and the pods start all the same.
+REDIS_AUTH_SECRET = "relearn-redis-auth"
+REDIS_AUTH_KEY, REDIS_PASSWORD_ENV = "password", "RELEARN_REDIS_PASSWORD"
+
+
 def with_cluster_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """The step's pod gets the run namespace's relearn settings as env vars (kfp-kubernetes)."""
+    """The step's pod gets the run namespace's relearn settings as env vars (kfp-kubernetes).
+
+    And the Redis password (``RELEARN_REDIS_PASSWORD``) when the run namespace holds its Secret.
+    """
+    kubernetes.use_secret_as_env(task, REDIS_AUTH_SECRET, {REDIS_AUTH_KEY: REDIS_PASSWORD_ENV}, optional=True)
     return kubernetes.use_config_map_as_env(task, PIPELINE_ENV_CONFIG_MAP, {k: k for k in PIPELINE_ENV_KEYS})
 
 

@@ -17,7 +17,13 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from components import PIPELINE_IMAGE
 from crds import CRDS
 from pipelines.compile import compile_all
-from pipelines.train import PIPELINE_ENV_CONFIG_MAP, PIPELINE_ENV_KEYS
+from pipelines.train import (
+    PIPELINE_ENV_CONFIG_MAP,
+    PIPELINE_ENV_KEYS,
+    REDIS_AUTH_KEY,
+    REDIS_AUTH_SECRET,
+    REDIS_PASSWORD_ENV,
+)
 from rehearsal.kfp_pod import MissingReference, kfp_pod_env
 from test_chart import NAMESPACE, needs_helm, rendered
 
@@ -69,6 +75,11 @@ def test_every_step_gets_the_run_namespaces_config_map_as_env(compiled):
         assert not entry.get("optional"), label  # a run without the chart's ConfigMap must not start
         pairs = [(p["configMapKey"], p["envVar"]) for p in entry["keyToEnv"]]
         assert pairs == [(k, k) for k in PIPELINE_ENV_KEYS], label
+        # feast.redis.auth: the password from the run namespace's Secret, optional (no auth, no Secret).
+        (secret,) = config["secretAsEnv"]
+        assert secret["secretNameParameter"] == {"runtimeValue": {"constant": REDIS_AUTH_SECRET}}, label
+        assert secret["keyToEnv"] == [{"secretKey": REDIS_AUTH_KEY, "envVar": REDIS_PASSWORD_ENV}], label
+        assert secret["optional"] is True, label
 
 
 def _pipeline_env(docs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -136,9 +136,9 @@ transformer:
         {{- end }}
         - name: RELEARN_TRANSFORMER_FEATURE_FALLBACK
           value: {{ $v.fraud.featureFallback | quote }}
-        # Feature reads go to the Redis read replicas when there are some (overrides the settings ConfigMap).
-        - name: RELEARN_FEAST_REDIS_CONNECTION
-          value: {{ include "relearn.redis.readConnection" .ctx | quote }}
+        # Feature reads go to the Redis read replicas when there are some (overrides the settings ConfigMap);
+        # with feast.redis.auth, the password from its Secret is expanded into the connection string.
+        {{- include "relearn.redis.clientEnv" (dict "ctx" .ctx "connection" (include "relearn.redis.readConnection" .ctx)) | nindent 8 }}
         {{- include "relearn.isvc.env" (dict "ctx" .ctx "prefix" "RELEARN_TRANSFORMER_" "name" .name "canary" .canary "logs" false) | nindent 8 }}
         {{- with $v.fraud.transformer.extraEnv }}
         {{- toYaml . | nindent 8 }}

@@ -1,3 +1,34 @@
+{{/* Password auth of the chart's Redis and its clients: "true" when feast.redis.auth.existingSecret is set. */}}
+{{- define "relearn.redis.auth" -}}
+{{- if .Values.feast.redis.auth.existingSecret }}true{{ end -}}
+{{- end -}}
+
+{{/* An env var (name .name) holding the Redis password, from the Secret (never a value in the chart). */}}
+{{- define "relearn.redis.passwordEnv" -}}
+{{- $a := .ctx.Values.feast.redis.auth -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $a.existingSecret | quote }}
+      key: {{ $a.key | quote }}
+{{- end -}}
+
+{{/*
+RELEARN_FEAST_REDIS_CONNECTION of a Redis client container (.connection: host:port[,options]). With auth, the
+password env var comes first and the kubelet expands $(RELEARN_REDIS_PASSWORD) in the value: Feast's Redis
+online store takes `host:port,password=...` (feast/infra/online_stores/redis.py _parse_connection_string).
+*/}}
+{{- define "relearn.redis.clientEnv" -}}
+{{- if include "relearn.redis.auth" .ctx }}
+{{- include "relearn.redis.passwordEnv" (dict "ctx" .ctx "name" "RELEARN_REDIS_PASSWORD") }}
+- name: RELEARN_FEAST_REDIS_CONNECTION
+  value: {{ printf "%s,password=$(RELEARN_REDIS_PASSWORD)" .connection | quote }}
+{{- else -}}
+- name: RELEARN_FEAST_REDIS_CONNECTION
+  value: {{ .connection | quote }}
+{{- end }}
+{{- end -}}
+
 {{/*
 Redis Deployment (metadata and spec) shared by the primary and its read replicas.
 Call with (dict "ctx" $ "name" <object name> "component" "redis|redis-replica" "replicas" N
@@ -14,6 +45,9 @@ metadata:
     checkov.io/skip1: "CKV_K8S_43=images are pinned by tag; skaffold deploys tag@digest, values may pin digests"
     checkov.io/skip2: "CKV_K8S_15=IfNotPresent with immutable tags/digests; Always would make every restart depend on the registry"
     checkov.io/skip3: "CKV_K8S_40=the Debian redis image owns its paths as uid 999; no host paths are mounted"
+    {{- if include "relearn.redis.auth" .ctx }}
+    checkov.io/skip4: "CKV_K8S_35=redis-cli reads the password from REDISCLI_AUTH only; the server gets it on stdin, never in argv"
+    {{- end }}
 spec:
   replicas: {{ .replicas }}
   strategy:
@@ -39,6 +73,27 @@ spec:
         - name: redis
           image: {{ include "relearn.image" (dict "ctx" .ctx "image" .ctx.Values.images.redis) }}
           imagePullPolicy: {{ .ctx.Values.images.pullPolicy }}
+          {{- if include "relearn.redis.auth" .ctx }}
+          # requirepass (and masterauth, for replication) reach redis-server as a config on stdin ("-" as first
+          # argument: file, stdin, then the options below, src/server.c main, Redis 7.0 and 7.4): the password
+          # is in no process's argv (/proc/<pid>/cmdline is world-readable) and in no file. The umask is the
+          # image entrypoint's (docker-library/redis docker-entrypoint.sh), which this command replaces.
+          command:
+            - sh
+            - -c
+            - |
+              set -eu
+              umask 0077
+              pw=$(printf '%s' "$REDISCLI_AUTH" | sed 's/[\\"]/\\&/g')
+              exec redis-server - "$@" <<EOF
+              requirepass "$pw"
+              masterauth "$pw"
+              EOF
+            - redis-server
+          # redis-cli (the readiness probe) authenticates with REDISCLI_AUTH.
+          env:
+            {{- include "relearn.redis.passwordEnv" (dict "ctx" .ctx "name" "REDISCLI_AUTH") | nindent 12 }}
+          {{- end }}
           args:
             - --port
             - {{ $r.port | quote }}
