@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +19,10 @@ from typing import Any
 from crds import crd_errors
 
 MERGE = "application/merge-patch+json"
+
+
+class _Forbidden(Exception):
+    """A request the authorizer refused (already answered 403)."""
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -45,11 +50,20 @@ class FakeApiServer:
         self,
         objects: dict[str, dict[str, Any]] | None = None,
         on_create: Callable[[str, dict[str, Any]], None] | None = None,
+        *,
+        authorize: Callable[[str | None, str, str], str | None] | None = None,
+        address: tuple[str, int] = ("127.0.0.1", 0),
+        tls: tuple[str, str] | None = None,
     ) -> None:
+        """``authorize(bearer token, method, path)`` returns the caller's name, or None for a 403 (RBAC);
+        ``tls``: (certificate, key) files, to serve HTTPS as an API server does to in-cluster clients."""
         self.objects = objects if objects is not None else {}
         self.on_create = on_create
+        self.authorize = authorize
         self.requests: list[dict[str, Any]] = []
         self.rejected: list[list[str]] = []
+        self.forbidden: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,10 +85,24 @@ class FakeApiServer:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 body = json.loads(raw) if raw else None
                 ctype = self.headers.get("Content-Type") if raw else None
-                outer.requests.append(
-                    {"method": method, "path": self.path, "content_type": ctype, "body": body}
-                )
+                request = {"method": method, "path": self.path, "content_type": ctype, "body": body}
+                if outer.authorize is not None:
+                    scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+                    token = token if scheme.lower() == "bearer" else None  # the client sends "bearer <token>"
+                    request["user"] = outer.authorize(token, method, self.path.split("?")[0])
+                    if request["user"] is None:
+                        outer.forbidden.append(request)
+                        self._status(403, f"forbidden: {method} {self.path}")
+                        raise _Forbidden
+                outer.requests.append(request)
                 return body
+
+            def handle_one_request(self) -> None:
+                try:
+                    with outer.lock:  # one request at a time: read-modify-write patches stay atomic
+                        super().handle_one_request()
+                except _Forbidden:
+                    pass
 
             def _store(self, path: str, obj: dict[str, Any]) -> bool:
                 """Validates against the CRD; stores and answers 200/201 when valid, else answers 422."""
@@ -117,8 +145,14 @@ class FakeApiServer:
                     return self._status(404)
                 self._answer(200, {"kind": "Status", "status": "Success"})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = ThreadingHTTPServer(address, Handler)
+        scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://{address[0]}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> FakeApiServer:

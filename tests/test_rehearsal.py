@@ -13,12 +13,14 @@ Knative autoscaling, image pulls).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -53,8 +55,16 @@ TRANSACTION = {
 }  # fmt: skip
 
 
-# An install that runs pipelines: the defaults plus Kubeflow Pipelines (its run pods' ConfigMap and RBAC).
-VALUES = ["--set", "kubeflow.enabled=true"]
+# An install that runs pipelines (defaults plus Kubeflow Pipelines: its run pods' ConfigMap and RBAC), with
+# the controller analysing every 2 s over 30 s windows from 20 canary requests, as an operator may tune it.
+CONTROLLER = {"INTERVAL_SECONDS": "2", "WINDOW": "30s", "MIN_REQUESTS": "20"}
+VALUES = ["--set", "kubeflow.enabled=true", "--set-json"]
+VALUES += [
+    "rollout.extraEnv="
+    + json.dumps([{"name": f"RELEARN_ROLLOUT_{k}", "value": v} for k, v in CONTROLLER.items()])
+]
+API_IP = "127.0.3.1"  # kubernetes.default.svc
+CUSTOM = {"InferenceService": "inferenceservices", "VirtualService": "virtualservices"}
 
 
 def render() -> list[dict[str, Any]]:
@@ -89,8 +99,18 @@ def cluster():
         tempfile.mkdtemp(prefix="relearn-rehearsal-", dir="/tmp")
     )  # /tmp: PostgreSQL's user reaches it
     root.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
+    from rehearsal.apiserver import ApiServer
+
     docs = [d for d in render() if d not in hooks(render())]
-    c = Cluster(docs, SECRETS, root, NAMESPACE)
+    objects = {
+        "/apis/{}/namespaces/{}/{}/{}".format(
+            d["apiVersion"], d["metadata"]["namespace"], CUSTOM[d["kind"]], d["metadata"]["name"]
+        ): d
+        for d in docs
+        if d["kind"] in CUSTOM
+    }
+    api = ApiServer(docs, objects, root / "apiserver", API_IP).__enter__()
+    c = Cluster(docs, SECRETS, root, NAMESPACE, api=api)
     prometheus = None
     try:
         c.start()
@@ -101,12 +121,13 @@ def cluster():
         if prometheus is not None:
             prometheus.close()
         c.close()
+        api.__exit__(None, None, None)
         shutil.rmtree(root, ignore_errors=True)
 
 
 def pod(cluster, prefix: str) -> str:
-    (name,) = [n for n in cluster.pods if n.startswith(prefix)]
-    return name
+    """The pod of a workload; of an InferenceService component, its latest revision."""
+    return sorted(n for n in cluster.pods if n.startswith(prefix))[-1]
 
 
 def test_stores_mlflow_and_detector_come_up_before_any_model(cluster) -> None:
@@ -153,10 +174,35 @@ def test_a_pipeline_run_with_a_kfp_pods_env_trains_into_the_clusters_mlflow_and_
     assert status == 200, body  # the champion is in the cluster's registry, not a pod-local SQLite (item 5)
 
 
+def isvc_path(cluster) -> str:
+    return next(p for p in cluster.api.server.objects if p.endswith("/inferenceservices/relearn-fraud"))
+
+
+def predictor_uri(isvc: dict[str, Any]) -> str:
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    return next(e["value"] for e in container["env"] if e["name"] == "RELEARN_PREDICTOR_MODEL_URI")
+
+
+def test_the_controller_pins_the_stable_revision_to_the_champions_version(cluster) -> None:
+    # Item 9: "@champion" would be resolved anew by every restarted pod of the stable revision.
+    path, deadline = isvc_path(cluster), time.monotonic() + 90
+    while (
+        time.monotonic() < deadline
+        and predictor_uri(cluster.api.server.objects[path]) != "models:/relearn-fraud/1"
+    ):
+        time.sleep(1)
+    assert predictor_uri(cluster.api.server.objects[path]) == "models:/relearn-fraud/1"
+
+
 def test_serving_starts_with_kserves_args_and_answers_on_the_isvc_host(cluster) -> None:
     names = [pod(cluster, "relearn-fraud-predictor"), pod(cluster, "relearn-fraud-transformer")]
-    # Both crash-loop until the first champion and the Feast definitions exist, as in a fresh cluster.
+    # Both crash-loop until the first champion and the Feast definitions exist, as in a fresh cluster; the
+    # pinned revision takes the traffic once it is ready.
     cluster.wait_ready(names, timeout=240)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and cluster.revisions["relearn-fraud"].rolled_out != names[0]:
+        time.sleep(0.5)
+    assert cluster.revisions["relearn-fraud"].rolled_out == names[0]
     log = cluster.pods[names[1]].log.read_text(errors="replace")
     assert "unrecognized arguments" not in log  # item 1: KServe's injected args are accepted
     url = f"http://relearn-fraud.{NAMESPACE}.{FQDN}/v1/models/relearn-fraud:predict"
@@ -226,3 +272,73 @@ def test_helm_test_hooks_pass(cluster) -> None:
             proc.argv, env=proc.env, capture_output=True, text=True, timeout=180, cwd=proc.env["HOME"]
         )
         assert done.returncode == 0, f"{name}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+
+
+class Load:
+    """Predictions on the InferenceService's host from a thread, counting answers by status."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        url = f"http://relearn-fraud.{NAMESPACE}.{FQDN}/v1/models/relearn-fraud:predict"
+        for i in itertools.count():
+            if self.stop.wait(0.05):
+                return
+            status, _ = http(url, {"instances": [{**TRANSACTION, "transaction_id": f"load-{i}"}]})
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+
+    def close(self) -> dict[int, int]:
+        self.stop.set()
+        self.thread.join(timeout=15)
+        return self.statuses
+
+
+def test_a_canary_is_stepped_and_promoted_by_the_controller_within_its_rbac(cluster) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    api = cluster.api
+    client = MlflowClient(f"http://relearn-mlflow.{NAMESPACE}.{FQDN}:5000")
+    champion = client.get_model_version_by_alias("relearn-fraud", "champion")
+    # Version 2: the champion's model registered again (a retrain that changed nothing passes every gate).
+    mlflow.set_tracking_uri(client.tracking_uri)
+    v2 = mlflow.register_model(champion.source, "relearn-fraud", tags=champion.tags)
+    env = {**os.environ, "KUBECONFIG": str(api.admin_kubeconfig())}
+    kubectl = [str(ROOT / ".venv" / "platform" / "bin" / "kubectl-relearn"), "-n", NAMESPACE]
+    load = Load()
+    try:
+        start = subprocess.run([*kubectl, "canary", "start", v2.version, "--percent", "10"], env=env,
+                               text=True,
+                               capture_output=True, timeout=60)  # fmt: skip
+        assert start.returncode == 0, start.stdout + start.stderr
+        path = isvc_path(cluster)
+        deadline = time.monotonic() + 300
+        promoted = False
+        while time.monotonic() < deadline and not promoted:
+            isvc = api.server.objects[path]
+            promoted = "canaryTrafficPercent" not in isvc["spec"]["predictor"] and any(
+                r["path"] == path and r["method"] == "PATCH" and r["user"] != "cluster-admin"
+                for r in api.server.requests
+            )
+            time.sleep(1)
+        controller = pod(cluster, "relearn-rollout")
+        assert promoted, f"not promoted: {isvc['spec']['predictor']} {cluster.tail(controller, 30)}"
+    finally:
+        statuses = load.close()
+    assert client.get_model_version_by_alias("relearn-fraud", "champion").version == v2.version
+    assert set(statuses) == {200}, statuses  # no failed request through the whole rollout
+    # The controller stepped the canary itself, every call allowed by its Role, none refused.
+    sa = f"system:serviceaccount:{NAMESPACE}:relearn-rollout"
+    calls = {(m, p.split("?")[0]) for u, m, p in api.calls() if u == sa}
+    patches = [r["body"] for r in api.server.requests if r.get("user") == sa and r["method"] == "PATCH"]
+    percents = [b["spec"]["predictor"].get("canaryTrafficPercent") for b in patches if "spec" in b]
+    assert percents[-1] is None and {25, 50} <= set(percents), percents
+    assert calls <= {("GET", path), ("PATCH", path)}, calls
+    assert not api.server.forbidden, api.server.forbidden
+    # The canary's payload events reached the detector's canary track (its version is not the stable one).
+    _, body = http(f"http://relearn-drift-detector.{NAMESPACE}.{FQDN}:8090/status")
+    assert body["open"].get("canary", 0) > 0, body["open"]

@@ -27,6 +27,7 @@ from rehearsal.kubelet import Objects, Process, image_name, process
 from rehearsal.network import Endpoint, Network
 
 WORKLOADS = ("Deployment", "StatefulSet")
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 def _postgres_bin(name: str) -> str:
@@ -85,11 +86,20 @@ def probe(proc: Process) -> bool:
 class Cluster:
     """The rehearsal: start with :meth:`start`, stop with :meth:`close` (processes, DNS, forwarders)."""
 
-    def __init__(self, docs: list[dict[str, Any]], secrets: list[dict[str, Any]], root: Path, namespace: str):
-        self.docs, self.root, self.namespace = docs, root, namespace
+    def __init__(
+        self,
+        docs: list[dict[str, Any]],
+        secrets: list[dict[str, Any]],
+        root: Path,
+        namespace: str,
+        api: Any = None,
+    ):
+        """``api``: a rehearsal.apiserver.ApiServer holding the custom objects (None: no Kubernetes API)."""
+        self.docs, self.root, self.namespace, self.api = docs, root, namespace, api
         self.objects = Objects.of(docs, secrets)
         self.net = Network(namespace)
         self.pods: dict[str, Pod] = {}
+        self.revisions: dict[str, Any] = {}  # InferenceService → its predictor revisions (rehearsal.knative)
         self.stopping = threading.Event()
         self.supervisor = threading.Thread(target=self._supervise, daemon=True)
 
@@ -100,6 +110,8 @@ class Cluster:
         made = []
         for container in spec["containers"]:
             proc = process(pod, container, self.objects, self.root / "pods" / name, self.root / "pvc")
+            if self.api is not None:
+                self._api_access(proc, spec, self.root / "pods" / name / "serviceaccount")
             key = name if len(spec["containers"]) == 1 else f"{name}/{container['name']}"
             made.append(
                 Pod(
@@ -109,6 +121,16 @@ class Cluster:
                 )
             )
         return made
+
+    def _api_access(self, proc: Process, spec: dict[str, Any], where: Path) -> None:
+        """The kubelet's KUBERNETES_SERVICE_* env in every pod, and the ServiceAccount token where it projects
+        it (a private bind mount: the official client reads that fixed path)."""
+        proc.env.update(KUBERNETES_SERVICE_HOST=self.api.ip, KUBERNETES_SERVICE_PORT="443")
+        if spec.get("automountServiceAccountToken") and spec.get("serviceAccountName"):
+            token = self.api.token_dir(self.namespace, spec["serviceAccountName"], where)
+            SA_DIR.mkdir(parents=True, exist_ok=True)
+            mount = f'mount --bind "$0" {SA_DIR} && exec "$@"'
+            proc.argv = ["unshare", "--mount", "sh", "-c", mount, str(token), *proc.argv]
 
     def _entrypoint(self, proc: Process, container: dict[str, Any]) -> Process:
         """What the upstream images' entrypoints add: initdb for PostgreSQL, the bind address for Redis."""
@@ -182,13 +204,41 @@ class Cluster:
                 for spec in made:
                     (pod,) = self._pod(spec["name"], spec["labels"], spec["spec"])
                     self.pods[pod.name] = by_name[spec["name"]] = pod
+                routed = self._revisions(doc, made)
                 for service, spec in kserve.services(doc, made).items():
+                    if service == routed:
+                        continue
                     pod = by_name[spec["name"]]
                     port = next(iter(pod.proc.ports.values()), 8080)
                     self.net.forward(service, 80, [Endpoint(pod.name, pod.proc.ip, port, pod.ready)])
         for doc in self.docs:
             if doc["kind"] == "Service":
                 self._service(doc)
+
+    def _revisions(self, isvc: dict[str, Any], made: list[dict[str, Any]]) -> str | None:
+        """With an API server, a Serverless predictor's Service is Knative's route over its revisions."""
+        if self.api is None or kserve.mode(isvc) != "Serverless":
+            return None
+        from rehearsal.knative import PredictorRevisions
+
+        meta = isvc["metadata"]
+        path = (
+            f"/apis/serving.kserve.io/v1beta1/namespaces/{meta['namespace']}/inferenceservices/{meta['name']}"
+        )
+        revisions = self.revisions[meta["name"]] = PredictorRevisions(
+            self, self.api.server.objects, path, self.root / "routes" / meta["name"]
+        )
+        revisions.state_path.parent.mkdir(parents=True, exist_ok=True)
+        (predictor,) = [p for p in made if p["component"] == "predictor"]
+        revisions.adopt(predictor["name"])
+        return f"{meta['name']}-predictor"
+
+    def add_pod(self, spec: dict[str, Any]) -> Pod:
+        """A pod made after the start (a new revision): built and launched."""
+        (pod,) = self._pod(spec["name"], spec["labels"], spec["spec"])
+        self.pods[pod.name] = pod
+        self._launch(pod)
+        return pod
 
     def selected(self, selector: dict[str, str]) -> list[Pod]:
         return [p for p in self.pods.values() if selector and selector.items() <= p.proc.labels.items()]
@@ -228,13 +278,15 @@ class Cluster:
         self.build()
         for pod in self.pods.values():
             self._launch(pod)
+        for name, revisions in self.revisions.items():
+            revisions.serve(self.net.service(f"{name}-predictor"))
         self.supervisor.start()
         return self
 
     def _supervise(self) -> None:
         """Restart exited containers with the kubelet's back-off (10 s doubling, capped here at 40 s)."""
         while not self.stopping.wait(0.5):
-            for pod in self.pods.values():
+            for pod in list(self.pods.values()):
                 with pod.lock:
                     if pod.popen is None or pod.popen.poll() is None:
                         continue
@@ -267,6 +319,8 @@ class Cluster:
 
     def close(self) -> None:
         self.stopping.set()
+        for revisions in self.revisions.values():
+            revisions.close()
         for pod in self.pods.values():
             with pod.lock:
                 if pod.popen is not None and pod.popen.poll() is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import threading
 from collections.abc import Callable
@@ -29,11 +30,17 @@ def dns_names(name: str, namespace: str) -> list[str]:
 
 
 class Hosts:
-    """A marked block of ``/etc/hosts`` entries (CI runs as root), removed on close."""
+    """A marked block of ``/etc/hosts`` entries (CI runs as root), removed on close.
+
+    The addresses are fixed, so one rehearsal runs at a time on a machine: a lock file serialises them.
+    """
 
     def __init__(self, path: Path = HOSTS) -> None:
         self.path = path
         self.entries: list[tuple[str, str]] = []
+        self.lock = Path("/tmp/relearn-rehearsal.lock").open("w")  # noqa: SIM115 - held until release()
+        fcntl.flock(self.lock, fcntl.LOCK_EX)
+        self.close()  # a previous run killed with -9 left its block behind
 
     def add(self, ip: str, names: list[str]) -> None:
         self.entries += [(ip, n) for n in names]
@@ -48,6 +55,11 @@ class Hosts:
 
     def close(self) -> None:
         self.path.write_text("\n".join(self._without_block()) + "\n")
+
+    def release(self) -> None:
+        self.close()
+        fcntl.flock(self.lock, fcntl.LOCK_UN)
+        self.lock.close()
 
 
 @dataclass
@@ -138,7 +150,7 @@ class Network:
             self.loop.call_soon_threadsafe(server.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
-        self.hosts.close()
+        self.hosts.release()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -41,38 +42,46 @@ def selected(
     ]
 
 
-def scrape_configs(cluster: Cluster, interval: str = "1s") -> list[dict[str, Any]]:
-    """One job per ServiceMonitor endpoint, with the targets the operator's Endpoints discovery would find."""
-    jobs = []
+def targets(cluster: Cluster) -> dict[str, list[dict[str, Any]]]:
+    """ "<job name>|<metrics path>" → the targets the operator's Endpoints discovery finds now (revisions come
+    and go)."""
+    jobs: dict[str, list[dict[str, Any]]] = {}
     for monitor in selected(cluster.docs, "ServiceMonitor"):
         spec = monitor["spec"]
         for i, endpoint in enumerate(spec["endpoints"]):
-            targets = []
+            name = f"serviceMonitor/{cluster.namespace}/{monitor['metadata']['name']}/{i}"
+            job = f"{name}|{endpoint.get('path', '/metrics')}"
+            found = jobs[job] = []
             for service in (d for d in cluster.docs if d["kind"] == "Service"):
                 labels = service["metadata"].get("labels") or {}
-                if not spec["selector"]["matchLabels"].items() <= labels.items():
-                    continue
                 ports = {p["name"]: p.get("targetPort", p["port"]) for p in service["spec"]["ports"]}
-                if endpoint["port"] not in ports:
+                selects = spec["selector"]["matchLabels"].items() <= labels.items()
+                if not selects or endpoint["port"] not in ports:
                     continue
+                name, target = service["metadata"]["name"], ports[endpoint["port"]]
                 for pod in cluster.selected(service["spec"].get("selector") or {}):
-                    target = ports[endpoint["port"]]
                     port = pod.proc.ports.get(target) if isinstance(target, str) else int(target)
                     extra = {
                         _sanitize(k): pod.proc.labels[k]
                         for k in spec.get("podTargetLabels", [])
                         if k in pod.proc.labels
                     }
-                    name = service["metadata"]["name"]
-                    labels = {"namespace": cluster.namespace, "service": name, "job": name, "pod": pod.name}
-                    targets.append({"targets": [f"{pod.proc.ip}:{port}"], "labels": {**labels, **extra}})
-            jobs.append({
-                "job_name": f"serviceMonitor/{cluster.namespace}/{monitor['metadata']['name']}/{i}",
-                "scrape_interval": interval,
-                "metrics_path": endpoint.get("path", "/metrics"),
-                "static_configs": targets,
-            })  # fmt: skip
+                    meta = {"namespace": cluster.namespace, "service": name, "job": name, "pod": pod.name}
+                    found.append({"targets": [f"{pod.proc.ip}:{port}"], "labels": {**meta, **extra}})
     return jobs
+
+
+def scrape_configs(cluster: Cluster, root: Path, interval: str = "1s") -> list[dict[str, Any]]:
+    """One job per ServiceMonitor endpoint, its targets in a file the refresher keeps current (file_sd)."""
+    return [
+        {
+            "job_name": job.split("|")[0],
+            "scrape_interval": interval,
+            "metrics_path": job.split("|")[1],
+            "file_sd_configs": [{"files": [str(root / f"targets-{n}.json")], "refresh_interval": "1s"}],
+        }
+        for n, job in enumerate(targets(cluster))
+    ]
 
 
 class Prometheus:
@@ -83,6 +92,18 @@ class Prometheus:
         self.ip = cluster.net.pod_ip()
         self.url = f"http://{self.ip}:9090"
         self.process: subprocess.Popen | None = None
+        self.stop = threading.Event()
+        self.refresher = threading.Thread(target=self._refresh_loop, daemon=True)
+
+    def _refresh(self) -> None:
+        for n, found in enumerate(targets(self.cluster).values()):
+            path = self.root / f"targets-{n}.json"
+            (self.root / f".targets-{n}.json").write_text(json.dumps(found))
+            (self.root / f".targets-{n}.json").replace(path)  # atomic: Prometheus never reads half a file
+
+    def _refresh_loop(self) -> None:
+        while not self.stop.wait(1.0):
+            self._refresh()
 
     def start(self) -> Prometheus:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -94,9 +115,11 @@ class Prometheus:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": rules,
-            "scrape_configs": scrape_configs(self.cluster),
+            "scrape_configs": scrape_configs(self.cluster, self.root),
         }
         (self.root / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self._refresh()
+        self.refresher.start()
         binary = shutil.which("prometheus") or "/usr/bin/prometheus"
         argv = [
             binary,
@@ -132,6 +155,7 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
     def close(self) -> None:
+        self.stop.set()
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=15)

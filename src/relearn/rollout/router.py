@@ -234,10 +234,13 @@ class Router:
     Args:
         state_path: The state file written by :class:`LocalBackend`.
         seed: Seed of the route choices (tests); None for a random seed.
+        mark_routes: Tell upstreams the route in ``x-relearn-route`` (locally one predictor can play stable
+            and canary in turn); False routes as Knative does, unmarked (the cluster rehearsal).
     """
 
-    def __init__(self, state_path: Path, seed: int | None = None) -> None:
+    def __init__(self, state_path: Path, seed: int | None = None, mark_routes: bool = True) -> None:
         self.path = Path(state_path)
+        self.mark_routes = mark_routes
         self.rng = random.Random(seed)
         self._stamp: tuple[int, int] | None = None
         self.state = RouterState()
@@ -366,9 +369,10 @@ def grpc_handler(router: Router, timeout: float = 30.0) -> Any:
                 if primary is None or not primary.grpc:
                     context.set_trailing_metadata(((ROUTE_HEADER, route),))
                     await context.abort(grpc.StatusCode.UNAVAILABLE, f"no healthy upstream for route {route}")
+                marks = ((ROUTE_HEADER, route),) if router.mark_routes else ()
                 try:
                     response, unary = await _with_call(
-                        channel(primary.grpc).unary_unary(method), request, (*metadata, (ROUTE_HEADER, route))
+                        channel(primary.grpc).unary_unary(method), request, (*metadata, *marks)
                     )
                 except grpc.aio.AioRpcError as exc:
                     context.set_trailing_metadata((*(exc.trailing_metadata() or ()), (ROUTE_HEADER, route)))
