@@ -226,6 +226,11 @@ def test_redis_requires_the_password_and_no_argv_holds_it(redis_pair, tmp_path: 
         time.sleep(0.2)
     pd.testing.assert_frame_equal(online, written)
 
+    # A KFP run pod: the host from the ConfigMap, the password from the Secret (RELEARN_REDIS_PASSWORD).
+    host_only = f"127.0.0.1:{primary.port}"
+    kfp_pod = pipeline.model_copy(update={"feast_redis_connection": host_only, "redis_password": PASSWORD})
+    pd.testing.assert_frame_equal(fstore.online_features(fstore.get_store(kfp_pod), requests), written)
+
 
 @needs_helm
 def test_auth_is_off_by_default_and_the_default_render_is_unchanged() -> None:

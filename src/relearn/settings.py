@@ -39,6 +39,11 @@ class RelearnSettings(BaseSettings):
     feast_redis_connection: str = Field(
         "localhost:6379", description="Redis connection string when the online store is redis."
     )
+    redis_password: str | None = Field(
+        None,
+        description="Redis password (RELEARN_REDIS_PASSWORD, from a Secret): added to the connection string "
+        "unless it already holds one, so a ConfigMap can carry the host and a Secret the password.",
+    )
     feast_offline_dir: Path | None = Field(
         None, description="Where feature tables are written as Parquet; default <feast_repo>/data."
     )

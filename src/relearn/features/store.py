@@ -141,7 +141,10 @@ def store_config(settings: RelearnSettings) -> dict[str, Any]:
     """The content of ``feature_store.yaml`` as a dict."""
     repo = settings.feature_repo()
     if settings.feast_online_store == "redis":
-        online: dict[str, Any] = {"type": "redis", "connection_string": settings.feast_redis_connection}
+        connection = settings.feast_redis_connection
+        if settings.redis_password and "password=" not in connection:
+            connection += f",password={settings.redis_password}"
+        online: dict[str, Any] = {"type": "redis", "connection_string": connection}
     else:
         online = {"type": "sqlite", "path": str(repo / "data" / "online.db")}
     return {
