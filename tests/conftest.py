@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+from datetime import UTC, datetime
 
 import pytest
 
@@ -40,3 +42,39 @@ def postgres_server():
         pytest.skip("PostgreSQL missing: `make setup` installs Debian's postgresql")
     with PostgresServer() as server:
         yield server
+
+
+# One small pipeline run (~60 k transactions) shared by the serving and post-install check tests.
+SERVING_START, SERVING_DAYS = datetime(2026, 2, 2, tzinfo=UTC), 20
+SERVING_RUN = {
+    "start": SERVING_START.date().isoformat(),
+    "days": SERVING_DAYS,
+    "users": 800,
+    "merchants": 150,
+    "seed": 5,
+    "epochs": 1,
+    "patience": 1,
+    "label_maturity_days": 7,
+    "git_sha": "0123abc",
+}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A relearn home with a registered champion and a materialized online store (one run per session)."""
+    from pipelines.run import run_locally  # the platform environment only
+
+    root = tmp_path_factory.mktemp("serving")
+    home = root / "home"
+    previous = os.environ.get("RELEARN_HOME")
+    os.environ["RELEARN_HOME"] = str(home)
+    try:
+        summary = run_locally(SERVING_RUN, root / "runs", home)
+        settings = RelearnSettings(home=home)
+        yield {"home": home, "summary": summary, "root": root, "settings": settings,
+               "tracking_uri": settings.tracking_uri()}  # fmt: skip
+    finally:
+        if previous is None:
+            os.environ.pop("RELEARN_HOME", None)
+        else:
+            os.environ["RELEARN_HOME"] = previous

@@ -39,19 +39,6 @@ MLFLOW = Path(sys.executable).with_name("mlflow")
 MODEL = "relearn-fraud"
 # The Host every in-cluster client sends to the chart's MLflow (relearn.mlflow.uri): Service FQDN and port.
 IN_CLUSTER_HOST = "relearn-mlflow.relearn.svc.cluster.local:5000"
-START, DAYS = datetime(2026, 2, 2, tzinfo=UTC), 20
-SMALL = {
-    "start": START.date().isoformat(),
-    "days": DAYS,
-    "users": 800,
-    "merchants": 150,
-    "seed": 5,
-    "epochs": 1,
-    "patience": 1,
-    "label_maturity_days": 7,
-    "git_sha": "0123abc",
-}
-
 needs_helm = pytest.mark.skipif(not HELM.exists(), reason="helm missing: run make setup")
 needs_drift = pytest.mark.skipif(
     not DRIFT_PYTHON.exists(), reason="drift environment missing: run make setup"
@@ -128,31 +115,6 @@ def drift_detector(directory: Path, mlflow_url: str, alive: bool = False) -> Ite
         yield url
     finally:
         stop_process(process)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Any]:
-    """A relearn home with a registered champion and a materialized online store (one small pipeline run)."""
-    from pipelines.run import run_locally
-    from relearn.settings import RelearnSettings
-
-    root = tmp_path_factory.mktemp("checks")
-    home = root / "home"
-    previous = os.environ.get("RELEARN_HOME")
-    os.environ["RELEARN_HOME"] = str(home)
-    try:
-        summary = run_locally(SMALL, root / "runs", home)
-    finally:
-        if previous is None:
-            os.environ.pop("RELEARN_HOME", None)
-        else:
-            os.environ["RELEARN_HOME"] = previous
-    return {
-        "home": home,
-        "root": root,
-        "summary": summary,
-        "tracking_uri": RelearnSettings(home=home).tracking_uri(),
-    }
 
 
 @pytest.fixture(scope="module")

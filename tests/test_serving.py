@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -26,46 +26,17 @@ import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
-from pipelines.run import run_locally
+from conftest import SERVING_DAYS, SERVING_START
 from relearn.data.io import read_transactions
 from relearn.data.schema import REQUEST_FIELDS
 from relearn.features.spec import CATEGORICAL_INPUTS, NUMERIC_INPUTS
-from relearn.settings import RelearnSettings
 from serving_stack import EventSink, Server, free_port
 
 pytestmark = pytest.mark.slow
 
 MODEL = "relearn-fraud"
-START, DAYS = datetime(2026, 2, 2, tzinfo=UTC), 20
+START, DAYS = SERVING_START, SERVING_DAYS
 END = START + timedelta(days=DAYS)
-SMALL = {
-    "start": START.date().isoformat(),
-    "days": DAYS,
-    "users": 800,
-    "merchants": 150,
-    "seed": 5,
-    "epochs": 1,
-    "patience": 1,
-    "label_maturity_days": 7,
-    "git_sha": "0123abc",
-}
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """A relearn home with a registered champion and a materialized online store (one run per session)."""
-    root = tmp_path_factory.mktemp("serving")
-    home = root / "home"
-    previous = os.environ.get("RELEARN_HOME")
-    os.environ["RELEARN_HOME"] = str(home)
-    try:
-        summary = run_locally(SMALL, root / "runs", home)
-        yield {"home": home, "summary": summary, "root": root, "settings": RelearnSettings(home=home)}
-    finally:
-        if previous is None:
-            os.environ.pop("RELEARN_HOME", None)
-        else:
-            os.environ["RELEARN_HOME"] = previous
 
 
 @pytest.fixture(scope="session")
