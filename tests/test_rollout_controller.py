@@ -157,14 +157,18 @@ def registry(settings) -> MlflowRegistry:
     from mlflow import MlflowClient
 
     uri = settings.tracking_uri()
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    register_versions(MlflowClient(tracking_uri=uri, registry_uri=uri), settings, 3, champion="1")
+    return MlflowRegistry(settings)
+
+
+def register_versions(client, settings, count: int, champion: str) -> None:
+    """``count`` versions of the model (one artifact directory) and the ``champion`` alias on one of them."""
     client.create_registered_model(settings.model_name)
     source = settings.home / "artifacts"
     source.mkdir(parents=True, exist_ok=True)
-    for _ in range(3):
+    for _ in range(count):
         client.create_model_version(settings.model_name, source=str(source))
-    client.set_registered_model_alias(settings.model_name, "champion", "1")
-    return MlflowRegistry(settings)
+    client.set_registered_model_alias(settings.model_name, "champion", champion)
 
 
 def _controller_settings(tmp: Path) -> ControllerSettings:
@@ -407,12 +411,7 @@ def test_run_pins_the_stable_revision_once_its_alias_exists(settings, tmp_path: 
         assert api.patches() == [], "no model registered yet: nothing to pin"
         assert AuditLog(cfg.audit_log).entries() == []
 
-        client.create_registered_model(settings.model_name)
-        source = settings.home / "artifacts"
-        source.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            client.create_model_version(settings.model_name, source=str(source))
-        client.set_registered_model_alias(settings.model_name, "champion", "2")
+        register_versions(client, settings, 2, champion="2")
         once()
         [patch] = api.patches()
         assert patch["path"] == path and patch["content_type"] == MERGE
