@@ -73,6 +73,7 @@ def test_cluster_trigger_submits_the_compiled_pipeline_through_the_kfp_api(kfp_a
     # With a kfp-kubernetes platform spec the client sends {pipeline_spec, platform_spec}: the run pods get
     # the cluster's settings ConfigMap (pipelines/train.py), not a pod-local MLflow.
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "relearn-train"
-    executors = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    kubernetes = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]
+    executors = kubernetes["deploymentSpec"]["executors"]
     assert all(e["configMapAsEnv"][0]["configMapName"] == "relearn-pipeline-env" for e in executors.values())
     assert run["runtime_config"]["parameters"] == {"days": 14, "scenario": "none"}
