@@ -63,7 +63,7 @@ serve: setup ## Serve the champion locally: transformer + predictor on 127.0.0.1
 
 # Part of `make test`; needs root for /etc/hosts (the in-cluster DNS names) and Debian's servers (make setup).
 rehearse: setup ## The rendered chart run as a cluster would run it (processes on loopback), then the cluster story
-	$(PY) -m pytest tests/test_rehearsal.py $(PYTEST_ARGS)
+	$(PY) -m pytest tests/test_rehearsal.py tests/test_rehearsal_production.py $(PYTEST_ARGS)
 
 chart-test: setup ## Offline chart checks: helm lint/template, kubernetes-validate, CRDs, promtool, yamllint, checkov, skaffold schema
 	$(PY) -m pytest tests/test_chart.py $(PYTEST_ARGS)

@@ -67,10 +67,10 @@ API_IP = "127.0.3.1"  # kubernetes.default.svc
 CUSTOM = {"InferenceService": "inferenceservices", "VirtualService": "virtualservices"}
 
 
-def render() -> list[dict[str, Any]]:
+def render(*extra: str) -> list[dict[str, Any]]:
     """The chart as `helm install` would apply it (RELEARN_REHEARSAL_CHART: rehearse another copy)."""
     chart = os.environ.get("RELEARN_REHEARSAL_CHART", str(CHART))
-    out = _run([HELM, "template", "relearn", str(chart), "-n", NAMESPACE, *VALUES])
+    out = _run([HELM, "template", "relearn", str(chart), "-n", NAMESPACE, *VALUES, *extra])
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 

@@ -1,0 +1,74 @@
+"""The rehearsal of `production-values.yaml`: every workload starts as the cluster would start it.
+
+The same machinery as tests/test_rehearsal.py (the story runs there on the defaults); here the production
+settings boot: MLflow with two replicas' worth of args over PostgreSQL and an S3 artifact destination (its
+credentials from the Secret the install guide has you create), Redis with persistence and two read
+replicas, the Feast registry server, the drift detector, the rollout controller with its API access, the
+shadow InferenceService as a RawDeployment, Prometheus with the operator-selected targets. Serving needs a
+champion, which the default rehearsal trains; here the serving pods only have to start their processes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from test_chart import CHART
+from test_rehearsal import API_IP, CUSTOM, FQDN, NAMESPACE, SECRETS, http, pytestmark, render  # noqa: F401
+
+PRODUCTION = ["-f", str(CHART / "ci" / "production-values.yaml")]
+S3_SECRET = {  # what the install guide has the operator create for S3 artifacts
+    "kind": "Secret",
+    "metadata": {"name": "relearn-mlflow-s3"},
+    "stringData": {"AWS_ACCESS_KEY_ID": "rehearsal", "AWS_SECRET_ACCESS_KEY": "rehearsal-secret"},
+}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from rehearsal.apiserver import ApiServer
+    from rehearsal.cluster import Cluster
+
+    root = Path(tempfile.mkdtemp(prefix="relearn-rehearsal-", dir="/tmp"))
+    root.chmod(0o755)
+    docs = render(*PRODUCTION)
+    objects = {
+        "/apis/{}/namespaces/{}/{}/{}".format(
+            d["apiVersion"], d["metadata"]["namespace"], CUSTOM[d["kind"]], d["metadata"]["name"]
+        ): d
+        for d in docs
+        if d["kind"] in CUSTOM
+    }
+    api = ApiServer(docs, objects, root / "apiserver", API_IP).__enter__()
+    c = Cluster(docs, [*SECRETS, S3_SECRET], root, NAMESPACE, api=api)
+    try:
+        yield c.start()
+    finally:
+        c.close()
+        api.__exit__(None, None, None)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_every_production_workload_starts_and_the_stores_serve(cluster) -> None:
+    stores = [
+        n for n in cluster.pods if n.startswith(("relearn-postgres", "relearn-mlflow", "relearn-redis"))
+    ]
+    others = [n for n in cluster.pods if n.startswith(("relearn-drift-detector", "relearn-feast-registry"))]
+    assert len([n for n in stores if n.startswith("relearn-redis-replica")]) == 1  # one pod per workload here
+    cluster.wait_ready(stores + others, timeout=180)
+    status, body = http(
+        f"http://relearn-mlflow.{NAMESPACE}.{FQDN}:5000/api/2.0/mlflow/experiments/search?max_results=1"
+    )
+    assert status == 200, body
+    # The read replicas follow the persistent primary (their Service is what transformers read from).
+    import redis
+
+    replica = redis.Redis(host=f"relearn-redis-replica.{NAMESPACE}.{FQDN}", port=6379, socket_timeout=5)
+    assert replica.info("replication")["master_link_status"] == "up"
+    # Serving and the controller run (no champion yet: the predictor waits for one, as on a fresh install).
+    for name in ("relearn-fraud-transformer", "relearn-fraud-shadow-transformer", "relearn-rollout"):
+        pod = cluster.pods[sorted(n for n in cluster.pods if n.startswith(name))[-1]]
+        assert pod.popen is not None and "unrecognized arguments" not in pod.log.read_text(errors="replace")
