@@ -269,7 +269,7 @@ def test_helm_test_hooks_pass(cluster) -> None:
             cluster.root / "pvc",
         )
         done = subprocess.run(
-            proc.argv, env=proc.env, capture_output=True, text=True, timeout=180, cwd=proc.env["HOME"]
+            proc.argv, env=proc.env, capture_output=True, text=True, timeout=300, cwd=proc.env["HOME"]
         )
         assert done.returncode == 0, f"{name}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
 
