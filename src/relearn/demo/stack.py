@@ -97,8 +97,14 @@ class Processes:
         """Wait until ``url`` answers 200."""
         self.wait_until(child, lambda: httpx.get(url, timeout=1.0).status_code == 200, timeout)
 
-    def stop(self, child: Child, timeout: float = 10.0) -> None:
-        """SIGTERM to the child's session, SIGKILL after ``timeout``."""
+    def stop(self, child: Child, timeout: float = 10.0, gone_within: float = 10.0) -> None:
+        """Stop a child and everything in its session, and wait until it is all gone.
+
+        SIGTERM to the child's process group, SIGKILL after ``timeout``; then SIGKILL to whatever is left in
+        its session (workers that made groups of their own) until none is alive, for ``gone_within`` s. A
+        SIGKILLed process lives on for a moment while the kernel tears it down: judging right after the
+        signal saw live "leftovers" of a clean stop, so the stop waits for them to be gone (bounded).
+        """
         if child.process.poll() is None:
             _signal_group(child.process, signal.SIGTERM)
             try:
@@ -106,7 +112,12 @@ class Processes:
             except subprocess.TimeoutExpired:
                 _signal_group(child.process, signal.SIGKILL)
                 child.process.wait(5)
-        _signal_group(child.process, signal.SIGKILL)  # stragglers of its session (task subprocesses)
+        deadline = time.monotonic() + gone_within
+        while (members := session_members(child.process.pid)) and time.monotonic() < deadline:
+            for pid in members:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
 
     def stop_all(self) -> list[int]:
         """Stop every child (last started first); returns the ports still open afterwards (none, normally)."""
@@ -119,19 +130,28 @@ class Processes:
         return [p for p in ports if port_open(p)]
 
 
-def left_running(children: list[Child]) -> list[str]:
-    """Children with a live (not zombie) process in their session; none after :meth:`Processes.stop_all`."""
-    sessions = {child.process.pid: child.name for child in children}
-    left = set()
+def _live_sessions() -> dict[int, list[int]]:
+    """Session id → its live (not zombie, not dead) processes, from /proc."""
+    sessions: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:  # the process ended while we looked
             continue
-        state, session = fields[0], int(fields[3])
-        if session in sessions and state != "Z":
-            left.add(sessions[session])
-    return sorted(left)
+        if fields[0] not in ("Z", "X"):
+            sessions.setdefault(int(fields[3]), []).append(int(stat.parent.name))
+    return sessions
+
+
+def session_members(session: int) -> list[int]:
+    """The live processes of one session (a child started with ``start_new_session``: its pid)."""
+    return _live_sessions().get(session, [])
+
+
+def left_running(children: list[Child]) -> list[str]:
+    """Children with a live (not zombie) process in their session; none after :meth:`Processes.stop_all`."""
+    live = _live_sessions()
+    return sorted({child.name for child in children if live.get(child.process.pid)})
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
