@@ -234,9 +234,8 @@ def test_rollout_rbac_is_least_privilege() -> None:
     (role,) = objects(docs, "Role")
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
     assert rules == {
-        (("serving.kserve.io",), ("inferenceservices",)): {"get", "list", "watch", "patch"},
-        (("networking.istio.io",), ("virtualservices",)): {"get", "list", "watch", "patch"},
-        (("",), ("events",)): {"create", "patch"},
+        (("serving.kserve.io",), ("inferenceservices",)): {"get", "patch"},
+        (("networking.istio.io",), ("virtualservices",)): {"get", "patch"},
     }
     assert not objects(docs, "ClusterRole") and not objects(docs, "ClusterRoleBinding")
     (binding,) = objects(docs, "RoleBinding")
