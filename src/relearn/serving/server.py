@@ -57,6 +57,50 @@ def strict_handlers(servicer: Any) -> Any:
     return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
 
 
+class OpenInferenceJson:
+    """ASGI middleware: a v2 ``/infer`` body without ``Inference-Header-Content-Length`` is JSON.
+
+    The open inference protocol signals its binary extension by that header alone; KServe's REST data plane
+    decides by content type instead, so tritonclient's JSON mode and ``curl -d`` (a form type) got a 400
+    "received byte inputs". Without the header the request is handed on as ``application/json``.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Pass the request on, typed as JSON when it is a v2 infer body without the binary header."""
+        if scope["type"] == "http" and scope["path"].endswith("/infer"):
+            headers = scope["headers"]
+            if not any(k.lower() == b"inference-header-content-length" for k, _ in headers):
+                kept = [h for h in headers if h[0].lower() != b"content-type"]
+                scope = {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
+async def bad_request(request: Any, exc: Any) -> Any:
+    """A body FastAPI cannot validate: a 400 ``{"error": ...}`` naming the field (open inference protocol).
+
+    FastAPI's default answer is a 422 that echoes the input, which fails on ``NaN`` (a 500).
+    """
+    from starlette.responses import JSONResponse
+
+    first = (exc.errors() or [{}])[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    message = f"{where}: {first.get('msg', 'invalid request')}"
+    log.warning("bad request", extra={"path": request.url.path, "error": message})
+    return JSONResponse({"error": message}, status_code=400)
+
+
+def _prepare(app: Any) -> None:
+    """Our middleware and handler on KServe's FastAPI app (once: it is a module-level object)."""
+    from fastapi.exceptions import RequestValidationError
+
+    if not any(m.cls is OpenInferenceJson for m in app.user_middleware):
+        app.add_middleware(OpenInferenceJson)
+    app.add_exception_handler(RequestValidationError, bad_request)
+
+
 def serve(model: Any, settings: CommonServingSettings, payload_logger: Any = None) -> None:
     """Load ``model``, start its payload logger (if any) and serve it until SIGINT/SIGTERM."""
     from relearn.logs import configure_logging
@@ -74,10 +118,12 @@ def run(model: Any, settings: CommonServingSettings, on_stop: Any = None) -> Non
     """Serve ``model`` (already loaded) on REST and gRPC until SIGINT/SIGTERM."""
     from grpc import aio
     from kserve import ModelServer
+    from kserve.model_server import app
     from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
     from kserve.protocol.grpc.servicer import InferenceServicer
     from kserve.protocol.rest.server import RESTServer
 
+    _prepare(app)
     server = ModelServer(
         http_port=settings.http_port,
         grpc_port=settings.grpc_port,
