@@ -20,6 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 import test_serving
+from conftest import SERVING_RUN
 from pipelines.run import run_locally
 from relearn.features.spec import MODEL_INPUTS
 from relearn.features.store import MERCHANT_TABLE, USER_TABLE
@@ -47,7 +48,7 @@ def trained(tmp_path_factory, redis_server, postgres_server):
         # MLflow keeps the tracking URI in a module global: restore it after the module, so no later
         # test reaches for this PostgreSQL once it is stopped.
         patch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None)
-        summary = run_locally(test_serving.SMALL, root / "runs", root / "home")
+        summary = run_locally(SERVING_RUN, root / "runs", root / "home")
         settings = RelearnSettings()
         yield {"home": root / "home", "summary": summary, "root": root, "settings": settings, "env": env}
 
