@@ -64,7 +64,6 @@ VALUES += [
     + json.dumps([{"name": f"RELEARN_ROLLOUT_{k}", "value": v} for k, v in CONTROLLER.items()])
 ]
 API_IP = "127.0.3.1"  # kubernetes.default.svc
-CUSTOM = {"InferenceService": "inferenceservices", "VirtualService": "virtualservices"}
 
 
 def render(*extra: str) -> list[dict[str, Any]]:
@@ -99,17 +98,10 @@ def cluster():
         tempfile.mkdtemp(prefix="relearn-rehearsal-", dir="/tmp")
     )  # /tmp: PostgreSQL's user reaches it
     root.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
-    from rehearsal.apiserver import ApiServer
+    from rehearsal.apiserver import ApiServer, custom_objects
 
     docs = [d for d in render() if d not in hooks(render())]
-    objects = {
-        "/apis/{}/namespaces/{}/{}/{}".format(
-            d["apiVersion"], d["metadata"]["namespace"], CUSTOM[d["kind"]], d["metadata"]["name"]
-        ): d
-        for d in docs
-        if d["kind"] in CUSTOM
-    }
-    api = ApiServer(docs, objects, root / "apiserver", API_IP).__enter__()
+    api = ApiServer(docs, custom_objects(docs), root / "apiserver", API_IP).__enter__()
     c = Cluster(docs, SECRETS, root, NAMESPACE, api=api)
     prometheus = None
     try:

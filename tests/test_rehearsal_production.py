@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from test_chart import CHART
-from test_rehearsal import API_IP, CUSTOM, FQDN, NAMESPACE, SECRETS, http, pytestmark, render  # noqa: F401
+from test_rehearsal import API_IP, FQDN, NAMESPACE, SECRETS, http, pytestmark, render  # noqa: F401
 
 PRODUCTION = ["-f", str(CHART / "ci" / "production-values.yaml")]
 S3_SECRET = {  # what the install guide has the operator create for S3 artifacts
@@ -29,20 +29,13 @@ S3_SECRET = {  # what the install guide has the operator create for S3 artifacts
 
 @pytest.fixture(scope="module")
 def cluster():
-    from rehearsal.apiserver import ApiServer
+    from rehearsal.apiserver import ApiServer, custom_objects
     from rehearsal.cluster import Cluster
 
     root = Path(tempfile.mkdtemp(prefix="relearn-rehearsal-", dir="/tmp"))
     root.chmod(0o755)
     docs = render(*PRODUCTION)
-    objects = {
-        "/apis/{}/namespaces/{}/{}/{}".format(
-            d["apiVersion"], d["metadata"]["namespace"], CUSTOM[d["kind"]], d["metadata"]["name"]
-        ): d
-        for d in docs
-        if d["kind"] in CUSTOM
-    }
-    api = ApiServer(docs, objects, root / "apiserver", API_IP).__enter__()
+    api = ApiServer(docs, custom_objects(docs), root / "apiserver", API_IP).__enter__()
     c = Cluster(docs, [*SECRETS, S3_SECRET], root, NAMESPACE, api=api)
     try:
         yield c.start()

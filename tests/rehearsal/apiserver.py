@@ -21,6 +21,20 @@ ADMIN = "cluster-admin"  # the operator's kubectl (kubectl relearn), not bound b
 VERBS = {"GET": "get", "PATCH": "patch", "POST": "create", "DELETE": "delete", "PUT": "update"}
 
 
+CUSTOM = {"InferenceService": "inferenceservices", "VirtualService": "virtualservices"}
+
+
+def custom_objects(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The rendered custom objects by their API path, as the API server stores them after `helm install`."""
+    return {
+        "/apis/{}/namespaces/{}/{}/{}".format(
+            d["apiVersion"], d["metadata"]["namespace"], CUSTOM[d["kind"]], d["metadata"]["name"]
+        ): d
+        for d in docs
+        if d["kind"] in CUSTOM
+    }
+
+
 def parse(path: str) -> tuple[str, str, str | None, str | None]:
     """``/apis/<group>/<v>/namespaces/<ns>/<plural>[/<name>]`` or ``/api/v1/…`` → group, plural, ns, name."""
     parts = path.strip("/").split("/")
