@@ -13,27 +13,19 @@ Nothing here has import-time side effects; every path comes from :class:`~relear
 
 from __future__ import annotations
 
-import logging
-import time
 import weakref
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import grpc
 import numpy as np
 import pandas as pd
 import yaml
 from feast import Entity, FeatureService, FeatureStore, FeatureView, Field, FileSource, RepoConfig, ValueType
-from feast.base_feature_view import BaseFeatureView
-from feast.errors import FeatureViewNotFoundException
-from feast.infra.registry.base_registry import BaseRegistry
-from feast.infra.registry.remote import RemoteRegistry, RemoteRegistryConfig
-from feast.permissions.auth_model import AuthConfig
 from feast.types import Float64, Int64, String
 
 from relearn.data.schema import REQUEST_FIELDS
+from relearn.features.registry import SnapshotFeatureStore
 from relearn.features.spec import (
     FEATURE_SERVICE,
     LABEL,
@@ -51,7 +43,6 @@ DEFINITIONS_MODULE = "repo_definitions.py"
 # RELEARN_FEAST_REGISTRY=grpc://<host>:<port>: Feast's remote registry (a `feast serve_registry` server).
 REMOTE_REGISTRY_SCHEME = "grpc://"
 
-log = logging.getLogger(__name__)
 
 # A user (or merchant) not seen for longer than the TTL is cold again: the point-in-time join returns no
 # row and serving falls back to ENTITY_DEFAULTS. Same horizon as transforms.HISTORY_HORIZON, which makes
@@ -187,85 +178,10 @@ def write_repo(settings: RelearnSettings) -> Path:
     return repo
 
 
-@dataclass
-class _Snapshot:
-    """One project's entities and feature views as the registry server listed them (protos, class)."""
-
-    taken: float
-    entities: list[Any]
-    views: dict[str, tuple[type[BaseFeatureView], Any]]
-
-
-class SnapshotRemoteRegistry(RemoteRegistry):
-    """Feast's remote (gRPC) registry whose cached lookups read a snapshot of the project.
-
-    Feast's ``RemoteRegistry`` sends every lookup to the server, also those Feast allows to be cached: each
-    ``get_online_features`` would cost three round trips (``ListEntities``, ``GetAnyFeatureView`` per view)
-    and fail while the registry server restarts. Here the lookups with ``allow_cache=True`` read a snapshot
-    of the project's entities and feature views (two listing calls), as Feast's file registry reads its
-    cached proto: renewed after ``cache_ttl_seconds`` (0: never) or when a feature view is missing from it;
-    a failed renewal keeps the last snapshot. Each lookup builds fresh objects from the snapshot's protos
-    (callers modify what they get). Writes (apply, materialization) and uncached reads go to the server.
-    """
-
-    def __init__(self, config: RemoteRegistryConfig, project: str, auth_config: AuthConfig) -> None:
-        super().__init__(config, project, None, auth_config)
-        self._ttl = config.cache_ttl_seconds
-        self._snapshots: dict[str, _Snapshot] = {}
-
-    def _snapshot(self, project: str, renew: bool = False) -> _Snapshot:
-        now = time.monotonic()
-        last = self._snapshots.get(project)
-        if last is not None and not renew and (self._ttl <= 0 or now - last.taken <= self._ttl):
-            return last
-        try:
-            entities = [e.to_proto() for e in super().list_entities(project, allow_cache=True)]
-            views = super().list_all_feature_views(project, allow_cache=True)
-        except grpc.RpcError as exc:
-            if last is None:
-                raise
-            log.warning("registry snapshot not renewed, keeping the last one", extra={"error": str(exc)})
-            last.taken = now
-            return last
-        snapshot = _Snapshot(now, entities, {v.name: (type(v), v.to_proto()) for v in views})
-        self._snapshots[project] = snapshot
-        return snapshot
-
-    def list_entities(
-        self, project: str, allow_cache: bool = False, tags: dict[str, str] | None = None
-    ) -> list[Entity]:
-        """The project's entities; from the snapshot when ``allow_cache``."""
-        if not allow_cache or tags:
-            return super().list_entities(project, allow_cache, tags)
-        return [Entity.from_proto(p) for p in self._snapshot(project).entities]
-
-    def get_any_feature_view(self, name: str, project: str, allow_cache: bool = False) -> BaseFeatureView:
-        """A feature view of any kind; from the snapshot when ``allow_cache``."""
-        if not allow_cache:
-            return super().get_any_feature_view(name, project, allow_cache)
-        views = self._snapshot(project).views
-        if name not in views:  # applied after the snapshot was taken?
-            views = self._snapshot(project, renew=True).views
-        if name not in views:
-            raise FeatureViewNotFoundException(name, project)
-        cls, proto = views[name]
-        return cls.from_proto(proto)
-
-
-class _FeatureStore(FeatureStore):
-    """A FeatureStore whose remote registry is a :class:`SnapshotRemoteRegistry`."""
-
-    def _create_registry(self) -> BaseRegistry:
-        config = self.config.registry
-        if isinstance(config, RemoteRegistryConfig):
-            return SnapshotRemoteRegistry(config, self.config.project, self.config.auth_config)
-        return super()._create_registry()
-
-
 def get_store(settings: RelearnSettings) -> FeatureStore:
     """A FeatureStore on the repo of these settings (writes the repo files first)."""
     repo = write_repo(settings)
-    return _FeatureStore(repo_path=str(repo), config=repo_config(settings))
+    return SnapshotFeatureStore(repo_path=str(repo), config=repo_config(settings))
 
 
 def apply(store: FeatureStore, settings: RelearnSettings) -> None:
