@@ -126,6 +126,17 @@ def kserve_args(argv: list[str], settings: type[BaseSettings]) -> list[str]:
     return out
 
 
+def run_cli(settings: type[BaseSettings], argv: list[str] | None = None) -> None:
+    """Parse ``argv`` (default: this process's args) into ``settings`` and run its ``cli_cmd``.
+
+    KServe's injected options are accepted (:func:`kserve_args`).
+    """
+    from pydantic_settings import CliApp
+
+    args = sys.argv[1:] if argv is None else argv
+    CliApp.run(settings, cli_args=kserve_args(args, settings))
+
+
 def _strip_argv() -> None:
     """kserve.model_server parses sys.argv when imported; our options are not its options."""
     del sys.argv[1:]
