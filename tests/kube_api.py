@@ -14,6 +14,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from crds import crd_errors
@@ -169,6 +170,18 @@ class FakeApiServer:
         from kubernetes import client
 
         return client.ApiClient(client.Configuration(host=self.url))
+
+    def kubeconfig(self, path: Path, token: str | None = None, ca: Path | None = None) -> Path:
+        """A kubeconfig for this server, what a user's kubectl (or ``KUBECONFIG``) points the client at."""
+        cluster = f"server: '{self.url}'" + (f", certificate-authority: '{ca}'" if ca else "")
+        user = f"token: '{token}'" if token else ""
+        path.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: stand-in\n"
+            f"clusters: [{{name: stand-in, cluster: {{{cluster}}}}}]\n"
+            f"users: [{{name: user, user: {{{user}}}}}]\n"
+            "contexts: [{name: stand-in, context: {cluster: stand-in, user: user}}]\n"
+        )
+        return path
 
     def patches(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == "PATCH"]

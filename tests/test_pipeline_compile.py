@@ -204,21 +204,16 @@ def test_the_deploy_step_with_its_pod_env_stays_within_its_role(compiled, mode, 
     names the run pods' service account; and the Role allows nothing else (each rule is used)."""
     from components.deploy.component import deploy as deploy_component
     from kube_api import FakeApiServer
-    from relearn import kube
+    from rehearsal.apiserver import custom_objects
 
     docs = rendered("kubeflow", "--set", f"shadow.enabled={str(mode == 'shadow').lower()}")
-    objects = {}
-    for d in docs:
-        if d["kind"] in ("InferenceService", "VirtualService"):
-            group, version = d["apiVersion"].split("/")
-            plural = d["kind"].lower() + "s"
-            objects[f"/apis/{group}/{version}/namespaces/{NAMESPACE}/{plural}/{d['metadata']['name']}"] = d
     for key, value in kfp_pod_env(compiled, docs, "deploy").items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("RELEARN_HOME", str(tmp_path))  # the pod's /tmp/relearn: the audit trail goes there
 
-    with FakeApiServer(objects) as api:
-        monkeypatch.setattr(kube, "api_client", api.api_client)
+    with FakeApiServer(custom_objects(docs)) as api:
+        # The client finds the stand-in through a kubeconfig, as outside a pod (relearn.kube.api_client).
+        monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig")))
         outputs = deploy_component.python_func(
             model_version="7",
             gate_passed=True,

@@ -114,15 +114,7 @@ class ApiServer:
     def admin_kubeconfig(self) -> Path:
         """The operator's kubeconfig (what `kubectl relearn` uses)."""
         token = next(t for t, u in self.tokens.items() if u == ADMIN)
-        path = self.root / "kubeconfig"
-        path.write_text(
-            "apiVersion: v1\nkind: Config\ncurrent-context: rehearsal\n"
-            f"clusters: [{{name: rehearsal, cluster: {{server: 'https://{self.ip}:443', "
-            f"certificate-authority: '{self.ca}'}}}}]\n"
-            f"users: [{{name: admin, user: {{token: '{token}'}}}}]\n"
-            "contexts: [{name: rehearsal, context: {cluster: rehearsal, user: admin}}]\n"
-        )
-        return path
+        return self.server.kubeconfig(self.root / "kubeconfig", token=token, ca=self.ca)
 
     def calls(self, user_prefix: str = "system:serviceaccount:") -> list[tuple[str, str, str]]:
         """(caller, method, path) of every authorised call by ServiceAccounts."""
