@@ -34,7 +34,8 @@ from relearn.features.spec import (
     USER_FEATURES,
     USER_VIEW,
 )
-from relearn.features.transforms import HISTORY_HORIZON, entity_feature_tables, model_inputs
+from relearn.features.transforms import entity_feature_tables, model_inputs
+from relearn.features.windows import HISTORY_HORIZON
 from relearn.settings import RelearnSettings
 
 USER_TABLE = "user_features.parquet"
@@ -42,6 +43,8 @@ MERCHANT_TABLE = "merchant_features.parquet"
 DEFINITIONS_MODULE = "repo_definitions.py"
 # RELEARN_FEAST_REGISTRY=grpc://<host>:<port>: Feast's remote registry (a `feast serve_registry` server).
 REMOTE_REGISTRY_SCHEME = "grpc://"
+# A local file registry is replaced atomically, so readers never parse a half-written one (registry_file.py).
+FILE_REGISTRY_STORE = "relearn.features.registry_file.AtomicFileRegistryStore"
 
 
 # A user (or merchant) not seen for longer than the TTL is cold again: the point-in-time join returns no
@@ -121,10 +124,13 @@ def registry_config(settings: RelearnSettings) -> str | dict[str, Any]:
 
     ``grpc://<host>:<port>`` becomes ``{registry_type: remote, path: <host>:<port>}``, the gRPC target that
     ``feast.infra.registry.remote.RemoteRegistry`` dials (insecure channel; no TLS in the cluster network).
+    A local path gets the atomic file store :data:`FILE_REGISTRY_STORE`.
     """
     registry = settings.registry()
     if registry.startswith(REMOTE_REGISTRY_SCHEME):
         return {"registry_type": "remote", "path": registry.removeprefix(REMOTE_REGISTRY_SCHEME)}
+    if "://" not in registry:  # a local path; object-store URLs keep Feast's store for their scheme
+        return {"registry_type": "file", "registry_store_type": FILE_REGISTRY_STORE, "path": registry}
     return registry
 
 

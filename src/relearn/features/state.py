@@ -1,0 +1,284 @@
+"""Streaming entity state: the online features follow every transaction scored and every chargeback received.
+
+The state keeps each entity's raw events of its longest window (plus the lateness bound), deduplicated by
+``transaction_id``, in one of two backends with the same semantics:
+
+* ``sqlite`` (the embedded default): one WAL database file shared by the processes of one machine;
+* ``redis``: sorted sets updated by Lua scripts (atomic per entity), sharded by entity key over
+  ``RELEARN_STATE_REDIS_URLS``.
+
+:meth:`OnlineState.observe` adds a request's transactions and reads each one's features in a single atomic
+step per entity: the window ``[t - w, t)`` never contains the transaction itself, so a retry, a second
+replica or the shadow mirror sees the same values and counts the transaction once. Two transactions of a
+card see each other only in event-time order. The intermediate values (counts, centred sums, distinct
+merchants, the last event) are finished by :mod:`relearn.features.windows`, the functions the training set
+uses, so online and offline values are the same numbers (``tests/test_state_parity.py`` proves it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from relearn.features.spec import ENTITY_DEFAULTS, MERCHANT_FEATURES, USER_FEATURES
+from relearn.features.windows import (
+    HORIZON_US,
+    MERCHANT_RETENTION_US,
+    US,
+    USER_RETENTION_US,
+    WINDOWS,
+    centred_sums,
+    chargeback_rate,
+    mean_std,
+)
+
+
+class StateSettings(BaseSettings):
+    """Where the streaming state lives and which events it admits (``RELEARN_STATE_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="RELEARN_STATE_", extra="ignore")
+
+    backend: Literal["sqlite", "redis"] = Field("sqlite", description="sqlite (embedded) or redis.")
+    path: Path = Field(Path(".relearn/online_state.db"), description="The SQLite file (sqlite backend).")
+    redis_urls: str = Field(
+        "redis://127.0.0.1:6379/1",
+        description="Comma-separated Redis URLs, one per shard; entities are spread by a hash of their key.",
+    )
+    redis_password: str | None = Field(None, description="Redis password (else the URL's).")
+    key_prefix: str = Field("relearn:state:", description="Prefix of every Redis key.")
+    lateness_seconds: float = Field(
+        3600.0, ge=0, description="Events older than the clock by more than this are rejected."
+    )
+    max_future_seconds: float = Field(
+        300.0, ge=0, description="Events ahead of the wall clock by more than this are rejected."
+    )
+    clock: Literal["wall", "stream"] = Field(
+        "wall",
+        description="What lateness is measured against: the wall clock (production) or the latest event "
+        "time this process admitted (replays of simulated or historical streams).",
+    )
+
+
+class Rejected(ValueError):
+    """An event the state refuses (too late, from the future, malformed); the message names the field."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Event:
+    """One transaction as the state records it (``amount`` None: counted, left out of amount statistics)."""
+
+    transaction_id: str
+    time_us: int
+    user_id: str
+    merchant_id: str
+    amount: float | None = None
+    country: str = ""
+    device_id: str = ""
+
+    @property
+    def place(self) -> tuple[str, str]:
+        """Where the card was used: ``(country, device_id)``."""
+        return self.country, self.device_id
+
+
+@dataclass(frozen=True)
+class UserWindow:
+    """A user's events in ``[t - retention, t)`` (time order) and the last one in ``[t - horizon, t)``."""
+
+    times: np.ndarray  # int64 µs
+    amounts: np.ndarray  # float64, NaN for none
+    merchants: list[str]
+    last: tuple[int, str, str] | None  # (time µs, country, device)
+
+
+@dataclass(frozen=True)
+class MerchantWindow:
+    """A merchant's intermediate values at t: amount sums over 7 d, counts over 24 h and 30 d."""
+
+    n: int  # non-null amounts in the mean's window
+    s: float  # sum of (amount - centre)
+    ss: float  # sum of (amount - centre)²
+    centre: float
+    count_24h: int
+    count_30d: int
+    chargebacks_30d: int
+
+
+class Backend(Protocol):
+    """Storage of raw events; every call is atomic per entity."""
+
+    def users(self, events: list[Event], add: bool) -> list[UserWindow]:
+        """Add each event to its user (when ``add``, once per id) and read the user's window at its time."""
+
+    def merchants(self, events: list[Event], add: bool) -> list[MerchantWindow]:
+        """The same for merchants, returning the intermediate values."""
+
+    def chargebacks(self, items: list[tuple[str, str, int]]) -> int:
+        """Add ``(merchant_id, transaction_id, received µs)`` once per id; returns how many were new."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Absolute window bounds (µs) of one query time; the one place the windows become numbers."""
+
+    t: int
+    user_from: int  # the user's windowed features
+    last_from: int  # the previous transaction
+    merchant_mean_from: int
+    merchant_24h_from: int
+    merchant_30d_from: int
+    prune_user: int  # events older than these can be dropped (lateness included)
+    prune_merchant: int
+
+    @classmethod
+    def at(cls, t: int, lateness_us: int) -> Bounds:
+        """The bounds of a query at ``t`` µs."""
+        return cls(
+            t=t,
+            user_from=t - USER_RETENTION_US,
+            last_from=t - HORIZON_US,
+            merchant_mean_from=t - WINDOWS["merchant_amount_mean_7d"],
+            merchant_24h_from=t - WINDOWS["merchant_txn_count_24h"],
+            merchant_30d_from=t - WINDOWS["merchant_chargeback_rate_30d"],
+            prune_user=t - USER_RETENTION_US - lateness_us,
+            prune_merchant=t - MERCHANT_RETENTION_US - lateness_us,
+        )
+
+
+def encode_user(event: Event) -> str:
+    """A user's event as stored (JSON keeps any id text safe)."""
+    return json.dumps([event.transaction_id, event.amount, event.merchant_id, event.country, event.device_id])
+
+
+def decode_user(member: str | bytes) -> tuple[str, float | None, str, str, str]:
+    """``(transaction_id, amount, merchant_id, country, device_id)`` of a stored user event."""
+    tid, amount, merchant, country, device = json.loads(member)
+    return tid, amount, merchant, country, device
+
+
+def user_features(t: int, window: UserWindow) -> dict[str, Any]:
+    """The user's features at t from its window, finished by the shared functions."""
+    out: dict[str, Any] = {}
+    times = window.times
+    for name in ("user_txn_count_1h", "user_txn_count_24h", "user_txn_count_7d"):
+        out[name] = len(times) - int(np.searchsorted(times, t - WINDOWS[name], side="left"))
+    inside = times >= t - WINDOWS["user_amount_mean_7d"]
+    n, s, ss, centre = centred_sums(window.amounts[inside])
+    mean, std = mean_std(n, s, ss, centre)
+    out["user_amount_mean_7d"], out["user_amount_std_7d"] = float(mean), float(std)
+    inside = np.flatnonzero(times >= t - WINDOWS["user_distinct_merchants_7d"])
+    out["user_distinct_merchants_7d"] = len({window.merchants[i] for i in inside})
+    if window.last is None:
+        out.update(user_last_txn_unix=np.nan, user_last_country=None, user_last_device=None)
+    else:
+        when, country, device = window.last
+        out.update(user_last_txn_unix=when / US, user_last_country=country, user_last_device=device)
+    return out
+
+
+def merchant_features(window: MerchantWindow) -> dict[str, Any]:
+    """The merchant's features from its intermediate values, finished by the shared functions."""
+    mean, _ = mean_std(window.n, window.s, window.ss, window.centre)
+    return {
+        "merchant_txn_count_24h": window.count_24h,
+        "merchant_amount_mean_7d": float(mean),
+        "merchant_chargeback_rate_30d": float(chargeback_rate(window.chargebacks_30d, window.count_30d)),
+    }
+
+
+class OnlineState:
+    """The streaming state of users and merchants, on a backend; see the module docstring."""
+
+    def __init__(self, backend: Backend, settings: StateSettings | None = None) -> None:
+        self.backend = backend
+        self.settings = settings or StateSettings()
+        self.lateness_us = int(self.settings.lateness_seconds * US)
+        self.watermark: int | None = None  # latest admitted event time (the stream clock)
+
+    def admit(self, times_us: list[int], field: str = "event_timestamp") -> None:
+        """Refuse the whole batch if one time is beyond the lateness bound or ahead of the wall clock."""
+        now_us = int(time.time() * US)
+        limit = now_us + int(self.settings.max_future_seconds * US)
+        clock = now_us if self.settings.clock == "wall" else self.watermark
+        for t in times_us:
+            if t > limit:
+                ahead = (t - now_us) / US
+                raise Rejected("future", f"field '{field}' is {ahead:.0f} s ahead of the clock")
+            if clock is not None and t < clock - self.lateness_us:
+                late = (clock - t) / US
+                raise Rejected(
+                    "late",
+                    f"field '{field}' is {late:.0f} s behind the stream, beyond the lateness bound of "
+                    f"{self.settings.lateness_seconds:.0f} s",
+                )
+
+    def _advance(self, times_us: list[int]) -> None:
+        if times_us:
+            latest = max(times_us)
+            self.watermark = latest if self.watermark is None else max(self.watermark, latest)
+
+    def observe(self, events: list[Event]) -> list[dict[str, Any]]:
+        """Add the transactions (once each) and return each one's entity features just before it."""
+        times = [e.time_us for e in events]
+        self.admit(times)
+        users = self.backend.users(events, add=True)
+        merchants = self.backend.merchants(events, add=True)
+        self._advance(times)
+        return [
+            {**user_features(e.time_us, u), **merchant_features(m)}
+            for e, u, m in zip(events, users, merchants, strict=True)
+        ]
+
+    def read(self, events: list[Event]) -> list[dict[str, Any]]:
+        """The features the events would get, without adding them (as-of reads for skew checks)."""
+        users = self.backend.users(events, add=False)
+        merchants = self.backend.merchants(events, add=False)
+        return [
+            {**user_features(e.time_us, u), **merchant_features(m)}
+            for e, u, m in zip(events, users, merchants, strict=True)
+        ]
+
+    def add_chargebacks(self, items: list[tuple[str, str, int]]) -> int:
+        """Add chargebacks ``(merchant_id, transaction_id, received µs)``; returns how many were new."""
+        self.admit([t for _, _, t in items], field="received_timestamp")
+        added = self.backend.chargebacks(items)
+        self._advance([t for _, _, t in items])
+        return added
+
+    def close(self) -> None:
+        """Release the backend's connections."""
+        self.backend.close()
+
+
+FEATURES = (*USER_FEATURES, *MERCHANT_FEATURES)
+COLD = {name: ENTITY_DEFAULTS[name] for name in FEATURES}
+
+
+def open_state(settings: StateSettings | None = None) -> OnlineState:
+    """The state on the configured backend."""
+    settings = settings or StateSettings()
+    lateness_us = int(settings.lateness_seconds * US)
+    if settings.backend == "redis":
+        from relearn.features.state_redis import RedisBackend
+
+        urls = [u.strip() for u in settings.redis_urls.split(",") if u.strip()]
+        backend: Backend = RedisBackend(urls, settings.key_prefix, settings.redis_password, lateness_us)
+    else:
+        from relearn.features.state_sqlite import SqliteBackend
+
+        backend = SqliteBackend(settings.path, lateness_us)
+    return OnlineState(backend, settings)
