@@ -197,16 +197,24 @@ class StoreServer:
 
 
 class RedisServer(StoreServer):
-    """``redis-server`` without persistence: Feast's online store is rebuilt by materialization."""
+    """``redis-server``; without persistence unless ``durable`` (Feast's online store is rebuilt anyway)."""
 
     name = "redis"
 
+    def __init__(self, durable: bool = False) -> None:
+        super().__init__()
+        self.durable = durable  # an fsynced append-only file, as the chart runs the streaming state's Redis
+
     def command(self) -> list[str]:
+        aof = ("--appendonly", "yes", "--appendfsync", "always") if self.durable else ("--appendonly", "no")
         return [
             shutil.which("redis-server") or "redis-server",
             *("--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory)),
-            *("--save", "", "--appendonly", "no"),
+            *("--save", "", *aof),
         ]
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
 
     def client(self, db: int = 0):  # -> redis.Redis; lazy: conftest.py loads this in the drift env too
         import redis
@@ -215,6 +223,12 @@ class RedisServer(StoreServer):
 
     def ping(self) -> bool:
         return bool(self.client().ping())
+
+    def kill(self) -> None:
+        """kill -9 the server (its files stay): :meth:`start` brings it back on the same port and data."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
 
     def connection(self, db: int = 0) -> str:
         """The connection string Feast's Redis online store takes (``RELEARN_FEAST_REDIS_CONNECTION``)."""

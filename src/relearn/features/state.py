@@ -46,7 +46,7 @@ class StateSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RELEARN_STATE_", extra="ignore")
 
     backend: Literal["sqlite", "redis"] = Field("sqlite", description="sqlite (embedded) or redis.")
-    path: Path = Field(Path(".relearn/online_state.db"), description="The SQLite file (sqlite backend).")
+    path: Path | None = Field(None, description="SQLite file (sqlite); default <home>/online_state.db")
     redis_urls: str = Field(
         "redis://127.0.0.1:6379/1",
         description="Comma-separated Redis URLs, one per shard; entities are spread by a hash of their key.",
@@ -60,7 +60,7 @@ class StateSettings(BaseSettings):
         300.0, ge=0, description="Events ahead of the wall clock by more than this are rejected."
     )
     clock: Literal["wall", "stream"] = Field(
-        "wall",
+        "stream",
         description="What lateness is measured against: the wall clock (production) or the latest event "
         "time this process admitted (replays of simulated or historical streams).",
     )
@@ -115,13 +115,17 @@ class MerchantWindow:
     chargebacks_30d: int
 
 
+# read: windows only; add: store only (bootstrap); observe: store, then read, atomically per entity.
+Mode = Literal["read", "add", "observe"]
+
+
 class Backend(Protocol):
     """Storage of raw events; every call is atomic per entity."""
 
-    def users(self, events: list[Event], add: bool) -> list[UserWindow]:
-        """Add each event to its user (when ``add``, once per id) and read the user's window at its time."""
+    def users(self, events: list[Event], mode: Mode) -> list[UserWindow]:
+        """Add each event to its user (once per id) and/or read the user's window at its time."""
 
-    def merchants(self, events: list[Event], add: bool) -> list[MerchantWindow]:
+    def merchants(self, events: list[Event], mode: Mode) -> list[MerchantWindow]:
         """The same for merchants, returning the intermediate values."""
 
     def chargebacks(self, items: list[tuple[str, str, int]]) -> int:
@@ -235,8 +239,8 @@ class OnlineState:
         """Add the transactions (once each) and return each one's entity features just before it."""
         times = [e.time_us for e in events]
         self.admit(times)
-        users = self.backend.users(events, add=True)
-        merchants = self.backend.merchants(events, add=True)
+        users = self.backend.users(events, "observe")
+        merchants = self.backend.merchants(events, "observe")
         self._advance(times)
         return [
             {**user_features(e.time_us, u), **merchant_features(m)}
@@ -245,12 +249,17 @@ class OnlineState:
 
     def read(self, events: list[Event]) -> list[dict[str, Any]]:
         """The features the events would get, without adding them (as-of reads for skew checks)."""
-        users = self.backend.users(events, add=False)
-        merchants = self.backend.merchants(events, add=False)
+        users = self.backend.users(events, "read")
+        merchants = self.backend.merchants(events, "read")
         return [
             {**user_features(e.time_us, u), **merchant_features(m)}
             for e, u, m in zip(events, users, merchants, strict=True)
         ]
+
+    def add(self, events: list[Event]) -> None:
+        """Store events without reading (bootstrap and backfill: no lateness check, idempotent)."""
+        self.backend.users(events, "add")
+        self.backend.merchants(events, "add")
 
     def add_chargebacks(self, items: list[tuple[str, str, int]]) -> int:
         """Add chargebacks ``(merchant_id, transaction_id, received µs)``; returns how many were new."""
@@ -279,6 +288,7 @@ def open_state(settings: StateSettings | None = None) -> OnlineState:
         backend: Backend = RedisBackend(urls, settings.key_prefix, settings.redis_password, lateness_us)
     else:
         from relearn.features.state_sqlite import SqliteBackend
+        from relearn.settings import RelearnSettings
 
-        backend = SqliteBackend(settings.path, lateness_us)
+        backend = SqliteBackend(settings.path or RelearnSettings().home / "online_state.db", lateness_us)
     return OnlineState(backend, settings)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from relearn.features.state import Bounds, Event, MerchantWindow, UserWindow, decode_user, encode_user
+from relearn.features.state import Bounds, Event, MerchantWindow, Mode, UserWindow, decode_user, encode_user
 
 _PRUNE = """
 local function prune(events, ids, before, keep_last, tid_of)
@@ -38,16 +38,18 @@ local function prune(events, ids, before, keep_last, tid_of)
 end
 """
 
-# KEYS: events, ids. ARGV: add, tid, t, member, window from, last from, prune before, expiry seconds.
+# KEYS: events, ids. ARGV: mode (read, add, observe = add then read), tid, t, member, window from,
+# last from, prune before, expiry seconds.
 _USER = (
     _PRUNE
     + """
-if ARGV[1] == '1' then
+if ARGV[1] ~= 'read' then
   if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 1 then
     redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
   end
   prune(KEYS[1], KEYS[2], ARGV[7], true, function(m) return cjson.decode(m)[1] end)
   redis.call('EXPIRE', KEYS[1], ARGV[8]); redis.call('EXPIRE', KEYS[2], ARGV[8])
+  if ARGV[1] == 'add' then return 0 end
 end
 local window = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[5], '(' .. ARGV[3], 'WITHSCORES')
 local last = redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. ARGV[3], ARGV[6], 'WITHSCORES', 'LIMIT', 0, 1)
@@ -55,20 +57,21 @@ return {window, last}
 """
 )
 
-# KEYS: transactions, ids, chargebacks, chargeback ids. ARGV: add, tid, t, member, mean from, 24 h from,
+# KEYS: transactions, ids, chargebacks, chargeback ids. ARGV: mode, tid, t, member, mean from, 24 h from,
 # 30 d from, prune before, expiry seconds. Returns the amount sums as strings: Lua numbers would be
 # truncated to integers in the reply.
 _MERCHANT = (
     _PRUNE
     + """
 local function tid_of(m) return string.match(m, '^(.*)\\31[^\\31]*$') end
-if ARGV[1] == '1' then
+if ARGV[1] ~= 'read' then
   if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 1 then
     redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
   end
   prune(KEYS[1], KEYS[2], ARGV[8], false, tid_of)
   prune(KEYS[3], KEYS[4], ARGV[8], false, function(m) return m end)
   for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[9]) end
+  if ARGV[1] == 'add' then return 0 end
 end
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[5], '(' .. ARGV[3])
 local n, s, ss, centre = 0, 0.0, 0.0, nil
@@ -136,14 +139,17 @@ class RedisBackend:
         base = f"{self.prefix}{kind}:{{{entity}}}"
         return [base, base + ":ids"]
 
-    def users(self, events: list[Event], add: bool) -> list[UserWindow]:
+    def users(self, events: list[Event], mode: Mode) -> list[UserWindow]:
         """See :class:`relearn.features.state.Backend`."""
         calls = []
         for e in events:
             b = Bounds.at(e.time_us, self.lateness_us)
-            args = [int(add), e.transaction_id, e.time_us, encode_user(e), b.user_from, b.last_from]
+            args = [mode, e.transaction_id, e.time_us, encode_user(e), b.user_from, b.last_from]
             args += [b.prune_user, self.expiry]
             calls.append(("user", e.user_id, self._keys("u", e.user_id), [str(a) for a in args]))
+        if mode == "add":
+            self._run(calls)
+            return []
         out = []
         for window, last in self._run(calls):
             decoded = [decode_user(m) for m in window[0::2]]
@@ -161,14 +167,14 @@ class RedisBackend:
             )
         return out
 
-    def merchants(self, events: list[Event], add: bool) -> list[MerchantWindow]:
+    def merchants(self, events: list[Event], mode: Mode) -> list[MerchantWindow]:
         """See :class:`relearn.features.state.Backend`."""
         calls = []
         for e in events:
             b = Bounds.at(e.time_us, self.lateness_us)
             amount = "" if e.amount is None else repr(float(e.amount))
             args = [
-                int(add),
+                mode,
                 e.transaction_id,
                 e.time_us,
                 f"{e.transaction_id}\x1f{amount}",
@@ -180,6 +186,9 @@ class RedisBackend:
             ]
             keys = self._keys("m", e.merchant_id) + self._keys("c", e.merchant_id)
             calls.append(("merchant", e.merchant_id, keys, [str(a) for a in args]))
+        results = self._run(calls)
+        if mode == "add":
+            return []
         return [
             MerchantWindow(
                 n=int(n),
@@ -190,7 +199,7 @@ class RedisBackend:
                 count_30d=int(c30),
                 chargebacks_30d=int(cb),
             )
-            for n, s, ss, centre, c24, c30, cb in self._run(calls)
+            for n, s, ss, centre, c24, c30, cb in results
         ]
 
     def chargebacks(self, items: list[tuple[str, str, int]]) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from relearn.features.state import Bounds, Event, MerchantWindow, UserWindow
+from relearn.features.state import Bounds, Event, MerchantWindow, Mode, UserWindow
 from relearn.features.windows import centred_sums
 
 _SCHEMA = """
@@ -67,18 +67,20 @@ class SqliteBackend:
                 raise
             self.conn.execute("COMMIT")
 
-    def users(self, events: list[Event], add: bool) -> list[UserWindow]:
+    def users(self, events: list[Event], mode: Mode) -> list[UserWindow]:
         """See :class:`relearn.features.state.Backend`."""
         out = []
         with self._transaction() as conn:
             for e in events:
                 b = Bounds.at(e.time_us, self.lateness_us)
-                if add:
+                if mode != "read":
                     conn.execute(
                         "INSERT OR IGNORE INTO user_events VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (e.user_id, e.transaction_id, e.time_us, e.amount, e.merchant_id, *e.place),
                     )
                     _prune(conn, "user_events", "user_id", e.user_id, b.prune_user, keep_last=True)
+                    if mode == "add":
+                        continue
                 rows = conn.execute(
                     "SELECT t, amount, merchant_id FROM user_events WHERE user_id = ? AND t >= ? AND t < ?"
                     " ORDER BY t",
@@ -99,20 +101,22 @@ class SqliteBackend:
                 )
         return out
 
-    def merchants(self, events: list[Event], add: bool) -> list[MerchantWindow]:
+    def merchants(self, events: list[Event], mode: Mode) -> list[MerchantWindow]:
         """See :class:`relearn.features.state.Backend`."""
         out = []
         with self._transaction() as conn:
             for e in events:
                 b = Bounds.at(e.time_us, self.lateness_us)
                 m = e.merchant_id
-                if add:
+                if mode != "read":
                     conn.execute(
                         "INSERT OR IGNORE INTO merchant_events VALUES (?, ?, ?, ?)",
                         (m, e.transaction_id, e.time_us, e.amount),
                     )
                     _prune(conn, "merchant_events", "merchant_id", m, b.prune_merchant, keep_last=False)
                     _prune(conn, "chargebacks", "merchant_id", m, b.prune_merchant, keep_last=False)
+                    if mode == "add":
+                        continue
                 amounts = conn.execute(
                     "SELECT amount FROM merchant_events WHERE merchant_id = ? AND t >= ? AND t < ?"
                     " ORDER BY t",
