@@ -76,6 +76,21 @@ def offline_at(transactions: pd.DataFrame, labels: pd.DataFrame) -> dict[str, di
     return rows
 
 
+def offline_for_requests(
+    transactions: pd.DataFrame, labels: pd.DataFrame, requests: pd.DataFrame
+) -> pd.DataFrame:
+    """``requests`` joined with the pandas engine's entity features at each request's own time.
+
+    The requests are added to the lake as transactions (under fresh ids), as serving adds what it scores:
+    one request sees another of its card or merchant only if it is earlier in event time.
+    """
+    fresh = requests.assign(transaction_id=[f"request-{i}" for i in range(len(requests))])
+    lake = pd.concat([transactions, fresh], ignore_index=True)
+    features = offline_at(lake, labels)
+    rows = [features[tid] for tid in fresh["transaction_id"]]
+    return requests.reset_index(drop=True).assign(**pd.DataFrame(rows))
+
+
 def _equal(online: Any, offline: Any) -> bool:
     def blank(v: Any) -> bool:
         return v is None or v == "" or (isinstance(v, float) and math.isnan(v))

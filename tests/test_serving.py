@@ -27,7 +27,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
 from conftest import SERVING_DAYS, SERVING_START
-from relearn.data.io import read_transactions
+from relearn.data.io import read_labels, read_transactions
 from relearn.data.schema import REQUEST_FIELDS
 from relearn.features.spec import CATEGORICAL_INPUTS, NUMERIC_INPUTS
 from serving_stack import EventSink, Server, free_port
@@ -160,14 +160,14 @@ def test_entry_points_have_help():
 
 def test_transformer_scores_equal_offline_scores(trained, stack):
     """Training/serving parity: online features at the window's end == point-in-time join at that time."""
-    from relearn.features.store import get_store, historical_features
+    from parity import offline_for_requests
     from relearn.features.transforms import model_inputs
     from relearn.model.net import load_model, score
     from relearn.serving.predictor_model import resolve_artifact
 
     frame = requests_at_end(trained)
-    store = get_store(trained["settings"])
-    offline_inputs = model_inputs(historical_features(store, frame))
+    labels = read_labels(Path(trained["summary"]["run_dir"]) / "ingest" / "labels")
+    offline_inputs = model_inputs(offline_for_requests(ingested(trained), labels, frame))
     directory, version = resolve_artifact(f"models:/{MODEL}@champion", trained["root"] / "model")
     net, preprocessor, _ = load_model(directory)
     expected = score(net, preprocessor, offline_inputs)
@@ -450,23 +450,23 @@ def test_dead_sink_does_not_slow_predictions_and_drops_are_counted(stack):
 def test_feature_store_outage_is_a_quick_503(trained, stack):
     transformer = stack["transformer"]
     instances = v1_instances(requests_at_end(trained, n=2))
-    online = trained["settings"].feature_repo() / "data" / "online.db"
+    online = trained["home"] / "online_state.db"  # the streaming state's embedded backend
     lock = sqlite3.connect(online, isolation_level=None, timeout=1)
-    lock.execute("BEGIN EXCLUSIVE")  # readers now block: an online store that hangs
+    lock.execute("BEGIN EXCLUSIVE")  # readers and writers now block: a state store that hangs
     try:
         start = time.perf_counter()
         response = httpx.post(
             f"{transformer.url}/v1/models/{MODEL}:predict", json={"instances": instances}, timeout=10
         )
         assert response.status_code == 503, response.text
-        assert "feature store" in response.json()["error"]
+        assert "feature state unavailable" in response.json()["error"]
         assert time.perf_counter() - start < 4
         # gRPC clients get UNAVAILABLE with the same reason, just as quickly.
         start = time.perf_counter()
         with pytest.raises(grpc.RpcError) as failure:
             stub(transformer).ModelInfer(grpc_transactions_request(requests_at_end(trained, n=2)), timeout=10)
         assert failure.value.code() == grpc.StatusCode.UNAVAILABLE, failure.value
-        assert "feature store" in failure.value.details()
+        assert "feature state unavailable" in failure.value.details()
         assert time.perf_counter() - start < 4
     finally:
         lock.execute("ROLLBACK")

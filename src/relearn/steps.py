@@ -134,7 +134,7 @@ def build_features(
     join_engine: str = "pandas",
     settings: RelearnSettings | None = None,
 ) -> dict[str, Any]:
-    """Applies the Feast repo, materializes the online store and builds the point-in-time training set.
+    """Applies the Feast repo, materializes it, bootstraps the streaming state, builds the training set.
 
     The point-in-time join reads the sources and TTLs registered in Feast; ``join_engine="feast"`` runs
     Feast's own ``get_historical_features`` instead (the same rows, tested; far slower on files).
@@ -153,6 +153,7 @@ def build_features(
     store = feast_store.get_store(settings)
     feast_store.apply(store, settings)
     feast_store.materialize(store, end=end)
+    _bootstrap_state(transactions, labels, end)
     if join_engine not in ("pandas", "feast"):
         raise StepFailed(f"join_engine must be 'pandas' or 'feast', not {join_engine!r}")
     frame = feast_store.training_set(store, transactions, labels, label_cutoff=end, engine=join_engine)
@@ -164,6 +165,22 @@ def build_features(
     summary = {"rows": len(frame), "positives": int(frame["label"].sum()), "label_cutoff": end.isoformat()}
     log.info("training set built", extra=summary)
     return summary
+
+
+def _bootstrap_state(transactions: pd.DataFrame, labels: pd.DataFrame, end: datetime) -> None:
+    """Fill the transformers' streaming state (``RELEARN_STATE_*``) with the window's events.
+
+    Idempotent (a set of events by transaction id): it adds what the stream has not seen and never
+    replaces a fresher streamed value, so it is safe while the transformers serve.
+    """
+    from relearn.features.backfill import bootstrap
+    from relearn.features.state import open_state
+
+    state = open_state()
+    try:
+        bootstrap(state, transactions, labels, end)
+    finally:
+        state.close()
 
 
 # ----------------------------------------------------------------------------------------------- train

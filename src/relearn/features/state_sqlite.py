@@ -51,7 +51,7 @@ class SqliteBackend:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.lateness_us = lateness_us
         self._lock = threading.Lock()  # one connection, used from executor threads
-        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.conn = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes, not power loss
         self.conn.executescript(_SCHEMA)

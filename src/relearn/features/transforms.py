@@ -345,7 +345,11 @@ def model_inputs(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def cold_start_mask(frame: pd.DataFrame) -> pd.Series:
-    """Rows whose user or merchant had no features at all (unknown entity, or past the TTL)."""
+    """Rows whose user or merchant has no history: no features at all, or none of their events in reach.
+
+    A user is cold without a previous transaction in the horizon; a merchant without a transaction in the
+    last 7 days (its mean is undefined, so 0, and its 24 h count is 0).
+    """
 
     def missing(names: tuple[str, ...]) -> pd.Series:
         present = [n for n in names if n in frame]
@@ -353,4 +357,12 @@ def cold_start_mask(frame: pd.DataFrame) -> pd.Series:
             return pd.Series(True, index=frame.index)
         return frame[present].isna().all(axis=1)
 
-    return missing(USER_FEATURES) | missing(MERCHANT_FEATURES)
+    def zero(name: str) -> pd.Series:
+        if name not in frame:
+            return pd.Series(True, index=frame.index)
+        return pd.to_numeric(frame[name], errors="coerce").fillna(0) == 0
+
+    no_last = np.isnan(_numeric(frame, "user_last_txn_unix"))  # NaN also when the column is missing
+    user = missing(USER_FEATURES) | pd.Series(no_last, index=frame.index)
+    merchant = missing(MERCHANT_FEATURES) | (zero("merchant_txn_count_24h") & zero("merchant_amount_mean_7d"))
+    return user | merchant

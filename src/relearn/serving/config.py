@@ -70,7 +70,7 @@ class PredictorSettings(CommonServingSettings):
 
 
 class TransformerSettings(CommonServingSettings):
-    """relearn transformer: raw transactions in; Feast features, model inputs, predictor call; scores out.
+    """relearn transformer: raw transactions in; streaming features, model inputs, predictor call; scores out.
 
     Every option can also be set as an environment variable RELEARN_TRANSFORMER_<OPTION>.
     """
@@ -90,10 +90,14 @@ class TransformerSettings(CommonServingSettings):
         le=1.0,
         description="Decision threshold; default: the registered version's (the predictor's decision).",
     )
-    feature_timeout_seconds: float = Field(1.0, gt=0, description="Feast online lookup timeout (then 503).")
+    feature_timeout_seconds: float = Field(
+        1.0, gt=0, description="Streaming-state update and read timeout (then 503)."
+    )
     predictor_timeout_seconds: float = Field(2.0, gt=0, description="Predictor gRPC call timeout (then 503).")
     feature_fallback: bool = Field(
-        False, description="On a feature-store failure score with cold-start defaults instead of a 503."
+        False,
+        description="On a streaming-state failure score with cold-start defaults (counted in "
+        "relearn_serving_feature_fallback_rows_total) instead of a 503.",
     )
 
     @field_validator("predictor_host")
@@ -103,7 +107,7 @@ class TransformerSettings(CommonServingSettings):
         return host if host.rpartition(":")[2].isdigit() else f"{host}:80"
 
     def cli_cmd(self) -> None:
-        """Connect to Feast and the predictor and serve until interrupted."""
+        """Open the streaming state (RELEARN_STATE_*), connect to the predictor, serve until interrupted."""
         _strip_argv()
         from relearn.serving import server
         from relearn.serving.transformer_model import FraudTransformer

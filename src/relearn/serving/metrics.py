@@ -41,6 +41,16 @@ COLD_START = Counter(
     "Rows whose user or merchant had no online features (defaults used).",
     ["model_version"],
 )
+FEATURE_FALLBACK = Counter(
+    "relearn_serving_feature_fallback_rows_total",
+    "Rows scored with cold-start defaults because the streaming state failed (feature_fallback on).",
+    ["model_version"],
+)
+REJECTED_EVENTS = Counter(
+    "relearn_feature_events_rejected_total",
+    "Transactions refused by the streaming state (late beyond the bound, or from the future).",
+    ["reason"],
+)
 LOG_QUEUE_DEPTH = Gauge(
     "relearn_payload_log_queue_depth", "Payload-logger events waiting to be sent.", ["component"]
 )

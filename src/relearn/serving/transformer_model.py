@@ -1,16 +1,19 @@
-"""The transformer: raw transactions in, Feast online features, model inputs, predictor over v2 gRPC.
+"""The transformer: raw transactions in, streaming entity features, model inputs, predictor over v2 gRPC.
 
 Requests: v1 ``{"instances": [{<REQUEST_FIELDS>}, ...]}`` or v2 with one input per request field, shape
 ``[N]`` (``amount`` FP64 or FP32, the others BYTES; ``event_timestamp`` an ISO-8601 string). Per batch: one
-Feast ``get_online_features`` call (bounded by ``feature_timeout_seconds``), then
+:meth:`~relearn.features.state.OnlineState.observe` call — each transaction is added to its card's and
+merchant's state (once per ``transaction_id``) and gets the features just before it — bounded by
+``feature_timeout_seconds``; a transaction beyond the lateness bound or from the future is a 400 /
+INVALID_ARGUMENT naming ``event_timestamp``, and the state is unchanged. Then
 :func:`relearn.features.transforms.model_inputs` — the same code that built the training set — then one
 ``ModelInfer`` call to the predictor with raw tensor contents (bounded by ``predictor_timeout_seconds``),
 under the request's id and with each row's ``transaction_id``, which the predictor's payload log carries
 to the drift detector (the transformer logs nothing itself).
 Responses: v1 ``{"predictions": [{"transaction_id", "score", "decision"}], "model_version"}``; v2 outputs
 ``transaction_id`` BYTES, ``score`` FP32, ``decision`` BOOL, all ``[N]``, and ``model_version``.
-A feature-store or predictor failure (or timeout) is a 503 / UNAVAILABLE, never a hang; with
-``feature_fallback`` the batch is scored with cold-start defaults instead.
+A state or predictor failure (or timeout) is a 503 / UNAVAILABLE, never a hang; with ``feature_fallback``
+the batch is scored with cold-start defaults instead, counted in a metric.
 """
 
 from __future__ import annotations
@@ -29,11 +32,18 @@ from kserve.errors import InvalidInput, ServerNotReady
 
 from relearn.data.schema import REQUEST_FIELDS
 from relearn.features.spec import CATEGORICAL_INPUTS, NUMERIC_INPUTS
-from relearn.features.transforms import cold_start_mask, model_inputs
+from relearn.features.transforms import cold_start_mask, epoch_us, model_inputs
 from relearn.serving import tensors
 from relearn.serving.config import TransformerSettings
-from relearn.serving.metrics import COLD_START, REQUESTS, ROWS, STAGE_SECONDS, track_of
-from relearn.settings import RelearnSettings
+from relearn.serving.metrics import (
+    COLD_START,
+    FEATURE_FALLBACK,
+    REJECTED_EVENTS,
+    REQUESTS,
+    ROWS,
+    STAGE_SECONDS,
+    track_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +64,28 @@ TEXT_FIELDS = tuple(f for f in REQUEST_FIELDS if f not in NUMERIC_FIELDS)
 REQUIRED_FIELDS = ("transaction_id", "event_timestamp", "user_id", "merchant_id", "amount")
 
 
+def _field(value: Any) -> str:
+    """An optional text field as stored ("" for missing)."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
 class FraudTransformer(Model):
     """Feature enrichment in front of the predictor; decision at the configured (or registered) threshold."""
 
     def __init__(self, settings: TransformerSettings) -> None:
         super().__init__(settings.model_name)
         self.settings = settings
-        self.store: Any = None
+        self.state: Any = None
         self.channel: Any = None
         self.stub: Any = None
         self.version = "unknown"  # the predictor's, learnt from its responses
 
     def load(self) -> bool:
-        """Open the Feast store (registry loaded once, here) and warm its online-store connection up."""
-        from relearn.features.store import get_store, online_features
+        """Open the streaming state and warm its connection up (a read changes nothing)."""
+        from relearn.features.state import Event, open_state
 
-        self.store = get_store(RelearnSettings())
-        probe = pd.DataFrame([{"user_id": "", "merchant_id": "", "transaction_id": ""}])
-        online_features(self.store, probe)
+        self.state = open_state()
+        self.state.read([Event("", 0, "", "")])
         self.ready = True
         return self.ready
 
@@ -144,27 +158,44 @@ class FraudTransformer(Model):
         }
 
     async def _features(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, float]:
-        """One online lookup for the batch, bounded by the timeout; failure → 503 or the fallback.
+        """Add the batch to the streaming state and read its features, bounded by the timeout.
 
         Returns:
-            The requests joined with their entity features, and the seconds the lookup took.
+            The requests joined with their entity features, and the seconds the update and read took.
         """
-        from relearn.features.store import online_features
+        from relearn.features.state import Event, Rejected
 
+        events = [
+            Event(str(tid), int(t), str(user), str(merchant), float(amount), _field(country), _field(device))
+            for tid, t, user, merchant, amount, country, device in zip(
+                frame["transaction_id"],
+                epoch_us(frame["event_timestamp"]).tolist(),
+                frame["user_id"],
+                frame["merchant_id"],
+                frame["amount"],
+                frame["country"],
+                frame["device_id"],
+                strict=True,
+            )
+        ]
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
             features = await asyncio.wait_for(
-                loop.run_in_executor(None, online_features, self.store, frame),
+                loop.run_in_executor(None, self.state.observe, events),
                 timeout=self.settings.feature_timeout_seconds,
             )
-            return features, time.perf_counter() - start
+            return frame.assign(**pd.DataFrame(features, index=frame.index)), time.perf_counter() - start
+        except Rejected as exc:
+            REJECTED_EVENTS.labels(reason=exc.reason).inc(len(events))
+            raise InvalidInput(str(exc)) from None
         except Exception as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else f"failed: {type(exc).__name__}: {exc}"
-            log.warning("feature store unavailable", extra={"reason": reason})
+            log.warning("streaming state unavailable", extra={"reason": reason})
             if self.settings.feature_fallback:
+                FEATURE_FALLBACK.labels(model_version=self.version).inc(len(frame))
                 return frame, time.perf_counter() - start  # no entity features: cold-start defaults
-            raise unavailable(f"feature store unavailable: online lookup {reason}") from None
+            raise unavailable(f"feature state unavailable: update and read {reason}") from None
 
     async def _score(
         self, inputs: pd.DataFrame, ids: np.ndarray, event_id: str, track: str = "primary"
