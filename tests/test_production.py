@@ -40,6 +40,8 @@ def trained(tmp_path_factory, redis_server, postgres_server):
         "RELEARN_HOME": str(root / "home"),
         "RELEARN_FEAST_ONLINE_STORE": "redis",
         "RELEARN_FEAST_REDIS_CONNECTION": redis_server.connection(db=1),
+        "RELEARN_STATE_BACKEND": "redis",  # the transformers' streaming state, as the chart sets it
+        "RELEARN_STATE_REDIS_URLS": redis_server.url(db=2),
         "RELEARN_MLFLOW_TRACKING_URI": postgres_server.create_database("mlflow"),
     }
     with pytest.MonkeyPatch.context() as patch:
@@ -118,7 +120,7 @@ def test_redis_outage_is_a_quick_503_and_serving_recovers(trained, stack, redis_
         start = time.perf_counter()
         response = httpx.post(url, json=body, timeout=10)
         assert response.status_code == 503, response.text
-        assert "feature store" in response.json()["error"]
+        assert "feature state unavailable" in response.json()["error"]
         assert time.perf_counter() - start < 4
     finally:
         os.kill(redis_server.process.pid, signal.SIGCONT)

@@ -206,6 +206,7 @@ def start_stack(settings: DemoSettings, home: Path, wall_per_day: float, procs: 
     from relearn.rollout.router import LocalBackend
 
     names = ("mlflow", "detector", "router_rest", "router_grpc", "transformer_http", "transformer_grpc")
+    names += ("feed",)
     stack = Stack(procs, home, {name: free_port() for name in (*names, "prometheus", "webhook")})
     port = stack.ports
     (home / "prometheus").mkdir(parents=True, exist_ok=True)
@@ -249,6 +250,11 @@ def start_stack(settings: DemoSettings, home: Path, wall_per_day: float, procs: 
             grpc_port=port["router_grpc"])],
         ports=(port["router_rest"], port["router_grpc"]),
     )  # fmt: skip
+    feed = procs.start(
+        "feature-feed",
+        [sys.executable, "-m", "relearn.features.feed", "--port", str(port["feed"])],
+        ports=(port["feed"],),
+    )
     transformer = procs.start(
         "transformer",
         [sys.executable, "-m", "relearn.serving.transformer"],
@@ -261,6 +267,7 @@ def start_stack(settings: DemoSettings, home: Path, wall_per_day: float, procs: 
     )
     stack.scrape("drift-detector", port["detector"])
     stack.scrape("transformer", port["transformer_http"])
+    stack.scrape("feature-feed", port["feed"])
     prometheus_config(home / "prometheus" / "prometheus.yml", home / "prometheus" / "targets.json")
     prometheus = procs.start(
         "prometheus",
@@ -274,6 +281,7 @@ def start_stack(settings: DemoSettings, home: Path, wall_per_day: float, procs: 
         (predictor, rest + "/v2/health/ready"),
         (router, stack.url("router_rest") + "/v2/health/ready"),
         (transformer, stack.url("transformer_http") + "/v2/health/ready"),
+        (feed, stack.url("feed") + "/healthz"),
         (prometheus, stack.url("prometheus") + "/-/ready"),
         (detector, stack.url("detector") + "/ready"),
     ):
@@ -374,16 +382,15 @@ def run(settings: DemoSettings) -> Outcome:
     webhook = _Webhook(stack.ports["webhook"], alerts)
     threading.Thread(target=webhook.serve_forever, daemon=True).start()
     detector = _Detector(stack.url("detector"))
-    from relearn.features.store import get_store
-    from relearn.settings import RelearnSettings
-
     replay = Replay(
         world.stream,
         world.labels,
         f"127.0.0.1:{stack.ports['transformer_grpc']}",
         stack.url("detector"),
         settings.rate,
-        get_store(RelearnSettings(home=home)),
+        stack.url("feed"),
+        world.feed,
+        world.chargebacks,
     )
     stop = threading.Event()
     crashed: list[BaseException] = []

@@ -1,14 +1,17 @@
 """Replay the live stream through the gRPC endpoint at a steady rate, with chargebacks arriving later.
 
-The replay is the outside world: it keeps the online store fresh (each request's user and merchant rows as
-of its time, as a streaming feature pipeline would), sends each transaction as a v2 ``ModelInfer`` call to
-the transformer, and posts chargebacks to the drift detector once the stream's clock passes their arrival.
-A chargeback arrives *now*: its timestamp is the wall-clock time it is posted, the clock the serving side
-stamps predictions with. Every answer is recorded (latency, status, serving version, score).
+The replay is the outside world. It sends each scored transaction as a v2 ``ModelInfer`` call to the
+transformer (which adds it to the streaming state), and before it, to the feature feed, the transactions
+that are not scored and the chargebacks received up to that moment in the stream's clock — so each request
+is served the features the pandas engine computes for it, and no feature value is written by the replay.
+Chargebacks also go to the drift detector once the stream's clock passes their arrival; there a chargeback
+arrives *now*: its timestamp is the wall-clock time it is posted, the clock the serving side stamps
+predictions with. Every answer is recorded (latency, status, serving version, score).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -23,10 +26,8 @@ import numpy as np
 import pandas as pd
 
 from relearn.data.schema import REQUEST_FIELDS
-from relearn.features.spec import MERCHANT_FEATURES, MERCHANT_VIEW, USER_FEATURES, USER_VIEW
 
 log = logging.getLogger(__name__)
-FEATURE_PUSH_SECONDS = 0.5  # how far ahead (in wall time) the features of coming requests are written
 
 
 @dataclass
@@ -91,12 +92,15 @@ class Replay:
     """Sends the stream; ``position`` and ``sim_time`` say how far it got.
 
     Args:
-        stream: Served transactions in time order with request fields, entity features and ``is_fraud``.
+        stream: Served transactions in time order with request fields and ``is_fraud``.
         labels: Their chargebacks (``transaction_id``, ``chargeback_timestamp``), in arrival order.
         grpc_target: ``host:port`` of the transformer's gRPC endpoint.
         detector_url: Base URL of the drift detector (chargebacks go to ``/labels``).
         rate: Requests per second.
-        feature_store: The Feast store the transformer reads (online writes go there).
+        feed_url: Base URL of the feature feed (``/transactions``, ``/chargebacks``).
+        feed: The live transactions that are not scored, in time order.
+        chargebacks: Every chargeback received live (``transaction_id``, ``merchant_id``,
+            ``received_timestamp``), in arrival order.
         model_name: Model name of the calls.
     """
 
@@ -107,14 +111,21 @@ class Replay:
         grpc_target: str,
         detector_url: str,
         rate: float,
-        feature_store: Any,
+        feed_url: str,
+        feed: pd.DataFrame,
+        chargebacks: pd.DataFrame,
         model_name: str = "relearn-fraud",
     ) -> None:
         self.stream = stream
         self.labels = labels
         self.rate = rate
         self.detector_url = detector_url.rstrip("/")
-        self.store = feature_store
+        self.feed_url = feed_url.rstrip("/")
+        self.feed = feed
+        self.chargebacks = chargebacks
+        self._feed_times = feed["event_timestamp"].dt.tz_convert(None).to_numpy()
+        self._chargeback_times = chargebacks["received_timestamp"].dt.tz_convert(None).to_numpy()
+        self.fed = self.chargebacks_fed = 0
         self.model_name = model_name
         self.record = Record(len(stream))
         self.position = 0
@@ -126,7 +137,6 @@ class Replay:
         self._stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._times = stream["event_timestamp"]
         self._label_times = labels["chargeback_timestamp"].dt.tz_convert(None).to_numpy()
-        self._pushed = 0
         self._in_flight = threading.Semaphore(256)
 
     @property
@@ -134,18 +144,33 @@ class Replay:
         """The stream's clock: the time of the last transaction sent."""
         return self._times.iloc[self.position - 1] if self.position else None
 
-    def _push_features(self, upto: int) -> None:
-        """Write the user and merchant rows of requests [pushed, upto) into the online store."""
-        if upto <= self._pushed:
-            return
-        rows = self.stream.iloc[self._pushed : upto]
-        for view, key, names in (
-            (USER_VIEW, "user_id", USER_FEATURES),
-            (MERCHANT_VIEW, "merchant_id", MERCHANT_FEATURES),
+    def _feed_until(self, client: httpx.Client, moment: pd.Timestamp) -> None:
+        """Post the unscored transactions and the chargebacks before ``moment`` to the feature feed.
+
+        Synchronous, before the request at ``moment`` is sent: its features must include them.
+        """
+        cut = np.datetime64(moment.tz_convert(None))
+        for kind, frame, times, done in (
+            ("transactions", self.feed, self._feed_times, self.fed),
+            ("chargebacks", self.chargebacks, self._chargeback_times, self.chargebacks_fed),
         ):
-            frame = rows[[key, "event_timestamp", *names]].drop_duplicates(key, keep="last")
-            self.store.write_to_online_store(view, frame.reset_index(drop=True))
-        self._pushed = upto
+            due = int(np.searchsorted(times, cut, side="left"))
+            if due <= done:
+                continue
+            rows = frame.iloc[done:due].to_json(orient="records", date_format="iso", date_unit="us")
+            body = json.loads(rows)
+            for attempt in range(5):  # the feed is idempotent: a retry after a timeout counts nothing twice
+                try:
+                    client.post(f"{self.feed_url}/{kind}", json=body, timeout=10).raise_for_status()
+                    break
+                except httpx.HTTPError as exc:
+                    if attempt == 4:
+                        raise RuntimeError(f"the feature feed refused {kind}: {exc}") from exc
+                    time.sleep(0.5)
+            if kind == "transactions":
+                self.fed = due
+            else:
+                self.chargebacks_fed = due
 
     def _post_labels(self, client: httpx.Client) -> None:
         """Post the chargebacks that have arrived by the stream's clock, stamped with the wall clock."""
@@ -190,15 +215,13 @@ class Replay:
 
     def run(self, stop: threading.Event, until: Callable[[], bool] | None = None) -> None:
         """Send at ``rate`` until the stream ends, ``stop`` is set or ``until()`` holds."""
-        ahead = max(1, int(self.rate * FEATURE_PUSH_SECONDS))
         next_at = time.monotonic()
         with httpx.Client() as client:
             last_labels = 0.0
             while self.position < len(self.stream) and not stop.is_set():
                 if until is not None and until():
                     break
-                if self.position >= self._pushed:
-                    self._push_features(min(len(self.stream), self.position + ahead))
+                self._feed_until(client, self._times.iloc[self.position])
                 self._send(self.position)
                 self.position += 1
                 if time.monotonic() - last_labels > 1.0:

@@ -21,10 +21,8 @@ import pandas as pd
 
 from relearn.data import io
 from relearn.data.generator import GeneratorConfig, generate
+from relearn.data.schema import REQUEST_FIELDS
 from relearn.demo.settings import DemoSettings
-from relearn.features.spec import MERCHANT_FEATURES, USER_FEATURES
-from relearn.features.transforms import entity_feature_tables
-from relearn.monitoring.simulate import asof_join
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 WORLD_FIELDS = (
@@ -39,8 +37,10 @@ class World:
 
     key: str
     source: Path  # the data lake the pipeline ingests (day-partitioned Parquet)
-    stream: pd.DataFrame  # served transactions in time order: request fields, features as of t, is_fraud
+    stream: pd.DataFrame  # served transactions in time order: request fields, is_fraud
     labels: pd.DataFrame  # chargebacks of served transactions: transaction_id, chargeback_timestamp
+    feed: pd.DataFrame  # the live transactions that are not scored, in time order: request fields
+    chargebacks: pd.DataFrame  # every fraud chargeback received live: transaction_id, merchant_id, received
     history_end: datetime
     onset: datetime
     end: datetime
@@ -57,8 +57,7 @@ def cache_key(spec: dict, *code: Path) -> str:
 def world_key(settings: DemoSettings) -> str:
     """What decides the world's content: the settings and the code that simulates it."""
     package = Path(__file__).resolve().parents[1]
-    code = [package / "data" / "generator.py", package / "data" / "scenarios.py"]
-    code.append(package / "features" / "transforms.py")
+    code = [package / "data" / "generator.py", package / "data" / "scenarios.py", Path(__file__)]
     return cache_key({f: getattr(settings, f) for f in WORLD_FIELDS}, *code)
 
 
@@ -88,6 +87,24 @@ def served(n: int, share: float, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 0xDE30]).random(n) < share
 
 
+def live_chargebacks(
+    transactions: pd.DataFrame, labels: pd.DataFrame, start: datetime, end: datetime
+) -> pd.DataFrame:
+    """Fraud chargebacks received in ``[start, end)`` with their transaction's merchant, in arrival order."""
+    fraud = labels[labels["is_fraud"].fillna(False).astype(bool)]
+    received = fraud["chargeback_timestamp"]
+    fraud = fraud[(received >= pd.Timestamp(start)) & (received < pd.Timestamp(end))]
+    merchants = transactions.drop_duplicates("transaction_id").set_index("transaction_id")["merchant_id"]
+    out = pd.DataFrame(
+        {
+            "transaction_id": fraud["transaction_id"].to_numpy(),
+            "merchant_id": merchants.reindex(fraud["transaction_id"]).to_numpy(),
+            "received_timestamp": fraud["chargeback_timestamp"].reset_index(drop=True),
+        }
+    )
+    return out.dropna().sort_values("received_timestamp", kind="stable").reset_index(drop=True)
+
+
 def build(settings: DemoSettings) -> World:
     """The world for ``settings``, from the cache when it is there."""
     config = generator_config(settings)
@@ -101,16 +118,15 @@ def build(settings: DemoSettings) -> World:
         io.write_partitioned(data.transactions, root / "source", "transactions")
         io.write_partitioned(data.labels, root / "source", "labels")
         tx = data.transactions.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
-        users, merchants = entity_feature_tables(tx, data.labels)
         times = tx["event_timestamp"]
         live = tx[(times >= pd.Timestamp(history_end)) & (times < pd.Timestamp(end))]
-        live = live[served(len(live), settings.sample, settings.seed)]
-        stream = asof_join(live, users, "user_id", USER_FEATURES)
-        stream = asof_join(stream, merchants, "merchant_id", MERCHANT_FEATURES)
-        stream = stream.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
+        scored = served(len(live), settings.sample, settings.seed)
+        stream = live[scored].reset_index(drop=True)
+        live[~scored][list(REQUEST_FIELDS)].to_parquet(root / "feed.parquet", index=False)
         labels = data.labels[data.labels["transaction_id"].isin(set(stream["transaction_id"]))]
         labels = labels.sort_values("chargeback_timestamp", kind="stable").reset_index(drop=True)
         labels.to_parquet(root / "labels.parquet", index=False)
+        live_chargebacks(tx, data.labels, history_end, end).to_parquet(root / "chargebacks.parquet")
         stream.to_parquet(root / "stream.tmp", index=False)
         (root / "stream.tmp").rename(done)  # last: its presence marks a complete cache
     return World(
@@ -118,6 +134,8 @@ def build(settings: DemoSettings) -> World:
         source=root / "source",
         stream=pd.read_parquet(done),
         labels=pd.read_parquet(root / "labels.parquet"),
+        feed=pd.read_parquet(root / "feed.parquet"),
+        chargebacks=pd.read_parquet(root / "chargebacks.parquet"),
         history_end=history_end,
         onset=config.onset_time,
         end=end,

@@ -261,6 +261,13 @@ class OnlineState:
         self.backend.users(events, "add")
         self.backend.merchants(events, "add")
 
+    def ingest(self, events: list[Event]) -> None:
+        """Store live events that are not scored (the feed): checked against the lateness bound, no read."""
+        times = [e.time_us for e in events]
+        self.admit(times)
+        self.add(events)
+        self._advance(times)
+
     def add_chargebacks(self, items: list[tuple[str, str, int]]) -> int:
         """Add chargebacks ``(merchant_id, transaction_id, received µs)``; returns how many were new."""
         self.admit([t for _, _, t in items], field="received_timestamp")

@@ -1,0 +1,88 @@
+"""The feature feed over HTTP: unscored transactions and chargebacks reach the state once, bad input none."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from relearn.demo.stack import free_port
+from relearn.features.state import Event, StateSettings, open_state
+from serving_stack import stop_process, wait_until
+
+T0 = "2026-03-01T12:00:00+00:00"
+
+
+@pytest.fixture
+def feed(tmp_path):
+    """A feed process on a fresh SQLite state, and a state client on the same file."""
+    path, port = tmp_path / "state.db", free_port()
+    env = {**os.environ, "RELEARN_STATE_PATH": str(path), "RELEARN_STATE_LATENESS_SECONDS": "3600"}
+    with (tmp_path / "feed.log").open("w") as log:
+        argv = [sys.executable, "-m", "relearn.features.feed", "--port", str(port)]
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    state = None
+    try:
+        wait_until("feed", lambda: httpx.get(f"{url}/healthz", timeout=1).status_code == 200, process,
+                   tmp_path / "feed.log", 60, errors=(httpx.HTTPError,))  # fmt: skip
+        state = open_state(StateSettings(path=path))
+        yield url, state
+    finally:
+        if state is not None:
+            state.close()
+        stop_process(process, signal.SIGTERM)
+
+
+def probe(state, minutes: int = 1):
+    t = 1_772_366_400_000_000 + minutes * 60 * 10**6  # T0 + minutes
+    return state.read([Event("probe", t, "u1", "m1")])[0]
+
+
+def test_transactions_and_chargebacks_count_once(feed):
+    url, state = feed
+    body = [
+        {"transaction_id": "a", "event_timestamp": T0, "user_id": "u1", "merchant_id": "m1", "amount": 10.0},
+        {"transaction_id": "b", "event_timestamp": T0, "user_id": "u1", "merchant_id": "m1", "amount": 30.0,
+         "country": "DE", "device_id": "d1"},
+    ]  # fmt: skip
+    for _ in range(2):  # a retry
+        response = httpx.post(f"{url}/transactions", json=body, timeout=10)
+        assert response.status_code == 200, response.text
+    features = probe(state)
+    assert features["user_txn_count_1h"] == 2 and features["user_amount_mean_7d"] == 20.0
+    chargeback = [{"transaction_id": "a", "merchant_id": "m1", "received_timestamp": T0}]
+    assert httpx.post(f"{url}/chargebacks", json=chargeback, timeout=10).json() == {"accepted": 1, "new": 1}
+    assert httpx.post(f"{url}/chargebacks", json=chargeback, timeout=10).json() == {"accepted": 1, "new": 0}
+    assert probe(state)["merchant_chargeback_rate_30d"] == 0.5
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    assert 'relearn_feature_feed_records_total{kind="transaction",outcome="ok"} 4.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        ({"amount": "NaN"}, "amount"),
+        ({"event_timestamp": "yesterday"}, "event_timestamp"),
+        ({"user_id": ""}, "user_id"),
+        ({"colour": "red"}, "colour"),
+        ({"event_timestamp": "2026-03-01T09:00:00+00:00"}, "event_timestamp"),  # beyond the lateness bound
+        ({"event_timestamp": "2099-01-01T00:00:00+00:00"}, "event_timestamp"),  # the future
+    ],
+)
+def test_bad_records_are_a_400_naming_the_field_and_store_nothing(feed, record, field):
+    url, state = feed
+    good = {"transaction_id": "g", "event_timestamp": T0, "user_id": "u1", "merchant_id": "m1", "amount": 1.0}
+    assert httpx.post(f"{url}/transactions", json=[good], timeout=10).status_code == 200  # sets the clock
+    before = probe(state, 5)
+    bad = {**good, "transaction_id": "x", **record}
+    ok = {**good, "transaction_id": "y"}
+    response = httpx.post(f"{url}/transactions", json=[ok, bad], timeout=10)
+    assert response.status_code == 400, response.text
+    assert field in response.json().get("error", response.json().get("detail", "")), response.text
+    assert probe(state, 5) == before  # neither record of the refused batch
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
