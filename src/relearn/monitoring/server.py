@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -68,6 +69,24 @@ def _retrain(settings: DriftSettings) -> Any:
     return None
 
 
+def _skew_job(settings: DriftSettings, metrics: Metrics, db: Path) -> Any:
+    """The periodic training/serving skew check, or None when it is not configured."""
+    if settings.skew_lake_dir is None or settings.skew_interval_seconds is None:
+        if settings.skew_lake_dir is not None or settings.skew_interval_seconds is not None:
+            log.warning("skew check off: set both skew_lake_dir and skew_interval_seconds")
+        return None
+    from relearn.monitoring.skew import SkewJob, SkewMetrics
+
+    return SkewJob(
+        db,
+        settings.skew_lake_dir,
+        settings.skew_interval_seconds,
+        SkewMetrics(metrics.registry),
+        sample=settings.skew_sample,
+        track=settings.skew_track,
+    )
+
+
 def create_app(settings: DriftSettings) -> Any:
     """The ASGI app (sink fast path + Starlette for the rest); the log and monitor start with its lifespan."""
     metrics = Metrics()
@@ -84,7 +103,12 @@ def create_app(settings: DriftSettings) -> Any:
         alerter = Alerter(settings.cooldown_s, settings.webhook_url, _retrain(settings))
         state["monitor"] = Monitor(settings, metrics, alerter)
         state["monitor"].start()
+        skew = _skew_job(settings, metrics, db)
+        if skew is not None:
+            skew.start()
         yield
+        if skew is not None:
+            skew.stop()
         state["monitor"].stop()
         state["log"].close()
 

@@ -154,6 +154,17 @@ class DriftSettings(BaseSettings):
         "/opt/relearn/pipelines/relearn-train.yaml",
         description="Compiled pipeline (cluster mode); the drift image compiles it at build.",
     )
+    # Training/serving skew (relearn.monitoring.skew): off unless both are set.
+    skew_lake_dir: Path | None = Field(
+        None,
+        description="Lake root with transactions/ and labels/ (day-partitioned Parquet; in the cluster a "
+        "mounted volume of the lake the pipeline ingests from) the served vectors are recomputed from.",
+    )
+    skew_interval_seconds: float | None = Field(None, gt=0, description="How often the skew is checked.")
+    skew_sample: int = Field(2000, ge=1, description="Newest served rows compared per skew check.")
+    skew_track: Literal["stable", "canary", "shadow", "all"] = Field(
+        "stable", description="Track whose served requests the skew check samples."
+    )
     reports: bool = Field(True, description="Write an HTML report per window under <data_dir>/reports.")
     poll_s: float = Field(0.2, gt=0, description="How often the monitor reads new events from the log.")
     log_level: str = Field("INFO", description="Log level.")
