@@ -48,7 +48,7 @@ def test_transactions_and_chargebacks_count_once(feed):
     body = [
         {"transaction_id": "a", "event_timestamp": T0, "user_id": "u1", "merchant_id": "m1", "amount": 10.0},
         {"transaction_id": "b", "event_timestamp": T0, "user_id": "u1", "merchant_id": "m1", "amount": 30.0,
-         "country": "DE", "device_id": "d1"},
+         "country": "DE", "device_id": None, "currency": "EUR", "channel": "pos"},
     ]  # fmt: skip
     for _ in range(2):  # a retry
         response = httpx.post(f"{url}/transactions", json=body, timeout=10)

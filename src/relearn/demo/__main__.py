@@ -20,7 +20,7 @@ class DemoCommand(DemoSettings):
     """
 
     def cli_cmd(self) -> None:
-        """Run the loop, write the report, print the summary; exit 1 if requests failed or it was cut."""
+        """Run the loop, write the report and summary; exit non-zero if the replay or a request failed."""
         from relearn.demo import loop, report
 
         configure_logging(self.log_level)
@@ -36,6 +36,8 @@ class DemoCommand(DemoSettings):
         print(f"\n  report: {page}")
         if outcome.interrupted:
             sys.exit(130)
+        if failed := outcome.timeline.first("replay-failed"):
+            sys.exit(f"relearn-demo: the replay failed: {failed['error']}")
         if summary["failed"] or outcome.ports_left_open or outcome.left_running:
             sys.exit(1)
 

@@ -198,7 +198,9 @@ def start_predictor(stack: Stack, version: str, wait: bool = True) -> tuple[Chil
     return child, rest, f"127.0.0.1:{grpc_port}"
 
 
-def start_stack(settings: DemoSettings, home: Path, wall_per_day: float, procs: Processes) -> Stack:
+def start_stack(
+    settings: DemoSettings, home: Path, wall_per_day: float, procs: Processes, lake: Path | None = None
+) -> Stack:
     """MLflow server, drift detector, predictor (champion), router, transformer, Prometheus, controller.
 
     All start at once (each finds the others by port) and the function returns when all are ready.
@@ -239,6 +241,12 @@ def start_stack(settings: DemoSettings, home: Path, wall_per_day: float, procs: 
         RELEARN_DRIFT_SQLITE_SYNCHRONOUS="NORMAL",
         RELEARN_DRIFT_REPORTS="false",
         RELEARN_DRIFT_LOG_LEVEL="WARNING",
+        # Training/serving skew: served vectors against the world's lake, every 20 s.
+        **(
+            {"RELEARN_DRIFT_SKEW_LAKE_DIR": str(lake), "RELEARN_DRIFT_SKEW_INTERVAL_SECONDS": "20"}
+            if lake
+            else {}
+        ),
     )
     champion = _alias_version("champion", home)
     predictor, rest, grpc_target = start_predictor(stack, champion, wait=False)
@@ -361,6 +369,23 @@ class _Detector:
             self.quality.append({"wall": now, **stable})
 
 
+def _skew(detector_url: str) -> dict[str, Any]:
+    """The detector's last skew check: rows compared and the features whose served values differ."""
+    try:
+        text = httpx.get(f"{detector_url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {"rows": None}
+    rows, skewed = None, {}
+    for line in text.splitlines():
+        if line.startswith('relearn_feature_skew_rows{track="stable"}'):
+            rows = int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("relearn_feature_skew_ratio{") and 'track="stable"' in line:
+            ratio = float(line.rsplit(" ", 1)[1])
+            if ratio > 0:
+                skewed[line.split('feature="', 1)[1].split('"', 1)[0]] = ratio
+    return {"rows": rows, "skewed": skewed}
+
+
 def run(settings: DemoSettings) -> Outcome:
     """Run the loop; always stops every process. Ctrl-C ends it early (the report covers what ran)."""
     timeline = Timeline()
@@ -374,7 +399,7 @@ def run(settings: DemoSettings) -> Outcome:
     wall_per_day = served_per_day / settings.rate
     procs = Processes(home / "logs", _env(home))
     try:
-        stack = start_stack(settings, home, wall_per_day, procs)
+        stack = start_stack(settings, home, wall_per_day, procs, lake=world.source)
     except BaseException:
         procs.stop_all()
         raise
@@ -436,6 +461,7 @@ def run(settings: DemoSettings) -> Outcome:
         if crashed:
             timeline.add("replay-failed", sim=replay.sim_time, error=repr(crashed[0]))
             log.error("replay failed", exc_info=crashed[0])
+        timeline.add("feature-skew", **_skew(stack.url("detector")))
         audit = _read_audit(home / "rollout" / "audit.jsonl")
         champion_after = _alias_version("champion", home)
         left = stack.procs.stop_all()

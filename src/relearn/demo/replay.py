@@ -164,8 +164,10 @@ class Replay:
                     client.post(f"{self.feed_url}/{kind}", json=body, timeout=10).raise_for_status()
                     break
                 except httpx.HTTPError as exc:
-                    if attempt == 4:
-                        raise RuntimeError(f"the feature feed refused {kind}: {exc}") from exc
+                    refused = isinstance(exc, httpx.HTTPStatusError)
+                    detail = exc.response.text if refused else str(exc)
+                    if attempt == 4 or (refused and exc.response.is_client_error):
+                        raise RuntimeError(f"the feature feed refused {kind}: {detail}") from exc
                     time.sleep(0.5)
             if kind == "transactions":
                 self.fed = due

@@ -95,6 +95,26 @@ def quality(frame: pd.DataFrame, budget: float) -> dict[str, float]:
     }
 
 
+def lake_features(outcome: Outcome, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (served transactions) with the pandas engine's entity features at each one's time.
+
+    These are the values the streaming state served (tests/test_stream_parity.py proves it), recomputed
+    from the world's lake, which holds every transaction, scored or not.
+    """
+    from relearn.data import io
+    from relearn.features.spec import MERCHANT_FEATURES, USER_FEATURES
+    from relearn.features.transforms import entity_feature_tables
+    from relearn.monitoring.simulate import asof_join
+
+    until = frame["event_timestamp"].max()
+    tx = io.read_transactions(outcome.world.source / "transactions")
+    tx = tx[tx["event_timestamp"] <= until]
+    users, merchants = entity_feature_tables(tx, io.read_labels(outcome.world.source / "labels"))
+    out = asof_join(frame.assign(_order=np.arange(len(frame))), users, "user_id", USER_FEATURES)
+    out = asof_join(out, merchants, "merchant_id", MERCHANT_FEATURES)
+    return out.sort_values("_order").drop(columns="_order").set_axis(frame.index)
+
+
 def old_champion_on(outcome: Outcome, frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` scored by the champion before the retrain: what the promotion bought, same requests."""
     if frame.empty or outcome.champion_after == outcome.champion_before:
@@ -107,8 +127,8 @@ def old_champion_on(outcome: Outcome, frame: pd.DataFrame) -> pd.DataFrame:
     settings = RelearnSettings(home=outcome.home)
     mlflow.set_tracking_uri(settings.tracking_uri())
     model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{outcome.champion_before}")
-    scores = model.predict(model_inputs(frame.reset_index(drop=True)))["score"].to_numpy()
-    return frame.assign(score=scores)
+    inputs = model_inputs(lake_features(outcome, frame).reset_index(drop=True))
+    return frame.assign(score=model.predict(inputs)["score"].to_numpy())
 
 
 def summary(outcome: Outcome) -> dict[str, Any]:
@@ -130,6 +150,9 @@ def summary(outcome: Outcome) -> dict[str, Any]:
         "quality": {name: quality(frame, budget) for name, frame in by_phase.items()},
         "milestones": {
             k: {"t_seconds": round(v["wall"] - start, 1), "sim": v.get("sim")} for k, v in marks.items()
+        },
+        "feature_skew": {
+            k: v for k, v in (outcome.timeline.first("feature-skew") or {}).items() if k in ("rows", "skewed")
         },
         "drift_windows": len(drifted),
         "windows": len([w for w in outcome.windows if w["track"] == "stable"]),
@@ -272,6 +295,12 @@ def terminal_table(s: dict[str, Any]) -> str:
     for name, q in s["quality"].items():
         lines.append(
             line((name, f"{q['n']:,}", q["fraud"], _f(q["precision"]), _f(q["recall"]), _f(q["pr_auc"])))
+        )
+    skew = s.get("feature_skew") or {}
+    if skew.get("rows") is not None:
+        shares = ", ".join(f"{k} {v:.1%}" for k, v in skew["skewed"].items()) or "none"
+        lines.append(
+            f"  training/serving skew: {skew['rows']:,} served vectors checked, skewed features: {shares}"
         )
     lines.append("")
     for kind, m in s["milestones"].items():

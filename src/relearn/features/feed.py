@@ -55,8 +55,12 @@ class Transaction(BaseModel):
     user_id: str = Field(min_length=1)
     merchant_id: str = Field(min_length=1)
     amount: float | None = None
-    country: str = ""
-    device_id: str = ""
+    country: str | None = None
+    device_id: str | None = None
+    # The rest of a scoring request's fields: accepted (a feed can post the same records), not stored.
+    currency: str | None = None
+    merchant_category: str | None = None
+    channel: str | None = None
 
     @field_validator("amount")
     @classmethod
@@ -70,9 +74,8 @@ class Transaction(BaseModel):
         from relearn.features.transforms import epoch_us
 
         t = int(epoch_us([self.event_timestamp])[0])
-        return Event(
-            self.transaction_id, t, self.user_id, self.merchant_id, self.amount, self.country, self.device_id
-        )
+        place = (self.country or "", self.device_id or "")
+        return Event(self.transaction_id, t, self.user_id, self.merchant_id, self.amount, *place)
 
 
 class Chargeback(BaseModel):
