@@ -147,32 +147,46 @@ class Replay:
     def _feed_until(self, client: httpx.Client, moment: pd.Timestamp) -> None:
         """Post the unscored transactions and the chargebacks before ``moment`` to the feature feed.
 
-        Synchronous, before the request at ``moment`` is sent: its features must include them.
+        Synchronous, before the request at ``moment`` is sent: its features must include them. The two
+        kinds are posted in runs, in event-time order, so the feed sees its stream in order.
         """
         cut = np.datetime64(moment.tz_convert(None))
-        for kind, frame, times, done in (
-            ("transactions", self.feed, self._feed_times, self.fed),
-            ("chargebacks", self.chargebacks, self._chargeback_times, self.chargebacks_fed),
-        ):
-            due = int(np.searchsorted(times, cut, side="left"))
-            if due <= done:
-                continue
-            rows = frame.iloc[done:due].to_json(orient="records", date_format="iso", date_unit="us")
-            body = json.loads(rows)
-            for attempt in range(5):  # the feed is idempotent: a retry after a timeout counts nothing twice
-                try:
-                    client.post(f"{self.feed_url}/{kind}", json=body, timeout=10).raise_for_status()
-                    break
-                except httpx.HTTPError as exc:
-                    refused = isinstance(exc, httpx.HTTPStatusError)
-                    detail = exc.response.text if refused else str(exc)
-                    if attempt == 4 or (refused and exc.response.is_client_error):
-                        raise RuntimeError(f"the feature feed refused {kind}: {detail}") from exc
-                    time.sleep(0.5)
-            if kind == "transactions":
-                self.fed = due
+        feed_due = int(np.searchsorted(self._feed_times, cut, side="left"))
+        chargebacks_due = int(np.searchsorted(self._chargeback_times, cut, side="left"))
+        while self.fed < feed_due or self.chargebacks_fed < chargebacks_due:
+            # The next run of one kind: up to the other kind's next event (or everything due).
+            next_tx = self._feed_times[self.fed] if self.fed < feed_due else None
+            next_cb = (
+                self._chargeback_times[self.chargebacks_fed]
+                if self.chargebacks_fed < chargebacks_due
+                else None
+            )
+            if next_cb is None or (next_tx is not None and next_tx <= next_cb):
+                end = (
+                    feed_due if next_cb is None else int(np.searchsorted(self._feed_times, next_cb, "right"))
+                )
+                self._post(client, "transactions", self.feed.iloc[self.fed : min(end, feed_due)])
+                self.fed = min(end, feed_due)
             else:
-                self.chargebacks_fed = due
+                bound = chargebacks_due
+                if next_tx is not None:
+                    bound = min(bound, int(np.searchsorted(self._chargeback_times, next_tx, "left")))
+                self._post(client, "chargebacks", self.chargebacks.iloc[self.chargebacks_fed : bound])
+                self.chargebacks_fed = bound
+
+    def _post(self, client: httpx.Client, kind: str, frame: pd.DataFrame) -> None:
+        """One POST to the feed, retried on connection errors (idempotent: nothing counts twice)."""
+        body = json.loads(frame.to_json(orient="records", date_format="iso", date_unit="us"))
+        for attempt in range(5):
+            try:
+                client.post(f"{self.feed_url}/{kind}", json=body, timeout=10).raise_for_status()
+                return
+            except httpx.HTTPError as exc:
+                refused = isinstance(exc, httpx.HTTPStatusError)
+                detail = exc.response.text if refused else str(exc)
+                if attempt == 4 or (refused and exc.response.is_client_error):
+                    raise RuntimeError(f"the feature feed refused {kind}: {detail}") from exc
+                time.sleep(0.5)
 
     def _post_labels(self, client: httpx.Client) -> None:
         """Post the chargebacks that have arrived by the stream's clock, stamped with the wall clock."""
