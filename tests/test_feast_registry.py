@@ -135,5 +135,7 @@ def test_apply_materialize_and_online_lookup_through_the_registry_server(
 
 def test_local_mode_keeps_a_file_registry(tmp_path):
     local = RelearnSettings(home=tmp_path)
-    assert fstore.store_config(local)["registry"] == str(tmp_path.resolve() / "feature_repo/data/registry.db")
+    registry = fstore.store_config(local)["registry"]
+    assert registry["path"] == str(tmp_path.resolve() / "feature_repo/data/registry.db")
+    assert registry["registry_store_type"] == fstore.FILE_REGISTRY_STORE  # replaced atomically
     assert type(fstore.get_store(local).registry).__name__ == "Registry"  # Feast's file registry
