@@ -454,7 +454,13 @@ def run(settings: DemoSettings) -> Outcome:
         sender.join(10)
         replay.drain()
         bar.close()
-        timeline.add("replay-end", sim=replay.sim_time, sent=replay.position)
+        timeline.add(
+            "replay-end",
+            sim=replay.sim_time,
+            sent=replay.position,
+            fed=replay.fed,
+            chargebacks_fed=replay.chargebacks_fed,
+        )
         driver.close()
         with httpx.Client() as client:
             detector.poll(client)

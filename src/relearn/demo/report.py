@@ -154,6 +154,11 @@ def summary(outcome: Outcome) -> dict[str, Any]:
         "feature_skew": {
             k: v for k, v in (outcome.timeline.first("feature-skew") or {}).items() if k in ("rows", "skewed")
         },
+        "feature_feed": {
+            k: v
+            for k, v in (outcome.timeline.first("replay-end") or {}).items()
+            if k in ("fed", "chargebacks_fed")
+        },
         "drift_windows": len(drifted),
         "windows": len([w for w in outcome.windows if w["track"] == "stable"]),
         "ports_left_open": outcome.ports_left_open,
@@ -295,6 +300,12 @@ def terminal_table(s: dict[str, Any]) -> str:
     for name, q in s["quality"].items():
         lines.append(
             line((name, f"{q['n']:,}", q["fraud"], _f(q["precision"]), _f(q["recall"]), _f(q["pr_auc"])))
+        )
+    fed = s.get("feature_feed") or {}
+    if fed:
+        lines.append(
+            f"  features streamed: {s['requests']:,} scored and {fed.get('fed', 0):,} unscored transactions, "
+            f"{fed.get('chargebacks_fed', 0):,} chargebacks; each request read its card's state up to itself"
         )
     skew = s.get("feature_skew") or {}
     if skew.get("rows") is not None:
