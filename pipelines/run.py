@@ -132,6 +132,10 @@ def run_locally(
         summary["versus_baseline"] = evaluated["versus_baseline"]
     if gate_decision.exists():
         summary["gate_markdown"] = gate_decision.read_text()
+    # The local drift detector's default reference (its mlflow-skinny cannot read a SQLite registry).
+    from relearn.model.registry import export_champion_reference
+
+    summary["drift_reference"] = str(export_champion_reference(RelearnSettings(home=home)))
     return summary
 
 
@@ -207,6 +211,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"  evaluation report            {summary['evaluation_report']}")
     print(f"  gate decision                {summary['gate_decision']}")
     print(f"  deploy                       {summary['deploy']}")
+    print(f"  drift reference (make drift) {summary.get('drift_reference')}")
     print(f"  pipeline run outputs         {summary['run_dir']}")
     print(f"  full log                     {summary['log']}")
     print(f"  MLflow tracking URI          {settings.tracking_uri()}")

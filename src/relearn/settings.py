@@ -66,6 +66,10 @@ class RelearnSettings(BaseSettings):
         """The directory of the Parquet feature tables (the local offline store)."""
         return (self.feast_offline_dir or self.feature_repo() / "data").resolve()
 
+    def drift_reference(self) -> Path:
+        """Where ``make train`` copies the champion's reference sample: the local drift detector's default."""
+        return self.home.resolve() / "drift" / "reference.parquet"
+
     def registry(self) -> str:
         """The Feast registry location."""
         return self.feast_registry or str(self.feature_repo() / "data" / "registry.db")

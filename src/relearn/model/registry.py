@@ -256,3 +256,26 @@ def load_champion(settings: RelearnSettings) -> tuple[Any, str] | None:
     mlflow.set_tracking_uri(settings.tracking_uri())
     # Load by number, not alias: the alias could move between the lookup and the load.
     return mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}"), version
+
+
+def export_champion_reference(settings: RelearnSettings) -> Path | None:
+    """Copy the champion's reference sample to ``settings.drift_reference()``; None without a champion.
+
+    The local drift detector (``make drift``) reads it there by default: its environment's mlflow-skinny
+    cannot open the SQLite registry. The copy replaces the file atomically.
+    """
+    from mlflow.artifacts import download_artifacts
+
+    version = get_alias_version(settings, CHAMPION)
+    if version is None:
+        return None
+    tags = get_version_tags(settings, version)
+    uri = tags.get("reference_run_uri") or tags.get("reference_uri")
+    if not uri:
+        return None
+    target = settings.drift_reference()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        local = download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=settings.tracking_uri())
+        Path(local).replace(target)
+    return target

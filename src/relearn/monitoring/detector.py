@@ -243,6 +243,11 @@ class DriftTester:
 
 def load_reference_file(path: Path) -> pd.DataFrame:
     """A reference sample from a local Parquet file (MODEL_INPUTS + ``score``)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"no reference sample at {path}: `make train` copies the champion's there; else set "
+            "--reference-path, or --mlflow-tracking-uri with an MLflow server"
+        )
     return pd.read_parquet(path)
 
 

@@ -67,6 +67,7 @@ PENDING_LOOKBACK = 5000
 # Least seconds between two alias checks forced by a stable-headed response naming an unknown version
 # (a promotion the poll every reference_poll_s has not seen yet).
 CHAMPION_RECHECK_S = 5.0
+FILE_REFERENCE = "file"  # the version of a reference read from a file: tracks come from the headers
 COMPARED_TRACKS = ("canary", "shadow")  # score divergence against the last stable window
 
 
@@ -123,6 +124,7 @@ class Monitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drift-monitor", daemon=True)
         self._last_poll = 0.0
+        self.reference_file = settings.reference_file()  # None: the champion's, from MLflow
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -158,10 +160,10 @@ class Monitor:
 
     def _load_reference(self) -> None:
         s = self.settings
-        if s.reference_path is not None:
+        if self.reference_file is not None:
             from relearn.monitoring.detector import load_reference_file
 
-            version, reference = "file", load_reference_file(s.reference_path)
+            version, reference = FILE_REFERENCE, load_reference_file(self.reference_file)
         else:
             from relearn.monitoring.detector import champion_reference
 
@@ -190,7 +192,7 @@ class Monitor:
         """
         s = self.settings
         wait = min(CHAMPION_RECHECK_S, s.reference_poll_s) if force else s.reference_poll_s
-        if s.reference_path is not None or time.monotonic() - self._last_poll < wait:
+        if self.reference_file is not None or time.monotonic() - self._last_poll < wait:
             return
         self._last_poll = time.monotonic()
         from relearn.monitoring.detector import champion_version
@@ -274,7 +276,7 @@ class Monitor:
         """The model version of the stable track: the setting, else the champion's (None: unknown)."""
         if self.settings.stable_version is not None:
             return self.settings.stable_version
-        if self.settings.reference_path is None and self.tester is not None:
+        if self.tester is not None and self.tester.version != FILE_REFERENCE:
             return self.tester.version
         return None
 

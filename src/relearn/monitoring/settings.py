@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from relearn.settings import RelearnSettings
 
 DEFAULT_LOCAL_COMMAND = ".venv/platform/bin/python -m pipelines.run"
 # Measured on the generator's stream in time order (benchmarks/drift.py): each of these alone flags most
@@ -62,8 +65,16 @@ class DriftSettings(BaseSettings):
         "as rejected.",
     )
     # Reference sample.
-    reference_path: Path | None = Field(None, description="Local Parquet reference (MODEL_INPUTS + score).")
-    mlflow_tracking_uri: str | None = Field(None, description="MLflow URI for the champion's reference.")
+    reference_path: Path | None = Field(
+        None,
+        description="Local Parquet reference (MODEL_INPUTS + score). Default, when no MLflow URI is set: "
+        "<RELEARN_HOME>/drift/reference.parquet, the champion's sample `make train` copies there.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="MLflow server (http://...) to follow the champion's reference from; also read from "
+        "MLFLOW_TRACKING_URI. This environment's mlflow-skinny cannot open a sqlite:// registry.",
+    )
     model_name: str = Field("relearn-fraud", description="Registered model whose champion is monitored.")
     model_alias: str = Field("champion", description="Alias whose reference is used.")
     reference_poll_s: float = Field(60.0, gt=0, description="How often the alias is checked for a change.")
@@ -168,3 +179,14 @@ class DriftSettings(BaseSettings):
     reports: bool = Field(True, description="Write an HTML report per window under <data_dir>/reports.")
     poll_s: float = Field(0.2, gt=0, description="How often the monitor reads new events from the log.")
     log_level: str = Field("INFO", description="Log level.")
+
+    def reference_file(self) -> Path | None:
+        """The reference file: ``reference_path``, else (no MLflow URI) the one ``make train`` wrote.
+
+        None: the champion's reference comes from the MLflow registry (and follows the alias).
+        """
+        if self.reference_path is not None:
+            return self.reference_path
+        if self.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+            return None
+        return RelearnSettings().drift_reference()

@@ -1,0 +1,64 @@
+"""Documented commands that failed as written (issue 17): each test runs the command the README gives.
+
+The slow ones share the session's small pipeline run (``trained``, the state ``make train`` leaves behind).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving_stack import free_port, stop_process, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+DRIFT_PYTHON = ROOT / ".venv" / "drift" / "bin" / "python"
+
+
+def _clean_env() -> dict[str, str]:
+    """A new user's shell: no relearn or MLflow settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("RELEARN_", "MLFLOW_"))}
+
+
+@pytest.mark.slow
+def test_make_drift_is_ready_with_defaults_after_make_train(trained, tmp_path: Path) -> None:
+    """``make drift`` after ``make train``: the detector finds the champion's reference under ``.relearn/``.
+
+    Before, its default was MLflow's ``./mlflow.db``, which the drift environment's mlflow-skinny cannot
+    read anyway: ``/ready`` stayed 503 for ever.
+    """
+    if not DRIFT_PYTHON.exists():
+        pytest.skip("drift environment missing: make setup")
+    assert trained["summary"]["drift_reference"] == str(trained["home"] / "drift" / "reference.parquet")
+    (tmp_path / ".relearn").symlink_to(trained["home"])  # the clone's .relearn/ after `make train`
+    port, log_path = free_port(), tmp_path / "drift.log"
+    cmd = [str(DRIFT_PYTHON), "-m", "relearn.monitoring.server", "--port", str(port)]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(cmd, cwd=tmp_path, env=_clean_env(), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            "make drift",
+            lambda: httpx.get(f"{url}/ready", timeout=2).status_code == 200,
+            process,
+            log_path,
+            timeout=180,
+            errors=(httpx.HTTPError,),
+        )
+        assert httpx.get(f"{url}/ready").json() == {"ready": True, "reference": "file"}
+    finally:
+        stop_process(process)
+
+
+def test_the_detector_defaults_to_the_reference_make_train_exports(monkeypatch, tmp_path: Path) -> None:
+    """No reference path and no MLflow server: the file under RELEARN_HOME, not MLflow's ./mlflow.db."""
+    from relearn.monitoring.settings import DriftSettings
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("RELEARN_HOME", str(tmp_path))
+    assert DriftSettings().reference_file() == tmp_path.resolve() / "drift" / "reference.parquet"
+    assert DriftSettings(mlflow_tracking_uri="http://mlflow:5000").reference_file() is None
+    assert DriftSettings(reference_path=tmp_path / "r.parquet").reference_file() == tmp_path / "r.parquet"
