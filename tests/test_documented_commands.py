@@ -62,3 +62,19 @@ def test_the_detector_defaults_to_the_reference_make_train_exports(monkeypatch, 
     assert DriftSettings().reference_file() == tmp_path.resolve() / "drift" / "reference.parquet"
     assert DriftSettings(mlflow_tracking_uri="http://mlflow:5000").reference_file() is None
     assert DriftSettings(reference_path=tmp_path / "r.parquet").reference_file() == tmp_path / "r.parquet"
+
+
+def test_make_serve_logs_to_make_drift_with_defaults() -> None:
+    """``make serve`` and ``make drift`` side by side: no shared port; the payload log reaches it."""
+    from relearn.monitoring.settings import DriftSettings
+    from relearn.serving.local import LocalStackSettings
+
+    serve, drift = LocalStackSettings(), DriftSettings()
+    ports = [
+        serve.transformer_http_port,
+        serve.transformer_grpc_port,
+        serve.predictor_http_port,
+        serve.predictor_grpc_port,
+    ]
+    assert drift.port not in ports and len(set(ports)) == 4
+    assert serve.log_sink_url == f"http://{drift.host}:{drift.port}/"

@@ -3,6 +3,10 @@
 Starts the predictor (``models:/<name>@champion`` from the local MLflow) and the transformer (Feast online
 store: the SQLite file under ``RELEARN_HOME``) as child processes bound to 127.0.0.1, waits until both are
 ready, prints the endpoints and example calls, and stops both on Ctrl-C (or when either exits).
+
+Default ports: transformer 8080/8081 (KServe's), predictor 8082/8083; the predictor's payload log goes to
+``make drift``'s default address (``http://127.0.0.1:8090/``; events are dropped and counted while nothing
+listens there).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 from relearn.logs import configure_logging
 
+DRIFT_SINK = "http://127.0.0.1:8090/"  # `make drift` with its defaults (RELEARN_DRIFT_PORT)
 EXAMPLE = {
     "transaction_id": "tx-demo-1",
     "event_timestamp": "2026-03-01T12:00:00Z",
@@ -50,12 +55,14 @@ class LocalStackSettings(BaseSettings):
 
     transformer_http_port: int = Field(8080, description="Transformer REST port (the public endpoint).")
     transformer_grpc_port: int = Field(8081, description="Transformer gRPC port.")
-    predictor_http_port: int = Field(8090, description="Predictor REST port.")
-    predictor_grpc_port: int = Field(8091, description="Predictor gRPC port (the transformer calls it).")
+    predictor_http_port: int = Field(8082, description="Predictor REST port.")
+    predictor_grpc_port: int = Field(8083, description="Predictor gRPC port (the transformer calls it).")
     model_uri: str = Field("models:/relearn-fraud@champion", description="Model the predictor serves.")
     model_name: str = Field("relearn-fraud", description="Model name in the URLs.")
     log_sink_url: str = Field(
-        "", description="Payload-logger target (the predictor logs each inference; empty: off)."
+        DRIFT_SINK,
+        description="Payload-logger target (the predictor logs each inference): default the drift detector "
+        "of `make drift`; empty: off.",
     )
     ready_timeout_seconds: float = Field(120.0, gt=0, description="How long to wait for readiness.")
 
@@ -94,6 +101,7 @@ relearn serving stack (Ctrl-C stops it)
   predictor    REST http://127.0.0.1:{settings.predictor_http_port}/v2/models/{name}/infer
                gRPC 127.0.0.1:{settings.predictor_grpc_port}
   metrics      http://127.0.0.1:{t_http}/metrics  http://127.0.0.1:{settings.predictor_http_port}/metrics
+  payload log  {settings.log_sink_url or "off"}
 
 REST:
   curl -s -H 'content-type: application/json' \\
