@@ -63,3 +63,32 @@ def test_help_lists_the_commands() -> None:
     assert out.returncode == 0
     for command in ("status", "canary", "shadow", "promote", "rollback", "history", "--backend"):
         assert command in out.stdout
+
+
+def test_register_from_the_command_line_then_canary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The README's local rollout: versions registered by ``register``, not from Python, then a canary."""
+    assert _cli(tmp_path, "canary", "start", "7", "--percent", "10") == 1
+    assert "register 7 --rest URL --grpc HOST:PORT" in capsys.readouterr().err
+    assert _cli(tmp_path, "register", "6", "--rest", "http://127.0.0.1:8092", "--grpc", "127.0.0.1:8093") == 0
+    assert _cli(tmp_path, "register", "7", "--rest", "http://127.0.0.1:8094", "--grpc", "127.0.0.1:8095") == 0
+    assert _cli(tmp_path, "canary", "start", "7", "--percent", "10") == 0
+    state = json.loads((tmp_path / "s.json").read_text())
+    assert (state["stable"], state["canary"], state["canary_percent"]) == ("6", "7", 10)
+    assert state["endpoints"]["7"] == {"rest": "http://127.0.0.1:8094", "grpc": "127.0.0.1:8095"}
+    assert [e["action"] for e in AuditLog(tmp_path / "a.jsonl").entries()] == [
+        "register", "register", "canary-start",
+    ]  # fmt: skip
+    capsys.readouterr()
+    assert _cli(tmp_path, "register", "8") == 1, "no endpoint given"
+    assert "--rest URL and/or --grpc" in capsys.readouterr().err
+    cluster = build_parser().parse_args(["--backend", "kubernetes", "register", "8", "--rest", "http://x"])
+    assert run(cluster) == 1 and "--backend local" in capsys.readouterr().err
+
+
+def test_router_reads_the_state_file_the_cli_writes_by_default() -> None:
+    """``python -m relearn.rollout.router`` needs no --state, and its ports clash with no other default."""
+    out = subprocess.run(
+        [sys.executable, "-m", "relearn.rollout.router", "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0 and "<RELEARN_HOME>/rollout/state.json" in out.stdout
+    assert "default: 8084" in out.stdout and "default: 8085" in out.stdout

@@ -3,6 +3,7 @@
 Installed as the console script ``kubectl-relearn``, so kubectl finds it as a plugin::
 
     kubectl relearn status
+    kubectl relearn --backend local register 7 --rest http://127.0.0.1:8092 --grpc 127.0.0.1:8093
     kubectl relearn canary start 7 --percent 10
     kubectl relearn shadow start 7 --percent 20
     kubectl relearn promote            # or: kubectl relearn rollback --reason "p99 too high"
@@ -10,8 +11,8 @@ Installed as the console script ``kubectl-relearn``, so kubectl finds it as a pl
 
 ``--backend kubernetes`` (default) patches the InferenceService / VirtualService through the API, exactly as
 ``kubectl patch isvc ... canaryTrafficPercent`` does; ``--backend local`` drives the local router's state
-file. Every action is appended to the audit log (``--audit-log``, default
-``<RELEARN_HOME>/rollout/audit.jsonl``).
+file, where ``register`` first records which predictor serves each version. Every action is appended to
+the audit log (``--audit-log``, default ``<RELEARN_HOME>/rollout/audit.jsonl``).
 Defaults come from the environment: RELEARN_ROLLOUT_NAMESPACE, RELEARN_ROLLOUT_INFERENCE_SERVICE,
 RELEARN_ROLLOUT_VIRTUAL_SERVICE, RELEARN_ROLLOUT_SHADOW_SERVICE, RELEARN_ROLLOUT_BACKEND,
 RELEARN_ROLLOUT_STATE, RELEARN_ROLLOUT_AUDIT_LOG.
@@ -36,7 +37,7 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (sub-commands status, canary, shadow, promote, rollback, history)."""
+    """The argument parser (sub-commands status, register, canary, shadow, promote, rollback, history)."""
     parser = argparse.ArgumentParser(
         prog="kubectl relearn",
         description="Canary and shadow rollouts of relearn models (KServe + Istio, or the local router).",
@@ -65,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="stable/canary/shadow versions, traffic split, last decisions")
+    register = sub.add_parser(
+        "register",
+        help="--backend local: where VERSION is served (the first registered version becomes stable)",
+    )
+    register.add_argument("version")
+    register.add_argument("--rest", help="REST base URL of its predictor, e.g. http://127.0.0.1:8082")
+    register.add_argument("--grpc", help="gRPC target of its predictor, e.g. 127.0.0.1:8083")
+    register.add_argument("--reason", default="")
     for kind, help_ in (
         ("canary", "route a share of traffic to VERSION"),
         ("shadow", "mirror traffic to VERSION"),
@@ -92,6 +101,14 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=1) if args.output == "json" else text)
 
 
+def _register(backend: Any, args: argparse.Namespace) -> Any:
+    """Record a version's endpoints with the local router (in a cluster, KServe serves each version)."""
+    if not (args.rest or args.grpc):
+        raise RolloutError("give --rest URL and/or --grpc HOST:PORT of the predictor serving the version")
+    backend.register(args.version, rest=args.rest, grpc=args.grpc)
+    return backend.state()
+
+
 def run(args: argparse.Namespace, backend: RolloutBackend | None = None) -> int:
     """Execute one parsed command; returns the exit status."""
     audit = audit_log_for(args.audit_log)
@@ -100,6 +117,9 @@ def run(args: argparse.Namespace, backend: RolloutBackend | None = None) -> int:
         lines = [f"{e['time']}  {e['action']:<14} {e.get('version') or '':<8} {e['reason']}" for e in entries]
         _print(args, entries, "\n".join(lines) or "no rollout actions recorded")
         return 0
+    if args.command == "register" and args.backend != "local":
+        print("error: register is for --backend local (KServe serves versions in a cluster)", file=sys.stderr)
+        return 1
     backend = backend or make_backend(args)
     actor = f"kubectl-relearn/{getpass.getuser()}"
     try:
@@ -116,7 +136,9 @@ def run(args: argparse.Namespace, backend: RolloutBackend | None = None) -> int:
                 )
             _print(args, {"state": state.to_dict(), "last_decisions": last}, text)
             return 0
-        if args.command == "canary" and args.action == "start":
+        if args.command == "register":
+            state, action = _register(backend, args), "register"
+        elif args.command == "canary" and args.action == "start":
             state, action = backend.start_canary(args.version, args.percent), "canary-start"
         elif args.command == "canary":
             state, action = backend.set_canary_percent(args.percent), "canary-step"

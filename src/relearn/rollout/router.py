@@ -20,7 +20,8 @@ The routing table lives in a JSON state file that :class:`LocalBackend` writes a
 re-reads whenever it changes, so ``kubectl relearn --backend local`` and the controller change the weights
 of a running router without restarting it::
 
-    python -m relearn.rollout.router --state .relearn/rollout/state.json --rest-port 8090 --grpc-port 8091
+    kubectl relearn --backend local register 1 --rest http://127.0.0.1:8082 --grpc 127.0.0.1:8083
+    python -m relearn.rollout.router   # state <RELEARN_HOME>/rollout/state.json, REST 8084, gRPC 8085
 """
 
 from __future__ import annotations
@@ -135,7 +136,10 @@ class LocalBackend:
 
     def _known(self, state: RouterState, version: str) -> None:
         if version not in state.endpoints:
-            raise RolloutError(f"version {version} has no registered endpoints (see LocalBackend.register)")
+            raise RolloutError(
+                f"version {version} has no registered endpoints: kubectl relearn --backend local register "
+                f"{version} --rest URL --grpc HOST:PORT"
+            )
 
     def register(self, version: str, *, rest: str | None = None, grpc: str | None = None) -> None:
         """Record where ``version`` is served; the first registered version becomes the stable one."""
@@ -429,12 +433,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m relearn.rollout.router", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--state", type=Path, required=True, help="state file written by LocalBackend")
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="state file that `kubectl relearn --backend local` writes "
+        "(default: <RELEARN_HOME>/rollout/state.json, as there)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback)")
-    parser.add_argument("--rest-port", type=int, default=8090)
-    parser.add_argument("--grpc-port", type=int, default=8091)
+    parser.add_argument("--rest-port", type=int, default=8084, help="v2 REST port (default: 8084)")
+    parser.add_argument("--grpc-port", type=int, default=8085, help="v2 gRPC port (default: 8085)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the route choices (tests)")
     args = parser.parse_args(argv)
+    if args.state is None:
+        from relearn.rollout.audit import rollout_dir
+
+        args.state = rollout_dir() / "state.json"
     logging.basicConfig(level=logging.INFO)
     asyncio.run(serve(args.state, args.host, args.rest_port, args.grpc_port, args.seed))
 
