@@ -78,3 +78,16 @@ def test_make_serve_logs_to_make_drift_with_defaults() -> None:
     ]
     assert drift.port not in ports and len(set(ports)) == 4
     assert serve.log_sink_url == f"http://{drift.host}:{drift.port}/"
+
+
+def test_readme_says_where_its_python_commands_run() -> None:
+    """Bare ``python -m relearn…`` failed in a new shell: the README names the environments, once."""
+    import importlib.util
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    for where in ("source .venv/platform/bin/activate", ".venv/drift", '"$PWD/.venv/tools/bin:$PATH"'):
+        assert where in readme
+    modules = set(re.findall(r"python -m ([\w.]+)", readme))
+    assert "relearn.monitoring.server" in modules
+    assert [m for m in sorted(modules) if importlib.util.find_spec(m) is None] == []
