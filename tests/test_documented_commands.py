@@ -91,3 +91,23 @@ def test_readme_says_where_its_python_commands_run() -> None:
     modules = set(re.findall(r"python -m ([\w.]+)", readme))
     assert "relearn.monitoring.server" in modules
     assert [m for m in sorted(modules) if importlib.util.find_spec(m) is None] == []
+
+
+def test_a_lake_from_the_generators_defaults_passes_make_trains_ingest_and_validation(tmp_path: Path) -> None:
+    """``python -m relearn.data`` then ``make train ARGS="--source .relearn/data"``: the same window.
+
+    Before, the generator started on 2024-01-01 for 28 days and the pipeline read 35 days from 2026-01-01:
+    no events.
+    """
+    from pipelines.train import train_pipeline
+    from relearn.data.__main__ import GenerateSettings, run
+    from relearn.steps import IngestParams, ingest, validate
+
+    lake = tmp_path / "lake"
+    run(GenerateSettings(out=lake, users=300, merchants=60, progress=False))
+    defaults = {name: spec.default for name, spec in train_pipeline.component_spec.inputs.items()}
+    start, days = defaults["start"], defaults["days"]
+    params = IngestParams(start=start, days=days, source=str(lake))
+    summary = ingest(params, str(tmp_path / "tx"), str(tmp_path / "labels"))
+    assert summary["rows"] > 0 and summary["labels"] > 0
+    assert validate(str(tmp_path / "tx"), str(tmp_path / "report.md"), start=start, days=days) == {"ok": True}

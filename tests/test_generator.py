@@ -301,14 +301,22 @@ def test_cli_writes_partitions(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (out / "transactions").iterdir()) == [
-        "date=2024-01-01",
-        "date=2024-01-02",
-        "date=2024-01-03",
+        "date=2026-01-01",
+        "date=2026-01-02",
+        "date=2026-01-03",
     ]
     assert any((out / "labels").iterdir())
     assert "fraud_rate" in result.stdout and str(out) in result.stdout
     tx = read_transactions(out)
-    onset = datetime(2024, 1, 2, tzinfo=UTC)
-    config = GeneratorConfig(days=3, n_users=200, n_merchants=50, seed=5, scenario="label_shift", onset=onset)
+    onset = datetime(2026, 1, 2, tzinfo=UTC)
+    config = GeneratorConfig(
+        start=datetime(2026, 1, 1, tzinfo=UTC),
+        days=3,
+        n_users=200,
+        n_merchants=50,
+        seed=5,
+        scenario="label_shift",
+        onset=onset,
+    )
     expected = generate(config)
     pd.testing.assert_frame_equal(tx, expected.transactions)

@@ -34,10 +34,12 @@ class GenerateSettings(BaseSettings):
     )
 
     out: Path | None = Field(None, description="Output directory (default: <RELEARN_HOME>/data).")
+    # The training pipeline's default window (pipelines/train.py), so `make train ARGS="--source <out>"`
+    # finds the events of a lake written with the defaults.
     start: datetime = Field(
-        datetime(2024, 1, 1, tzinfo=UTC), description="First day, midnight UTC (ISO date)."
+        datetime(2026, 1, 1, tzinfo=UTC), description="First day, midnight UTC (ISO date)."
     )
-    days: int = Field(28, ge=1, description="Number of days to simulate.")
+    days: int = Field(35, ge=1, description="Number of days to simulate.")
     users: int = Field(
         2_500, ge=10, description="Number of card holders (~2.5 transactions per user and day)."
     )
