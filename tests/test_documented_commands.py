@@ -111,3 +111,19 @@ def test_a_lake_from_the_generators_defaults_passes_make_trains_ingest_and_valid
     summary = ingest(params, str(tmp_path / "tx"), str(tmp_path / "labels"))
     assert summary["rows"] > 0 and summary["labels"] > 0
     assert validate(str(tmp_path / "tx"), str(tmp_path / "report.md"), start=start, days=days) == {"ok": True}
+
+
+def test_batch_scoring_of_an_empty_selection_fails_and_says_why(tmp_path: Path) -> None:
+    """``--source <lake>/transactions`` used to score 0 rows and exit 0; now it names the lake's root."""
+    from relearn.data.__main__ import GenerateSettings
+    from relearn.data.__main__ import run as generate
+    from relearn.serving.batch import BatchSettings, run
+
+    lake = tmp_path / "lake"
+    generate(GenerateSettings(out=lake, days=2, users=50, merchants=20, progress=False))
+    out = tmp_path / "scores.parquet"
+    with pytest.raises(SystemExit, match="--source is the lake's root"):
+        run(BatchSettings(source=lake / "transactions", output=out, progress=False))
+    with pytest.raises(SystemExit, match=r"no transactions to score in .*lake/transactions in \[2030"):
+        run(BatchSettings(source=lake, start="2030-01-01", end="2030-01-02", output=out, progress=False))
+    assert not out.exists()

@@ -99,11 +99,21 @@ def _transactions(settings: BatchSettings) -> pd.DataFrame:
     from relearn.data.io import read_transactions
 
     if settings.input is not None:
-        return pd.read_parquet(settings.input)
+        tx = pd.read_parquet(settings.input)
+        if tx.empty:
+            raise SystemExit(f"no transactions to score in {settings.input}")
+        return tx
     if settings.source is None:
         raise SystemExit("give --input, or --source with --start/--end")
     utc = [t.replace(tzinfo=UTC) if t and t.tzinfo is None else t for t in (settings.start, settings.end)]
-    return read_transactions(settings.source, start=utc[0], end=utc[1])
+    tx = read_transactions(settings.source, start=utc[0], end=utc[1])
+    if tx.empty:
+        where = f"{settings.source / 'transactions'} in [{utc[0] or '-'}, {utc[1] or '-'})"
+        hint = ""
+        if not (settings.source / "transactions").is_dir():
+            hint = ": --source is the lake's root, the folder that holds transactions/ and labels/"
+        raise SystemExit(f"no transactions to score in {where}{hint}")
+    return tx
 
 
 def run(settings: BatchSettings) -> dict[str, Any]:
