@@ -172,7 +172,9 @@ class _RunnerOptions(BaseSettings):
         env_prefix="RELEARN_TRAIN_", cli_prog_name="relearn-train", cli_kebab_case=True, extra="ignore"
     )
 
-    pipeline_root: Path = Field(Path(".relearn/pipeline_runs"), description="Where task outputs go.")
+    pipeline_root: Path | None = Field(
+        None, description="Where task outputs go (default: <RELEARN_HOME>/pipeline_runs)."
+    )
     log_level: str = Field("INFO", description="Log level of relearn's JSON logs.")
     verbose: bool = Field(False, description="Stream every task's output instead of a progress bar.")
     summary_json: Path | None = Field(None, description="Also write the run's summary to this JSON file.")
@@ -183,7 +185,8 @@ class _RunnerOptions(BaseSettings):
         params = {name: getattr(self, name) for name in train_pipeline.component_spec.inputs}
         params["git_sha"] = self.git_sha or git_sha()
         try:
-            summary = run_locally(params, self.pipeline_root, RelearnSettings().home, self.verbose)
+            home = RelearnSettings().home
+            summary = run_locally(params, self.pipeline_root or home / "pipeline_runs", home, self.verbose)
         except LocalRunError as exc:
             print(f"\nrelearn-train: FAILED\n{exc}", file=sys.stderr)
             raise SystemExit(1) from None

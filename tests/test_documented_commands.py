@@ -127,3 +127,18 @@ def test_batch_scoring_of_an_empty_selection_fails_and_says_why(tmp_path: Path) 
     with pytest.raises(SystemExit, match=r"no transactions to score in .*lake/transactions in \[2030"):
         run(BatchSettings(source=lake, start="2030-01-01", end="2030-01-02", output=out, progress=False))
     assert not out.exists()
+
+
+def test_make_train_keeps_its_runs_under_relearn_home(monkeypatch, tmp_path: Path) -> None:
+    """RELEARN_HOME moves every piece of local state, the pipeline runs' task outputs included."""
+    from pydantic_settings import CliApp
+
+    import pipelines.run as runner
+
+    calls = []
+    monkeypatch.setenv("RELEARN_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(runner, "run_locally", lambda *args: calls.append(args) or {})
+    monkeypatch.setattr(runner, "print_summary", lambda summary: None)
+    CliApp.run(runner.RunnerSettings, cli_args=[])
+    ((_, pipeline_root, home, _),) = calls
+    assert (pipeline_root, home) == (tmp_path / "home" / "pipeline_runs", tmp_path / "home")
