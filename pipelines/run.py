@@ -15,7 +15,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,26 @@ class _TaskProgress:
         self.log_file.flush()
 
 
+@contextlib.contextmanager
+def _task_tmpdir() -> Iterator[None]:
+    """The tasks' TMPDIR: a folder of this run's own, removed afterwards.
+
+    kfp.local runs each lightweight component as ``sh -c 'program_path=$(mktemp -d) ...'`` and never removes
+    that folder: without this, every run left one ``/tmp/tmp.*`` per task.
+    """
+    folder = tempfile.mkdtemp(prefix="relearn-pipeline-")  # in this process's own temp dir
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = folder
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def task_dir(run_dir: Path, task: str) -> Path:
     """The folder kfp.local writes a task's output artifacts to."""
     return run_dir / task
@@ -96,7 +118,7 @@ def run_locally(
     pipeline_root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     log_path = pipeline_root / f".run-{os.getpid()}.log"  # per process: runs may share a root
-    with log_path.open("w") as log_file, warnings.catch_warnings():
+    with log_path.open("w") as log_file, warnings.catch_warnings(), _task_tmpdir():
         # Our base image name does not contain "python"; kfp.local warns about that, needlessly here.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         progress = _TaskProgress(log_file, len(train_pipeline.pipeline_spec.root.dag.tasks))

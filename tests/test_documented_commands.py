@@ -142,3 +142,18 @@ def test_make_train_keeps_its_runs_under_relearn_home(monkeypatch, tmp_path: Pat
     CliApp.run(runner.RunnerSettings, cli_args=[])
     ((_, pipeline_root, home, _),) = calls
     assert (pipeline_root, home) == (tmp_path / "home" / "pipeline_runs", tmp_path / "home")
+
+
+@pytest.mark.slow
+def test_a_local_pipeline_run_leaves_no_temporary_folders(settings, monkeypatch, tmp_path: Path) -> None:
+    """kfp.local's ``mktemp -d`` per task used to stay behind in the temp dir after every run."""
+    from pipelines.run import LocalRunError, run_locally
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))  # what the tasks would use; this process's tempfile is set already
+    params = {"start": "2026-01-01", "days": 3, "source": str(tmp_path / "empty-lake"), "git_sha": "t"}
+    with pytest.raises(LocalRunError, match="validation"):  # ingest and validate ran, as processes
+        run_locally(params, tmp_path / "runs", settings.home)
+    assert list(tmp.iterdir()) == []
+    assert os.environ["TMPDIR"] == str(tmp)
