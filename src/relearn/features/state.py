@@ -128,6 +128,9 @@ class Backend(Protocol):
     def merchants(self, events: list[Event], mode: Mode) -> list[MerchantWindow]:
         """The same for merchants, returning the intermediate values."""
 
+    def windows(self, events: list[Event], mode: Mode) -> tuple[list[UserWindow], list[MerchantWindow]]:
+        """:meth:`users` and :meth:`merchants` in one step: one round trip per shard, one transaction."""
+
     def chargebacks(self, items: list[tuple[str, str, int]]) -> int:
         """Add ``(merchant_id, transaction_id, received µs)`` once per id; returns how many were new."""
 
@@ -174,34 +177,46 @@ def decode_user(member: str | bytes) -> tuple[str, float | None, str, str, str]:
     return tid, amount, merchant, country, device
 
 
-def user_features(t: int, window: UserWindow) -> dict[str, Any]:
-    """The user's features at t from its window, finished by the shared functions."""
-    out: dict[str, Any] = {}
-    times = window.times
-    for name in ("user_txn_count_1h", "user_txn_count_24h", "user_txn_count_7d"):
-        out[name] = len(times) - int(np.searchsorted(times, t - WINDOWS[name], side="left"))
-    inside = times >= t - WINDOWS["user_amount_mean_7d"]
-    n, s, ss, centre = centred_sums(window.amounts[inside])
+_USER_COUNTS = ("user_txn_count_1h", "user_txn_count_24h", "user_txn_count_7d")
+
+
+def entity_features(
+    events: list[Event], users: list[UserWindow], merchants: list[MerchantWindow]
+) -> list[dict[str, Any]]:
+    """Each event's features from its user's window and its merchant's intermediate values.
+
+    The windows' intermediate values (counts, centred sums, distinct merchants, the last event) are taken
+    here; the shared functions finish them, once for the whole batch (they are vectorised).
+    """
+    out: list[dict[str, Any]] = []
+    sums: list[tuple[int, float, float, float]] = []
+    for e, window in zip(events, users, strict=True):
+        t, times = e.time_us, window.times
+        row: dict[str, Any] = {
+            name: len(times) - int(np.searchsorted(times, t - WINDOWS[name], side="left"))
+            for name in _USER_COUNTS
+        }
+        inside = times >= t - WINDOWS["user_amount_mean_7d"]
+        sums.append(centred_sums(window.amounts[inside]))
+        first = int(np.searchsorted(times, t - WINDOWS["user_distinct_merchants_7d"], side="left"))
+        row["user_distinct_merchants_7d"] = len(set(window.merchants[first:]))
+        if window.last is None:
+            row.update(user_last_txn_unix=np.nan, user_last_country=None, user_last_device=None)
+        else:
+            when, country, device = window.last
+            row.update(user_last_txn_unix=when / US, user_last_country=country, user_last_device=device)
+        out.append(row)
+    sums += [(m.n, m.s, m.ss, m.centre) for m in merchants]
+    n, s, ss, centre = (np.array(v, dtype=np.float64) for v in zip(*sums, strict=True)) if sums else [[]] * 4
     mean, std = mean_std(n, s, ss, centre)
-    out["user_amount_mean_7d"], out["user_amount_std_7d"] = float(mean), float(std)
-    inside = np.flatnonzero(times >= t - WINDOWS["user_distinct_merchants_7d"])
-    out["user_distinct_merchants_7d"] = len({window.merchants[i] for i in inside})
-    if window.last is None:
-        out.update(user_last_txn_unix=np.nan, user_last_country=None, user_last_device=None)
-    else:
-        when, country, device = window.last
-        out.update(user_last_txn_unix=when / US, user_last_country=country, user_last_device=device)
+    rate = chargeback_rate([m.chargebacks_30d for m in merchants], [m.count_30d for m in merchants])
+    k = len(events)
+    for i, (row, m) in enumerate(zip(out, merchants, strict=True)):
+        row["user_amount_mean_7d"], row["user_amount_std_7d"] = float(mean[i]), float(std[i])
+        row["merchant_txn_count_24h"] = m.count_24h
+        row["merchant_amount_mean_7d"] = float(mean[k + i])
+        row["merchant_chargeback_rate_30d"] = float(rate[i])
     return out
-
-
-def merchant_features(window: MerchantWindow) -> dict[str, Any]:
-    """The merchant's features from its intermediate values, finished by the shared functions."""
-    mean, _ = mean_std(window.n, window.s, window.ss, window.centre)
-    return {
-        "merchant_txn_count_24h": window.count_24h,
-        "merchant_amount_mean_7d": float(mean),
-        "merchant_chargeback_rate_30d": float(chargeback_rate(window.chargebacks_30d, window.count_30d)),
-    }
 
 
 class OnlineState:
@@ -239,27 +254,17 @@ class OnlineState:
         """Add the transactions (once each) and return each one's entity features just before it."""
         times = [e.time_us for e in events]
         self.admit(times)
-        users = self.backend.users(events, "observe")
-        merchants = self.backend.merchants(events, "observe")
+        users, merchants = self.backend.windows(events, "observe")
         self._advance(times)
-        return [
-            {**user_features(e.time_us, u), **merchant_features(m)}
-            for e, u, m in zip(events, users, merchants, strict=True)
-        ]
+        return entity_features(events, users, merchants)
 
     def read(self, events: list[Event]) -> list[dict[str, Any]]:
         """The features the events would get, without adding them (as-of reads for skew checks)."""
-        users = self.backend.users(events, "read")
-        merchants = self.backend.merchants(events, "read")
-        return [
-            {**user_features(e.time_us, u), **merchant_features(m)}
-            for e, u, m in zip(events, users, merchants, strict=True)
-        ]
+        return entity_features(events, *self.backend.windows(events, "read"))
 
     def add(self, events: list[Event]) -> None:
         """Store events without reading (bootstrap and backfill: no lateness check, idempotent)."""
-        self.backend.users(events, "add")
-        self.backend.merchants(events, "add")
+        self.backend.windows(events, "add")
 
     def ingest(self, events: list[Event]) -> None:
         """Store live events that are not scored (the feed): checked against the lateness bound, no read."""

@@ -8,7 +8,9 @@ Keys (``{prefix}`` from the settings; ``{id}`` is a hash tag, so one entity's ke
 * ``…:ids`` beside each — transaction ids seen (HSETNX is the idempotency check).
 
 A script adds its event only if the id is new, drops events older than the window plus lateness, and
-reads — atomically, since Redis runs one script at a time. Times travel as decimal strings (µs since
+reads — atomically, since Redis runs one script at a time. A call sends every script of a batch (users and
+merchants) in one pipeline per shard, by SHA (loaded once; again after a NOSCRIPT, e.g. a restarted
+server): one round trip per shard. Times travel as decimal strings (µs since
 the epoch exceed Lua's default number formatting). Entities are spread over the shards by CRC32 of the key.
 Durability is Redis's: with ``appendfsync always`` (the chart's and the tests' setting) an acknowledged
 update survives a kill -9 of the server.
@@ -16,13 +18,15 @@ update survives a kill -9 of the server.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from typing import Any
 
 import numpy as np
 import redis
+from redis.exceptions import NoScriptError
 
-from relearn.features.state import Bounds, Event, MerchantWindow, Mode, UserWindow, decode_user, encode_user
+from relearn.features.state import Bounds, Event, MerchantWindow, Mode, UserWindow, encode_user
 
 _PRUNE = """
 local function prune(events, ids, before, keep_last, tid_of)
@@ -39,7 +43,9 @@ end
 """
 
 # KEYS: events, ids. ARGV: mode (read, add, observe = add then read), tid, t, member, window from,
-# last from, prune before, expiry seconds.
+# last from, prune before, expiry seconds. Returns the window decoded here (times as integers, amounts as
+# exact decimal strings or 'nan', merchants) and the last event {time, country, device} or {}: the client
+# parses no JSON.
 _USER = (
     _PRUNE
     + """
@@ -51,9 +57,26 @@ if ARGV[1] ~= 'read' then
   redis.call('EXPIRE', KEYS[1], ARGV[8]); redis.call('EXPIRE', KEYS[2], ARGV[8])
   if ARGV[1] == 'add' then return 0 end
 end
+local function text(v) if v == cjson.null then return '' end return v end
 local window = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[5], '(' .. ARGV[3], 'WITHSCORES')
-local last = redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. ARGV[3], ARGV[6], 'WITHSCORES', 'LIMIT', 0, 1)
-return {window, last}
+local times, amounts, merchants, e = {}, {}, {}, nil
+for i = 1, #window, 2 do
+  e = cjson.decode(window[i])
+  times[#times + 1] = tonumber(window[i + 1])
+  amounts[#amounts + 1] = e[2] == cjson.null and 'nan' or string.format('%.17g', e[2])
+  merchants[#merchants + 1] = text(e[3])
+end
+local last = {}
+if e then
+  last = {times[#times], text(e[4]), text(e[5])}  -- the window's newest is the newest in the horizon
+else
+  local newest = redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. ARGV[3], ARGV[6], 'WITHSCORES', 'LIMIT', 0, 1)
+  if #newest > 0 then
+    e = cjson.decode(newest[1])
+    last = {tonumber(newest[2]), text(e[4]), text(e[5])}
+  end
+end
+return {times, amounts, merchants, last}
 """
 )
 
@@ -113,12 +136,11 @@ class RedisBackend:
         self.prefix = prefix
         self.lateness_us = lateness_us
         self.expiry = str(EXPIRY_SECONDS + lateness_us // 1_000_000)
-        self._scripts = [
-            {name: shard.register_script(src) for name, src in _SOURCES.items()} for shard in self.shards
-        ]
+        # Called by SHA: redis-py's Script objects ask SCRIPT EXISTS before every pipeline (a round trip).
+        self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in _SOURCES.items()}
 
     def _shard(self, key: str) -> int:
-        return zlib.crc32(key.encode()) % len(self.shards)
+        return zlib.crc32(key.encode()) % len(self.shards) if len(self.shards) > 1 else 0
 
     def _run(self, calls: list[tuple[str, str, list[str], list[str]]]) -> list[Any]:
         """Run ``(script, entity, keys, args)`` calls in one pipeline per shard; results in call order."""
@@ -127,80 +149,75 @@ class RedisBackend:
         for i, (_, entity, _, _) in enumerate(calls):
             by_shard.setdefault(self._shard(entity), []).append(i)
         for shard, indices in by_shard.items():
-            pipe = self.shards[shard].pipeline(transaction=False)
-            for i in indices:
-                name, _, keys, args = calls[i]
-                self._scripts[shard][name](keys=keys, args=args, client=pipe)
-            for i, value in zip(indices, pipe.execute(), strict=True):
+            replies = self._pipeline(self.shards[shard], [calls[i] for i in indices])
+            for i, value in zip(indices, replies, strict=True):
                 results[i] = value
         return results
+
+    def _pipeline(self, client: redis.Redis, calls: list[tuple[str, str, list[str], list[str]]]) -> list[Any]:
+        """EVALSHA every call in one round trip; scripts the server lacks are loaded and only those rerun."""
+        pipe = client.pipeline(transaction=False)
+        for name, _, keys, args in calls:
+            pipe.execute_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        replies = pipe.execute(raise_on_error=False)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:  # a NOSCRIPT call did not run: loading the scripts and running it again is exact
+            for source in _SOURCES.values():
+                client.script_load(source)
+            for i, value in zip(missing, self._pipeline(client, [calls[i] for i in missing]), strict=True):
+                replies[i] = value
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     def _keys(self, kind: str, entity: str) -> list[str]:
         base = f"{self.prefix}{kind}:{{{entity}}}"
         return [base, base + ":ids"]
 
+    def _user_call(self, e: Event, b: Bounds, mode: Mode) -> tuple[str, str, list[str], list[str]]:
+        args = [mode, e.transaction_id, str(e.time_us), encode_user(e), str(b.user_from), str(b.last_from)]
+        args += [str(b.prune_user), self.expiry]
+        return "user", e.user_id, self._keys("u", e.user_id), args
+
+    def _merchant_call(self, e: Event, b: Bounds, mode: Mode) -> tuple[str, str, list[str], list[str]]:
+        amount = "" if e.amount is None else repr(float(e.amount))
+        args = [
+            mode,
+            e.transaction_id,
+            str(e.time_us),
+            f"{e.transaction_id}\x1f{amount}",
+            str(b.merchant_mean_from),
+            str(b.merchant_24h_from),
+            str(b.merchant_30d_from),
+            str(b.prune_merchant),
+            self.expiry,
+        ]
+        keys = self._keys("m", e.merchant_id) + self._keys("c", e.merchant_id)
+        return "merchant", e.merchant_id, keys, args
+
+    def windows(self, events: list[Event], mode: Mode) -> tuple[list[UserWindow], list[MerchantWindow]]:
+        """See :class:`relearn.features.state.Backend`."""
+        bounds = [Bounds.at(e.time_us, self.lateness_us) for e in events]
+        calls = [self._user_call(e, b, mode) for e, b in zip(events, bounds, strict=True)]
+        calls += [self._merchant_call(e, b, mode) for e, b in zip(events, bounds, strict=True)]
+        results = self._run(calls)
+        if mode == "add":
+            return [], []
+        n = len(events)
+        return [_user_window(r) for r in results[:n]], [_merchant_window(r) for r in results[n:]]
+
     def users(self, events: list[Event], mode: Mode) -> list[UserWindow]:
         """See :class:`relearn.features.state.Backend`."""
-        calls = []
-        for e in events:
-            b = Bounds.at(e.time_us, self.lateness_us)
-            args = [mode, e.transaction_id, e.time_us, encode_user(e), b.user_from, b.last_from]
-            args += [b.prune_user, self.expiry]
-            calls.append(("user", e.user_id, self._keys("u", e.user_id), [str(a) for a in args]))
-        if mode == "add":
-            self._run(calls)
-            return []
-        out = []
-        for window, last in self._run(calls):
-            decoded = [decode_user(m) for m in window[0::2]]
-            newest = None
-            if last:
-                _, _, _, country, device = decode_user(last[0])
-                newest = (int(float(last[1])), country or "", device or "")
-            out.append(
-                UserWindow(
-                    times=np.array([int(float(t)) for t in window[1::2]], dtype=np.int64),
-                    amounts=np.array([np.nan if d[1] is None else d[1] for d in decoded], dtype=np.float64),
-                    merchants=[d[2] for d in decoded],
-                    last=newest,
-                )
-            )
-        return out
+        calls = [self._user_call(e, Bounds.at(e.time_us, self.lateness_us), mode) for e in events]
+        results = self._run(calls)
+        return [] if mode == "add" else [_user_window(r) for r in results]
 
     def merchants(self, events: list[Event], mode: Mode) -> list[MerchantWindow]:
         """See :class:`relearn.features.state.Backend`."""
-        calls = []
-        for e in events:
-            b = Bounds.at(e.time_us, self.lateness_us)
-            amount = "" if e.amount is None else repr(float(e.amount))
-            args = [
-                mode,
-                e.transaction_id,
-                e.time_us,
-                f"{e.transaction_id}\x1f{amount}",
-                b.merchant_mean_from,
-                b.merchant_24h_from,
-                b.merchant_30d_from,
-                b.prune_merchant,
-                self.expiry,
-            ]
-            keys = self._keys("m", e.merchant_id) + self._keys("c", e.merchant_id)
-            calls.append(("merchant", e.merchant_id, keys, [str(a) for a in args]))
+        calls = [self._merchant_call(e, Bounds.at(e.time_us, self.lateness_us), mode) for e in events]
         results = self._run(calls)
-        if mode == "add":
-            return []
-        return [
-            MerchantWindow(
-                n=int(n),
-                s=float(s),
-                ss=float(ss),
-                centre=float(centre),
-                count_24h=int(c24),
-                count_30d=int(c30),
-                chargebacks_30d=int(cb),
-            )
-            for n, s, ss, centre, c24, c30, cb in results
-        ]
+        return [] if mode == "add" else [_merchant_window(r) for r in results]
 
     def chargebacks(self, items: list[tuple[str, str, int]]) -> int:
         """See :class:`relearn.features.state.Backend`."""
@@ -214,6 +231,29 @@ class RedisBackend:
         """Close the shards' connection pools."""
         for shard in self.shards:
             shard.close()
+
+
+def _user_window(reply: list[Any]) -> UserWindow:
+    times, amounts, merchants, last = reply
+    return UserWindow(
+        times=np.array(times, dtype=np.int64),
+        amounts=np.array([float(a) for a in amounts], dtype=np.float64),
+        merchants=[m.decode() for m in merchants],
+        last=(int(last[0]), last[1].decode(), last[2].decode()) if last else None,
+    )
+
+
+def _merchant_window(reply: list[Any]) -> MerchantWindow:
+    n, s, ss, centre, c24, c30, cb = reply
+    return MerchantWindow(
+        n=int(n),
+        s=float(s),
+        ss=float(ss),
+        centre=float(centre),
+        count_24h=int(c24),
+        count_30d=int(c30),
+        chargebacks_30d=int(cb),
+    )
 
 
 _SOURCES = {"user": _USER, "merchant": _MERCHANT, "chargeback": _CHARGEBACK}

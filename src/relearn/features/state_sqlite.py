@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from relearn.features.state import Bounds, Event, MerchantWindow, Mode, UserWindow
-from relearn.features.windows import centred_sums
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS user_events (
@@ -33,15 +32,38 @@ CREATE INDEX IF NOT EXISTS chargebacks_t ON chargebacks (merchant_id, t);
 """
 
 
-def _prune(conn: sqlite3.Connection, table: str, key: str, entity: str, before: int, keep_last: bool) -> None:
-    """Drop an entity's events older than ``before`` (keeping the newest of them for a user's last event)."""
-    if keep_last:
-        sql = f"SELECT MAX(t) FROM {table} WHERE {key} = ? AND t < ?"
-        row = conn.execute(sql, (entity, before)).fetchone()
-        if row[0] is None:
-            return
-        before = row[0]
-    conn.execute(f"DELETE FROM {table} WHERE {key} = ? AND t < ?", (entity, before))
+# A user keeps the newest of its events older than the bound (its last transaction); a merchant keeps none.
+_PRUNE_USER = (
+    "DELETE FROM user_events WHERE user_id = ?1 AND t < "
+    "(SELECT MAX(t) FROM user_events WHERE user_id = ?1 AND t < ?2)"
+)
+_PRUNE_MERCHANT = "DELETE FROM merchant_events WHERE merchant_id = ? AND t < ?"
+_PRUNE_CHARGEBACKS = "DELETE FROM chargebacks WHERE merchant_id = ? AND t < ?"
+_ADD_USER = "INSERT OR IGNORE INTO user_events VALUES (?, ?, ?, ?, ?, ?, ?)"
+_ADD_MERCHANT = "INSERT OR IGNORE INTO merchant_events VALUES (?, ?, ?, ?)"
+# The user's window in time order; its newest event is also the newest in the (longer) horizon.
+_USER_WINDOW = (
+    "SELECT t, amount, merchant_id, country, device FROM user_events WHERE user_id = ? AND t >= ? AND t < ?"
+    " ORDER BY t"
+)
+_USER_LAST = (
+    "SELECT t, country, device FROM user_events WHERE user_id = ? AND t >= ? AND t < ?"
+    " ORDER BY t DESC LIMIT 1"
+)
+# Centred sums of the non-null amounts around the first of them (in time order), summed in SQL.
+_MERCHANT_SUMS = """
+SELECT COUNT(w.amount), TOTAL(w.amount - c.centre), TOTAL((w.amount - c.centre) * (w.amount - c.centre)),
+       c.centre
+FROM merchant_events AS w,
+     (SELECT amount AS centre FROM merchant_events
+      WHERE merchant_id = ?1 AND t >= ?2 AND t < ?3 AND amount IS NOT NULL ORDER BY t LIMIT 1) AS c
+WHERE w.merchant_id = ?1 AND w.t >= ?2 AND w.t < ?3
+"""
+_MERCHANT_COUNTS = """
+SELECT (SELECT COUNT(*) FROM merchant_events WHERE merchant_id = ?1 AND t >= ?2 AND t < ?4),
+       (SELECT COUNT(*) FROM merchant_events WHERE merchant_id = ?1 AND t >= ?3 AND t < ?4),
+       (SELECT COUNT(*) FROM chargebacks WHERE merchant_id = ?1 AND t >= ?3 AND t < ?4)
+"""
 
 
 class SqliteBackend:
@@ -51,7 +73,9 @@ class SqliteBackend:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.lateness_us = lateness_us
         self._lock = threading.Lock()  # one connection, used from executor threads
-        self.conn = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
+        self.conn = sqlite3.connect(
+            path, timeout=5, isolation_level=None, check_same_thread=False, cached_statements=64
+        )
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes, not power loss
         self.conn.executescript(_SCHEMA)
@@ -67,6 +91,22 @@ class SqliteBackend:
                 raise
             self.conn.execute("COMMIT")
 
+    def windows(self, events: list[Event], mode: Mode) -> tuple[list[UserWindow], list[MerchantWindow]]:
+        """See :class:`relearn.features.state.Backend`: users and merchants in one transaction."""
+        with self._transaction() as conn:
+            if mode == "add":
+                _add_all(conn, events, self.lateness_us)
+                return [], []
+            users, merchants = [], []
+            for e in events:
+                b = Bounds.at(e.time_us, self.lateness_us)
+                if mode == "observe":
+                    _add_user(conn, e, b)
+                    _add_merchant(conn, e, b)
+                users.append(_user_window(conn, e, b))
+                merchants.append(_merchant_window(conn, e, b))
+        return users, merchants
+
     def users(self, events: list[Event], mode: Mode) -> list[UserWindow]:
         """See :class:`relearn.features.state.Backend`."""
         out = []
@@ -74,31 +114,9 @@ class SqliteBackend:
             for e in events:
                 b = Bounds.at(e.time_us, self.lateness_us)
                 if mode != "read":
-                    conn.execute(
-                        "INSERT OR IGNORE INTO user_events VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (e.user_id, e.transaction_id, e.time_us, e.amount, e.merchant_id, *e.place),
-                    )
-                    _prune(conn, "user_events", "user_id", e.user_id, b.prune_user, keep_last=True)
-                    if mode == "add":
-                        continue
-                rows = conn.execute(
-                    "SELECT t, amount, merchant_id FROM user_events WHERE user_id = ? AND t >= ? AND t < ?"
-                    " ORDER BY t",
-                    (e.user_id, b.user_from, b.t),
-                ).fetchall()
-                last = conn.execute(
-                    "SELECT t, country, device FROM user_events WHERE user_id = ? AND t >= ? AND t < ?"
-                    " ORDER BY t DESC LIMIT 1",
-                    (e.user_id, b.last_from, b.t),
-                ).fetchone()
-                out.append(
-                    UserWindow(
-                        times=np.array([r[0] for r in rows], dtype=np.int64),
-                        amounts=np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=np.float64),
-                        merchants=[r[2] for r in rows],
-                        last=None if last is None else (int(last[0]), last[1] or "", last[2] or ""),
-                    )
-                )
+                    _add_user(conn, e, b)
+                if mode != "add":
+                    out.append(_user_window(conn, e, b))
         return out
 
     def merchants(self, events: list[Event], mode: Mode) -> list[MerchantWindow]:
@@ -107,40 +125,10 @@ class SqliteBackend:
         with self._transaction() as conn:
             for e in events:
                 b = Bounds.at(e.time_us, self.lateness_us)
-                m = e.merchant_id
                 if mode != "read":
-                    conn.execute(
-                        "INSERT OR IGNORE INTO merchant_events VALUES (?, ?, ?, ?)",
-                        (m, e.transaction_id, e.time_us, e.amount),
-                    )
-                    _prune(conn, "merchant_events", "merchant_id", m, b.prune_merchant, keep_last=False)
-                    _prune(conn, "chargebacks", "merchant_id", m, b.prune_merchant, keep_last=False)
-                    if mode == "add":
-                        continue
-                amounts = conn.execute(
-                    "SELECT amount FROM merchant_events WHERE merchant_id = ? AND t >= ? AND t < ?"
-                    " ORDER BY t",
-                    (m, b.merchant_mean_from, b.t),
-                ).fetchall()
-                n, s, ss, centre = centred_sums(
-                    np.array([np.nan if a is None else a for (a,) in amounts], dtype=np.float64)
-                )
-
-                def count(table: str, since: int, m: str = m, t: int = b.t) -> int:
-                    sql = f"SELECT COUNT(*) FROM {table} WHERE merchant_id = ? AND t >= ? AND t < ?"
-                    return int(conn.execute(sql, (m, since, t)).fetchone()[0])
-
-                out.append(
-                    MerchantWindow(
-                        n=n,
-                        s=s,
-                        ss=ss,
-                        centre=centre,
-                        count_24h=count("merchant_events", b.merchant_24h_from),
-                        count_30d=count("merchant_events", b.merchant_30d_from),
-                        chargebacks_30d=count("chargebacks", b.merchant_30d_from),
-                    )
-                )
+                    _add_merchant(conn, e, b)
+                if mode != "add":
+                    out.append(_merchant_window(conn, e, b))
         return out
 
     def chargebacks(self, items: list[tuple[str, str, int]]) -> int:
@@ -153,3 +141,62 @@ class SqliteBackend:
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+
+def _add_user(conn: sqlite3.Connection, e: Event, b: Bounds) -> None:
+    conn.execute(_ADD_USER, (e.user_id, e.transaction_id, e.time_us, e.amount, e.merchant_id, *e.place))
+    conn.execute(_PRUNE_USER, (e.user_id, b.prune_user))
+
+
+def _add_merchant(conn: sqlite3.Connection, e: Event, b: Bounds) -> None:
+    conn.execute(_ADD_MERCHANT, (e.merchant_id, e.transaction_id, e.time_us, e.amount))
+    conn.execute(_PRUNE_MERCHANT, (e.merchant_id, b.prune_merchant))
+    conn.execute(_PRUNE_CHARGEBACKS, (e.merchant_id, b.prune_merchant))
+
+
+def _add_all(conn: sqlite3.Connection, events: list[Event], lateness_us: int) -> None:
+    """Store a batch (bootstrap): one insert per table, then each entity pruned once at its latest bound.
+
+    Pruning at the latest bound only is what pruning after each event ends with: the bound only moves on.
+    """
+    users = [(e.user_id, e.transaction_id, e.time_us, e.amount, e.merchant_id, *e.place) for e in events]
+    conn.executemany(_ADD_USER, users)
+    conn.executemany(_ADD_MERCHANT, [(e.merchant_id, e.transaction_id, e.time_us, e.amount) for e in events])
+    latest_user: dict[str, int] = {}
+    latest_merchant: dict[str, int] = {}
+    for e in events:
+        latest_user[e.user_id] = max(latest_user.get(e.user_id, e.time_us), e.time_us)
+        latest_merchant[e.merchant_id] = max(latest_merchant.get(e.merchant_id, e.time_us), e.time_us)
+    conn.executemany(_PRUNE_USER, [(u, Bounds.at(t, lateness_us).prune_user) for u, t in latest_user.items()])
+    merchants = [(m, Bounds.at(t, lateness_us).prune_merchant) for m, t in latest_merchant.items()]
+    conn.executemany(_PRUNE_MERCHANT, merchants)
+    conn.executemany(_PRUNE_CHARGEBACKS, merchants)
+
+
+def _user_window(conn: sqlite3.Connection, e: Event, b: Bounds) -> UserWindow:
+    rows = conn.execute(_USER_WINDOW, (e.user_id, b.user_from, b.t)).fetchall()
+    if rows:
+        last = (rows[-1][0], rows[-1][3], rows[-1][4])
+    else:
+        last = conn.execute(_USER_LAST, (e.user_id, b.last_from, b.t)).fetchone()
+    return UserWindow(
+        times=np.array([r[0] for r in rows], dtype=np.int64),
+        amounts=np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=np.float64),
+        merchants=[r[2] for r in rows],
+        last=None if last is None else (int(last[0]), last[1] or "", last[2] or ""),
+    )
+
+
+def _merchant_window(conn: sqlite3.Connection, e: Event, b: Bounds) -> MerchantWindow:
+    m = e.merchant_id
+    n, s, ss, centre = conn.execute(_MERCHANT_SUMS, (m, b.merchant_mean_from, b.t)).fetchone()
+    counts = conn.execute(_MERCHANT_COUNTS, (m, b.merchant_24h_from, b.merchant_30d_from, b.t)).fetchone()
+    return MerchantWindow(
+        n=n,
+        s=s,
+        ss=ss,
+        centre=0.0 if centre is None else centre,
+        count_24h=counts[0],
+        count_30d=counts[1],
+        chargebacks_30d=counts[2],
+    )

@@ -18,6 +18,8 @@ chargeback they receive, so a chargeback shows up online without waiting for the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
@@ -25,11 +27,18 @@ from relearn.features.spec import (
     CATEGORICAL_INPUTS,
     ENTITY_DEFAULTS,
     MERCHANT_FEATURES,
-    MODEL_INPUTS,
     NUMERIC_INPUTS,
     USER_FEATURES,
 )
-from relearn.features.windows import HISTORY_HORIZON, WINDOWS, centred_sums, chargeback_rate, mean_std
+from relearn.features.windows import (
+    DAY_US,
+    HISTORY_HORIZON,
+    HOUR_US,
+    WINDOWS,
+    centred_sums,
+    chargeback_rate,
+    mean_std,
+)
 from relearn.features.windows import US as _US
 
 # model_inputs treats a previous transaction older than the horizon as "none", like Feast's TTL.
@@ -262,6 +271,13 @@ def entity_feature_tables(
     return _user_table(tx, times, amounts), _merchant_table(tx, labels, times, amounts)
 
 
+NAT_US = np.iinfo(np.int64).min  # a missing event time in ``event_time_us`` (pandas' NaT as int64)
+_HOURS = np.array([str(h) for h in range(24)] + [""], dtype=object)  # index 24: no time
+_TEXT_COLUMNS = ("country", "device_id", "user_last_country", "user_last_device")
+_TEXT_COLUMNS += tuple(c for c in CATEGORICAL_INPUTS if c != "hour_of_day" and c not in _TEXT_COLUMNS)
+_NUMERIC_COLUMNS = ("amount", "user_last_txn_unix", *(n for n in NUMERIC_INPUTS if n in ENTITY_DEFAULTS))
+
+
 def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
     """A fresh float64 copy of a column, NaN for missing (Feast may hand back Int64, object or None)."""
     if column not in frame:
@@ -278,11 +294,86 @@ def _text(frame: pd.DataFrame, column: str) -> pd.Series:
     return values.where(values.notna(), "").astype(str)
 
 
+def frame_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The columns :func:`model_input_columns` reads, from a frame of request fields and entity features."""
+    ts = pd.Series(pd.to_datetime(frame["event_timestamp"], utc=True, errors="coerce"), index=frame.index)
+    columns = {"event_time_us": ts.dt.as_unit("us").array.asi8}  # NaT is NAT_US
+    columns.update({name: _numeric(frame, name) for name in _NUMERIC_COLUMNS})
+    columns.update({name: _text(frame, name).to_numpy() for name in _TEXT_COLUMNS})
+    return columns
+
+
+def model_input_columns(columns: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """The request-time feature formulas: ``MODEL_INPUTS`` (in order) from ``n`` rows of plain columns.
+
+    The one implementation behind :func:`model_inputs` (training, batch, skew) and the transformer, which
+    calls it on its parsed request without building a DataFrame. ``columns``: ``event_time_us`` (int64
+    epoch µs, :data:`NAT_US` for none), float64 numbers with NaN for missing (``amount`` and the numeric
+    entity features) and str arrays with "" for missing (the text fields); absent columns are missing.
+    Entity features are not written into.
+
+    Returns:
+        Numeric inputs as float32 without NaN, categoricals as str (object arrays), each of length ``n``.
+    """
+
+    def numeric(name: str) -> np.ndarray:
+        values = columns.get(name)
+        return np.full(n, np.nan) if values is None else np.array(values, dtype=np.float64)  # a copy
+
+    def text(name: str) -> np.ndarray:
+        values = columns.get(name)
+        return np.full(n, "", dtype=object) if values is None else values
+
+    features = {name: numeric(name) for name in NUMERIC_INPUTS if name in ENTITY_DEFAULTS}
+    for name, values in features.items():
+        values[np.isnan(values)] = ENTITY_DEFAULTS[name]
+
+    time_us = np.asarray(columns["event_time_us"], dtype=np.int64)
+    no_time = time_us == NAT_US
+    now = time_us.astype(np.float64) / _US
+    now[no_time] = np.nan
+    since_last = now - numeric("user_last_txn_unix")  # NaN: no (known) previous transaction
+
+    for name in USER_FEATURES:
+        if name in features:  # the windowed numeric ones
+            features[name][since_last >= WINDOWS[name] / _US] = 0.0
+
+    recent = since_last < _HORIZON_S  # False for NaN
+    amount = np.nan_to_num(numeric("amount"), nan=0.0)
+    mean, std = features["user_amount_mean_7d"], features["user_amount_std_7d"]
+    has_history = features["user_txn_count_7d"] > 0
+    # Without history, deviation from the user's habits is undefined: neutral values, is_new_user says why.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        zscore = np.where(has_history, (amount - mean) / (std + 1.0), 0.0)
+        ratio = np.where(has_history, amount / (np.abs(mean) + 1.0), 1.0)
+    seconds = np.where(recent, np.clip(since_last, 0.0, _HORIZON_S), _HORIZON_S)
+
+    country, device = text("country"), text("device_id")
+    last_country, last_device = text("user_last_country"), text("user_last_device")
+    # Calendar fields of the UTC time from integer µs (floor division: exact, also before 1970).
+    hour = np.where(no_time, 24, (time_us // HOUR_US) % 24)
+    features.update(
+        log_amount=np.log1p(np.clip(amount, 0.0, None)),
+        amount_zscore_user=np.clip(zscore, -_ZSCORE_CLIP, _ZSCORE_CLIP),
+        amount_ratio_user_mean=np.clip(ratio, 0.0, _RATIO_CLIP),
+        log_seconds_since_last_txn=np.log1p(seconds),
+        country_changed=(recent & (last_country != "") & (country != "") & (country != last_country)),
+        device_changed=(recent & (last_device != "") & (device != "") & (device != last_device)),
+        is_new_user=(~has_history & ~recent),
+        day_of_week=np.where(no_time, 0, (time_us // DAY_US + 3) % 7),  # 1970-01-01 was a Thursday (3)
+    )
+    out = {name: np.asarray(features[name], dtype=np.float32) for name in NUMERIC_INPUTS}
+    for name in CATEGORICAL_INPUTS:
+        out[name] = _HOURS[hour] if name == "hour_of_day" else text(name)
+    return out
+
+
 def model_inputs(frame: pd.DataFrame) -> pd.DataFrame:
     """Turn request fields plus entity features into exactly ``MODEL_INPUTS``, in order.
 
-    This is the request-time feature code of both the training set and the serving transformer. Missing or
-    null entity features (cold start) take ``ENTITY_DEFAULTS``.
+    This is the request-time feature code of both the training set and the serving transformer (which
+    calls :func:`model_input_columns`, the formulas behind it, on plain columns). Missing or null entity
+    features (cold start) take ``ENTITY_DEFAULTS``.
 
     Entity rows are the state at the entity's last update, which online can be older than the request.
     Windows the request time has fully left behind (``t - user_last_txn_unix >= w``) are zeroed, exactly
@@ -298,71 +389,29 @@ def model_inputs(frame: pd.DataFrame) -> pd.DataFrame:
         A frame on ``frame.index`` with the ``MODEL_INPUTS`` columns: numeric float32 without NaN,
         categoricals as str.
     """
-    features = {name: _numeric(frame, name) for name in NUMERIC_INPUTS if name in ENTITY_DEFAULTS}
-    for name, values in features.items():
-        values[np.isnan(values)] = ENTITY_DEFAULTS[name]
+    return pd.DataFrame(model_input_columns(frame_columns(frame), len(frame)), index=frame.index)
 
-    ts = pd.Series(pd.to_datetime(frame["event_timestamp"], utc=True, errors="coerce"), index=frame.index)
-    now = ts.dt.as_unit("us").array.asi8.astype(np.float64) / _US
-    now[ts.isna().to_numpy()] = np.nan
-    since_last = now - _numeric(frame, "user_last_txn_unix")  # NaN: no (known) previous transaction
 
-    for name in USER_FEATURES:
-        if name in features:  # the windowed numeric ones
-            features[name][since_last >= WINDOWS[name] / _US] = 0.0
+def cold_start(columns: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+    """Rows whose user or merchant has no history (see :func:`cold_start_mask`), from plain columns.
 
-    recent = since_last < _HORIZON_S  # False for NaN
-    amount = np.nan_to_num(_numeric(frame, "amount"), nan=0.0)
-    mean, std = features["user_amount_mean_7d"], features["user_amount_std_7d"]
-    has_history = features["user_txn_count_7d"] > 0
-    # Without history, deviation from the user's habits is undefined: neutral values, is_new_user says why.
-    zscore = np.where(has_history, (amount - mean) / (std + 1.0), 0.0)
-    ratio = np.where(has_history, amount / (np.abs(mean) + 1.0), 1.0)
-    seconds = np.where(recent, np.clip(since_last, 0.0, _HORIZON_S), _HORIZON_S)
+    A user is cold without a previous transaction in the horizon; a merchant without a transaction in the
+    last 7 days (its mean is undefined, so 0, and its 24 h count is 0). Missing features count as none.
+    """
 
-    country, device = _text(frame, "country"), _text(frame, "device_id")
-    last_country, last_device = _text(frame, "user_last_country"), _text(frame, "user_last_device")
+    def numeric(name: str) -> np.ndarray:
+        values = columns.get(name)
+        return np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64)
 
-    features.update(
-        log_amount=np.log1p(np.clip(amount, 0.0, None)),
-        amount_zscore_user=np.clip(zscore, -_ZSCORE_CLIP, _ZSCORE_CLIP),
-        amount_ratio_user_mean=np.clip(ratio, 0.0, _RATIO_CLIP),
-        log_seconds_since_last_txn=np.log1p(seconds),
-        country_changed=(recent & (last_country != "") & (country != "") & (country != last_country)),
-        device_changed=(recent & (last_device != "") & (device != "") & (device != last_device)),
-        is_new_user=(~has_history & ~recent),
-        day_of_week=ts.dt.dayofweek.fillna(0).to_numpy(),
-    )
-    out = pd.DataFrame(
-        {name: np.asarray(features[name], dtype=np.float32) for name in NUMERIC_INPUTS}, index=frame.index
-    )
-    hour = ts.dt.hour
-    out["hour_of_day"] = hour.astype("Int64").astype(str).where(hour.notna(), "")
-    for name in CATEGORICAL_INPUTS:
-        if name != "hour_of_day":
-            out[name] = _text(frame, name).to_numpy()
-    return out[list(MODEL_INPUTS)]
+    count, mean = numeric("merchant_txn_count_24h"), numeric("merchant_amount_mean_7d")
+    merchant = (np.nan_to_num(count) == 0) & (np.nan_to_num(mean) == 0)
+    return np.isnan(numeric("user_last_txn_unix")) | merchant
 
 
 def cold_start_mask(frame: pd.DataFrame) -> pd.Series:
-    """Rows whose user or merchant has no history: no features at all, or none of their events in reach.
+    """Rows whose user or merchant has no history: no features at all, or none of their events in reach."""
+    columns = {name: _numeric(frame, name) for name in _COLD_COLUMNS}
+    return pd.Series(cold_start(columns, len(frame)), index=frame.index)
 
-    A user is cold without a previous transaction in the horizon; a merchant without a transaction in the
-    last 7 days (its mean is undefined, so 0, and its 24 h count is 0).
-    """
 
-    def missing(names: tuple[str, ...]) -> pd.Series:
-        present = [n for n in names if n in frame]
-        if not present:
-            return pd.Series(True, index=frame.index)
-        return frame[present].isna().all(axis=1)
-
-    def zero(name: str) -> pd.Series:
-        if name not in frame:
-            return pd.Series(True, index=frame.index)
-        return pd.to_numeric(frame[name], errors="coerce").fillna(0) == 0
-
-    no_last = np.isnan(_numeric(frame, "user_last_txn_unix"))  # NaN also when the column is missing
-    user = missing(USER_FEATURES) | pd.Series(no_last, index=frame.index)
-    merchant = missing(MERCHANT_FEATURES) | (zero("merchant_txn_count_24h") & zero("merchant_amount_mean_7d"))
-    return user | merchant
+_COLD_COLUMNS = ("user_last_txn_unix", "merchant_txn_count_24h", "merchant_amount_mean_7d")

@@ -13,6 +13,8 @@ window. A request is a mirror the way Istio marks it: Envoy inserts ``-shadow`` 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -62,6 +64,16 @@ LOG_DROPPED = Counter(
 LOG_SENT = Counter(
     "relearn_payload_log_sent_total", "Payload-logger events accepted by the sink.", ["component"]
 )
+
+
+@lru_cache(maxsize=4096)
+def child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)`` (label values in the metric's label order), looked up once per label set.
+
+    prometheus-client validates, converts and locks on every ``labels()`` call; the label sets are small and
+    bounded, so the hot path keeps the children.
+    """
+    return metric.labels(*values)
 
 
 def _split_port(host: str) -> tuple[str, str]:

@@ -23,16 +23,20 @@ import logging
 import math
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 import numpy as np
 import pandas as pd
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput, ServerNotReady
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
 from relearn.data.schema import REQUEST_FIELDS
-from relearn.features.spec import CATEGORICAL_INPUTS, NUMERIC_INPUTS
-from relearn.features.transforms import cold_start_mask, epoch_us, model_inputs
+from relearn.features.spec import CATEGORICAL_INPUTS, MERCHANT_FEATURES, NUMERIC_INPUTS, USER_FEATURES
+from relearn.features.state import Event, Rejected, open_state
+from relearn.features.transforms import cold_start, model_input_columns
 from relearn.serving import tensors
 from relearn.serving.config import TransformerSettings
 from relearn.serving.metrics import (
@@ -42,6 +46,7 @@ from relearn.serving.metrics import (
     REQUESTS,
     ROWS,
     STAGE_SECONDS,
+    child,
     track_of,
 )
 
@@ -62,11 +67,39 @@ def unavailable(detail: str) -> ServerNotReady:
 NUMERIC_FIELDS = ("amount",)
 TEXT_FIELDS = tuple(f for f in REQUEST_FIELDS if f not in NUMERIC_FIELDS)
 REQUIRED_FIELDS = ("transaction_id", "event_timestamp", "user_id", "merchant_id", "amount")
+_TEXT_FEATURES = ("user_last_country", "user_last_device")
+_NUMBER_FEATURES = tuple(f for f in (*USER_FEATURES, *MERCHANT_FEATURES) if f not in _TEXT_FEATURES)
+_EPOCH, _ONE_US = datetime(1970, 1, 1, tzinfo=UTC), timedelta(microseconds=1)
+_MIN_US, _MAX_US = pd.Timestamp.min.value // 1000 + 1, pd.Timestamp.max.value // 1000  # pandas' range
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _field(value: Any) -> str:
     """An optional text field as stored ("" for missing)."""
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    return "" if _missing(value) else str(value)
+
+
+def _epoch_us(value: Any) -> int | None:
+    """An ISO-8601 timestamp (naive = UTC) as epoch µs, None if it is none.
+
+    Calendar dates (``YYYY-MM-DD[T ]...``) take ``datetime.fromisoformat`` (a few µs); anything else goes to
+    the pandas parser the training data uses, so what is accepted does not change.
+    """
+    if isinstance(value, str) and len(value) >= 10 and value[4] == value[7] == "-" and value[10:11] in "T ":
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            moment = None  # pandas decides
+        if moment is not None:
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            us = (moment - _EPOCH) // _ONE_US
+            return us if _MIN_US <= us <= _MAX_US else None
+    stamp = pd.to_datetime(pd.Series([value], dtype=object), utc=True, errors="coerce", format="ISO8601")
+    return None if stamp.isna().iloc[0] else int(stamp.dt.as_unit("us").array.asi8[0])
 
 
 class FraudTransformer(Model):
@@ -82,8 +115,6 @@ class FraudTransformer(Model):
 
     def load(self) -> bool:
         """Open the streaming state and warm its connection up (a read changes nothing)."""
-        from relearn.features.state import Event, open_state
-
         self.state = open_state()
         self.state.read([Event("", 0, "", "")])
         self.ready = True
@@ -91,10 +122,9 @@ class FraudTransformer(Model):
 
     def _stub(self) -> Any:
         if self.stub is None:  # created lazily: needs the server's event loop
-            from grpc import aio
             from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 
-            self.channel = aio.insecure_channel(self.settings.predictor_host)
+            self.channel = grpc.aio.insecure_channel(self.settings.predictor_host)
             self.stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         return self.stub
 
@@ -117,95 +147,81 @@ class FraudTransformer(Model):
         self, payload: dict | InferRequest, headers: dict[str, str] | None = None
     ) -> dict | InferResponse:
         """Validate, enrich, score through the predictor (which logs the inference), decide."""
-        version, tags = self.version, {"component": "transformer", "track": track_of(headers)}
+        version, track = self.version, track_of(headers)
         try:
             is_v2 = isinstance(payload, InferRequest)
             event_id = (
                 (payload.id if is_v2 else None) or (headers or {}).get("x-request-id") or str(uuid.uuid4())
             )
-            frame = self._v2_frame(payload) if is_v2 else self._v1_frame(payload)
-            features, fetch_seconds = await self._features(frame)
+            events, columns = self._v2_columns(payload) if is_v2 else self._v1_columns(payload)
+            fetch_seconds = await self._features(events, columns)
             start = time.perf_counter()
-            inputs = model_inputs(features)
-            cold = int(cold_start_mask(features).sum())
+            inputs = model_input_columns(columns, len(events))
+            cold = int(cold_start(columns, len(events)).sum())
             transform_seconds = time.perf_counter() - start
-            ids = frame["transaction_id"].to_numpy(dtype=object)
-            scores, decisions, version = await self._score(inputs, ids, event_id, tags["track"])
+            ids = columns["transaction_id"]
+            scores, decisions, version = await self._score(inputs, ids, event_id, track)
         except InvalidInput:
-            REQUESTS.labels(outcome="invalid", model_version=version, **tags).inc()
+            child(REQUESTS, "transformer", "invalid", version, track).inc()
             raise
         except ServerNotReady:
-            REQUESTS.labels(outcome="unavailable", model_version=version, **tags).inc()
+            child(REQUESTS, "transformer", "unavailable", version, track).inc()
             raise
         except Exception:
-            REQUESTS.labels(outcome="error", model_version=version, **tags).inc()
+            child(REQUESTS, "transformer", "error", version, track).inc()
             raise
         self.version = version
-        STAGE_SECONDS.labels(stage="transform", model_version=version, **tags).observe(transform_seconds)
-        STAGE_SECONDS.labels(stage="feature_fetch", model_version=version, **tags).observe(fetch_seconds)
+        child(STAGE_SECONDS, "transformer", "transform", version, track).observe(transform_seconds)
+        child(STAGE_SECONDS, "transformer", "feature_fetch", version, track).observe(fetch_seconds)
         if cold:
-            COLD_START.labels(model_version=version).inc(cold)
-        REQUESTS.labels(outcome="ok", model_version=version, **tags).inc()
-        ROWS.labels(model_version=version, **tags).inc(len(scores))
+            child(COLD_START, version).inc(cold)
+        child(REQUESTS, "transformer", "ok", version, track).inc()
+        child(ROWS, "transformer", version, track).inc(len(scores))
         if is_v2:
             return self._v2_response(payload, event_id, ids, scores, decisions, version)
         return {
             "predictions": [
-                {"transaction_id": str(t), "score": float(s), "decision": bool(d)}
-                for t, s, d in zip(ids, scores, decisions, strict=True)
+                {"transaction_id": t, "score": float(s), "decision": bool(d)}
+                for t, s, d in zip(ids.tolist(), scores.tolist(), decisions.tolist(), strict=True)
             ],
             "model_version": version,
         }
 
-    async def _features(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, float]:
-        """Add the batch to the streaming state and read its features, bounded by the timeout.
+    async def _features(self, events: list[Event], columns: dict[str, Any]) -> float:
+        """Add the batch to the streaming state and read its features into ``columns``, within the timeout.
 
         Returns:
-            The requests joined with their entity features, and the seconds the update and read took.
+            The seconds the update and read took.
         """
-        from relearn.features.state import Event, Rejected
-
-        events = [
-            Event(str(tid), int(t), str(user), str(merchant), float(amount), _field(country), _field(device))
-            for tid, t, user, merchant, amount, country, device in zip(
-                frame["transaction_id"],
-                epoch_us(frame["event_timestamp"]).tolist(),
-                frame["user_id"],
-                frame["merchant_id"],
-                frame["amount"],
-                frame["country"],
-                frame["device_id"],
-                strict=True,
-            )
-        ]
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            features = await asyncio.wait_for(
+            rows = await asyncio.wait_for(
                 loop.run_in_executor(None, self.state.observe, events),
                 timeout=self.settings.feature_timeout_seconds,
             )
-            return frame.assign(**pd.DataFrame(features, index=frame.index)), time.perf_counter() - start
         except Rejected as exc:
-            REJECTED_EVENTS.labels(reason=exc.reason).inc(len(events))
+            child(REJECTED_EVENTS, exc.reason).inc(len(events))
             raise InvalidInput(str(exc)) from None
         except Exception as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else f"failed: {type(exc).__name__}: {exc}"
             log.warning("streaming state unavailable", extra={"reason": reason})
             if self.settings.feature_fallback:
-                FEATURE_FALLBACK.labels(model_version=self.version).inc(len(frame))
-                return frame, time.perf_counter() - start  # no entity features: cold-start defaults
+                child(FEATURE_FALLBACK, self.version).inc(len(events))
+                return time.perf_counter() - start  # no entity features: cold-start defaults
             raise unavailable(f"feature state unavailable: update and read {reason}") from None
+        for name in _NUMBER_FEATURES:
+            columns[name] = np.array([row[name] for row in rows], dtype=np.float64)  # None: NaN
+        for name in _TEXT_FEATURES:
+            columns[name] = np.array([row[name] or "" for row in rows], dtype=object)
+        return time.perf_counter() - start
 
     async def _score(
-        self, inputs: pd.DataFrame, ids: np.ndarray, event_id: str, track: str = "primary"
+        self, inputs: dict[str, np.ndarray], ids: np.ndarray, event_id: str, track: str = "primary"
     ) -> tuple[np.ndarray, np.ndarray, str]:
-        import grpc
-        from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-
-        numeric = inputs[list(NUMERIC_INPUTS)].to_numpy(np.float32)
-        categorical = inputs[list(CATEGORICAL_INPUTS)].to_numpy(dtype=object)
-        n = len(inputs)
+        numeric = np.stack([inputs[name] for name in NUMERIC_INPUTS], axis=1)  # [N, 17] float32
+        categorical = np.stack([inputs[name] for name in CATEGORICAL_INPUTS], axis=1)
+        n = len(ids)
         request = pb.ModelInferRequest(
             model_name=self.settings.model_name,
             id=event_id,
@@ -234,9 +250,8 @@ class FraudTransformer(Model):
                 raise InvalidInput(f"predictor rejected the inputs: {exc.details()}") from None
             raise unavailable(f"predictor unavailable: {exc.code().name}: {exc.details()}") from None
         version = response.model_version or self.version
-        STAGE_SECONDS.labels(
-            component="transformer", stage="predict", model_version=version, track=track
-        ).observe(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        child(STAGE_SECONDS, "transformer", "predict", version, track).observe(elapsed)
         names = [o.name for o in response.outputs]
         scores = np.frombuffer(response.raw_output_contents[names.index(tensors.SCORE)], dtype=np.float32)
         if self.settings.threshold is not None:
@@ -274,27 +289,35 @@ class FraudTransformer(Model):
             use_binary_outputs=binary,
         )
 
-    def _check(self, frame: pd.DataFrame) -> pd.DataFrame:
-        if len(frame) == 0:
+    def _check(self, fields: dict[str, list], n: int) -> tuple[list[Event], dict[str, Any]]:
+        """Validate the request's fields (one list per field); the state's events and the model's columns."""
+        if n == 0:
             raise InvalidInput("empty batch: at least one transaction is needed")
-        if len(frame) > self.settings.max_batch_size:
-            raise InvalidInput(
-                f"batch of {len(frame)} rows exceeds max_batch_size {self.settings.max_batch_size}"
-            )
+        if n > self.settings.max_batch_size:
+            raise InvalidInput(f"batch of {n} rows exceeds max_batch_size {self.settings.max_batch_size}")
         for name in REQUIRED_FIELDS:
-            if frame[name].isna().any():
+            if any(_missing(v) for v in fields[name]):
                 raise InvalidInput(f"field '{name}' is null")
-        amount = pd.to_numeric(frame["amount"], errors="coerce")
-        if amount.isna().any() or not np.isfinite(amount.to_numpy(np.float64)).all():
+        amounts = fields["amount"]
+        if not all(isinstance(a, float | int) and math.isfinite(a) for a in amounts):
             raise InvalidInput("field 'amount' must be a finite number")
-        stamps = pd.to_datetime(frame["event_timestamp"], utc=True, errors="coerce", format="ISO8601")
-        if stamps.isna().any():
+        times = [_epoch_us(v) for v in fields["event_timestamp"]]
+        if None in times:
             raise InvalidInput("field 'event_timestamp' must be an ISO-8601 timestamp")
-        frame["amount"] = amount.astype(np.float64)
-        frame["event_timestamp"] = stamps
-        return frame
+        text = {name: [_field(v) for v in fields[name]] for name in TEXT_FIELDS}
+        amounts = [float(a) for a in amounts]
+        ids, users, merchants = text["transaction_id"], text["user_id"], text["merchant_id"]
+        countries, devices = text["country"], text["device_id"]
+        events = [
+            Event(*values)
+            for values in zip(ids, times, users, merchants, amounts, countries, devices, strict=True)
+        ]
+        columns: dict[str, Any] = {name: np.array(values, dtype=object) for name, values in text.items()}
+        columns["event_time_us"] = np.array(times, dtype=np.int64)
+        columns["amount"] = np.array(amounts, dtype=np.float64)
+        return events, columns
 
-    def _v1_frame(self, payload: Any) -> pd.DataFrame:
+    def _v1_columns(self, payload: Any) -> tuple[list[Event], dict[str, Any]]:
         if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
             raise InvalidInput('expected {"instances": [{...transaction fields...}, ...]}')
         if extra_keys := sorted(set(payload) - {"instances", "parameters", "id"}):
@@ -309,20 +332,21 @@ class FraudTransformer(Model):
                 raise InvalidInput(f"instances[{i}]: expected an object of transaction fields")
             if missing := [f for f in REQUIRED_FIELDS if f not in row]:
                 raise InvalidInput(f"instances[{i}]: missing field(s) {missing}")
-            if extra := sorted(set(row) - set(REQUEST_FIELDS)):
+            if extra := sorted(set(row) - _REQUEST_SET):
                 raise InvalidInput(f"instances[{i}]: unexpected field(s) {extra}")
             amount = row["amount"]
             if isinstance(amount, bool) or not isinstance(amount, int | float) or not math.isfinite(amount):
                 raise InvalidInput(f"instances[{i}]: field 'amount' must be a finite number")
-        return self._check(pd.DataFrame(rows, columns=list(REQUEST_FIELDS)))
+        return self._check({name: [row.get(name) for row in rows] for name in REQUEST_FIELDS}, len(rows))
 
-    def _v2_frame(self, request: InferRequest) -> pd.DataFrame:
+    def _v2_columns(self, request: InferRequest) -> tuple[list[Event], dict[str, Any]]:
         by_name = {tensor.name: tensor for tensor in request.inputs}
-        if extra := sorted(set(by_name) - set(REQUEST_FIELDS)):
+        if extra := sorted(set(by_name) - _REQUEST_SET):
             raise InvalidInput(f"unexpected input(s) {extra}")
         if missing := [f for f in REQUIRED_FIELDS if f not in by_name]:
             raise InvalidInput(f"missing input(s) {missing}")
-        columns, rows = {}, None
+        fields: dict[str, list] = {}
+        rows = None
         for name, tensor in by_name.items():
             allowed = ("FP64", "FP32") if name in NUMERIC_FIELDS else ("BYTES",)
             if tensor.datatype not in allowed:
@@ -341,11 +365,15 @@ class FraudTransformer(Model):
                 raise InvalidInput(f"input '{name}': {len(values)} rows, other inputs have {rows}")
             rows = len(values)
             if name in NUMERIC_FIELDS:
-                columns[name] = values.astype(np.float64)
+                fields[name] = values.astype(np.float64).tolist()
             else:
-                columns[name] = [v.decode() if isinstance(v, bytes) else v for v in values]
-        frame = pd.DataFrame(columns)
+                try:
+                    fields[name] = [v.decode() if isinstance(v, bytes) else v for v in values.tolist()]
+                except UnicodeDecodeError:
+                    raise InvalidInput(f"input '{name}': BYTES elements must be UTF-8 text") from None
         for name in REQUEST_FIELDS:
-            if name not in frame:
-                frame[name] = None
-        return self._check(frame[list(REQUEST_FIELDS)])
+            fields.setdefault(name, [None] * (rows or 0))
+        return self._check(fields, rows or 0)
+
+
+_REQUEST_SET = frozenset(REQUEST_FIELDS)
