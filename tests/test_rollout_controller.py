@@ -442,3 +442,24 @@ def test_run_pins_the_stable_revision_once_its_alias_exists(settings, tmp_path: 
                 }
             }
         ], "only the canary start was patched"
+
+
+def test_once_prints_what_it_decided(tmp_path: Path) -> None:
+    """``--once`` used to print nothing: it prints each decision and its reason."""
+    import os
+    import sys
+
+    from relearn.rollout.analysis import Decision
+
+    backend = LocalBackend(tmp_path / "s.json")
+    for version in ("1", "2"):
+        backend.register(version, rest="http://127.0.0.1:9", grpc="127.0.0.1:9")
+    backend.start_canary("2", 10)
+    cmd = [sys.executable, "-m", "relearn.rollout.controller", "--backend", "local", "--once"]
+    cmd += ["--state", str(tmp_path / "s.json"), "--audit-log", str(tmp_path / "a.jsonl")]
+    cmd += ["--prometheus-url", "http://127.0.0.1:9"]  # nothing listens: no metrics, so hold
+    env = {**os.environ, "RELEARN_HOME": str(tmp_path / "home")}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=True).stdout
+    assert out.startswith("hold: no metrics: ")
+    assert Decision(Action.HOLD, None).summary().startswith("hold: nothing to analyse")
+    assert Decision(Action.STEP, 25).summary() == "step: all gates passed, canary at 25%"

@@ -85,6 +85,18 @@ class Decision:
         """A one-line reason for the audit trail and the rejected-version tag."""
         return "; ".join(self.failed) or self.action.value
 
+    def summary(self) -> str:
+        """The decision in one line for a terminal (the controller's ``--once``)."""
+        if self.failed:
+            return f"{self.action.value}: {self.reason}"
+        if self.action is Action.STEP:
+            return f"step: all gates passed, canary at {self.percent}%"
+        if self.action is Action.PROMOTE:
+            return "promote: all gates passed, the canary is stable"
+        if self.action is Action.HOLD and self.percent is not None:
+            return "hold: too few canary requests in the window yet (see kubectl relearn history)"
+        return f"{self.action.value}: nothing to analyse (no canary, and no shadow with a comparison to read)"
+
 
 def drop_p_value(canary: float, canary_n: int, stable: float, stable_n: int, margin: float) -> float:
     """One-sided p-value that the canary's proportion is more than ``margin`` below the stable's.

@@ -471,7 +471,9 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    run(settings, max_iterations=1 if args.once else args.max_iterations, stop=stop)
+    decisions = run(settings, max_iterations=1 if args.once else args.max_iterations, stop=stop)
+    for decision in decisions:
+        print(decision.summary(), flush=True)
 
 
 if __name__ == "__main__":
