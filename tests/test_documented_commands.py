@@ -157,3 +157,16 @@ def test_a_local_pipeline_run_leaves_no_temporary_folders(settings, monkeypatch,
         run_locally(params, tmp_path / "runs", settings.home)
     assert list(tmp.iterdir()) == []
     assert os.environ["TMPDIR"] == str(tmp)
+
+
+def test_the_readme_documents_a_labels_body_the_detector_accepts() -> None:
+    """``POST /labels`` had no documented body: the README's example parses as the detector parses it."""
+    import json
+    import re
+
+    from relearn.monitoring.labels import parse_labels
+
+    readme = (ROOT / "README.md").read_text()
+    (body,) = re.findall(r"curl -s \S+:8090/labels .*?-d '(.*?)'", readme, re.S)
+    ((transaction_id, is_fraud, _),) = parse_labels(json.loads(body))
+    assert (transaction_id, is_fraud) == ("tx-demo-1", 1)
