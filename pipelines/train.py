@@ -33,6 +33,11 @@ PIPELINE_ENV_KEYS = (
     "RELEARN_FEAST_REDIS_CONNECTION",
     "RELEARN_FEAST_REGISTRY",
     "RELEARN_FEAST_OFFLINE_DIR",
+    "RELEARN_STATE_BACKEND",  # the features step bootstraps the transformers' streaming state
+    "RELEARN_STATE_REDIS_URLS",
+    "RELEARN_STATE_CLOCK",
+    "RELEARN_STATE_LATENESS_SECONDS",
+    "RELEARN_STATE_MAX_FUTURE_SECONDS",
     "RELEARN_ROLLOUT_BACKEND",
     "RELEARN_ROLLOUT_NAMESPACE",
     "RELEARN_ROLLOUT_INFERENCE_SERVICE",
@@ -42,18 +47,23 @@ PIPELINE_ENV_KEYS = (
 )
 
 
-# With feast.redis.auth: the Redis password, from this Secret of the run namespace (manifests/README.md).
-# Optional: without auth the Secret does not exist and the pods start all the same.
+# With feast.redis.auth: the Redis password, from this Secret of the run namespace (manifests/README.md), for
+# Feast's online store and the streaming state (the chart's Redis servers share it). Optional: without auth
+# the Secret does not exist and the pods start all the same.
 REDIS_AUTH_SECRET = "relearn-redis-auth"
 REDIS_AUTH_KEY, REDIS_PASSWORD_ENV = "password", "RELEARN_REDIS_PASSWORD"
+STATE_PASSWORD_ENV = "RELEARN_STATE_REDIS_PASSWORD"
 
 
 def with_cluster_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """The step's pod gets the run namespace's relearn settings as env vars (kfp-kubernetes).
 
-    And the Redis password (``RELEARN_REDIS_PASSWORD``) when the run namespace holds its Secret.
+    And the Redis password (``RELEARN_REDIS_PASSWORD``, ``RELEARN_STATE_REDIS_PASSWORD``) when the run
+    namespace holds its Secret.
     """
-    kubernetes.use_secret_as_env(task, REDIS_AUTH_SECRET, {REDIS_AUTH_KEY: REDIS_PASSWORD_ENV}, optional=True)
+    # One entry per env var: a secretAsEnv maps each key once.
+    for env in (REDIS_PASSWORD_ENV, STATE_PASSWORD_ENV):
+        kubernetes.use_secret_as_env(task, REDIS_AUTH_SECRET, {REDIS_AUTH_KEY: env}, optional=True)
     return kubernetes.use_config_map_as_env(task, PIPELINE_ENV_CONFIG_MAP, {k: k for k in PIPELINE_ENV_KEYS})
 
 

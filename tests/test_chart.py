@@ -333,7 +333,7 @@ PRODUCTION = yaml.safe_load((CHART / "ci" / "production-values.yaml").read_text(
 
 
 @needs_helm
-def test_production_redis_primary_persists_and_read_replicas_serve_the_transformer() -> None:
+def test_production_redis_primary_persists_and_read_replicas_serve_feast_reads() -> None:
     docs, redis = rendered("production"), PRODUCTION["feast"]["redis"]
     assert redis["readReplicas"] >= 2 and redis["persistence"]["enabled"]
     primary = named(docs, "Deployment", "relearn-redis")["spec"]
@@ -357,23 +357,20 @@ def test_production_redis_primary_persists_and_read_replicas_serve_the_transform
     policy = named(docs, "NetworkPolicy", "relearn-redis")["spec"]
     assert policy["podSelector"]["matchExpressions"][0]["values"] == ["redis", "redis-replica"]
     peers = [p.get("podSelector", {}).get("matchLabels", {}) for p in policy["ingress"][0]["from"]]
-    assert {"relearn.io/serving": "true"} in peers  # serving reads
+    # The transformers read the streaming state's Redis (tests/test_chart_state.py), not Feast's.
+    assert {"relearn.io/serving": "true"} not in peers
     assert any(p.get("app.kubernetes.io/component") == "redis-replica" for p in peers)  # replication
-
-    # Serving reads from the replicas; everything else (materialization) writes to the primary.
     for isvc in objects(docs, "InferenceService"):
         env = container_env(isvc["spec"]["transformer"]["containers"][0])
-        assert env["RELEARN_FEAST_REDIS_CONNECTION"] == "relearn-redis-replica.relearn.svc.cluster.local:6379"
+        assert not {k for k in env if "FEAST" in k or k == "RELEARN_REDIS_PASSWORD"}, env
+    # Materialization (the KFP run pods, every pod's settings) writes to the primary.
     settings = named(docs, "ConfigMap", "relearn-settings")["data"]
     assert settings["RELEARN_FEAST_REDIS_CONNECTION"] == "relearn-redis.relearn.svc.cluster.local:6379"
 
-    # The default: one primary, no replicas, no PVC; the transformer reads from the primary.
+    # The default: one primary, no replicas, no PVC.
     default = rendered("default")
     assert not [d for d in default if "redis-replica" in d["metadata"]["name"]]
     assert "relearn-redis" not in {d["metadata"]["name"] for d in objects(default, "PersistentVolumeClaim")}
-    (isvc,) = objects(default, "InferenceService")
-    env = container_env(isvc["spec"]["transformer"]["containers"][0])
-    assert env["RELEARN_FEAST_REDIS_CONNECTION"] == "relearn-redis.relearn.svc.cluster.local:6379"
 
 
 @needs_helm
@@ -417,7 +414,7 @@ def test_production_serving_autoscales_and_drift_keeps_its_volume() -> None:
             scaling = ("cpu", 80) if raw else (want["scaleMetric"], want["scaleTarget"])
             assert (spec["scaleMetric"], spec["scaleTarget"]) == scaling
             assert spec["containers"][0]["resources"] == want["resources"], comp
-    # The transformer is the expensive hop (Feast lookup + feature code): it gets the wider range.
+    # The transformer is the expensive hop (state update and read, feature code): it gets the wider range.
     assert fraud["transformer"]["maxReplicas"] > fraud["predictor"]["maxReplicas"]
 
     drift = PRODUCTION["driftDetector"]

@@ -23,6 +23,7 @@ from pipelines.train import (
     REDIS_AUTH_KEY,
     REDIS_AUTH_SECRET,
     REDIS_PASSWORD_ENV,
+    STATE_PASSWORD_ENV,
 )
 from rehearsal.kfp_pod import MissingReference, kfp_pod_env
 from test_chart import NAMESPACE, needs_helm, rendered
@@ -75,11 +76,14 @@ def test_every_step_gets_the_run_namespaces_config_map_as_env(compiled):
         assert not entry.get("optional"), label  # a run without the chart's ConfigMap must not start
         pairs = [(p["configMapKey"], p["envVar"]) for p in entry["keyToEnv"]]
         assert pairs == [(k, k) for k in PIPELINE_ENV_KEYS], label
-        # feast.redis.auth: the password from the run namespace's Secret, optional (no auth, no Secret).
-        (secret,) = config["secretAsEnv"]
-        assert secret["secretNameParameter"] == {"runtimeValue": {"constant": REDIS_AUTH_SECRET}}, label
-        assert secret["keyToEnv"] == [{"secretKey": REDIS_AUTH_KEY, "envVar": REDIS_PASSWORD_ENV}], label
-        assert secret["optional"] is True, label
+        # feast.redis.auth: the password from the run namespace's Secret, optional (no auth, no Secret), for
+        # Feast's Redis and the streaming state's.
+        secrets = config["secretAsEnv"]
+        for secret in secrets:
+            assert secret["secretNameParameter"] == {"runtimeValue": {"constant": REDIS_AUTH_SECRET}}, label
+            assert secret["optional"] is True, label
+        pairs = [(p["secretKey"], p["envVar"]) for s in secrets for p in s["keyToEnv"]]
+        assert pairs == [(REDIS_AUTH_KEY, REDIS_PASSWORD_ENV), (REDIS_AUTH_KEY, STATE_PASSWORD_ENV)], label
 
 
 def _pipeline_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -114,6 +118,12 @@ def test_a_kfp_pod_gets_the_releases_services(compiled):
     assert env["RELEARN_FEAST_REDIS_CONNECTION"] == f"relearn-redis.{fqdn}:6379"
     assert env["RELEARN_FEAST_ONLINE_STORE"] == "redis"
     assert env["RELEARN_FEAST_OFFLINE_DIR"].startswith("/tmp/")  # pod-local: one pod writes and reads them
+    # The features step bootstraps the transformers' streaming state: the same Redis, the same settings.
+    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    transformer = {e["name"]: e.get("value") for e in isvc["spec"]["transformer"]["containers"][0]["env"]}
+    state = {k: v for k, v in env.items() if k.startswith("RELEARN_STATE_")}
+    assert state == {k: v for k, v in transformer.items() if k.startswith("RELEARN_STATE_")}
+    assert state["RELEARN_STATE_REDIS_URLS"] == f"redis://relearn-state-redis.{fqdn}:6379/0"
     deploy = kfp_pod_env(compiled, docs, "deploy")
     assert deploy["RELEARN_ROLLOUT_BACKEND"] == "kubernetes"
     assert deploy["RELEARN_ROLLOUT_NAMESPACE"] == NAMESPACE  # not `default`

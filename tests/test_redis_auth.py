@@ -3,9 +3,10 @@
 The primary and a read replica start from their rendered ``command`` + ``args`` and env (the password from
 a Secret through ``secretKeyRef``) with Debian's ``redis-server`` (7.0; the image pins 7.4, whose
 ``src/server.c`` reads ``-`` as stdin config in the same way), their readiness probes run as rendered, and
-Feast's Redis online store connects with the transformer's rendered connection string, ``$(VAR)``
-expanded as the kubelet does. The password must not appear in any process's argv (``/proc/<pid>/cmdline``
-is world-readable), and a client without it must be refused.
+Feast's Redis online store connects as the KFP run pods do (the host from the ConfigMap, the password from
+the Secret). The password must not appear in any process's argv (``/proc/<pid>/cmdline`` is
+world-readable), and a client without it must be refused. The streaming state's Redis, which shares the
+password: tests/test_chart_state.py.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ SECRET, KEY = "redis-auth", "redis-password"
 PASSWORD = 'Pa"ss\\w0rd-$(HOME)-kq7Zt'
 AUTH = ("--set", f"feast.redis.auth.existingSecret={SECRET}", "--set", f"feast.redis.auth.key={KEY}")
 PRIMARY_HOST = "relearn-redis.relearn.svc.cluster.local"
-REPLICA_HOST = "relearn-redis-replica.relearn.svc.cluster.local"
 
 needs_redis = pytest.mark.skipif(
     shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
@@ -69,14 +69,14 @@ def _env(container: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def _transformer_connection(*extra: str) -> str:
-    """RELEARN_FEAST_REDIS_CONNECTION of the fraud transformer, as its container sees it."""
+def _transformer_env(*extra: str) -> dict[str, str]:
+    """The fraud transformer's env, as its container sees it."""
     (isvc,) = [
         d
         for d in objects(rendered("default", *extra), "InferenceService")
         if "shadow" not in d["metadata"]["name"]
     ]
-    return _env(isvc["spec"]["transformer"]["containers"][0])["RELEARN_FEAST_REDIS_CONNECTION"]
+    return _env(isvc["spec"]["transformer"]["containers"][0])
 
 
 class RenderedRedis:
@@ -197,14 +197,13 @@ def test_redis_requires_the_password_and_no_argv_holds_it(redis_pair, tmp_path: 
     info = redis.Redis(port=replica.port, password=PASSWORD).info("replication")
     assert info["role"] == "slave" and info["master_link_status"] == "up"
 
-    # Feast's online store with the transformers' rendered connection strings: writes through the primary
-    # (readReplicas=0: the transformer's own string), reads through the replica.
-    write = _transformer_connection(*AUTH).replace(f"{PRIMARY_HOST}:6379", f"127.0.0.1:{primary.port}")
-    read = _transformer_connection(*AUTH, "--set", "feast.redis.readReplicas=1")
-    read = read.replace(f"{REPLICA_HOST}:6379", f"127.0.0.1:{replica.port}")
-    assert write.endswith(f",password={PASSWORD}") and read.endswith(f",password={PASSWORD}")
+    # Feast's online store as a KFP run pod opens it: the host from the ConfigMap, the password from the
+    # Secret (RELEARN_REDIS_PASSWORD); materialized through the primary, read through the replica.
     pipeline = RelearnSettings(
-        home=tmp_path / "feast", feast_online_store="redis", feast_redis_connection=write
+        home=tmp_path / "feast",
+        feast_online_store="redis",
+        feast_redis_connection=f"127.0.0.1:{primary.port}",
+        redis_password=PASSWORD,
     )
     tx, labels = world()
     fstore.write_feature_tables(tx, labels, pipeline)
@@ -217,7 +216,9 @@ def test_redis_requires_the_password_and_no_argv_holds_it(redis_pair, tmp_path: 
     written = fstore.online_features(store, requests)
     assert written["user_txn_count_7d"].notna().all(), "materialized through the authenticated primary"
 
-    serving = fstore.get_store(pipeline.model_copy(update={"feast_redis_connection": read}))
+    serving = fstore.get_store(
+        pipeline.model_copy(update={"feast_redis_connection": f"127.0.0.1:{replica.port}"})
+    )
     deadline = time.monotonic() + 10
     while True:  # replication is asynchronous
         online = fstore.online_features(serving, requests)
@@ -225,11 +226,6 @@ def test_redis_requires_the_password_and_no_argv_holds_it(redis_pair, tmp_path: 
             break
         time.sleep(0.2)
     pd.testing.assert_frame_equal(online, written)
-
-    # A KFP run pod: the host from the ConfigMap, the password from the Secret (RELEARN_REDIS_PASSWORD).
-    host_only = f"127.0.0.1:{primary.port}"
-    kfp_pod = pipeline.model_copy(update={"feast_redis_connection": host_only, "redis_password": PASSWORD})
-    pd.testing.assert_frame_equal(fstore.online_features(fstore.get_store(kfp_pod), requests), written)
 
 
 @needs_helm
@@ -241,7 +237,8 @@ def test_auth_is_off_by_default_and_the_default_render_is_unchanged() -> None:
         assert container["args"][:2] == ["--port", "6379"]
     probe = _deployment(docs, "relearn-redis")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
     assert probe["exec"]["command"] == ["sh", "-c", "redis-cli -p 6379 ping"]
-    assert _transformer_connection() == f"{PRIMARY_HOST}:6379"
+    assert "RELEARN_STATE_REDIS_PASSWORD" not in _transformer_env()
+    assert _transformer_env(*AUTH)["RELEARN_STATE_REDIS_PASSWORD"] == PASSWORD
     text = yaml.safe_dump_all(docs)
     assert "RELEARN_REDIS_PASSWORD" not in text and "REDISCLI_AUTH" not in text
 

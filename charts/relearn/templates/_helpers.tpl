@@ -100,15 +100,6 @@ http://{{ include "relearn.mlflow.name" . }}.{{ .Release.Namespace }}.svc.cluste
 {{- end -}}
 {{- end -}}
 
-{{/* Redis connection string of feature reads: the read replicas when there are some. */}}
-{{- define "relearn.redis.readConnection" -}}
-{{- if and .Values.feast.redis.enabled (gt (int .Values.feast.redis.readReplicas) 0) -}}
-{{ include "relearn.redis.replica.name" . }}.{{ .Release.Namespace }}.svc.cluster.local:{{ .Values.feast.redis.port }}
-{{- else -}}
-{{ include "relearn.redis.connection" . }}
-{{- end -}}
-{{- end -}}
-
 {{/* Drift detector URL (payload-logger sink). */}}
 {{- define "relearn.drift.url" -}}
 http://{{ include "relearn.drift.name" . }}.{{ .Release.Namespace }}.svc.cluster.local:{{ .Values.driftDetector.port }}/

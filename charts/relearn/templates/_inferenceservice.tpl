@@ -136,9 +136,9 @@ transformer:
         {{- end }}
         - name: RELEARN_TRANSFORMER_FEATURE_FALLBACK
           value: {{ $v.fraud.featureFallback | quote }}
-        # Feature reads go to the Redis read replicas when there are some (overrides the settings ConfigMap);
-        # with feast.redis.auth, the password from its Secret is expanded into the connection string.
-        {{- include "relearn.redis.clientEnv" (dict "ctx" .ctx "connection" (include "relearn.redis.readConnection" .ctx)) | nindent 8 }}
+        # Entity features from the streaming state, which each scored transaction updates (RELEARN_STATE_*;
+        # the transformer opens no Feast store). The shadow and canary share it: updates count once per id.
+        {{- include "relearn.state.env" .ctx | nindent 8 }}
         {{- include "relearn.isvc.env" (dict "ctx" .ctx "prefix" "RELEARN_TRANSFORMER_" "name" .name "canary" .canary "logs" false) | nindent 8 }}
         {{- with $v.fraud.transformer.extraEnv }}
         {{- toYaml . | nindent 8 }}

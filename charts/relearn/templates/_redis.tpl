@@ -14,28 +14,13 @@
 {{- end -}}
 
 {{/*
-RELEARN_FEAST_REDIS_CONNECTION of a Redis client container (.connection: host:port[,options]). With auth, the
-password env var comes first and the kubelet expands $(RELEARN_REDIS_PASSWORD) in the value: Feast's Redis
-online store takes `host:port,password=...` (feast/infra/online_stores/redis.py _parse_connection_string).
-*/}}
-{{- define "relearn.redis.clientEnv" -}}
-{{- if include "relearn.redis.auth" .ctx }}
-{{- include "relearn.redis.passwordEnv" (dict "ctx" .ctx "name" "RELEARN_REDIS_PASSWORD") }}
-- name: RELEARN_FEAST_REDIS_CONNECTION
-  value: {{ printf "%s,password=$(RELEARN_REDIS_PASSWORD)" .connection | quote }}
-{{- else -}}
-- name: RELEARN_FEAST_REDIS_CONNECTION
-  value: {{ .connection | quote }}
-{{- end }}
-{{- end -}}
-
-{{/*
-Redis Deployment (metadata and spec) shared by the primary and its read replicas.
-Call with (dict "ctx" $ "name" <object name> "component" "redis|redis-replica" "replicas" N
-"args" <extra redis-server args> "ready" <readiness shell check> "data" <the /data volume, YAML>).
+Redis Deployment (metadata and spec) shared by the Feast primary, its read replicas and the streaming state's
+Redis. Call with (dict "ctx" $ "name" <object name> "component" "redis|redis-replica|state-redis" "replicas" N
+"args" <extra redis-server args> "ready" <readiness shell check> "data" <the /data volume, YAML>
+"values" <port, maxMemory, resources, runAsUser; default feast.redis>). Password auth is feast.redis.auth's.
 */}}
 {{- define "relearn.redis.workload" -}}
-{{- $r := .ctx.Values.feast.redis -}}
+{{- $r := .values | default .ctx.Values.feast.redis -}}
 metadata:
   name: {{ .name }}
   namespace: {{ .ctx.Release.Namespace }}
