@@ -170,3 +170,37 @@ def test_the_readme_documents_a_labels_body_the_detector_accepts() -> None:
     (body,) = re.findall(r"curl -s \S+:8090/labels .*?-d '(.*?)'", readme, re.S)
     ((transaction_id, is_fraud, _),) = parse_labels(json.loads(body))
     assert (transaction_id, is_fraud) == ("tx-demo-1", 1)
+
+
+@pytest.mark.slow
+def test_grpcurl_needs_no_proto_file_the_servers_have_reflection(trained, tmp_path: Path) -> None:
+    """``make serve``'s grpcurl example named a proto file nobody had: a client as generic as grpcurl lists
+    the service, reads its messages and calls it in JSON through server reflection alone."""
+    import grpc
+    from google.protobuf import descriptor_pool, json_format, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    from serving_stack import Server
+
+    env = {"RELEARN_HOME": str(trained["home"])}
+    server = Server("relearn.serving.predictor", [], env, tmp_path / "predictor.log").start()
+    try:
+        server.wait_ready()
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            database = ProtoReflectionDescriptorDatabase(channel)
+            assert "inference.GRPCInferenceService" in database.get_services()
+            pool = descriptor_pool.DescriptorPool(database)  # no generated code: only what reflection says
+            service = pool.FindServiceByName("inference.GRPCInferenceService")
+            method = service.FindMethodByName("ModelMetadata")
+            request_type = message_factory.GetMessageClass(method.input_type)
+            response_type = message_factory.GetMessageClass(method.output_type)
+            call = channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelMetadata",
+                request_serializer=request_type.SerializeToString,
+                response_deserializer=response_type.FromString,
+            )
+            reply = call(json_format.Parse('{"name": "relearn-fraud"}', request_type()), timeout=10)
+        metadata = json_format.MessageToDict(reply)
+        assert metadata["name"] == "relearn-fraud" and metadata["inputs"]
+    finally:
+        server.stop()

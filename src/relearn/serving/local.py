@@ -106,8 +106,9 @@ relearn serving stack (Ctrl-C stops it)
 REST:
   curl -s -H 'content-type: application/json' \\
     http://127.0.0.1:{t_http}/v1/models/{name}:predict -d '{json.dumps(body)}'
-gRPC (grpcurl with KServe's grpc_predict_v2.proto):
-  grpcurl -plaintext -proto grpc_predict_v2.proto -d '{{"model_name": "{name}", "inputs": [
+gRPC (grpcurl; the servers have reflection, no proto file needed):
+  grpcurl -plaintext 127.0.0.1:{t_grpc} describe inference.GRPCInferenceService
+  grpcurl -plaintext -d '{{"model_name": "{name}", "inputs": [
     {{"name": "user_id", "datatype": "BYTES", "shape": [1], "contents":
       {{"bytes_contents": ["dTAwMDAwMQ=="]}}}},
     ... one input per request field ...]}}' 127.0.0.1:{t_grpc} inference.GRPCInferenceService/ModelInfer

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 GRPC_MAX_MESSAGE = 64 * 1024 * 1024
 
 
+GRPC_SERVICE = "inference.GRPCInferenceService"
 GRPC_METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
 
 
@@ -54,7 +55,7 @@ def strict_handlers(servicer: Any) -> Any:
             request_deserializer=None,
             response_serializer=response_type.SerializeToString,
         )
-    return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
+    return grpc.method_handlers_generic_handler(GRPC_SERVICE, handlers)
 
 
 class OpenInferenceJson:
@@ -117,6 +118,7 @@ def serve(model: Any, settings: CommonServingSettings, payload_logger: Any = Non
 def run(model: Any, settings: CommonServingSettings, on_stop: Any = None) -> None:
     """Serve ``model`` (already loaded) on REST and gRPC until SIGINT/SIGTERM."""
     from grpc import aio
+    from grpc_reflection.v1alpha import reflection
     from kserve import ModelServer
     from kserve.model_server import app
     from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
@@ -155,6 +157,8 @@ def run(model: Any, settings: CommonServingSettings, on_stop: Any = None) -> Non
         )
         servicer = InferenceServicer(server.dataplane, server.model_repository_extension)
         grpc_server.add_generic_rpc_handlers((strict_handlers(servicer),))
+        # Server reflection: grpcurl and other generic tools list and call the service without a proto file.
+        reflection.enable_server_reflection((GRPC_SERVICE, reflection.SERVICE_NAME), grpc_server)
         grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         await grpc_server.start()
         loop = asyncio.get_running_loop()
