@@ -9,12 +9,29 @@ from datetime import UTC, datetime
 
 import pytest
 
+from crds import MISSING, in_ci, needs_crds_skip
 from relearn.settings import RelearnSettings
 from serving_stack import PostgresServer, RedisServer, postgres_binary
 
 # tests/drift need alibi-detect, which lives in the drift environment (it pins numpy<2): `make test` runs
 # them there; the platform environment skips the folder.
 collect_ignore = [] if importlib.util.find_spec("alibi_detect") else ["drift"]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Missing upstream CRDs (tests/crds.py): a skip with the reason in a user's clone, a failure in CI."""
+    report = (yield).get_result()
+    if in_ci() and needs_crds_skip(report):
+        report.outcome = "failed"
+        report.longrepr = f"CI=true: {MISSING}. Provide them, or run without CI=true to skip these tests."
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Above the summary line: how many tests the missing CRDs skipped, and why (never silently)."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if needs_crds_skip(r)]
+    if skipped:
+        terminalreporter.write_line(f"{len(skipped)} test(s) skipped: {MISSING}", yellow=True, bold=True)
 
 
 @pytest.fixture

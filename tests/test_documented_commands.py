@@ -204,3 +204,19 @@ def test_grpcurl_needs_no_proto_file_the_servers_have_reflection(trained, tmp_pa
         assert metadata["name"] == "relearn-fraud" and metadata["inputs"]
     finally:
         server.stop()
+
+
+def test_missing_crds_skip_with_the_reason_in_a_clone_and_fail_in_ci(tmp_path: Path) -> None:
+    """``make chart-test`` skipped the CRD tests silently without ../shared/crds, CI included."""
+    import sys
+
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/test_rollout_backend.py"]
+    cmd += ["-k", "satisfies_protocol"]
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["RELEARN_TEST_CRDS_DIR"] = str(tmp_path / "absent")
+    clone = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert clone.returncode == 0, clone.stdout
+    assert f"1 test(s) skipped: {tmp_path / 'absent'} is missing" in clone.stdout
+    ci = subprocess.run(cmd, cwd=ROOT, env={**env, "CI": "true"}, capture_output=True, text=True, timeout=120)
+    assert ci.returncode == 1, ci.stdout
+    assert f"CI=true: {tmp_path / 'absent'} is missing" in ci.stdout
