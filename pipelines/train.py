@@ -18,6 +18,7 @@ from components.ingest.component import ingest
 from components.register.component import register
 from components.train.component import train
 from components.validate.component import validate
+from relearn.settings import ALERT_BUDGET
 
 PIPELINE_NAME = "relearn-train"
 
@@ -87,7 +88,7 @@ def train_pipeline(
     test_fraction: float = 0.2,
     workers: int = 1,
     distributed_backend: str = "auto",
-    alert_budget: float = 0.005,
+    alert_budget: float = ALERT_BUDGET,
     min_improvement: float = 0.0,
     max_slice_regression: float = 0.15,
     git_sha: str = "unknown",

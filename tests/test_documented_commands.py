@@ -220,3 +220,21 @@ def test_missing_crds_skip_with_the_reason_in_a_clone_and_fail_in_ci(tmp_path: P
     ci = subprocess.run(cmd, cwd=ROOT, env={**env, "CI": "true"}, capture_output=True, text=True, timeout=120)
     assert ci.returncode == 1, ci.stdout
     assert f"CI=true: {tmp_path / 'absent'} is missing" in ci.stdout
+
+
+def test_one_alert_budget_for_pipeline_detector_and_demo() -> None:
+    """The pipeline evaluated at 0.5 % while the detector and the demo measured at 1 %."""
+    import inspect
+
+    from pipelines.train import train_pipeline
+    from relearn.demo.settings import DemoSettings
+    from relearn.model.evaluate import evaluate
+    from relearn.monitoring.settings import DriftSettings
+    from relearn.settings import ALERT_BUDGET
+
+    assert {
+        train_pipeline.component_spec.inputs["alert_budget"].default,
+        inspect.signature(evaluate).parameters["alert_budget"].default,
+        DriftSettings().alert_budget,
+        DemoSettings.model_fields["alert_budget"].default,
+    } == {ALERT_BUDGET}

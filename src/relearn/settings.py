@@ -12,6 +12,10 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The share of transactions the fraud team reviews: the operating point of evaluation (and so of serving's
+# decision threshold), of the detector's quality metrics and of the demo. One default for all of them.
+ALERT_BUDGET = 0.01
+
 
 class RelearnSettings(BaseSettings):
     """Where relearn keeps its state and how it reaches MLflow and Feast."""

@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relearn.data.scenarios import SCENARIOS
+from relearn.settings import ALERT_BUDGET
 
 
 class DemoSettings(BaseSettings):
@@ -51,7 +52,9 @@ class DemoSettings(BaseSettings):
         "volume.",
     )
     # Monitoring and rollout.
-    alert_budget: float = Field(0.01, gt=0, lt=1, description="Share of transactions the fraud team reviews.")
+    alert_budget: float = Field(
+        ALERT_BUDGET, gt=0, lt=1, description="Share of transactions the fraud team reviews."
+    )
     window_size: int = Field(500, ge=50, description="Events per drift-test window.")
     quality_window: int = Field(1000, ge=100, description="Labelled predictions in the rolling quality.")
     retrain_after_days: float = Field(

@@ -14,6 +14,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from relearn.features.spec import CATEGORICAL_INPUTS, LABEL, MODEL_INPUTS, NUMERIC_INPUTS
+from relearn.settings import ALERT_BUDGET
 
 AMOUNT_BUCKETS: tuple[tuple[str, float, float], ...] = (
     ("<20", -math.inf, 20.0),
@@ -118,7 +119,7 @@ def slice_keys(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     }
 
 
-def evaluate(scores: np.ndarray, frame: pd.DataFrame, alert_budget: float = 0.005) -> dict[str, Any]:
+def evaluate(scores: np.ndarray, frame: pd.DataFrame, alert_budget: float = ALERT_BUDGET) -> dict[str, Any]:
     """Evaluate fraud scores on ``frame`` (needs LABEL, amount, merchant_category, is_new_user).
 
     Args:

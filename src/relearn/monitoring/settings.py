@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from relearn.settings import RelearnSettings
+from relearn.settings import ALERT_BUDGET, RelearnSettings
 
 DEFAULT_LOCAL_COMMAND = ".venv/platform/bin/python -m pipelines.run"
 # Measured on the generator's stream in time order (benchmarks/drift.py): each of these alone flags most
@@ -119,7 +119,9 @@ class DriftSettings(BaseSettings):
         "the predictor, whose events carry them).",
     )
     # Labels and quality.
-    alert_budget: float = Field(0.01, gt=0, lt=1, description="Share of transactions the fraud team reviews.")
+    alert_budget: float = Field(
+        ALERT_BUDGET, gt=0, lt=1, description="Share of transactions the fraud team reviews."
+    )
     quality_window: int = Field(5000, ge=100, description="Labelled predictions in the rolling quality.")
     label_maturity_s: float = Field(
         0.0, ge=0, description="Predictions older than (newest label time - this) count as labelled."
