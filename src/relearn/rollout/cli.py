@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "register",
         help="--backend local: where VERSION is served (the first registered version becomes stable)",
     )
-    register.add_argument("version")
+    register.add_argument("version", help="the MLflow model version, e.g. 7")
     register.add_argument("--rest", help="REST base URL of its predictor, e.g. http://127.0.0.1:8082")
     register.add_argument("--grpc", help="gRPC target of its predictor, e.g. 127.0.0.1:8083")
     register.add_argument("--reason", default="")
