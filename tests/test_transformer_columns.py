@@ -10,9 +10,9 @@ from kserve.errors import InvalidInput
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
 from relearn.data.schema import REQUEST_FIELDS
-from relearn.features.spec import MODEL_INPUTS
+from relearn.features.spec import CATEGORICAL_INPUTS, NUMERIC_INPUTS
 from relearn.features.state import FEATURES
-from relearn.features.transforms import cold_start, cold_start_mask, model_input_columns, model_inputs
+from relearn.features.transforms import cold_start, cold_start_mask, model_input_arrays, model_inputs
 from relearn.serving.config import TransformerSettings
 from relearn.serving.transformer_model import FraudTransformer, _epoch_us
 
@@ -90,7 +90,9 @@ def test_request_columns_give_the_model_inputs_of_the_pandas_path(protocol):
         columns[name] = np.array(
             [v or "" for v in values] if text else values, dtype=object if text else float
         )
-    got = pd.DataFrame(model_input_columns(columns, len(events)))[list(MODEL_INPUTS)]
+    numeric, categorical = model_input_arrays(columns, len(events))
+    got = pd.DataFrame(numeric, columns=list(NUMERIC_INPUTS))
+    got[list(CATEGORICAL_INPUTS)] = categorical
     frame = pd.DataFrame(instances).assign(**pd.DataFrame(entity))
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True, format="ISO8601")
     expected = model_inputs(frame)

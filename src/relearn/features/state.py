@@ -131,6 +131,11 @@ class Backend(Protocol):
     def windows(self, events: list[Event], mode: Mode) -> tuple[list[UserWindow], list[MerchantWindow]]:
         """:meth:`users` and :meth:`merchants` in one step: one round trip per shard, one transaction."""
 
+    async def windows_async(
+        self, events: list[Event], mode: Mode
+    ) -> tuple[list[UserWindow], list[MerchantWindow]]:
+        """:meth:`windows` for an event loop: never blocks it on I/O or a lock."""
+
     def chargebacks(self, items: list[tuple[str, str, int]]) -> int:
         """Add ``(merchant_id, transaction_id, received µs)`` once per id; returns how many were new."""
 
@@ -255,6 +260,14 @@ class OnlineState:
         times = [e.time_us for e in events]
         self.admit(times)
         users, merchants = self.backend.windows(events, "observe")
+        self._advance(times)
+        return entity_features(events, users, merchants)
+
+    async def observe_async(self, events: list[Event]) -> list[dict[str, Any]]:
+        """:meth:`observe` from an event loop (the transformer): the same, without blocking the loop."""
+        times = [e.time_us for e in events]
+        self.admit(times)
+        users, merchants = await self.backend.windows_async(events, "observe")
         self._advance(times)
         return entity_features(events, users, merchants)
 

@@ -10,20 +10,23 @@ Keys (``{prefix}`` from the settings; ``{id}`` is a hash tag, so one entity's ke
 A script adds its event only if the id is new, drops events older than the window plus lateness, and
 reads — atomically, since Redis runs one script at a time. A call sends every script of a batch (users and
 merchants) in one pipeline per shard, by SHA (loaded once; again after a NOSCRIPT, e.g. a restarted
-server): one round trip per shard. Times travel as decimal strings (µs since
-the epoch exceed Lua's default number formatting). Entities are spread over the shards by CRC32 of the key.
-Durability is Redis's: with ``appendfsync always`` (the chart's and the tests' setting) an acknowledged
-update survives a kill -9 of the server.
+server): one round trip per shard. :meth:`RedisBackend.windows_async` is the same on redis.asyncio
+clients, for the transformer's event loop (no thread hop, no blocked loop). Times travel as decimal
+strings (µs since the epoch exceed Lua's default number formatting). Entities are spread over the shards by
+CRC32 of the key. Durability is Redis's: with ``appendfsync always`` (the chart's and the tests' setting)
+an acknowledged update survives a kill -9 of the server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import zlib
 from typing import Any
 
 import numpy as np
 import redis
+import redis.asyncio
 from redis.exceptions import NoScriptError
 
 from relearn.features.state import Bounds, Event, MerchantWindow, Mode, UserWindow, encode_user
@@ -136,51 +139,84 @@ class RedisBackend:
         self.prefix = prefix
         self.lateness_us = lateness_us
         self.expiry = str(EXPIRY_SECONDS + lateness_us // 1_000_000)
+        self._urls, self._extra = urls, extra
+        self._async: list[redis.asyncio.Redis] = []  # created in the event loop that uses them
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Called by SHA: redis-py's Script objects ask SCRIPT EXISTS before every pipeline (a round trip).
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in _SOURCES.items()}
 
     def _shard(self, key: str) -> int:
         return zlib.crc32(key.encode()) % len(self.shards) if len(self.shards) > 1 else 0
 
-    def _run(self, calls: list[tuple[str, str, list[str], list[str]]]) -> list[Any]:
-        """Run ``(script, entity, keys, args)`` calls in one pipeline per shard; results in call order."""
-        results: list[Any] = [None] * len(calls)
+    def _by_shard(self, calls: list[Call]) -> dict[int, list[int]]:
         by_shard: dict[int, list[int]] = {}
         for i, (_, entity, _, _) in enumerate(calls):
             by_shard.setdefault(self._shard(entity), []).append(i)
-        for shard, indices in by_shard.items():
+        return by_shard
+
+    def _run(self, calls: list[Call]) -> list[Any]:
+        """Run ``(script, entity, keys, args)`` calls in one pipeline per shard; results in call order."""
+        results: list[Any] = [None] * len(calls)
+        for shard, indices in self._by_shard(calls).items():
             replies = self._pipeline(self.shards[shard], [calls[i] for i in indices])
             for i, value in zip(indices, replies, strict=True):
                 results[i] = value
         return results
 
-    def _pipeline(self, client: redis.Redis, calls: list[tuple[str, str, list[str], list[str]]]) -> list[Any]:
+    def _pipeline(self, client: redis.Redis, calls: list[Call]) -> list[Any]:
         """EVALSHA every call in one round trip; scripts the server lacks are loaded and only those rerun."""
         pipe = client.pipeline(transaction=False)
         for name, _, keys, args in calls:
             pipe.execute_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
         replies = pipe.execute(raise_on_error=False)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:  # a NOSCRIPT call did not run: loading the scripts and running it again is exact
+        if missing := [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]:
+            # A NOSCRIPT call did not run: loading the scripts and running it again is exact.
             for source in _SOURCES.values():
                 client.script_load(source)
             for i, value in zip(missing, self._pipeline(client, [calls[i] for i in missing]), strict=True):
                 replies[i] = value
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
+        return _checked(replies)
+
+    async def _run_async(self, calls: list[Call]) -> list[Any]:
+        """:meth:`_run` on the asyncio clients of the running loop; the shards are asked concurrently."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a client is bound to the loop it was made in
+            make = redis.asyncio.Redis.from_url
+            self._async = [make(url, socket_timeout=5, **self._extra) for url in self._urls]
+            self._loop = loop
+        groups = list(self._by_shard(calls).items())
+        replies = await asyncio.gather(
+            *(self._pipeline_async(self._async[s], [calls[i] for i in indices]) for s, indices in groups)
+        )
+        results: list[Any] = [None] * len(calls)
+        for (_, indices), values in zip(groups, replies, strict=True):
+            for i, value in zip(indices, values, strict=True):
+                results[i] = value
+        return results
+
+    async def _pipeline_async(self, client: redis.asyncio.Redis, calls: list[Call]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for name, _, keys, args in calls:
+            pipe.execute_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        replies = await pipe.execute(raise_on_error=False)
+        if missing := [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]:
+            for source in _SOURCES.values():
+                await client.script_load(source)
+            rerun = await self._pipeline_async(client, [calls[i] for i in missing])
+            for i, value in zip(missing, rerun, strict=True):
+                replies[i] = value
+        return _checked(replies)
 
     def _keys(self, kind: str, entity: str) -> list[str]:
         base = f"{self.prefix}{kind}:{{{entity}}}"
         return [base, base + ":ids"]
 
-    def _user_call(self, e: Event, b: Bounds, mode: Mode) -> tuple[str, str, list[str], list[str]]:
+    def _user_call(self, e: Event, b: Bounds, mode: Mode) -> Call:
         args = [mode, e.transaction_id, str(e.time_us), encode_user(e), str(b.user_from), str(b.last_from)]
         args += [str(b.prune_user), self.expiry]
         return "user", e.user_id, self._keys("u", e.user_id), args
 
-    def _merchant_call(self, e: Event, b: Bounds, mode: Mode) -> tuple[str, str, list[str], list[str]]:
+    def _merchant_call(self, e: Event, b: Bounds, mode: Mode) -> Call:
         amount = "" if e.amount is None else repr(float(e.amount))
         args = [
             mode,
@@ -196,16 +232,20 @@ class RedisBackend:
         keys = self._keys("m", e.merchant_id) + self._keys("c", e.merchant_id)
         return "merchant", e.merchant_id, keys, args
 
-    def windows(self, events: list[Event], mode: Mode) -> tuple[list[UserWindow], list[MerchantWindow]]:
-        """See :class:`relearn.features.state.Backend`."""
+    def _both(self, events: list[Event], mode: Mode) -> list[Call]:
         bounds = [Bounds.at(e.time_us, self.lateness_us) for e in events]
         calls = [self._user_call(e, b, mode) for e, b in zip(events, bounds, strict=True)]
-        calls += [self._merchant_call(e, b, mode) for e, b in zip(events, bounds, strict=True)]
-        results = self._run(calls)
-        if mode == "add":
-            return [], []
-        n = len(events)
-        return [_user_window(r) for r in results[:n]], [_merchant_window(r) for r in results[n:]]
+        return calls + [self._merchant_call(e, b, mode) for e, b in zip(events, bounds, strict=True)]
+
+    def windows(self, events: list[Event], mode: Mode) -> tuple[list[UserWindow], list[MerchantWindow]]:
+        """See :class:`relearn.features.state.Backend`."""
+        return _windows(self._run(self._both(events, mode)), len(events), mode)
+
+    async def windows_async(
+        self, events: list[Event], mode: Mode
+    ) -> tuple[list[UserWindow], list[MerchantWindow]]:
+        """See :class:`relearn.features.state.Backend`."""
+        return _windows(await self._run_async(self._both(events, mode)), len(events), mode)
 
     def users(self, events: list[Event], mode: Mode) -> list[UserWindow]:
         """See :class:`relearn.features.state.Backend`."""
@@ -228,9 +268,25 @@ class RedisBackend:
         return sum(int(v) for v in self._run(calls))
 
     def close(self) -> None:
-        """Close the shards' connection pools."""
+        """Close the shards' connection pools (the asyncio ones end with their event loop)."""
         for shard in self.shards:
             shard.close()
+
+
+Call = tuple[str, str, list[str], list[str]]  # (script, entity, keys, args)
+
+
+def _checked(replies: list[Any]) -> list[Any]:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def _windows(results: list[Any], n: int, mode: Mode) -> tuple[list[UserWindow], list[MerchantWindow]]:
+    if mode == "add":
+        return [], []
+    return [_user_window(r) for r in results[:n]], [_merchant_window(r) for r in results[n:]]
 
 
 def _user_window(reply: list[Any]) -> UserWindow:

@@ -2,10 +2,14 @@
 
 Each call is one ``BEGIN IMMEDIATE`` transaction, so an add and the read that follows it are atomic with
 respect to other processes, and a committed update survives a kill -9 of any of them.
+:meth:`SqliteBackend.windows_async` runs a call on the event loop when the database is free (one local
+transaction, ~0.1 ms: cheaper than a thread hop) and in a thread when it has to wait for a lock, so the
+loop never waits on another process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -73,12 +77,28 @@ class SqliteBackend:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.lateness_us = lateness_us
         self._lock = threading.Lock()  # one connection, used from executor threads
-        self.conn = sqlite3.connect(
-            path, timeout=5, isolation_level=None, check_same_thread=False, cached_statements=64
-        )
+        self.conn = _connect(path, timeout=5)
         self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes, not power loss
         self.conn.executescript(_SCHEMA)
+        self.path = path
+        self._now: sqlite3.Connection | None = None  # the event loop's: never waits for a lock
+
+    def _windows(
+        self, conn: sqlite3.Connection, events: list[Event], mode: Mode
+    ) -> tuple[list[UserWindow], list[MerchantWindow]]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if mode == "add":
+                _add_all(conn, events, self.lateness_us)
+                users, merchants = [], []
+            else:
+                users, merchants = _read(conn, events, mode, self.lateness_us)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return users, merchants
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -93,19 +113,24 @@ class SqliteBackend:
 
     def windows(self, events: list[Event], mode: Mode) -> tuple[list[UserWindow], list[MerchantWindow]]:
         """See :class:`relearn.features.state.Backend`: users and merchants in one transaction."""
-        with self._transaction() as conn:
-            if mode == "add":
-                _add_all(conn, events, self.lateness_us)
-                return [], []
-            users, merchants = [], []
-            for e in events:
-                b = Bounds.at(e.time_us, self.lateness_us)
-                if mode == "observe":
-                    _add_user(conn, e, b)
-                    _add_merchant(conn, e, b)
-                users.append(_user_window(conn, e, b))
-                merchants.append(_merchant_window(conn, e, b))
-        return users, merchants
+        with self._lock:
+            return self._windows(self.conn, events, mode)
+
+    async def windows_async(
+        self, events: list[Event], mode: Mode
+    ) -> tuple[list[UserWindow], list[MerchantWindow]]:
+        """See :class:`relearn.features.state.Backend`."""
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._now is None:
+                    self._now = _connect(self.path, timeout=0)
+                return self._windows(self._now, events, mode)
+            except sqlite3.OperationalError as exc:  # busy: rolled back, nothing happened; wait in a thread
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+            finally:
+                self._lock.release()
+        return await asyncio.get_running_loop().run_in_executor(None, self.windows, events, mode)
 
     def users(self, events: list[Event], mode: Mode) -> list[UserWindow]:
         """See :class:`relearn.features.state.Backend`."""
@@ -139,8 +164,30 @@ class SqliteBackend:
             return conn.total_changes - before
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connections."""
         self.conn.close()
+        if self._now is not None:
+            self._now.close()
+
+
+def _connect(path: Path, timeout: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes, not power loss
+    return conn
+
+
+def _read(
+    conn: sqlite3.Connection, events: list[Event], mode: Mode, lateness_us: int
+) -> tuple[list[UserWindow], list[MerchantWindow]]:
+    users, merchants = [], []
+    for e in events:  # in order: an event sees the batch's earlier ones, as sent one by one
+        b = Bounds.at(e.time_us, lateness_us)
+        if mode == "observe":
+            _add_user(conn, e, b)
+            _add_merchant(conn, e, b)
+        users.append(_user_window(conn, e, b))
+        merchants.append(_merchant_window(conn, e, b))
+    return users, merchants
 
 
 def _add_user(conn: sqlite3.Connection, e: Event, b: Bounds) -> None:

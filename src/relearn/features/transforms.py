@@ -275,15 +275,18 @@ NAT_US = np.iinfo(np.int64).min  # a missing event time in ``event_time_us`` (pa
 _HOURS = np.array([str(h) for h in range(24)] + [""], dtype=object)  # index 24: no time
 _TEXT_COLUMNS = ("country", "device_id", "user_last_country", "user_last_device")
 _TEXT_COLUMNS += tuple(c for c in CATEGORICAL_INPUTS if c != "hour_of_day" and c not in _TEXT_COLUMNS)
-_NUMERIC_COLUMNS = ("amount", "user_last_txn_unix", *(n for n in NUMERIC_INPUTS if n in ENTITY_DEFAULTS))
+_ENTITY = tuple(n for n in NUMERIC_INPUTS if n in ENTITY_DEFAULTS)  # the numeric entity features
+_ENTITY_DEFAULTS = np.array([[ENTITY_DEFAULTS[n]] for n in _ENTITY])
+_ROW = {name: i for i, name in enumerate(NUMERIC_INPUTS)}
+assert NUMERIC_INPUTS[: len(_ENTITY)] == _ENTITY  # they lead the inputs: one block of rows
+_NUMERIC_COLUMNS = ("amount", "user_last_txn_unix", *_ENTITY)
 
 
 def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
-    """A fresh float64 copy of a column, NaN for missing (Feast may hand back Int64, object or None)."""
+    """A column as float64, NaN for missing (Feast may hand back Int64, object or None)."""
     if column not in frame:
         return np.full(len(frame), np.nan)
-    values = pd.to_numeric(frame[column], errors="coerce")
-    return values.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)  # callers write into it
+    return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _text(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -294,85 +297,75 @@ def _text(frame: pd.DataFrame, column: str) -> pd.Series:
     return values.where(values.notna(), "").astype(str)
 
 
-def frame_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The columns :func:`model_input_columns` reads, from a frame of request fields and entity features."""
-    ts = pd.Series(pd.to_datetime(frame["event_timestamp"], utc=True, errors="coerce"), index=frame.index)
-    columns = {"event_time_us": ts.dt.as_unit("us").array.asi8}  # NaT is NAT_US
-    columns.update({name: _numeric(frame, name) for name in _NUMERIC_COLUMNS})
-    columns.update({name: _text(frame, name).to_numpy() for name in _TEXT_COLUMNS})
-    return columns
-
-
-def model_input_columns(columns: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    """The request-time feature formulas: ``MODEL_INPUTS`` (in order) from ``n`` rows of plain columns.
+def model_input_arrays(columns: Mapping[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The request-time feature formulas: the model inputs of ``n`` rows of plain columns.
 
     The one implementation behind :func:`model_inputs` (training, batch, skew) and the transformer, which
-    calls it on its parsed request without building a DataFrame. ``columns``: ``event_time_us`` (int64
-    epoch µs, :data:`NAT_US` for none), float64 numbers with NaN for missing (``amount`` and the numeric
-    entity features) and str arrays with "" for missing (the text fields); absent columns are missing.
-    Entity features are not written into.
+    calls it on its parsed request without a DataFrame (a few whole-array operations: tens of µs a row).
+    ``columns``: ``event_time_us`` (int64 epoch µs, :data:`NAT_US` for none), float64 with NaN for missing
+    (``amount``, numeric entity features), str with "" for missing (text fields); absent means missing.
 
     Returns:
-        Numeric inputs as float32 without NaN, categoricals as str (object arrays), each of length ``n``.
+        ``(numeric, categorical)``: float32 ``[n, len(NUMERIC_INPUTS)]`` without NaN (C order: the
+        predictor's ``numeric`` tensor) and str ``[n, len(CATEGORICAL_INPUTS)]`` (object), in input order.
     """
-
-    def numeric(name: str) -> np.ndarray:
-        values = columns.get(name)
-        return np.full(n, np.nan) if values is None else np.array(values, dtype=np.float64)  # a copy
-
-    def text(name: str) -> np.ndarray:
-        values = columns.get(name)
-        return np.full(n, "", dtype=object) if values is None else values
-
-    features = {name: numeric(name) for name in NUMERIC_INPUTS if name in ENTITY_DEFAULTS}
-    for name, values in features.items():
-        values[np.isnan(values)] = ENTITY_DEFAULTS[name]
+    nan = np.full(n, np.nan)
+    values = np.empty((len(NUMERIC_INPUTS), n))  # one row per numeric input, float64 until the end
+    entity = values[: len(_ENTITY)]
+    entity[:] = [columns.get(name, nan) for name in _ENTITY]
+    np.copyto(entity, _ENTITY_DEFAULTS, where=np.isnan(entity))
 
     time_us = np.asarray(columns["event_time_us"], dtype=np.int64)
     no_time = time_us == NAT_US
-    now = time_us.astype(np.float64) / _US
-    now[no_time] = np.nan
-    since_last = now - numeric("user_last_txn_unix")  # NaN: no (known) previous transaction
-
-    for name in USER_FEATURES:
-        if name in features:  # the windowed numeric ones
-            features[name][since_last >= WINDOWS[name] / _US] = 0.0
+    now = time_us / _US
+    if no_time.any():
+        now[no_time] = np.nan
+    since_last = now - columns.get("user_last_txn_unix", nan)  # NaN: no (known) previous transaction
+    # Windows the request time has fully left behind are zeroed (widths read now: tests patch WINDOWS).
+    widths = np.array([WINDOWS[f] / _US if f in USER_FEATURES else np.inf for f in _ENTITY])
+    entity[since_last >= widths[:, None]] = 0.0
 
     recent = since_last < _HORIZON_S  # False for NaN
-    amount = np.nan_to_num(numeric("amount"), nan=0.0)
-    mean, std = features["user_amount_mean_7d"], features["user_amount_std_7d"]
-    has_history = features["user_txn_count_7d"] > 0
+    amount = columns.get("amount", nan)
+    if not np.isfinite(amount).all():
+        amount = np.nan_to_num(amount, nan=0.0)
+    mean, std = entity[_ROW["user_amount_mean_7d"]], entity[_ROW["user_amount_std_7d"]]
+    has_history = entity[_ROW["user_txn_count_7d"]] > 0
     # Without history, deviation from the user's habits is undefined: neutral values, is_new_user says why.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        zscore = np.where(has_history, (amount - mean) / (std + 1.0), 0.0)
-        ratio = np.where(has_history, amount / (np.abs(mean) + 1.0), 1.0)
-    seconds = np.where(recent, np.clip(since_last, 0.0, _HORIZON_S), _HORIZON_S)
+    zscore = np.where(has_history, (amount - mean) / (std + 1.0), 0.0)
+    ratio = np.where(has_history, amount / (np.abs(mean) + 1.0), 1.0)
+    seconds = np.where(recent, np.minimum(np.maximum(since_last, 0.0), _HORIZON_S), _HORIZON_S)
+
+    def text(name: str) -> np.ndarray:
+        return columns[name] if name in columns else np.full(n, "", dtype=object)
 
     country, device = text("country"), text("device_id")
     last_country, last_device = text("user_last_country"), text("user_last_device")
-    # Calendar fields of the UTC time from integer µs (floor division: exact, also before 1970).
-    hour = np.where(no_time, 24, (time_us // HOUR_US) % 24)
-    features.update(
-        log_amount=np.log1p(np.clip(amount, 0.0, None)),
-        amount_zscore_user=np.clip(zscore, -_ZSCORE_CLIP, _ZSCORE_CLIP),
-        amount_ratio_user_mean=np.clip(ratio, 0.0, _RATIO_CLIP),
-        log_seconds_since_last_txn=np.log1p(seconds),
-        country_changed=(recent & (last_country != "") & (country != "") & (country != last_country)),
-        device_changed=(recent & (last_device != "") & (device != "") & (device != last_device)),
-        is_new_user=(~has_history & ~recent),
-        day_of_week=np.where(no_time, 0, (time_us // DAY_US + 3) % 7),  # 1970-01-01 was a Thursday (3)
+    values[_ROW["log_amount"]] = np.log1p(np.maximum(amount, 0.0))
+    values[_ROW["amount_zscore_user"]] = np.minimum(np.maximum(zscore, -_ZSCORE_CLIP), _ZSCORE_CLIP)
+    values[_ROW["amount_ratio_user_mean"]] = np.minimum(np.maximum(ratio, 0.0), _RATIO_CLIP)
+    values[_ROW["log_seconds_since_last_txn"]] = np.log1p(seconds)
+    values[_ROW["country_changed"]] = (
+        recent & (last_country != "") & (country != "") & (country != last_country)
     )
-    out = {name: np.asarray(features[name], dtype=np.float32) for name in NUMERIC_INPUTS}
-    for name in CATEGORICAL_INPUTS:
-        out[name] = _HOURS[hour] if name == "hour_of_day" else text(name)
-    return out
+    values[_ROW["device_changed"]] = recent & (last_device != "") & (device != "") & (device != last_device)
+    values[_ROW["is_new_user"]] = ~has_history & ~recent
+    # Calendar fields of the UTC time from integer µs (floor division: exact, also before 1970).
+    values[_ROW["day_of_week"]] = np.where(no_time, 0, (time_us // DAY_US + 3) % 7)  # 1970-01-01: Thu (3)
+    categorical = np.empty((n, len(CATEGORICAL_INPUTS)), dtype=object)
+    for j, name in enumerate(CATEGORICAL_INPUTS):
+        if name == "hour_of_day":
+            categorical[:, j] = _HOURS[np.where(no_time, 24, (time_us // HOUR_US) % 24)]
+        else:
+            categorical[:, j] = text(name)
+    return np.ascontiguousarray(values.T, dtype=np.float32), categorical
 
 
 def model_inputs(frame: pd.DataFrame) -> pd.DataFrame:
     """Turn request fields plus entity features into exactly ``MODEL_INPUTS``, in order.
 
     This is the request-time feature code of both the training set and the serving transformer (which
-    calls :func:`model_input_columns`, the formulas behind it, on plain columns). Missing or null entity
+    calls :func:`model_input_arrays`, the formulas behind it, on plain columns). Missing or null entity
     features (cold start) take ``ENTITY_DEFAULTS``.
 
     Entity rows are the state at the entity's last update, which online can be older than the request.
@@ -389,7 +382,15 @@ def model_inputs(frame: pd.DataFrame) -> pd.DataFrame:
         A frame on ``frame.index`` with the ``MODEL_INPUTS`` columns: numeric float32 without NaN,
         categoricals as str.
     """
-    return pd.DataFrame(model_input_columns(frame_columns(frame), len(frame)), index=frame.index)
+    ts = pd.Series(pd.to_datetime(frame["event_timestamp"], utc=True, errors="coerce"), index=frame.index)
+    columns = {"event_time_us": ts.dt.as_unit("us").array.asi8}  # NaT is NAT_US
+    columns.update({name: _numeric(frame, name) for name in _NUMERIC_COLUMNS})
+    columns.update({name: _text(frame, name).to_numpy() for name in _TEXT_COLUMNS})
+    numeric, categorical = model_input_arrays(columns, len(frame))
+    out = pd.DataFrame(numeric, index=frame.index, columns=list(NUMERIC_INPUTS))
+    for j, name in enumerate(CATEGORICAL_INPUTS):
+        out[name] = categorical[:, j]
+    return out
 
 
 def cold_start(columns: Mapping[str, np.ndarray], n: int) -> np.ndarray:
@@ -398,20 +399,13 @@ def cold_start(columns: Mapping[str, np.ndarray], n: int) -> np.ndarray:
     A user is cold without a previous transaction in the horizon; a merchant without a transaction in the
     last 7 days (its mean is undefined, so 0, and its 24 h count is 0). Missing features count as none.
     """
-
-    def numeric(name: str) -> np.ndarray:
-        values = columns.get(name)
-        return np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64)
-
-    count, mean = numeric("merchant_txn_count_24h"), numeric("merchant_amount_mean_7d")
-    merchant = (np.nan_to_num(count) == 0) & (np.nan_to_num(mean) == 0)
-    return np.isnan(numeric("user_last_txn_unix")) | merchant
+    nan = np.full(n, np.nan)
+    count, mean = columns.get("merchant_txn_count_24h", nan), columns.get("merchant_amount_mean_7d", nan)
+    merchant = ((count == 0) | np.isnan(count)) & ((mean == 0) | np.isnan(mean))
+    return np.isnan(columns.get("user_last_txn_unix", nan)) | merchant
 
 
 def cold_start_mask(frame: pd.DataFrame) -> pd.Series:
     """Rows whose user or merchant has no history: no features at all, or none of their events in reach."""
-    columns = {name: _numeric(frame, name) for name in _COLD_COLUMNS}
-    return pd.Series(cold_start(columns, len(frame)), index=frame.index)
-
-
-_COLD_COLUMNS = ("user_last_txn_unix", "merchant_txn_count_24h", "merchant_amount_mean_7d")
+    names = ("user_last_txn_unix", "merchant_txn_count_24h", "merchant_amount_mean_7d")
+    return pd.Series(cold_start({n: _numeric(frame, n) for n in names}, len(frame)), index=frame.index)

@@ -34,9 +34,9 @@ from kserve.errors import InvalidInput, ServerNotReady
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
 from relearn.data.schema import REQUEST_FIELDS
-from relearn.features.spec import CATEGORICAL_INPUTS, MERCHANT_FEATURES, NUMERIC_INPUTS, USER_FEATURES
+from relearn.features.spec import MERCHANT_FEATURES, USER_FEATURES
 from relearn.features.state import Event, Rejected, open_state
-from relearn.features.transforms import cold_start, model_input_columns
+from relearn.features.transforms import cold_start, model_input_arrays
 from relearn.serving import tensors
 from relearn.serving.config import TransformerSettings
 from relearn.serving.metrics import (
@@ -156,11 +156,11 @@ class FraudTransformer(Model):
             events, columns = self._v2_columns(payload) if is_v2 else self._v1_columns(payload)
             fetch_seconds = await self._features(events, columns)
             start = time.perf_counter()
-            inputs = model_input_columns(columns, len(events))
+            numeric, categorical = model_input_arrays(columns, len(events))
             cold = int(cold_start(columns, len(events)).sum())
             transform_seconds = time.perf_counter() - start
             ids = columns["transaction_id"]
-            scores, decisions, version = await self._score(inputs, ids, event_id, track)
+            scores, decisions, version = await self._score(numeric, categorical, ids, event_id, track)
         except InvalidInput:
             child(REQUESTS, "transformer", "invalid", version, track).inc()
             raise
@@ -194,12 +194,9 @@ class FraudTransformer(Model):
             The seconds the update and read took.
         """
         start = time.perf_counter()
-        loop = asyncio.get_running_loop()
         try:
-            rows = await asyncio.wait_for(
-                loop.run_in_executor(None, self.state.observe, events),
-                timeout=self.settings.feature_timeout_seconds,
-            )
+            async with asyncio.timeout(self.settings.feature_timeout_seconds):
+                rows = await self.state.observe_async(events)
         except Rejected as exc:
             child(REJECTED_EVENTS, exc.reason).inc(len(events))
             raise InvalidInput(str(exc)) from None
@@ -217,10 +214,8 @@ class FraudTransformer(Model):
         return time.perf_counter() - start
 
     async def _score(
-        self, inputs: dict[str, np.ndarray], ids: np.ndarray, event_id: str, track: str = "primary"
+        self, numeric: np.ndarray, categorical: np.ndarray, ids: np.ndarray, event_id: str, track: str
     ) -> tuple[np.ndarray, np.ndarray, str]:
-        numeric = np.stack([inputs[name] for name in NUMERIC_INPUTS], axis=1)  # [N, 17] float32
-        categorical = np.stack([inputs[name] for name in CATEGORICAL_INPUTS], axis=1)
         n = len(ids)
         request = pb.ModelInferRequest(
             model_name=self.settings.model_name,
