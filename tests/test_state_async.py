@@ -85,3 +85,19 @@ def test_a_locked_sqlite_state_waits_in_a_thread_not_on_the_loop(tmp_path):
     assert rows[0]["user_txn_count_1h"] == 0
     assert state.read([Event("p", t0 + 1, "u1", "m1")])[0]["user_txn_count_1h"] == 1
     state.close()
+
+
+def test_a_bulk_add_after_a_script_flush_adds_each_event_once(world, state):
+    transactions, _ = world
+    stream = sorted(events(transactions), key=lambda e: e.time_us)
+    if state.settings.backend == "redis":
+        state.backend.shards[0].script_flush()
+    state.add(stream)
+    state.add(stream[: len(stream) // 2])  # again: idempotent
+    end = stream[-1].time_us + 1
+    probes = [Event(f"p{i}", end, e.user_id, e.merchant_id) for i, e in enumerate(stream[-50:])]
+    expected = [
+        sum(1 for e in stream if e.user_id == p.user_id and e.time_us >= end - 7 * 86_400_000_000)
+        for p in probes
+    ]
+    assert [row["user_txn_count_7d"] for row in state.read(probes)] == expected

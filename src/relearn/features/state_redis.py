@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -124,6 +125,39 @@ redis.call('EXPIRE', KEYS[1], ARGV[3]); redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
 """
 
+# Bootstrap: many events per script call (the per-call cost dominates an add). KEYS: each event's keys as
+# in _USER (2) or _MERCHANT (4); ARGV: expiry, then per event tid, t, member, prune before. Each entity is
+# pruned once, at its latest bound: what pruning after every event ends with, as the bound only moves on.
+_ADD_MANY = (
+    _PRUNE
+    + """
+local per, kind = tonumber(ARGV[2]), ARGV[3]
+local latest = {}
+for i = 0, #KEYS / per - 1 do
+  local k, a = i * per, 4 + i * 4
+  if redis.call('HSETNX', KEYS[k + 2], ARGV[a], ARGV[a + 1]) == 1 then
+    redis.call('ZADD', KEYS[k + 1], ARGV[a + 1], ARGV[a + 2])
+  end
+  local seen = latest[KEYS[k + 1]]
+  if seen == nil or tonumber(ARGV[a + 3]) > tonumber(ARGV[seen[2]]) then latest[KEYS[k + 1]] = {k, a + 3} end
+end
+local function user_tid(m) return cjson.decode(m)[1] end
+local function merchant_tid(m) return string.match(m, '^(.*)\\31[^\\31]*$') end
+for _, at in pairs(latest) do
+  local k, before = at[1], ARGV[at[2]]
+  if kind == 'u' then
+    prune(KEYS[k + 1], KEYS[k + 2], before, true, user_tid)
+  else
+    prune(KEYS[k + 1], KEYS[k + 2], before, false, merchant_tid)
+    prune(KEYS[k + 3], KEYS[k + 4], before, false, function(m) return m end)
+  end
+  for j = 1, per do redis.call('EXPIRE', KEYS[k + j], ARGV[1]) end
+end
+return 0
+"""
+)
+ADD_CHUNK = 200  # events per script call: a call blocks the server (~1-2 ms), serving waits behind it
+
 # Idle entities expire on the wall clock once nothing of them can be in a window any more.
 EXPIRY_SECONDS = 31 * 24 * 3600
 
@@ -217,12 +251,11 @@ class RedisBackend:
         return "user", e.user_id, self._keys("u", e.user_id), args
 
     def _merchant_call(self, e: Event, b: Bounds, mode: Mode) -> Call:
-        amount = "" if e.amount is None else repr(float(e.amount))
         args = [
             mode,
             e.transaction_id,
             str(e.time_us),
-            f"{e.transaction_id}\x1f{amount}",
+            _member(e),
             str(b.merchant_mean_from),
             str(b.merchant_24h_from),
             str(b.merchant_30d_from),
@@ -238,8 +271,67 @@ class RedisBackend:
         return calls + [self._merchant_call(e, b, mode) for e, b in zip(events, bounds, strict=True)]
 
     def windows(self, events: list[Event], mode: Mode) -> tuple[list[UserWindow], list[MerchantWindow]]:
-        """See :class:`relearn.features.state.Backend`."""
+        """See :class:`relearn.features.state.Backend`; an add goes in batched script calls."""
+        if mode == "add":
+            self._stream(self._add_many(events))
+            return [], []
         return _windows(self._run(self._both(events, mode)), len(events), mode)
+
+    def _stream(self, calls: Iterator[tuple[int, Call]]) -> None:
+        """Send each ``(shard, call)`` as soon as it is built, then read the replies.
+
+        The server runs one call while the next is built (a pipeline would wait for all of them), so a
+        bootstrap costs about the larger of the client's and the server's time, not their sum.
+        """
+        open_: dict[int, tuple[Any, list[Call]]] = {}
+        try:
+            for shard, call in calls:
+                if shard not in open_:
+                    open_[shard] = (self.shards[shard].connection_pool.get_connection(), [])
+                conn, sent = open_[shard]
+                name, _, keys, args = call
+                conn.send_packed_command(
+                    conn.pack_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
+                )
+                sent.append(call)
+            for shard, (conn, sent) in open_.items():
+                replies = []
+                for _ in sent:
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as exc:  # the connection stays in step: keep reading
+                        replies.append(exc)
+                if missing := [c for c, r in zip(sent, replies, strict=True) if isinstance(r, NoScriptError)]:
+                    for source in _SOURCES.values():  # a NOSCRIPT call did not run: rerun is exact
+                        self.shards[shard].script_load(source)
+                    self._pipeline(self.shards[shard], missing)
+                _checked([r for r in replies if not isinstance(r, NoScriptError)])
+        except BaseException:
+            for conn, _ in open_.values():
+                conn.disconnect()  # replies may be unread: the connection is out of step
+            raise
+        finally:
+            for shard, (conn, _) in open_.items():
+                self.shards[shard].connection_pool.release(conn)
+
+    def _add_many(self, events: list[Event]) -> Iterator[tuple[int, Call]]:
+        """``(shard, add_many call)``: per shard and kind, ``ADD_CHUNK`` events each, built lazily."""
+        groups: dict[tuple[int, str], list[tuple[Event, Bounds]]] = {}
+        for e in events:
+            b = Bounds.at(e.time_us, self.lateness_us)
+            groups.setdefault((self._shard(e.user_id), "u"), []).append((e, b))
+            groups.setdefault((self._shard(e.merchant_id), "m"), []).append((e, b))
+        for (shard, kind), items in groups.items():
+            for start in range(0, len(items), ADD_CHUNK):
+                keys, args = [], [self.expiry, "2" if kind == "u" else "4", kind]
+                for e, b in items[start : start + ADD_CHUNK]:
+                    if kind == "u":
+                        keys += self._keys("u", e.user_id)
+                        args += [e.transaction_id, str(e.time_us), encode_user(e), str(b.prune_user)]
+                    else:
+                        keys += self._keys("m", e.merchant_id) + self._keys("c", e.merchant_id)
+                        args += [e.transaction_id, str(e.time_us), _member(e), str(b.prune_merchant)]
+                yield shard, ("add_many", "", keys, args)
 
     async def windows_async(
         self, events: list[Event], mode: Mode
@@ -274,6 +366,11 @@ class RedisBackend:
 
 
 Call = tuple[str, str, list[str], list[str]]  # (script, entity, keys, args)
+
+
+def _member(e: Event) -> str:
+    """A merchant's transaction as stored: the id, unit separator (0x1f), the amount's exact repr or ""."""
+    return f"{e.transaction_id}\x1f{'' if e.amount is None else repr(float(e.amount))}"
 
 
 def _checked(replies: list[Any]) -> list[Any]:
@@ -312,4 +409,4 @@ def _merchant_window(reply: list[Any]) -> MerchantWindow:
     )
 
 
-_SOURCES = {"user": _USER, "merchant": _MERCHANT, "chargeback": _CHARGEBACK}
+_SOURCES = {"user": _USER, "merchant": _MERCHANT, "chargeback": _CHARGEBACK, "add_many": _ADD_MANY}
