@@ -6,9 +6,11 @@ Knative's env), each Service on its own loopback address with its in-cluster DNS
 kube-proxy forwarding to ready pods only, restarts with back-off. Upstream servers are the pinned versions:
 MLflow with the chart's exact args over PostgreSQL, Redis, Prometheus configured from the ServiceMonitors
 and PrometheusRules the Prometheus Operator of kube-prometheus-stack would select. Then: a pipeline run with
-the env a KFP pod gets, predictions through the InferenceService's host, payload events into the detector,
-scrapes, and the chart's `helm test` hooks. What a rehearsal cannot see is in the README (scheduling, CNI,
-Knative autoscaling, image pulls).
+the env a KFP pod gets (it bootstraps the streaming state), predictions through the InferenceService's host,
+payload events into the detector, the state in the chart's Redis following scored transactions and a
+chargeback posted to the feature feed (through a kill -9 of that Redis), every client of the state's Redis
+a pod its NetworkPolicy admits, scrapes, and the chart's `helm test` hooks. What a rehearsal cannot see is
+in the README (scheduling, CNI, Knative autoscaling, image pulls).
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +58,17 @@ TRANSACTION = {
     "merchant_id": "m00001", "amount": 42.5, "currency": "EUR", "merchant_category": "grocery",
     "channel": "pos", "country": "DE", "device_id": "d1",
 }  # fmt: skip
+PREDICT = f"http://relearn-fraud.{NAMESPACE}.{FQDN}/v1/models/relearn-fraud:predict"
+FEED = f"http://relearn-feature-feed.{NAMESPACE}.{FQDN}:8090"
+
+
+def iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+
+
+def transaction(**fields: Any) -> dict[str, Any]:
+    """TRANSACTION now: the chart's state takes events within its lateness bound of the wall clock."""
+    return {**TRANSACTION, "event_timestamp": iso(time.time()), **fields}
 
 
 # An install that runs pipelines (defaults plus Kubeflow Pipelines: its run pods' ConfigMap and RBAC), with
@@ -103,6 +119,7 @@ def cluster():
     docs = [d for d in render() if d not in hooks(render())]
     api = ApiServer(docs, custom_objects(docs), root / "apiserver", API_IP).__enter__()
     c = Cluster(docs, SECRETS, root, NAMESPACE, api=api)
+    c.net.audited = {"relearn-state-redis"}  # who connects to the state's Redis (its NetworkPolicy's peers)
     prometheus = None
     try:
         c.start()
@@ -123,11 +140,10 @@ def pod(cluster, prefix: str) -> str:
 
 
 def test_stores_mlflow_and_detector_come_up_before_any_model(cluster) -> None:
-    names = [
-        pod(cluster, p)
-        for p in ("relearn-postgres", "relearn-mlflow", "relearn-redis", "relearn-drift-detector")
-    ]
+    stores = ("relearn-postgres", "relearn-mlflow", "relearn-redis", "relearn-state-redis")
+    names = [pod(cluster, p) for p in (*stores, "relearn-drift-detector", "relearn-feature-feed")]
     cluster.wait_ready(names, timeout=150)
+    assert http(f"{FEED}/healthz") == (200, {"status": "ok"})  # the feed's Service, by its in-cluster name
     # The detector stores events before a champion exists: its Service has endpoints (item 10).
     detector = cluster.pods[pod(cluster, "relearn-drift-detector")]
     assert detector.ready() and detector.restarts == 0
@@ -153,13 +169,22 @@ def kfp_env(cluster) -> dict[str, str]:
 
 
 def test_a_pipeline_run_with_a_kfp_pods_env_trains_into_the_clusters_mlflow_and_feast(cluster) -> None:
+    from rehearsal.readback import STATE_PREFIX, state_redis
+
     env = {**os.environ, **kfp_env(cluster)}
     env.pop("RELEARN_HOME", None)  # kfp.local's stand-in keeps its own outputs
-    run = subprocess.run(
+    run = subprocess.Popen(
         [PY, "-m", "pipelines.run", "--pipeline-root", str(cluster.root / "runs"), *PIPELINE],
-        cwd=cluster.root, env=env, capture_output=True, text=True, timeout=900,
+        cwd=cluster.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
     )  # fmt: skip
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    # Its connections count as a KFP run pod's (namespace kubeflow.runNamespace) in the state's audit.
+    cluster.guests[run.pid] = ("kfp-run", "kubeflow", {"pipelines.kubeflow.org/v2_component": "true"})
+    out, err = run.communicate(timeout=900)
+    assert run.returncode == 0, out[-3000:] + err[-3000:]
+    # The features step bootstrapped the transformers' state in the chart's Redis, not a pod-local file.
+    state = state_redis(cluster, pod(cluster, "relearn-state-redis"))
+    assert next(state.scan_iter(f"{STATE_PREFIX}u:*", count=1000), None), "no card in the state"
     status, body = http(
         f"http://relearn-mlflow.{NAMESPACE}.{FQDN}:5000/api/2.0/mlflow/registered-models/alias?name=relearn-fraud&alias=champion"
     )
@@ -188,8 +213,8 @@ def test_the_controller_pins_the_stable_revision_to_the_champions_version(cluste
 
 def test_serving_starts_with_kserves_args_and_answers_on_the_isvc_host(cluster) -> None:
     names = [pod(cluster, "relearn-fraud-predictor"), pod(cluster, "relearn-fraud-transformer")]
-    # Both crash-loop until the first champion and the Feast definitions exist, as in a fresh cluster; the
-    # pinned revision takes the traffic once it is ready.
+    # The predictor crash-loops until the first champion exists, as in a fresh cluster; the pinned revision
+    # takes the traffic once it is ready.
     cluster.wait_ready(names, timeout=240)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and cluster.revisions["relearn-fraud"].rolled_out != names[0]:
@@ -197,9 +222,8 @@ def test_serving_starts_with_kserves_args_and_answers_on_the_isvc_host(cluster) 
     assert cluster.revisions["relearn-fraud"].rolled_out == names[0]
     log = cluster.pods[names[1]].log.read_text(errors="replace")
     assert "unrecognized arguments" not in log  # item 1: KServe's injected args are accepted
-    url = f"http://relearn-fraud.{NAMESPACE}.{FQDN}/v1/models/relearn-fraud:predict"
     for i in range(20):
-        status, body = http(url, {"instances": [{**TRANSACTION, "transaction_id": f"rehearsal-{i}"}]})
+        status, body = http(PREDICT, {"instances": [transaction(transaction_id=f"rehearsal-{i}")]})
         assert status == 200, body
         (prediction,) = body["predictions"]
         assert 0 <= prediction["score"] <= 1
@@ -224,6 +248,72 @@ def test_every_prediction_reaches_the_detector_as_a_request_response_pair(cluste
     )  # 20 predictions × (request, response)
 
 
+def test_scored_transactions_and_a_posted_chargeback_move_the_state_in_the_charts_redis(cluster) -> None:
+    from rehearsal.readback import STATE_PREFIX, served, state_redis
+
+    tag = uuid.uuid4().hex[:8]
+    card, merchant, t0 = f"card-{tag}", f"merchant-{tag}", time.time() - 120
+
+    def score(n: int) -> None:
+        row = transaction(
+            transaction_id=f"{tag}-{n}", user_id=card, merchant_id=merchant, event_timestamp=iso(t0 + n)
+        )
+        deadline = time.monotonic() + 60
+        while (answer := http(PREDICT, {"instances": [row]}))[0] != 200 and time.monotonic() < deadline:
+            time.sleep(1)  # 503 while the state's Redis restarts; the retry is idempotent (transaction_id)
+        assert answer[0] == 200, answer
+
+    score(1)
+    score(1)  # a client's retry: counted once
+    score(2)
+    # kill -9 of the state's Redis after the acknowledgements; the kubelet restarts it with the rendered args.
+    name = pod(cluster, "relearn-state-redis")
+    redis_pod = cluster.pods[name]
+    os.killpg(redis_pod.popen.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (redis_pod.restarts == 1 and redis_pod.ready()):
+        time.sleep(0.5)
+    assert redis_pod.restarts == 1, cluster.tail(name)
+    # A dispute stream posts the chargeback of the first transaction to the feed's Service (it would retry a
+    # 5xx: the record is idempotent).
+    chargeback = {"transaction_id": f"{tag}-1", "merchant_id": merchant, "received_timestamp": iso(t0 + 2.5)}
+    answer = http(f"{FEED}/chargebacks", [chargeback])
+    assert answer == (200, {"accepted": 1, "new": 1}), (
+        answer,
+        cluster.tail(pod(cluster, "relearn-feature-feed")),
+    )
+    score(3)
+
+    ids = [f"{tag}-{n}" for n in (1, 2, 3)]
+    rows = served(cluster, ids, claim="relearn-drift-detector")
+    # Read-your-writes through the chart's Redis (kill -9 included): each later transaction of the card
+    # sees one more, the retry none; the chargeback moved the merchant's rate (1 of its 2 transactions).
+    assert [rows[i]["user_txn_count_1h"] for i in ids] == [0, 1, 2], rows
+    assert [rows[i]["merchant_chargeback_rate_30d"] for i in ids] == [0, 0, 0.5], rows
+    state = state_redis(cluster, name)
+    assert state.zcard(f"{STATE_PREFIX}u:{{{card}}}") == 3
+    assert state.config_get("appendfsync") == {"appendfsync": "always"}  # the rendered args, honoured
+    assert list((cluster.root / "pvc" / "relearn-state-redis").glob("appendonlydir/*.aof"))
+
+
+def test_every_client_of_the_state_is_a_pod_its_network_policy_admits(cluster) -> None:
+    from rehearsal.netpol import Pod, allowed
+
+    (service,) = [p for p in cluster.net.ports.values() if p.service == "relearn-state-redis"]
+    clients = set(service.clients)
+    assert None not in clients, service.clients  # every connection came from a pod's process
+    wanted = {pod(cluster, "relearn-fraud-transformer"), pod(cluster, "relearn-feature-feed"), "kfp-run"}
+    assert wanted <= clients, clients
+    redis = cluster.identity(pod(cluster, "relearn-state-redis"))
+    for name in clients:
+        assert allowed(cluster.docs, cluster.identity(name), redis, 6379), name
+    for name in (pod(cluster, "relearn-fraud-predictor"), pod(cluster, "relearn-drift-detector")):
+        assert not allowed(cluster.docs, cluster.identity(name), redis, 6379), name
+    feed = cluster.identity(pod(cluster, "relearn-feature-feed"))
+    assert allowed(cluster.docs, Pod(NAMESPACE, {"app": "dispute-stream"}), feed, 8090)  # who posted above
+    assert allowed(cluster.docs, Pod("monitoring", {}), feed, 8090)  # Prometheus
+
+
 def test_prometheus_scrapes_serving_and_detector_and_loads_the_rules(cluster) -> None:
     prometheus = cluster.prometheus
     deadline = time.monotonic() + 30
@@ -235,6 +325,12 @@ def test_prometheus_scrapes_serving_and_detector_and_loads_the_rules(cluster) ->
         time.sleep(1)
     assert up and up >= 3, prometheus.api("targets")  # item 6: the ServiceMonitors are selected
     assert served and served >= 20
+    # The feed is scraped too, its chargeback counted.
+    query = 'sum(relearn_feature_feed_records_total{kind="chargeback",outcome="ok"})'
+    while time.monotonic() < deadline + 30 and prometheus.value(query) != 1:
+        time.sleep(1)
+    assert prometheus.value('up{service="relearn-feature-feed"}') == 1, prometheus.api("targets")
+    assert prometheus.value(query) == 1
     groups = prometheus.api("rules")["groups"]
     assert sum(len(g["rules"]) for g in groups) > 0  # the PrometheusRule is selected too
 
@@ -276,11 +372,10 @@ class Load:
         self.thread.start()
 
     def _run(self) -> None:
-        url = f"http://relearn-fraud.{NAMESPACE}.{FQDN}/v1/models/relearn-fraud:predict"
         for i in itertools.count():
             if self.stop.wait(0.05):
                 return
-            status, _ = http(url, {"instances": [{**TRANSACTION, "transaction_id": f"load-{i}"}]})
+            status, _ = http(PREDICT, {"instances": [transaction(transaction_id=f"load-{i}")]})
             self.statuses[status] = self.statuses.get(status, 0) + 1
 
     def close(self) -> dict[int, int]:

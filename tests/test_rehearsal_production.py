@@ -3,9 +3,10 @@
 The same machinery as tests/test_rehearsal.py (the story runs there on the defaults); here the production
 settings boot: MLflow with two replicas' worth of args over PostgreSQL and an S3 artifact destination (its
 credentials from the Secret the install guide has you create), Redis with persistence and two read
-replicas, the Feast registry server, the drift detector, the rollout controller with its API access, the
-shadow InferenceService as a RawDeployment, Prometheus with the operator-selected targets. Serving needs a
-champion, which the default rehearsal trains; here the serving pods only have to start their processes.
+replicas, the streaming state's Redis (fsynced AOF) and the feature feed, the Feast registry server, the
+drift detector, the rollout controller with its API access, the shadow InferenceService as a
+RawDeployment, Prometheus with the operator-selected targets. Serving needs a champion, which the default
+rehearsal trains; here the serving pods only have to start their processes.
 """
 
 from __future__ import annotations
@@ -47,9 +48,15 @@ def cluster():
 
 def test_every_production_workload_starts_and_the_stores_serve(cluster) -> None:
     stores = [
-        n for n in cluster.pods if n.startswith(("relearn-postgres", "relearn-mlflow", "relearn-redis"))
+        n
+        for n in cluster.pods
+        if n.startswith(("relearn-postgres", "relearn-mlflow", "relearn-redis", "relearn-state-redis"))
     ]
-    others = [n for n in cluster.pods if n.startswith(("relearn-drift-detector", "relearn-feast-registry"))]
+    others = [
+        n
+        for n in cluster.pods
+        if n.startswith(("relearn-drift-detector", "relearn-feast-registry", "relearn-feature-feed"))
+    ]
     assert len([n for n in stores if n.startswith("relearn-redis-replica")]) == 1  # one pod per workload here
     cluster.wait_ready(stores + others, timeout=180)
     status, body = http(
@@ -61,6 +68,12 @@ def test_every_production_workload_starts_and_the_stores_serve(cluster) -> None:
 
     replica = redis.Redis(host=f"relearn-redis-replica.{NAMESPACE}.{FQDN}", port=6379, socket_timeout=5)
     assert replica.info("replication")["master_link_status"] == "up"
+    # The state's Redis runs with the rendered durability (an acknowledged update is fsynced), the feed
+    # answers on its Service.
+    state = redis.Redis(host=f"relearn-state-redis.{NAMESPACE}.{FQDN}", port=6379, socket_timeout=5)
+    assert state.config_get("appendfsync") == {"appendfsync": "always"}
+    assert state.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    assert http(f"http://relearn-feature-feed.{NAMESPACE}.{FQDN}:8090/healthz") == (200, {"status": "ok"})
     # Serving and the controller run (no champion yet: the predictor waits for one, as on a fresh install).
     for name in ("relearn-fraud-transformer", "relearn-fraud-shadow-transformer", "relearn-rollout"):
         pod = cluster.pods[sorted(n for n in cluster.pods if n.startswith(name))[-1]]

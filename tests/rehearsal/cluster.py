@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rehearsal import kserve
+from rehearsal import kserve, netpol
 from rehearsal.kubelet import Objects, Process, image_name, process
-from rehearsal.network import Endpoint, Network
+from rehearsal.network import Endpoint, Network, socket_owner
 
 WORKLOADS = ("Deployment", "StatefulSet")
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -63,12 +63,17 @@ def _port(proc: Process, port: Any) -> int:
 
 
 def probe(proc: Process) -> bool:
-    """httpGet and tcpSocket as the kubelet runs them. exec probes (``redis-cli ping``, ``pg_isready``) would
-    talk to the pod's localhost, which here is the machine's: they become a TCP check of the first port."""
+    """httpGet and tcpSocket as the kubelet runs them. exec probes talk to the pod's localhost, which here is
+    the machine's: ``redis-cli`` ones run as rendered with ``-h <pod address>`` (a loading Redis answers
+    LOADING, not PONG: not ready), others (``pg_isready``) become a TCP check of the first port."""
     spec = proc.readiness
     if spec is None:
         return True
     try:
+        command = (spec.get("exec") or {}).get("command") or []
+        if any("redis-cli" in c for c in command):
+            command = [c.replace("redis-cli", f"redis-cli -h {proc.ip}") for c in command]
+            return subprocess.run(command, env=proc.env, capture_output=True, timeout=5).returncode == 0
         if "httpGet" in spec:
             get = spec["httpGet"]
             url = f"http://{proc.ip}:{_port(proc, get['port'])}{get.get('path', '/')}"
@@ -79,7 +84,7 @@ def probe(proc: Process) -> bool:
         )
         with socket.create_connection((proc.ip, port), timeout=2):
             return True
-    except (OSError, ValueError):
+    except (OSError, ValueError, subprocess.TimeoutExpired):
         return False
 
 
@@ -102,6 +107,30 @@ class Cluster:
         self.revisions: dict[str, Any] = {}  # InferenceService → its predictor revisions (rehearsal.knative)
         self.stopping = threading.Event()
         self.supervisor = threading.Thread(target=self._supervise, daemon=True)
+        # Processes the test runs as pods elsewhere (a KFP run pod): session id → (name, namespace, labels).
+        self.guests: dict[int, tuple[str, str, dict[str, str]]] = {}
+        self.net.audit = self.client_of
+
+    def client_of(self, peer: tuple[str, int], service: tuple[str, int]) -> str | None:
+        """The pod whose process holds the client end of a connection to a Service (each pod's processes
+        share one session: the kubelet's stand-in starts every pod as a session leader)."""
+        pid = socket_owner(peer, service)
+        try:
+            sid = os.getsid(pid) if pid is not None else None
+        except ProcessLookupError:  # exited meanwhile
+            return None
+        for pod in list(self.pods.values()):
+            if pod.popen is not None and pod.popen.pid == sid:
+                return pod.name
+        return self.guests[sid][0] if sid in self.guests else None
+
+    def identity(self, name: str) -> netpol.Pod:
+        """A pod (or a guest) as the NetworkPolicies see it: namespace, labels, address."""
+        if name in self.pods:
+            proc = self.pods[name].proc
+            return netpol.Pod(self.namespace, proc.labels, proc.ip)
+        (namespace, labels) = next((g[1], g[2]) for g in self.guests.values() if g[0] == name)
+        return netpol.Pod(namespace, labels)
 
     # ------------------------------------------------------------------------------------------- build
     def _pod(self, name: str, labels: dict[str, str], spec: dict[str, Any]) -> list[Pod]:
@@ -136,7 +165,10 @@ class Cluster:
         """What the upstream images' entrypoints add: initdb for PostgreSQL, the bind address for Redis."""
         image = image_name(container["image"])
         if image == "redis":
-            proc.argv[0] = shutil.which("redis-server") or "redis-server"
+            # The rendered args as they are (the state's AOF with appendfsync always, the replicas'
+            # --replicaof); a rendered command (auth: sh -c '... exec redis-server - "$@"') passes them on.
+            if proc.argv[0] == "redis-server":
+                proc.argv[0] = shutil.which("redis-server") or "redis-server"
             proc.argv += ["--bind", proc.ip, "--protected-mode", "no"]
         elif image == "postgres":
             proc.user = "postgres" if os.geteuid() == 0 else None

@@ -7,6 +7,9 @@
   on the pod), so a pod that fails its readinessProbe gets no traffic, as in a cluster. Forwarders set
   SO_REUSEPORT: a server that binds the wildcard address itself (Feast's gRPC registry binds ``[::]``) can
   share the port, and Linux hands connections to the Service address to the more specific listener.
+- Audit: for the Services in ``Network.audited``, each connection's client is looked up (the process
+  holding the other end of the socket, :func:`socket_owner`) and named by ``Network.audit`` (its pod), so
+  a test can check every client against the NetworkPolicies (rehearsal.netpol).
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import asyncio
 import contextlib
 import fcntl
 import itertools
+import os
+import socket
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +88,38 @@ class ServicePort:
     endpoints: list[Endpoint] = field(default_factory=list)
     connections: int = 0
     refused: int = 0
+    clients: list[str | None] = field(default_factory=list)  # audited Services: who connected
+
+
+def _proc_address(address: tuple[str, int]) -> str:
+    """``ip:port`` as /proc/net/tcp prints it: the IPv4 address as a native-endian u32, both in hex."""
+    (number,) = struct.unpack("=I", socket.inet_aton(address[0]))
+    return f"{number:08X}:{address[1]:04X}"
+
+
+def socket_owner(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
+    """The pid holding the TCP socket ``local`` → ``remote`` (/proc/net/tcp, then every process's fds)."""
+    want = (_proc_address(local), _proc_address(remote))
+    inode = next(
+        (
+            f[9]
+            for f in map(str.split, Path("/proc/net/tcp").read_text().splitlines()[1:])
+            if (f[1], f[2]) == want
+        ),
+        None,
+    )
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):  # gone meanwhile, or a kernel thread
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) == target:
+                        return int(proc.name)
+    return None
 
 
 class Network:
@@ -99,6 +137,8 @@ class Network:
         self.thread.start()
         self.servers: list[asyncio.AbstractServer] = []
         self._round_robin = itertools.count()
+        self.audited: set[str] = set()  # Service names whose clients are looked up
+        self.audit: Callable[[tuple[str, int], tuple[str, int]], str | None] = lambda peer, service: None
 
     def pod_ip(self) -> str:
         return next(self._pod_ips)
@@ -137,6 +177,10 @@ class Network:
                 writer.close()
                 return
             sp.connections += 1
+            if sp.service in self.audited:
+                peer = writer.get_extra_info("peername")[:2]
+                loop = asyncio.get_running_loop()
+                sp.clients.append(await loop.run_in_executor(None, self.audit, peer, (sp.ip, sp.port)))
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
         server = asyncio.run_coroutine_threadsafe(
