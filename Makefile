@@ -95,6 +95,10 @@ bench: setup ## Benchmarks of the training half: generator, features, training, 
 bench-serving: setup bench-tools ## Serving benchmark: ours vs default KServe, MLServer and a bare floor
 	$(PY) -m benchmarks.serving $(ARGS)
 
+.PHONY: bench-features
+bench-features: setup ## Online features: transformer vs predictor CPU and req/s (vs 1c294d2), state latency, freshness, updates/s
+	$(PY) -m benchmarks.features $(ARGS)
+
 bench-drift: setup ## Drift detector benchmark: ingest events/s, detection delay, false alarms
 	$(DRIFT)/bin/python -m benchmarks.drift $(ARGS)
 

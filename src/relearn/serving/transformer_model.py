@@ -2,18 +2,21 @@
 
 Requests: v1 ``{"instances": [{<REQUEST_FIELDS>}, ...]}`` or v2 with one input per request field, shape
 ``[N]`` (``amount`` FP64 or FP32, the others BYTES; ``event_timestamp`` an ISO-8601 string). Per batch: one
-:meth:`~relearn.features.state.OnlineState.observe` call — each transaction is added to its card's and
-merchant's state (once per ``transaction_id``) and gets the features just before it — bounded by
+:meth:`~relearn.features.state.OnlineState.observe_async` call — each transaction is added to its card's
+and merchant's state (once per ``transaction_id``) and gets the features just before it — bounded by
 ``feature_timeout_seconds``; a transaction beyond the lateness bound or from the future is a 400 /
 INVALID_ARGUMENT naming ``event_timestamp``, and the state is unchanged. Then
-:func:`relearn.features.transforms.model_inputs` — the same code that built the training set — then one
-``ModelInfer`` call to the predictor with raw tensor contents (bounded by ``predictor_timeout_seconds``),
-under the request's id and with each row's ``transaction_id``, which the predictor's payload log carries
-to the drift detector (the transformer logs nothing itself).
+:func:`relearn.features.transforms.model_input_arrays` — the formulas of ``model_inputs``, which built the
+training set — then one ``ModelInfer`` call to the predictor with raw tensor contents (bounded by
+``predictor_timeout_seconds``), under the request's id and with each row's ``transaction_id``, which the
+predictor's payload log carries to the drift detector (the transformer logs nothing itself).
 Responses: v1 ``{"predictions": [{"transaction_id", "score", "decision"}], "model_version"}``; v2 outputs
 ``transaction_id`` BYTES, ``score`` FP32, ``decision`` BOOL, all ``[N]``, and ``model_version``.
 A state or predictor failure (or timeout) is a 503 / UNAVAILABLE, never a hang; with ``feature_fallback``
 the batch is scored with cold-start defaults instead, counted in a metric.
+
+The per-request path has no DataFrame: a request is parsed straight into columns (validated, field named in
+every error), the state is called from the event loop, and metric children are looked up once.
 """
 
 from __future__ import annotations
