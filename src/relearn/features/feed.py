@@ -41,7 +41,7 @@ class FeedSettings(BaseSettings):
     )
 
     host: str = Field("127.0.0.1", description="Address to bind (0.0.0.0 in a pod).")
-    port: int = Field(8090, ge=1, le=65535, description="HTTP port.")
+    port: int = Field(8086, ge=1, le=65535, description="HTTP port (8090 is the drift detector's).")
     max_batch: int = Field(10_000, ge=1, description="Most records per request.")
 
 
@@ -125,6 +125,10 @@ def create_app(state: OnlineState, settings: FeedSettings) -> Any:
         except Rejected as exc:
             records.labels(kind=kind, outcome=exc.reason).inc(n)
             raise HTTPException(400, str(exc)) from None
+        except Exception as exc:  # the state's store is down or restarting: the sender retries later
+            records.labels(kind=kind, outcome="unavailable").inc(n)
+            log.warning("streaming state unavailable", extra={"error": f"{type(exc).__name__}: {exc}"})
+            raise HTTPException(503, f"streaming state unavailable: {type(exc).__name__}") from None
         records.labels(kind=kind, outcome="ok").inc(n)
         return {"accepted": n, **({"new": result} if isinstance(result, int) else {})}
 
