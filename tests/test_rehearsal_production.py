@@ -28,6 +28,13 @@ S3_SECRET = {  # what the install guide has the operator create for S3 artifacts
 }
 
 
+def _write_lake(root: Path) -> None:
+    """A small lake as the ingest job leaves it (day-partitioned transactions and labels)."""
+    from relearn.data.__main__ import GenerateSettings, run
+
+    run(GenerateSettings(out=root, days=2, users=50, merchants=20, progress=False))
+
+
 @pytest.fixture(scope="module")
 def cluster():
     from rehearsal.apiserver import ApiServer, custom_objects
@@ -36,6 +43,7 @@ def cluster():
     root = Path(tempfile.mkdtemp(prefix="relearn-rehearsal-", dir="/tmp"))
     root.chmod(0o755)
     docs = render(*PRODUCTION)
+    _write_lake(root / "pvc" / "relearn-lake" / "lake")  # the volume the detector's skew check reads
     api = ApiServer(docs, custom_objects(docs), root / "apiserver", API_IP).__enter__()
     c = Cluster(docs, [*SECRETS, S3_SECRET], root, NAMESPACE, api=api)
     try:
@@ -78,3 +86,29 @@ def test_every_production_workload_starts_and_the_stores_serve(cluster) -> None:
     for name in ("relearn-fraud-transformer", "relearn-fraud-shadow-transformer", "relearn-rollout"):
         pod = cluster.pods[sorted(n for n in cluster.pods if n.startswith(name))[-1]]
         assert pod.popen is not None and "unrecognized arguments" not in pod.log.read_text(errors="replace")
+
+
+def test_the_detector_checks_skew_against_the_mounted_lake(cluster) -> None:
+    """production-values turns the skew check on: the rendered env and read-only lake mount reach it."""
+    import urllib.request
+
+    detector = next(n for n in cluster.pods if n.startswith("relearn-drift-detector"))
+    cluster.wait_ready([detector], timeout=180)
+    url = f"http://relearn-drift-detector.{NAMESPACE}.{FQDN}:8090/metrics"
+
+    def metric(name: str) -> float | None:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
+        return values[0] if values else None
+
+    from serving_stack import wait_until
+
+    wait_until(
+        "the first skew check",
+        lambda: (metric('relearn_feature_skew_last_check_timestamp_seconds{track="stable"}') or 0) > 0,
+        cluster.pods[detector].popen,
+        cluster.pods[detector].log,
+        timeout=60,
+    )
+    assert metric("relearn_feature_skew_check_errors_total") == 0
+    assert metric('relearn_feature_skew_rows{track="stable"}') == 0  # nothing served yet: nothing skewed

@@ -238,6 +238,12 @@ def test_cli_exit_codes_table_json_and_log_line(world, clean, one_sided, tmp_pat
     assert run_cli("--help").returncode == 0
 
 
+def test_a_lake_that_is_not_there_is_an_error_not_zero_skew(clean, tmp_path):
+    """A wrong mount or path must not read as "nothing skewed": the detector's job counts it as an error."""
+    with pytest.raises(FileNotFoundError, match="no day partitions"):
+        skew.check(log_of(tmp_path, clean), tmp_path / "not-a-lake", sample=SAMPLE)
+
+
 def scrape(url: str) -> dict[str, float]:
     text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
     return {

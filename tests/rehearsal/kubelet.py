@@ -167,7 +167,10 @@ def process(
     """The process a kubelet would start for ``container`` of ``pod`` (name, namespace, ip, spec, labels)."""
     env = container_env(container, pod, objects)
     by_volume = volumes(pod["spec"], pod_dir, pvc_dir, objects)
-    mounts = {m["mountPath"]: by_volume[m["name"]] for m in container.get("volumeMounts") or []}
+    mounts = {
+        m["mountPath"]: by_volume[m["name"]] / m.get("subPath", "")
+        for m in container.get("volumeMounts") or []
+    }
     image = image_name(container["image"])
     command = container.get("command")
     args = container.get("args") or []

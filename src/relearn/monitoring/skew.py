@@ -230,6 +230,10 @@ def check(
     chargeback_days: float = CHARGEBACK_DAYS,
 ) -> SkewResult:
     """Sample the served rows of ``track`` from the log and compare them with the lake's recomputation."""
+    if not io.partitions(transactions_dir, "transactions"):  # a missing mount must not read as "no skew"
+        raise FileNotFoundError(
+            f"no day partitions under {transactions_dir}/transactions: is the lake there?"
+        )
     conn = open_log(log_path)
     try:
         served, unreadable = served_sample(conn, sample, track)
@@ -380,14 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     from relearn.logs import configure_logging
 
     configure_logging("INFO")
-    result = check(
-        args.log,
-        args.transactions,
-        args.labels,
-        sample=args.sample,
-        track=args.track,
-        chargeback_days=args.chargeback_days,
-    )
+    try:
+        options = {"sample": args.sample, "track": args.track, "chargeback_days": args.chargeback_days}
+        result = check(args.log, args.transactions, args.labels, **options)
+    except FileNotFoundError as error:
+        print(f"skew: {error}", file=sys.stderr)
+        return 2
     _log_result(result, args.max_ratio)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
     if not result.rows:
