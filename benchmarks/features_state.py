@@ -99,7 +99,7 @@ def _events(rows: list[dict], cursor: Any, n: int, prefix: str) -> list[Any]:
 
 def observe_latency(rows: list[dict], cursor: Any, home: Path, redis: RedisProcess, n: int) -> dict:
     """``{backend: (p50 ms, p99 ms)}`` of ``OnlineState.observe_async`` (the transformer's call) of one new
-    transaction, wall clock, from an event loop."""
+    transaction, wall clock, from an event loop; ``redis-set``: a bare SET on the same server, the floor."""
     import asyncio
 
     async def timed(state: Any, events: list[Any]) -> list[float]:
@@ -111,15 +111,35 @@ def observe_latency(rows: list[dict], cursor: Any, home: Path, redis: RedisProce
                 times.append(time.perf_counter() - begin)
         return times
 
+    async def floor(n: int) -> list[float]:
+        """One SET per call on the same fsynced server: what any acknowledged write costs on this disk."""
+        from redis.asyncio import Redis
+
+        client, times = Redis.from_url(redis.url(2)), []
+        try:
+            for i in range(n + 50):
+                begin = time.perf_counter()
+                await client.set(f"floor:{i}", b"x" * 64)
+                if i >= 50:
+                    times.append(time.perf_counter() - begin)
+        finally:
+            await client.aclose()
+        return times
+
+    def quantiles(times: list[float]) -> tuple[float, float]:
+        p50, p99 = np.percentile(times, [50, 99]) * 1000
+        return float(p50), float(p99)
+
     out = {}
     for backend in ("sqlite", "redis"):
         state = _state(backend, home, redis)
         try:
-            times = asyncio.run(timed(state, _events(rows, cursor, n + 50, f"latency-{backend}")))
-            p50, p99 = np.percentile(times, [50, 99]) * 1000
-            out[backend] = (float(p50), float(p99))
+            out[backend] = quantiles(
+                asyncio.run(timed(state, _events(rows, cursor, n + 50, f"latency-{backend}")))
+            )
         finally:
             state.close()
+    out["redis-set"] = quantiles(asyncio.run(floor(n)))
     return out
 
 

@@ -1,0 +1,100 @@
+"""``make demo`` in N fresh clones in a row: exit code, wall time and the loop's outcome of each run.
+
+The main command must exit 0 whenever the loop succeeded, every time (issue 17). Each run clones the
+repository's HEAD into a new folder and runs ``make demo`` there, as a new user would. ``--venv`` shares
+one set of environments between the runs (the clone's ``.venv`` is a link to it and make is told not to
+rebuild it); without it every clone builds its own (``make setup``'s cost, ~2-3 min, once per run).
+
+    python -m benchmarks.demo_runs --runs 5 --venv .venv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_run(index: int, where: Path, venv: Path | None, timeout_s: float, args: str) -> dict:
+    """Clone, ``make demo``, read the report; the clone is removed unless the run failed."""
+    clone = where / f"run-{index}"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    make = ["make", "demo"]
+    if venv is not None:
+        (clone / ".venv").symlink_to(venv.resolve())
+        make += ["-o", ".venv/platform/.ready", "-o", ".venv/drift/.ready"]  # shared: never rebuilt here
+    if args:
+        make.append(f"ARGS={args}")
+    env = dict(os.environ)
+    if venv is not None:  # its editable install points at this checkout: the clone's code goes first
+        env["PYTHONPATH"] = os.pathsep.join([str(clone / "src"), str(clone)])
+    log = where / f"run-{index}.log"
+    begin = time.monotonic()
+    with log.open("w") as out:
+        try:
+            code = subprocess.run(
+                make, cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s
+            ).returncode
+        except subprocess.TimeoutExpired:
+            code = None
+    seconds = time.monotonic() - begin
+    summary_path = clone / ".relearn" / "demo" / "report" / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    row = {"run": index, "exit": code, "seconds": round(seconds, 1), "log": str(log), **_outcome(summary)}
+    if code == 0:
+        shutil.rmtree(clone, ignore_errors=True)
+    return row
+
+
+def _outcome(summary: dict) -> dict:
+    """The few facts that say whether the loop succeeded, from the demo's summary.json."""
+    return {
+        "champion": f"{summary.get('champion_before', '?')} -> {summary.get('champion_after', '?')}",
+        "promoted": "promoted" in (summary.get("milestones") or {}),
+        "requests": summary.get("requests"),
+        "failed": summary.get("failed"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.demo_runs", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--runs", type=int, default=5, help="How many fresh clones, one after another (5).")
+    parser.add_argument(
+        "--venv", type=Path, help="Share these environments (default: each clone builds its own)."
+    )
+    parser.add_argument(
+        "--where", type=Path, help="Folder of the clones and logs (default: a new temp folder)."
+    )
+    parser.add_argument("--timeout-minutes", type=float, default=40.0, help="Give up on a run after (40).")
+    parser.add_argument("--args", default="", help="ARGS passed to make demo, e.g. '--seed 11'.")
+    parser.add_argument("--json", type=Path, help="Also write the rows as JSON here.")
+    ns = parser.parse_args(argv)
+    where = ns.where or Path(tempfile.mkdtemp(prefix="relearn-demo-runs-"))
+    where.mkdir(parents=True, exist_ok=True)
+    print(f"make demo x {ns.runs} in fresh clones of {ROOT} under {where}", flush=True)
+    rows = []
+    for i in range(1, ns.runs + 1):
+        rows.append(one_run(i, where, ns.venv, ns.timeout_minutes * 60, ns.args))
+        r = rows[-1]
+        print(f"  run {i}: exit {r['exit']}  {r['seconds'] / 60:5.1f} min  champion {r['champion']}  "
+              f"requests {r['requests']}  failed {r['failed']}", flush=True)  # fmt: skip
+    ok = sum(r["exit"] == 0 for r in rows)
+    minutes = ", ".join(f"{r['seconds'] / 60:.1f}" for r in rows)
+    print(f"{ok}/{len(rows)} runs exited 0; minutes: {minutes}")
+    if ns.json:
+        ns.json.write_text(json.dumps(rows, indent=2))
+    return 0 if ok == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
