@@ -32,6 +32,7 @@ from relearn.serving.payload_log import LoggerConfig, PayloadLogger, event_route
 from relearn.settings import RelearnSettings
 
 log = logging.getLogger(__name__)
+OUTPUTS = [meta["name"] for meta in tensors.OUTPUT_METADATA]
 
 
 def resolve_artifact(model_uri: str, workdir: Path, version: str | None = None) -> tuple[Path, str]:
@@ -161,13 +162,13 @@ class FraudPredictor(Model):
         self, request: InferRequest, event_id: str, scores: np.ndarray, decisions: np.ndarray
     ) -> InferResponse:
         binary = request.use_binary_outputs
+        names, requested = tensors.requested_outputs(request, OUTPUTS)
+        values = {tensors.SCORE: ("FP32", scores), tensors.DECISION: ("BOOL", decisions)}
         outputs = []
-        for name, datatype, values in (
-            (tensors.SCORE, "FP32", scores),
-            (tensors.DECISION, "BOOL", decisions),
-        ):
-            output = InferOutput(name=name, shape=list(values.shape), datatype=datatype)
-            output.set_data_from_numpy(values, binary_data=binary)
+        for name in names:
+            datatype, array = values[name]
+            output = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
+            output.set_data_from_numpy(array, binary_data=binary)
             outputs.append(output)
         return InferResponse(
             response_id=event_id,
@@ -176,6 +177,7 @@ class FraudPredictor(Model):
             infer_outputs=outputs,
             from_grpc=request.from_grpc,
             use_binary_outputs=binary,
+            requested_outputs=requested,
         )
 
     def _check_batch(self, rows: int) -> None:
@@ -204,6 +206,7 @@ class FraudPredictor(Model):
             raise InvalidInput(f"input 'transaction_id': {len(ids)} ids for {numeric.shape[0]} rows")
         self._check_batch(numeric.shape[0])
         _check_finite(numeric)
+        tensors.requested_outputs(request, OUTPUTS)  # an unknown output is the request's error, early
         return numeric, categorical, ids
 
     def _v1_arrays(self, payload: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

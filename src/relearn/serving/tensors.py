@@ -40,6 +40,42 @@ OUTPUT_METADATA: list[dict[str, Any]] = [
 ]
 
 
+def requested_outputs(request: Any, available: list[str]) -> tuple[list[str], list[Any] | None]:
+    """The outputs a v2 request asks for and, over REST, each one's encoding (open inference protocol).
+
+    A request that names outputs gets those alone, in its order; an output's ``binary_data`` parameter
+    overrides the request's ``binary_data_output``. KServe's ``InferResponse`` applies a per-output choice
+    only when it is given the requested outputs, and then drops the request-level default: each requested
+    output is passed on with its choice resolved.
+
+    Returns:
+        The names to answer, and the requested outputs to hand to ``InferResponse`` (None: all, REST
+        encoding by ``binary_data_output``).
+
+    Raises:
+        InvalidInput: A requested output the model does not have, named.
+    """
+    from kserve.errors import InvalidInput
+    from kserve.protocol.infer_type import RequestedOutput
+
+    wanted = request.request_outputs or []
+    if unknown := [o.name for o in wanted if o.name not in available]:
+        raise InvalidInput(f"unknown output(s) {unknown}; the model's outputs are {available}")
+    if not wanted:
+        return list(available), None
+    default = bool((request.parameters or {}).get("binary_data_output", False))
+    resolved = [
+        RequestedOutput(o.name, {**dict(o.parameters or {}), "binary_data": _binary(o, default)})
+        for o in wanted
+    ]
+    return [o.name for o in wanted], None if request.from_grpc else resolved
+
+
+def _binary(output: Any, default: bool) -> bool:
+    value = output.binary_data
+    return default if value is None else bool(getattr(value, "bool_param", value))
+
+
 def serialize_bytes(values: np.ndarray) -> bytes:
     """A BYTES tensor in the v2 raw format: each element as a 4-byte little-endian length plus its bytes."""
     parts = []
