@@ -58,6 +58,11 @@ HOP_BY_HOP = {
     "content-length",
 }
 MAX_MIRRORS_IN_FLIGHT = 64
+# The only streaming methods behind the router: server reflection (grpcurl, grpcui), one bidi stream of
+# several requests. Every other method is unary and forwarded as such.
+STREAMING = frozenset(
+    f"/grpc.reflection.{v}.ServerReflection/ServerReflectionInfo" for v in ("v1alpha", "v1")
+)
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -356,17 +361,39 @@ def grpc_handler(router: Router, timeout: float = 30.0) -> Any:
         with contextlib.suppress(Exception):
             await channel(target).unary_unary(method)(request, metadata=metadata, timeout=timeout)
 
+    def forwarded(context: Any) -> tuple[tuple[str, str], ...]:
+        return tuple(
+            (k, v)
+            for k, v in (context.invocation_metadata() or ())
+            if not k.startswith((":", "grpc-")) and k != "user-agent"
+        )
+
+    def stream(method: str) -> Any:
+        """A bidi stream relayed message by message to the stable version (no canary draw, no mirror)."""
+
+        async def call(requests: Any, context: Any) -> Any:
+            stable = router.refresh()
+            primary = stable.endpoints.get(stable.stable) if stable.stable else None
+            if primary is None or not primary.grpc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "no healthy upstream for route stable")
+            upstream = channel(primary.grpc).stream_stream(method)(requests, metadata=forwarded(context))
+            try:
+                async for response in upstream:
+                    yield response
+            except grpc.aio.AioRpcError as exc:
+                await context.abort(exc.code(), exc.details() or "")
+
+        return grpc.stream_stream_rpc_method_handler(call)
+
     class Handler(grpc.GenericRpcHandler):
         def service(self, details: Any) -> Any:
             method = details.method
+            if method in STREAMING:
+                return stream(method)
 
             async def call(request: bytes, context: Any) -> bytes:
                 route, primary, mirror = router.choose()
-                metadata = tuple(
-                    (k, v)
-                    for k, v in (context.invocation_metadata() or ())
-                    if not k.startswith((":", "grpc-")) and k != "user-agent"
-                )
+                metadata = forwarded(context)
                 if mirror is not None and mirror.grpc:
                     marked = (*(m for m in metadata if m[0] != "host"), ("host", shadow_host(mirror.grpc)))
                     router.mirror(_send_mirror(mirror.grpc, method, request, marked))

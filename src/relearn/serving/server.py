@@ -87,8 +87,12 @@ async def bad_request(request: Any, exc: Any) -> Any:
     from starlette.responses import JSONResponse
 
     first = (exc.errors() or [{}])[0]
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    message = f"{where}: {first.get('msg', 'invalid request')}"
+    if first.get("type") == "json_invalid":  # its loc is (body, offset): say so rather than "1: ..."
+        offset, reason = first["loc"][-1], first.get("ctx", {}).get("error", first.get("msg"))
+        message = f"body: not valid JSON at position {offset}: {reason}"
+    else:
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        message = f"{where}: {first.get('msg', 'invalid request')}"
     log.warning("bad request", extra={"path": request.url.path, "error": message})
     return JSONResponse({"error": message}, status_code=400)
 
@@ -96,10 +100,20 @@ async def bad_request(request: Any, exc: Any) -> Any:
 def _prepare(app: Any) -> None:
     """Our middleware and handler on KServe's FastAPI app (once: it is a module-level object)."""
     from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
 
     if not any(m.cls is OpenInferenceJson for m in app.user_middleware):
         app.add_middleware(OpenInferenceJson)
     app.add_exception_handler(RequestValidationError, bad_request)
+    app.add_exception_handler(HTTPException, http_error)
+
+
+async def http_error(request: Any, exc: Any) -> Any:
+    """An unknown route or method: ``{"error": ...}`` (open inference protocol), not ``{"detail": ...}``."""
+    from starlette.responses import JSONResponse
+
+    message = f"{exc.detail}: {request.method} {request.url.path}"
+    return JSONResponse({"error": message}, exc.status_code, headers=getattr(exc, "headers", None))
 
 
 def serve(model: Any, settings: CommonServingSettings, payload_logger: Any = None) -> None:
