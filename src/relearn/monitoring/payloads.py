@@ -1,4 +1,4 @@
-"""Parse KServe payload-logger CloudEvents (binary mode) and their v1/v2 JSON bodies.
+"""Parse KServe payload-logger CloudEvents (binary or structured mode) and their v1/v2 JSON bodies.
 
 Which component's events: attach the logger to the **predictor**. Its request carries the model inputs
 (after the transformer's Feast lookup), which the drift tests need; its response carries the scores. The
@@ -9,6 +9,7 @@ accepted too; from them only the request-only inputs (categoricals and ``log_amo
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ _CATEGORICAL = frozenset(CATEGORICAL_INPUTS)
 # (relearn.serving.tensors), or one tensor of all MODEL_INPUTS under any other name.
 _BLOCKS = {"numeric": NUMERIC_INPUTS, "categorical": CATEGORICAL_INPUTS}
 _REQUIRED = ("ce-id", "ce-type", "ce-source", "ce-specversion")
+STRUCTURED = "application/cloudevents+json"  # structured content mode, JSON event format
+BATCH = "application/cloudevents-batch+json"  # batched content mode
 
 
 class Rejected(ValueError):
@@ -81,6 +84,38 @@ def parse_headers(headers: Any, shadow_service: str | None) -> tuple[str, str, s
             raise Rejected("unknown_endpoint", f"unknown ce-endpoint {endpoint!r}")
         track = "stable" if endpoint == "default" else "canary"
     return headers["ce-id"], kind, track, headers.get("ce-time") or ""
+
+
+def event_parts(content_type: str, headers: Any, body: bytes) -> tuple[Any, bytes]:
+    """The binary-mode headers and the data of an HTTP CloudEvent in either single-event content mode.
+
+    Binary mode (KServe's logger) passes through. Structured mode (``application/cloudevents+json``, what
+    the CloudEvents SDKs' ``to_structured`` sends) carries the attributes in the JSON envelope: each becomes
+    its ``ce-`` header; ``data`` (JSON, or text as is) or ``data_base64`` is the body.
+
+    Raises:
+        Rejected: Batched mode (415: not supported), or a structured envelope that is not a JSON object.
+    """
+    mode = content_type.split(";", 1)[0].strip().lower()
+    if mode == BATCH:
+        raise Rejected(
+            "unsupported_mode",
+            f"batched CloudEvents ({BATCH}) are not supported: post each event in binary or structured mode",
+            status=415,
+        )
+    if mode != STRUCTURED:
+        return headers, body
+    envelope = _json(body)
+    if not isinstance(envelope, dict):
+        raise Rejected("malformed_event", "a structured CloudEvent must be a JSON object")
+    attributes = {f"ce-{k}": str(v) for k, v in envelope.items() if k not in ("data", "data_base64")}
+    if "data_base64" in envelope:
+        try:
+            return attributes, base64.b64decode(envelope["data_base64"], validate=True)
+        except (TypeError, ValueError) as error:
+            raise Rejected("malformed_event", f"data_base64 is not base64: {error}") from None
+    data = envelope.get("data")
+    return attributes, data.encode() if isinstance(data, str) else json.dumps(data).encode()
 
 
 def _v2_columns(inputs: Any) -> dict[str, list[Any]]:

@@ -6,8 +6,9 @@ comparison of :mod:`relearn.rollout.shadow` over the log, for the rollout contro
 log on the detector's ReadWriteOnce volume).
 
 The sink is a bare ASGI handler in front of Starlette (no request/response objects, no routing, no
-middleware): it reads the CloudEvent attributes from the raw headers, checks the body (4xx with the
-reason), appends the raw bytes to the inference log and answers 202 once the group commit is durable.
+middleware): it reads the CloudEvent attributes from the raw headers (binary mode, KServe's) or from the
+JSON envelope (structured mode; batched mode is a 415), checks the body (4xx with the reason), appends
+the raw bytes to the inference log and answers 202 once the group commit is durable.
 Feature extraction and pairing happen later, in the monitor thread.
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_settings import CliApp
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -36,7 +38,7 @@ from relearn.monitoring.alerts import Alerter
 from relearn.monitoring.labels import parse_labels, store_labels
 from relearn.monitoring.metrics import Metrics
 from relearn.monitoring.monitor import Monitor
-from relearn.monitoring.payloads import Event, Rejected, parse_headers, validate
+from relearn.monitoring.payloads import Event, Rejected, event_parts, parse_headers, validate
 from relearn.monitoring.settings import DriftSettings
 
 NOT_SINK = frozenset({"/labels", "/metrics", "/healthz", "/ready", "/status"})
@@ -128,7 +130,6 @@ def create_app(settings: DriftSettings) -> Any:
         started = time.perf_counter()
         try:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            ce_id, kind, track, when = parse_headers(headers, settings.shadow_service)
             chunks = []
             while True:
                 message = await receive()
@@ -137,7 +138,8 @@ def create_app(settings: DriftSettings) -> Any:
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body"):
                     break
-            body = b"".join(chunks)
+            headers, body = event_parts(headers.get("content-type", ""), headers, b"".join(chunks))
+            ce_id, kind, track, when = parse_headers(headers, settings.shadow_service)
             if settings.validate_bodies:
                 validate(kind, body)
         except Rejected as error:
@@ -245,7 +247,14 @@ def create_app(settings: DriftSettings) -> Any:
         Route("/status", status, methods=["GET"]),
         Route("/v1/shadow", shadow, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+
+    async def http_error(request: Request, exc: Any) -> Response:
+        """Unknown routes and methods answer JSON like every other error here, not plain text."""
+        reason = exc.detail.lower().replace(" ", "_")
+        detail = f"{exc.detail}: {request.method} {request.url.path}"
+        return JSONResponse({"error": reason, "detail": detail}, exc.status_code, headers=exc.headers)
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.metrics = metrics
 
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:

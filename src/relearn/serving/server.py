@@ -59,11 +59,14 @@ def strict_handlers(servicer: Any) -> Any:
 
 
 class OpenInferenceJson:
-    """ASGI middleware: a v2 ``/infer`` body without ``Inference-Header-Content-Length`` is JSON.
+    """ASGI middleware: v2 ``/infer`` bodies without the binary header and v1 form bodies are JSON.
+
+    A v1 ``:predict`` body sent as a form (``curl -d``) or without a type is JSON too.
 
     The open inference protocol signals its binary extension by that header alone; KServe's REST data plane
     decides by content type instead, so tritonclient's JSON mode and ``curl -d`` (a form type) got a 400
-    "received byte inputs". Without the header the request is handed on as ``application/json``.
+    "received byte inputs". Without the header the request is handed on as ``application/json``. On v1,
+    KServe hands a non-JSON type's bytes to the model unparsed (a 400 from ours); CloudEvents keep theirs.
     """
 
     def __init__(self, app: Any) -> None:
@@ -71,9 +74,14 @@ class OpenInferenceJson:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Pass the request on, typed as JSON when it is a v2 infer body without the binary header."""
-        if scope["type"] == "http" and scope["path"].endswith("/infer"):
+        if scope["type"] == "http" and scope["path"].endswith(("/infer", ":predict")):
             headers = scope["headers"]
-            if not any(k.lower() == b"inference-header-content-length" for k, _ in headers):
+            if scope["path"].endswith("/infer"):
+                as_json = not any(k.lower() == b"inference-header-content-length" for k, _ in headers)
+            else:
+                kind = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+                as_json = kind.split(b";")[0].strip().lower() in (b"", b"application/x-www-form-urlencoded")
+            if as_json:
                 kept = [h for h in headers if h[0].lower() != b"content-type"]
                 scope = {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
         await self.app(scope, receive, send)
