@@ -62,7 +62,8 @@ LABEL_SCHEMA = pa.schema(
     ]
 )
 
-# Fields a client sends to the prediction endpoint (the raw request, before features).
+# Fields a client sends to the prediction endpoint (the raw request, before features). What each must hold
+# (required, ranges, these domains) is the data contract, relearn.data.contract, every consumer enforces.
 REQUEST_FIELDS: tuple[str, ...] = (
     "transaction_id",
     "event_timestamp",

@@ -2,8 +2,9 @@
 
 :func:`validate` runs every check, never raises on bad data, and returns a :class:`ValidationReport`
 that renders as Markdown, a self-contained HTML page, or a one-paragraph summary. Checks are named
-``kind:column`` (``null_fraction:merchant_category``, ``amount_median:EUR``) so alerts and tests can
-refer to them.
+``kind:column`` (``contract:amount``, ``null_fraction:merchant_category``, ``amount_median:EUR``) so alerts
+and tests can refer to them. ``contract:<field>`` holds each record to the data contract serving enforces
+(:mod:`relearn.data.contract`), its examples in the words a client is refused with.
 """
 
 from __future__ import annotations
@@ -13,38 +14,39 @@ import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from relearn.data.schema import CATEGORICAL_DOMAINS, TRANSACTION_SCHEMA
+from relearn.data import contract
+from relearn.data.schema import TRANSACTION_SCHEMA
 
 log = logging.getLogger("relearn.data.validate")
 
 
 class Expectations(BaseModel):
-    """What a healthy batch of transactions looks like. The defaults fit the synthetic world."""
+    """What a healthy batch of transactions looks like. The defaults fit the synthetic world.
+
+    Each record is held to the data contract (:mod:`relearn.data.contract`: required fields, types, ranges,
+    domains), the one serving enforces; these are the batch-level expectations on top.
+    """
 
     required_columns: tuple[str, ...] = Field(
         TRANSACTION_SCHEMA.names, description="Columns that must exist."
     )
-    non_null_columns: tuple[str, ...] = Field(
-        ("transaction_id", "event_timestamp", "user_id", "merchant_id", "amount", "currency"),
-        description="Columns that must never be null.",
+    max_null_fraction: float = Field(
+        0.01, description="Highest null share of a column the contract lets be null."
     )
-    max_null_fraction: float = Field(0.01, description="Highest null share of every other column.")
-    amount_min_exclusive: float = Field(0.0, description="Amounts must be above this.")
-    amount_max: float = Field(50_000.0, description="Amounts must be at most this (major units).")
-    max_out_of_range_fraction: float = Field(0.001, description="Share of amounts allowed out of range.")
+    tolerated_fraction: dict[str, float] = Field(
+        {"amount": 0.001}, description="Share of rows that may break a field's contract rule (others: 0)."
+    )
     amount_median_range: dict[str, tuple[float, float]] = Field(
         {"EUR": (5, 500), "GBP": (5, 500), "USD": (5, 500), "PLN": (20, 2_000), "SEK": (50, 5_000)},
         description="Plausible median amount per currency; catches unit bugs (cents instead of euros).",
     )
     min_rows_for_median: int = Field(
         100, description="Only currencies with this many rows get a median check."
-    )
-    domains: dict[str, tuple[str, ...]] = Field(
-        CATEGORICAL_DOMAINS, description="Allowed categorical values."
     )
     unique_columns: tuple[str, ...] = Field(("transaction_id",), description="Columns without duplicates.")
     min_rows: int = Field(1, description="Fewest rows a batch may have.")
@@ -212,17 +214,25 @@ def _checks(
     yield "schema:types", types
     yield "volume:total", volume_total
 
-    for col in (c for c in exp.required_columns if c in present):
+    for rule in (r for r in contract.TRANSACTION if r.field in present):
+
+        def keeps(rule: contract.Rule = rule) -> CheckResult:
+            broken = contract.frame_mask(df, rule)
+            k, tolerated = int(broken.sum()), exp.tolerated_fraction.get(rule.field, 0.0)
+            return CheckResult(
+                name=f"contract:{rule.field}",
+                ok=k <= tolerated * n,
+                observed=f"{k:,} rows break it ({_pct(k / n if n else 0.0)})",
+                expected=f"<= {_pct(tolerated)} of rows",
+                detail="; ".join(contract.frame_messages(df, rule, np.flatnonzero(broken)[:3].tolist())),
+            )
+
+        yield f"contract:{rule.field}", keeps
+
+    for col in (c for c in exp.required_columns if c in present and c not in contract.required()):
 
         def nulls(col: str = col) -> CheckResult:
-            frac = float(df[col].isna().mean()) if n else 0.0
-            if col in exp.non_null_columns:
-                return CheckResult(
-                    name=f"not_null:{col}",
-                    ok=frac == 0,
-                    observed=f"{int(df[col].isna().sum()):,} nulls",
-                    expected="0",
-                )
+            frac = float((df[col].isna() | df[col].eq("")).mean()) if n else 0.0
             return CheckResult(
                 name=f"null_fraction:{col}",
                 ok=frac <= exp.max_null_fraction,
@@ -230,7 +240,7 @@ def _checks(
                 expected=f"<= {_pct(exp.max_null_fraction)}",
             )
 
-        yield (f"not_null:{col}" if col in exp.non_null_columns else f"null_fraction:{col}"), nulls
+        yield f"null_fraction:{col}", nulls
 
     for col in exp.unique_columns:
         if col in present:
@@ -248,61 +258,23 @@ def _checks(
 
             yield f"unique:{col}", unique
 
-    for col, allowed in exp.domains.items():
-        if col in present:
+    if {"amount", "currency"} <= present:
+        amount = pd.to_numeric(df["amount"], errors="coerce")
+        for cur, (lo, hi) in exp.amount_median_range.items():
+            rows = amount[df["currency"] == cur].dropna()
+            if len(rows) < exp.min_rows_for_median:
+                continue
 
-            def domain(col: str = col, allowed: tuple[str, ...] = allowed) -> CheckResult:
-                values = df[col].dropna()
-                bad = values[~values.isin(allowed)]
-                top = bad.value_counts().head(3)
+            def median(cur: str = cur, lo: float = lo, hi: float = hi, rows: pd.Series = rows) -> CheckResult:
+                m = float(rows.median())
                 return CheckResult(
-                    name=f"domain:{col}",
-                    ok=bad.empty,
-                    observed=f"{len(bad):,} values outside the domain",
-                    expected=f"one of {len(allowed)} values",
-                    detail=", ".join(f"{v!r} ×{c}" for v, c in top.items()),
+                    name=f"amount_median:{cur}",
+                    ok=lo <= m <= hi,
+                    observed=f"{m:,.2f} over {len(rows):,} rows",
+                    expected=f"[{lo:g}, {hi:g}]",
                 )
 
-            yield f"domain:{col}", domain
-
-    if "amount" in present:
-        amount = pd.to_numeric(df["amount"], errors="coerce")
-
-        def amount_range() -> CheckResult:
-            a = amount.dropna()
-            outside = (
-                float(((a <= exp.amount_min_exclusive) | (a > exp.amount_max)).mean()) if len(a) else 0.0
-            )
-            return CheckResult(
-                name="amount_range",
-                ok=outside <= exp.max_out_of_range_fraction,
-                observed=f"{_pct(outside)} outside; min {a.min():.2f}, max {a.max():.2f}"
-                if len(a)
-                else "no amounts",
-                expected=f"({exp.amount_min_exclusive:g}, {exp.amount_max:g}], "
-                f"<= {_pct(exp.max_out_of_range_fraction)} outside",
-            )
-
-        yield "amount_range", amount_range
-
-        if "currency" in present:
-            for cur, (lo, hi) in exp.amount_median_range.items():
-                rows = amount[df["currency"] == cur].dropna()
-                if len(rows) < exp.min_rows_for_median:
-                    continue
-
-                def median(
-                    cur: str = cur, lo: float = lo, hi: float = hi, rows: pd.Series = rows
-                ) -> CheckResult:
-                    m = float(rows.median())
-                    return CheckResult(
-                        name=f"amount_median:{cur}",
-                        ok=lo <= m <= hi,
-                        observed=f"{m:,.2f} over {len(rows):,} rows",
-                        expected=f"[{lo:g}, {hi:g}]",
-                    )
-
-                yield f"amount_median:{cur}", median
+            yield f"amount_median:{cur}", median
 
     if "event_timestamp" not in present:
         return
