@@ -354,6 +354,50 @@ def test_transformer_rejects_bad_transactions(trained, stack):
     assert httpx.post(url, json={"instances": [good]}, timeout=10).status_code == 200
 
 
+def scored_rows(server: Server) -> float:
+    """The transformer's ``relearn_serving_rows_total``, all series."""
+    lines = httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith("relearn_serving_rows_total{"))
+
+
+def test_transformer_refuses_what_the_pipeline_refuses_in_the_same_words(trained, stack):
+    """The data contract over v1, v2 REST and gRPC: row and field named as the pipeline's report does."""
+    from relearn.data.validate import validate
+    from test_contract import MESSAGE
+
+    transformer = stack["transformer"]
+    frame = requests_at_end(trained, n=2)
+    good = frame.copy()
+    frame.loc[1, ["amount", "currency"]] = [-3.0, "EUR"]
+    expected = f"row 1: {MESSAGE}"
+    assert validate(frame).check("contract:amount").detail == expected
+    before = scored_rows(transformer)
+
+    v1 = httpx.post(
+        f"{transformer.url}/v1/models/{MODEL}:predict", json={"instances": v1_instances(frame)}, timeout=10
+    )
+    assert (v1.status_code, v1.json()) == (400, {"error": expected})
+    rows = v1_instances(frame)
+    inputs = [
+        {
+            "name": k,
+            "datatype": "FP64" if k == "amount" else "BYTES",
+            "shape": [2],
+            "data": [r[k] for r in rows],
+        }
+        for k in REQUEST_FIELDS
+    ]
+    v2 = httpx.post(f"{transformer.url}/v2/models/{MODEL}/infer", json={"inputs": inputs}, timeout=10)
+    assert (v2.status_code, v2.json()) == (400, {"error": expected})
+    with pytest.raises(grpc.RpcError) as refused:
+        stub(transformer).ModelInfer(grpc_transactions_request(frame), timeout=10)
+    assert (refused.value.code(), refused.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, expected)
+
+    assert scored_rows(transformer) == before  # nothing of a refused batch is scored
+    assert stub(transformer).ModelInfer(grpc_transactions_request(good), timeout=10).outputs  # still serving
+    assert scored_rows(transformer) == before + 2
+
+
 def test_payload_events_in_kserve_format_for_rest_and_grpc(trained, stack):
     sink, predictor, transformer = stack["sink"], stack["predictor"], stack["transformer"]
     numeric, categorical = numeric_example()
@@ -486,19 +530,25 @@ def test_batch_scores_match_training_features_and_are_looked_up_in_feast(trained
     from relearn.features.spec import MODEL_INPUTS
     from relearn.features.store import get_store
     from relearn.model.net import load_model, score
-    from relearn.serving.batch import BatchSettings, lookup_scores, run
+    from relearn.serving.batch import BatchSettings, lookup_scores, refused_path, run
     from relearn.serving.predictor_model import resolve_artifact
 
     training = pd.read_parquet(trained["summary"]["run_dir"] + "/features/training_set").tail(300)
     tx = ingested(trained)
-    tx = tx[tx["transaction_id"].isin(training["transaction_id"])]
-    tx[list(REQUEST_FIELDS)].to_parquet(tmp_path / "tx.parquet")
+    tx = tx[tx["transaction_id"].isin(training["transaction_id"])][list(REQUEST_FIELDS)]
+    bad = tx.iloc[:1].assign(transaction_id="t-bad", amount=-3.0)  # the data contract: refused, listed
+    pd.concat([tx, bad]).to_parquet(tmp_path / "tx.parquet")
     assert len(tx) == len(training)
 
     summary = run(
         BatchSettings(input=tmp_path / "tx.parquet", output=tmp_path / "scores.parquet", progress=False)
     )
     assert summary["rows"] == len(tx) and summary["model_version"] == "1"
+    assert summary["refused"] == f"1 (see {refused_path(tmp_path / 'scores.parquet')})"
+    refused = pd.read_parquet(refused_path(tmp_path / "scores.parquet")).iloc[0]
+    assert refused["transaction_id"] == "t-bad" and refused["error"].startswith(
+        f"row {len(tx)}: field 'amount' must be a number > 0 and <= "
+    )
     scores = pd.read_parquet(tmp_path / "scores.parquet").set_index("transaction_id")
 
     directory, _ = resolve_artifact(f"models:/{MODEL}@champion", tmp_path / "model")
@@ -509,10 +559,10 @@ def test_batch_scores_match_training_features_and_are_looked_up_in_feast(trained
     np.testing.assert_allclose(scores.loc[expected.index, "score"], expected, atol=1e-6)
 
     ids = expected.index[:5].tolist()
-    cached = lookup_scores(get_store(trained["settings"]), [*ids, "never-scored"])
+    cached = lookup_scores(get_store(trained["settings"]), [*ids, "never-scored", "t-bad"])
     np.testing.assert_allclose(cached["score"].iloc[:5], expected.iloc[:5], atol=1e-6)
     assert cached["model_version"].iloc[:5].tolist() == ["1"] * 5
-    assert pd.isna(cached["score"].iloc[5])
+    assert cached["score"].iloc[5:].isna().all()
 
 
 def test_local_stack_serves_the_champion_and_stops_on_ctrl_c(trained, tmp_path):

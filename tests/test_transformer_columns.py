@@ -9,12 +9,13 @@ from kserve import InferRequest
 from kserve.errors import InvalidInput
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
+from relearn.data.contract import epoch_us
 from relearn.data.schema import REQUEST_FIELDS
 from relearn.features.spec import CATEGORICAL_INPUTS, NUMERIC_INPUTS
 from relearn.features.state import FEATURES
 from relearn.features.transforms import cold_start, cold_start_mask, model_input_arrays, model_inputs
 from relearn.serving.config import TransformerSettings
-from relearn.serving.transformer_model import FraudTransformer, _epoch_us
+from relearn.serving.transformer_model import FraudTransformer
 
 STAMPS = [
     "2026-03-01T12:30:00+00:00",
@@ -35,7 +36,7 @@ def test_timestamps_parse_as_pandas_does():
     for text in STAMPS:
         stamp = pd.to_datetime(pd.Series([text]), utc=True, errors="coerce", format="ISO8601")
         expected = None if stamp.isna().iloc[0] else int(stamp.dt.as_unit("us").array.asi8[0])
-        assert _epoch_us(text) == expected, text
+        assert epoch_us(text) == expected, text
 
 
 def rows() -> list[dict]:

@@ -5,26 +5,28 @@ in here: authorisations the model does not score (they still count in a card's v
 (the merchant's chargeback rate, by received time). In a cluster the bank's transaction and dispute streams
 are consumed into these endpoints; locally the demo's replay posts to them.
 
-* ``POST /transactions`` — a JSON list of ``{transaction_id, event_timestamp, user_id, merchant_id, amount,
+* ``POST /transactions`` — a JSON list of transaction records as the transformer takes them:
+  ``{transaction_id, event_timestamp, user_id, merchant_id, amount, currency, merchant_category?, channel?,
   country?, device_id?}``;
 * ``POST /chargebacks`` — a JSON list of ``{transaction_id, merchant_id, received_timestamp}``;
 * ``GET /healthz``, ``GET /metrics`` (Prometheus).
 
-Both are idempotent per ``transaction_id``; a bad record refuses the whole batch with a 4xx naming the field,
-and nothing of it is stored. ``python -m relearn.features.feed --help`` lists the options.
+Both are idempotent per ``transaction_id``. Records are held to the data contract the pipeline validates
+(:mod:`relearn.data.contract`): a bad record refuses the whole batch with a 400 ``{"error": "row N: field
+'...' must be ... (got ...)"}`` in the pipeline's words, and nothing of it is stored.
+``python -m relearn.features.feed --help`` lists the options.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relearn.data import contract
 from relearn.features.state import Event, OnlineState, Rejected, open_state
 
 log = logging.getLogger(__name__)
@@ -45,53 +47,33 @@ class FeedSettings(BaseSettings):
     max_batch: int = Field(10_000, ge=1, description="Most records per request.")
 
 
-class Transaction(BaseModel):
-    """A transaction as the feed takes it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    transaction_id: str = Field(min_length=1)
-    event_timestamp: datetime
-    user_id: str = Field(min_length=1)
-    merchant_id: str = Field(min_length=1)
-    amount: float | None = None
-    country: str | None = None
-    device_id: str | None = None
-    # The rest of a scoring request's fields: accepted (a feed can post the same records), not stored.
-    currency: str | None = None
-    merchant_category: str | None = None
-    channel: str | None = None
-
-    @field_validator("amount")
-    @classmethod
-    def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
-
-    def event(self) -> Event:
-        """The state's event (naive times are UTC)."""
-        from relearn.features.transforms import epoch_us
-
-        t = int(epoch_us([self.event_timestamp])[0])
-        place = (self.country or "", self.device_id or "")
-        return Event(self.transaction_id, t, self.user_id, self.merchant_id, self.amount, *place)
+def _columns(records: list[dict[str, Any]], rules: tuple[contract.Rule, ...]) -> dict[str, list]:
+    """The records column by column, refusing fields the contract does not know (ValueError)."""
+    known = {rule.field for rule in rules}
+    for i, record in enumerate(records):
+        if extra := sorted(set(record) - known):
+            raise ValueError(f"row {i}: unexpected field(s) {extra}")
+    return {name: [record.get(name) for record in records] for name in known}
 
 
-class Chargeback(BaseModel):
-    """A chargeback: which transaction, at which merchant, received when."""
+def transaction_events(records: list[dict[str, Any]]) -> list[Event]:
+    """The state's events of transaction records held to the data contract (``contract.Violation``).
 
-    model_config = ConfigDict(extra="forbid")
+    The fields the state does not keep (currency, merchant_category, channel) are checked all the same: a
+    feed posts the records the transformer would score.
+    """
+    parsed = contract.check_columns(_columns(records, contract.TRANSACTION), len(records))
+    fields = ("transaction_id", "event_timestamp", "user_id", "merchant_id", "amount", "country", "device_id")
+    return [Event(*values) for values in zip(*(parsed[f] for f in fields), strict=True)]
 
-    transaction_id: str = Field(min_length=1)
-    merchant_id: str = Field(min_length=1)
-    received_timestamp: datetime
 
-    def item(self) -> tuple[str, str, int]:
-        """``(merchant_id, transaction_id, received µs)``."""
-        from relearn.features.transforms import epoch_us
-
-        return self.merchant_id, self.transaction_id, int(epoch_us([self.received_timestamp])[0])
+def chargeback_items(records: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """``(merchant_id, transaction_id, received µs)`` of chargeback records held to the data contract."""
+    rules = contract.CHARGEBACK
+    parsed = contract.check_columns(_columns(records, rules), len(records), rules)
+    return list(
+        zip(parsed["merchant_id"], parsed["transaction_id"], parsed["received_timestamp"], strict=True)
+    )
 
 
 def create_app(state: OnlineState, settings: FeedSettings) -> Any:
@@ -100,6 +82,7 @@ def create_app(state: OnlineState, settings: FeedSettings) -> Any:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
     from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     records = Counter(
         "relearn_feature_feed_records_total", "Records posted to the feature feed.", ["kind", "outcome"]
@@ -113,12 +96,23 @@ def create_app(state: OnlineState, settings: FeedSettings) -> Any:
         where = ".".join(str(p) for p in first.get("loc", ())[1:])
         return JSONResponse({"error": f"{where}: {first.get('msg')}"}, status_code=400)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def refused(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = {"error": exc.detail}  # the servers' (open inference protocol) error body, not {"detail"}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    def parse(parser: Any, records: list[dict[str, Any]]) -> list:
+        too_many(len(records))
+        try:
+            return parser(records)
+        except ValueError as exc:  # contract.Violation included: the pipeline's words, with the row
+            raise HTTPException(400, str(exc)) from None
+
     def too_many(n: int) -> None:
         if n > settings.max_batch:
             raise HTTPException(413, f"{n} records exceed max_batch {settings.max_batch}")
 
     async def apply(kind: str, n: int, call: Any) -> dict[str, int]:
-        too_many(n)
         try:
             async with lock:
                 result = await asyncio.to_thread(call)
@@ -133,13 +127,13 @@ def create_app(state: OnlineState, settings: FeedSettings) -> Any:
         return {"accepted": n, **({"new": result} if isinstance(result, int) else {})}
 
     @app.post("/transactions")
-    async def transactions(body: list[Transaction]) -> dict[str, int]:
-        events = [t.event() for t in body]
+    async def transactions(body: list[dict[str, Any]]) -> dict[str, int]:
+        events = parse(transaction_events, body)
         return await apply("transaction", len(events), lambda: state.ingest(events))
 
     @app.post("/chargebacks")
-    async def chargebacks(body: list[Chargeback]) -> dict[str, int]:
-        items = [c.item() for c in body]
+    async def chargebacks(body: list[dict[str, Any]]) -> dict[str, int]:
+        items = parse(chargeback_items, body)
         return await apply("chargeback", len(items), lambda: state.add_chargebacks(items))
 
     @app.get("/healthz")

@@ -9,6 +9,10 @@ transaction's own time (:func:`relearn.features.store.historical_features`, the 
 decision, model_version``) and, unless ``--no-push``, into the Feast online store as the feature view
 ``precomputed_scores`` keyed by ``transaction_id`` (entity ``transaction``), so a caller looks a precomputed
 score up with :func:`lookup_scores` instead of running the model.
+
+Rows are held to the data contract the transformer enforces (:mod:`relearn.data.contract`): a row breaking
+it is not scored, the others are; the summary counts the refused rows and ``<output>.refused.parquet``
+lists them in the transformer's words (``row N: field '...' must be ...``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pandas as pd
 from pydantic import Field
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
+from relearn.data.schema import REQUEST_FIELDS
 from relearn.logs import configure_logging, progress_bar
 from relearn.settings import RelearnSettings
 
@@ -116,20 +121,52 @@ def _transactions(settings: BatchSettings) -> pd.DataFrame:
     return tx
 
 
+def refused_path(output: Path) -> Path:
+    """Where the rows the data contract refuses are listed: beside the scores."""
+    return output.with_name(f"{output.stem}.refused.parquet")
+
+
+def _held_to_contract(tx: pd.DataFrame, output: Path) -> tuple[pd.DataFrame, int]:
+    """The rows keeping the data contract, and how many were refused (listed in :func:`refused_path`).
+
+    A row the transformer would refuse gets no score, so ``precomputed_scores`` never holds one serving
+    could not give; the others are scored (one bad row upstream does not stop a backfill).
+    """
+    from relearn.data.contract import frame_violations
+
+    bad = frame_violations(tx[list(REQUEST_FIELDS)])
+    path = refused_path(output)
+    path.unlink(missing_ok=True)
+    if bad.empty:
+        return tx, 0
+    if len(bad) == len(tx):
+        raise SystemExit(f"every row breaks the data contract, e.g. {bad.iloc[0]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = tx["transaction_id"].iloc[bad.index].astype(str).to_numpy()
+    pd.DataFrame({"row": bad.index, "transaction_id": ids, "error": bad.to_numpy()}).to_parquet(
+        path, index=False
+    )
+    log.warning(
+        "rows refused by the data contract",
+        extra={"refused": len(bad), "rows": len(tx), "first": bad.iloc[0], "listed": str(path)},
+    )
+    return tx.drop(index=bad.index).reset_index(drop=True), len(bad)
+
+
 def run(settings: BatchSettings) -> dict[str, Any]:
     """Score, write, push; returns a summary (rows, model version, output, pushed)."""
-    from relearn.data.schema import REQUEST_FIELDS
-    from relearn.features.store import get_store, historical_features
-    from relearn.features.transforms import model_inputs
-    from relearn.model.net import load_model, score
-    from relearn.serving.predictor_model import resolve_artifact
-
     tx = _transactions(settings)
     missing = [c for c in REQUEST_FIELDS if c not in tx]
     if missing:
         raise SystemExit(f"input lacks column(s) {missing}")
-    tx = tx.reset_index(drop=True)
-    tx["event_timestamp"] = pd.to_datetime(tx["event_timestamp"], utc=True)
+    tx, refused = _held_to_contract(tx.reset_index(drop=True), settings.output)
+    tx["event_timestamp"] = pd.to_datetime(tx["event_timestamp"], utc=True, format="ISO8601")
+
+    from relearn.features.store import get_store, historical_features  # slow imports: after the checks
+    from relearn.features.transforms import model_inputs
+    from relearn.model.net import load_model, score
+    from relearn.serving.predictor_model import resolve_artifact
+
     with tempfile.TemporaryDirectory(prefix="relearn-batch-") as tmp:
         directory, version = resolve_artifact(settings.model_uri, Path(tmp))
         net, preprocessor, metadata = load_model(directory)
@@ -163,6 +200,7 @@ def run(settings: BatchSettings) -> dict[str, Any]:
         "rows": len(out),
         "model_version": version,
         "flagged": int(out["decision"].sum()),
+        "refused": f"{refused} (see {refused_path(settings.output)})" if refused else 0,
         "output": str(settings.output.resolve()),
         "pushed": f"feast view {SCORES_VIEW}" if settings.push else "no",
     }

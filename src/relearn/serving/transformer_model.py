@@ -15,27 +15,27 @@ Responses: v1 ``{"predictions": [{"transaction_id", "score", "decision"}], "mode
 A state or predictor failure (or timeout) is a 503 / UNAVAILABLE, never a hang; with ``feature_fallback``
 the batch is scored with cold-start defaults instead, counted in a metric.
 
-The per-request path has no DataFrame: a request is parsed straight into columns (validated, field named in
-every error), the state is called from the event loop, and metric children are looked up once.
+Every record is held to the data contract the pipeline validates (:mod:`relearn.data.contract`): a violation
+is a 400 / INVALID_ARGUMENT in the pipeline's words with the row, ``row 0: field 'amount' must be ...``.
+The per-request path has no DataFrame: a request is parsed straight into columns, the state is called from
+the event loop, and metric children are looked up once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 import numpy as np
-import pandas as pd
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput, ServerNotReady
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
+from relearn.data import contract
 from relearn.data.schema import REQUEST_FIELDS
 from relearn.features.spec import MERCHANT_FEATURES, USER_FEATURES
 from relearn.features.state import Event, Rejected, open_state
@@ -69,40 +69,8 @@ def unavailable(detail: str) -> ServerNotReady:
 
 NUMERIC_FIELDS = ("amount",)
 TEXT_FIELDS = tuple(f for f in REQUEST_FIELDS if f not in NUMERIC_FIELDS)
-REQUIRED_FIELDS = ("transaction_id", "event_timestamp", "user_id", "merchant_id", "amount")
 _TEXT_FEATURES = ("user_last_country", "user_last_device")
 _NUMBER_FEATURES = tuple(f for f in (*USER_FEATURES, *MERCHANT_FEATURES) if f not in _TEXT_FEATURES)
-_EPOCH, _ONE_US = datetime(1970, 1, 1, tzinfo=UTC), timedelta(microseconds=1)
-_MIN_US, _MAX_US = pd.Timestamp.min.value // 1000 + 1, pd.Timestamp.max.value // 1000  # pandas' range
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _field(value: Any) -> str:
-    """An optional text field as stored ("" for missing)."""
-    return "" if _missing(value) else str(value)
-
-
-def _epoch_us(value: Any) -> int | None:
-    """An ISO-8601 timestamp (naive = UTC) as epoch µs, None if it is none.
-
-    Calendar dates (``YYYY-MM-DD[T ]...``) take ``datetime.fromisoformat`` (a few µs); anything else goes to
-    the pandas parser the training data uses, so what is accepted does not change.
-    """
-    if isinstance(value, str) and len(value) >= 10 and value[4] == value[7] == "-" and value[10:11] in "T ":
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            moment = None  # pandas decides
-        if moment is not None:
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-            us = (moment - _EPOCH) // _ONE_US
-            return us if _MIN_US <= us <= _MAX_US else None
-    stamp = pd.to_datetime(pd.Series([value], dtype=object), utc=True, errors="coerce", format="ISO8601")
-    return None if stamp.isna().iloc[0] else int(stamp.dt.as_unit("us").array.asi8[0])
 
 
 class FraudTransformer(Model):
@@ -293,17 +261,12 @@ class FraudTransformer(Model):
             raise InvalidInput("empty batch: at least one transaction is needed")
         if n > self.settings.max_batch_size:
             raise InvalidInput(f"batch of {n} rows exceeds max_batch_size {self.settings.max_batch_size}")
-        for name in REQUIRED_FIELDS:
-            if any(_missing(v) for v in fields[name]):
-                raise InvalidInput(f"field '{name}' is null")
-        amounts = fields["amount"]
-        if not all(isinstance(a, float | int) and math.isfinite(a) for a in amounts):
-            raise InvalidInput("field 'amount' must be a finite number")
-        times = [_epoch_us(v) for v in fields["event_timestamp"]]
-        if None in times:
-            raise InvalidInput("field 'event_timestamp' must be an ISO-8601 timestamp")
-        text = {name: [_field(v) for v in fields[name]] for name in TEXT_FIELDS}
-        amounts = [float(a) for a in amounts]
+        try:  # the data contract the pipeline validates, the same words for the same fault
+            parsed = contract.check_columns(fields, n)
+        except contract.Violation as exc:
+            raise InvalidInput(str(exc)) from None
+        times, amounts = parsed["event_timestamp"], parsed["amount"]
+        text = {name: parsed[name] for name in TEXT_FIELDS}
         ids, users, merchants = text["transaction_id"], text["user_id"], text["merchant_id"]
         countries, devices = text["country"], text["device_id"]
         events = [
@@ -328,20 +291,15 @@ class FraudTransformer(Model):
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise InvalidInput(f"instances[{i}]: expected an object of transaction fields")
-            if missing := [f for f in REQUIRED_FIELDS if f not in row]:
-                raise InvalidInput(f"instances[{i}]: missing field(s) {missing}")
             if extra := sorted(set(row) - _REQUEST_SET):
                 raise InvalidInput(f"instances[{i}]: unexpected field(s) {extra}")
-            amount = row["amount"]
-            if isinstance(amount, bool) or not isinstance(amount, int | float) or not math.isfinite(amount):
-                raise InvalidInput(f"instances[{i}]: field 'amount' must be a finite number")
         return self._check({name: [row.get(name) for row in rows] for name in REQUEST_FIELDS}, len(rows))
 
     def _v2_columns(self, request: InferRequest) -> tuple[list[Event], dict[str, Any]]:
         by_name = {tensor.name: tensor for tensor in request.inputs}
         if extra := sorted(set(by_name) - _REQUEST_SET):
             raise InvalidInput(f"unexpected input(s) {extra}")
-        if missing := [f for f in REQUIRED_FIELDS if f not in by_name]:
+        if missing := [f for f in contract.required() if f not in by_name]:
             raise InvalidInput(f"missing input(s) {missing}")
         fields: dict[str, list] = {}
         rows = None
