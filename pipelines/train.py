@@ -89,7 +89,7 @@ def train_pipeline(
     workers: int = 1,
     distributed_backend: str = "auto",
     alert_budget: float = ALERT_BUDGET,
-    min_improvement: float = 0.0,
+    min_improvement: float = 0.01,
     max_slice_regression: float = 0.15,
     git_sha: str = "unknown",
     rollout_mode: str = "none",
@@ -120,7 +120,8 @@ def train_pipeline(
             "pytorchjob" (a Kubeflow PyTorchJob the step submits and waits for) or "auto" (a PyTorchJob when
             the step runs in a Kubeflow Pipelines pod, local otherwise, e.g. under kfp.local).
         alert_budget: Share of transactions the fraud team can review (recall is measured there).
-        min_improvement: Margin by which the challenger must beat the champion.
+        min_improvement: Gain on the primary metric the challenger must show over the champion, as the
+            lower bound of its one-sided 97.5 % paired-bootstrap interval on the holdout.
         max_slice_regression: Largest tolerated drop of any slice's recall vs the champion.
         git_sha: Commit of the code that trained the model (lineage).
         rollout_mode: What a challenger that passed the gate starts as: "shadow", "canary" or "none".

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from relearn.features.spec import CATEGORICAL_INPUTS, LABEL, MODEL_INPUTS, NUMERIC_INPUTS
-from relearn.model.evaluate import baseline, calibration, compare, evaluate, threshold_at_budget
+from relearn.model.evaluate import baseline, calibration, compare, evaluate, paired, threshold_at_budget
 from relearn.model.gate import GateParams, gate
 from relearn.model.net import FraudNet, Preprocessor, load_model, save_model, score
 from relearn.model.registry import (
@@ -308,8 +308,10 @@ def test_report_is_self_contained_html(evaluation, splits, tmp_path):
     assert all(p.exists() and p.read_bytes()[:4] == b"\x89PNG" for p in plots.values())
     comparison = compare(evaluation["candidate"], evaluation["baseline"], None)
     decision = gate(evaluation["candidate"], None, GateParams(), baseline_metrics=evaluation["baseline"])
-    path = write_report(tmp_path, evaluation["candidate"], comparison, plots, gate=decision)
+    boot = paired(evaluation["candidate_scores"], evaluation["baseline_scores"], splits[2], n_boot=200)
+    path = write_report(tmp_path, evaluation["candidate"], comparison, plots, gate=decision, paired=boot)
     text = path.read_text()
+    assert "Candidate vs champion, paired" in text and "lower bound" in text and "95 % interval" in text
     assert text.count("data:image/png;base64,") == 3
     for name in (
         "pr_auc",
@@ -415,30 +417,75 @@ def _metrics(recall: float, pr_auc: float, slice_recalls: dict[str, float], posi
     }
 
 
+def _paired(gain: float, spread: float = 0.01) -> dict:
+    """A paired bootstrap whose every metric's differences are centred on ``gain``."""
+    draws = list(np.linspace(gain - 3 * spread, gain + 3 * spread, 201))
+    metric = {"candidate": 0.5, "champion": 0.5 - gain, "difference": gain, "draws": draws}
+    names = ("recall_at_budget", "pr_auc", "fraud_amount_caught")
+    return {
+        "n": 5000,
+        "positives": 250,
+        "budget": 0.01,
+        "n_boot": 201,
+        "seed": 0,
+        "metrics": dict.fromkeys(names, metric),
+    }
+
+
 def test_gate_decisions():
     params = GateParams(min_improvement=0.01, max_slice_regression=0.05, min_slice_positives=20)
     champion = _metrics(0.40, 0.30, {"travel": 0.5, "grocery": 0.3})
+    better = _metrics(0.45, 0.32, {"travel": 0.52, "grocery": 0.28})
 
-    ok = gate(_metrics(0.45, 0.32, {"travel": 0.52, "grocery": 0.28}), champion, params)
-    assert ok.passed and "champion 0.4000" in ok.reason
+    ok = gate(better, champion, params, paired=_paired(0.05))
+    assert ok.passed and "recall_at_budget +0.0500 [" in ok.reason and "5,000 holdout rows" in ok.reason
 
-    small = gate(_metrics(0.405, 0.32, {"travel": 0.5, "grocery": 0.3}), champion, params)
-    assert not small.passed and "below the required" in small.reason
+    # a gain whose lower bound does not clear min_improvement: noise, not an improvement
+    small = gate(better, champion, params, paired=_paired(0.02))
+    assert not small.passed and "not significant" in small.reason
 
-    sliced = gate(_metrics(0.45, 0.32, {"travel": 0.40, "grocery": 0.3}), champion, params)
+    sliced = gate(
+        _metrics(0.45, 0.32, {"travel": 0.40, "grocery": 0.3}), champion, params, paired=_paired(0.05)
+    )
     assert not sliced.passed and "merchant_category=travel" in sliced.reason
     assert sliced.details["slice_regressions"][0]["drop"] == pytest.approx(0.10)
 
     # The same drop in a slice with too few positives is noise, not a regression.
     noisy = gate(
-        _metrics(0.45, 0.32, {"travel": 0.40}, positives=5), _metrics(0.4, 0.3, {"travel": 0.5}, 5), params
+        _metrics(0.45, 0.32, {"travel": 0.40}, positives=5),
+        _metrics(0.4, 0.3, {"travel": 0.5}, 5),
+        params,
+        paired=_paired(0.05),
     )
     assert noisy.passed
 
     by_pr_auc = gate(
-        _metrics(0.30, 0.35, {}), champion, GateParams(primary_metric="pr_auc", min_improvement=0.01)
+        _metrics(0.30, 0.35, {}), champion, GateParams(primary_metric="pr_auc"), paired=_paired(0.05)
     )
-    assert by_pr_auc.passed and "pr_auc" in by_pr_auc.reason
+    assert by_pr_auc.passed and by_pr_auc.details["paired"]["pr_auc"]["role"] == "primary"
+
+
+def test_gate_on_real_networks_trained_alike_and_better(trained, splits):
+    """Real networks: one trained alike (another seed) is not promoted over the fixture's network either
+    way; a network trained on the whole training split is promoted over one trained on a tenth of it,
+    and not the reverse. The error rates over many seeds: tests/test_gate_stats.py."""
+    train_df, val_df, test_df = splits
+    alike = train(train_df, val_df, TrainParams(seed=SEED + 1, progress=False))
+    tenth = train(train_df.tail(len(train_df) // 10), val_df, TrainParams(seed=SEED, progress=False))
+    scores = {name: score(r.net, r.preprocessor, test_df) for name, r in
+              (("fixture", trained), ("alike", alike), ("tenth", tenth))}  # fmt: skip
+
+    def decide(challenger: str, champion: str):
+        cand, champ = scores[challenger], scores[champion]
+        return gate(evaluate(cand, test_df), evaluate(champ, test_df), paired=paired(cand, champ, test_df))
+
+    for challenger, champion in (("alike", "fixture"), ("fixture", "alike")):
+        refused = decide(challenger, champion)
+        assert not refused.passed, refused.reason
+    promoted, refused = decide("fixture", "tenth"), decide("tenth", "fixture")
+    assert promoted.passed, promoted.reason
+    assert not refused.passed and "not significant" in refused.reason
+    print(f"\ntrained alike: {decide('alike', 'fixture').reason}\nwhole vs tenth: {promoted.reason}")
 
 
 def test_gate_without_champion_uses_the_baseline():

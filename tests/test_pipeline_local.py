@@ -60,7 +60,12 @@ def test_pipeline_registers_a_champion_that_loads_and_predicts(settings, tmp_pat
     second = run_locally({**SMALL, "seed": 4}, tmp_path / "runs", settings.home)
     assert client.get_model_version_by_alias(settings.model_name, "champion").version == 1
     assert client.get_model_version_by_alias(settings.model_name, "challenger").version == 2
-    assert "champion: 1" in Path(second["gate_decision"]).read_text()
+    decision = Path(second["gate_decision"]).read_text()
+    assert "champion: 1" in decision and "| recall_at_budget |" in decision, decision
+    # The paired comparison with the champion (differences and bounds) is on the challenger's version.
+    tags = client.get_model_version(settings.model_name, "2").tags
+    assert tags["gate.passed"] in ("True", "False") and tags["gate.confidence"] == "0.975"
+    assert float(tags["gate.recall_at_budget.lower"]) <= float(tags["gate.recall_at_budget.difference"])
 
 
 def test_a_corrupted_batch_stops_the_run_with_a_report(settings, tmp_path):

@@ -310,7 +310,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Scores the time-based holdout and compares the model with a baseline and the current champion."""
     from relearn.model import evaluate as ev
-    from relearn.model import net, registry, report
+    from relearn.model import net, registry, report, stats
+    from relearn.model.gate import GateParams
 
     settings = settings or RelearnSettings()
     train_df, _, test_df = _splits(training_set_path, val_fraction, test_fraction)
@@ -325,6 +326,11 @@ def evaluate(
         champion_model, champion_version = loaded
         champion_scores = champion_model.predict(test_df)["score"].to_numpy()
         champion = ev.evaluate(champion_scores, test_df, alert_budget)
+    gate_params = GateParams()
+    paired = None  # both models resampled on the same rows: what the gate reads
+    if champion_scores is not None:
+        n_boot, seed = gate_params.n_boot, gate_params.seed
+        paired = ev.paired(scores, champion_scores, test_df, alert_budget, n_boot, seed)
     comparison = ev.compare(candidate, baseline, champion)
     plots_dir = Path(evaluation_path).parent / "plots"
     by_model = {"candidate": (scores, candidate), "baseline": (baseline_scores, baseline)}
@@ -337,7 +343,9 @@ def evaluate(
         {name: model_metrics for name, (_, model_metrics) in by_model.items()},
         alert_budget=alert_budget,
     )
-    html = report.write_report(plots_dir, candidate, comparison, plots)
+    html = report.write_report(
+        plots_dir, candidate, comparison, plots, paired=paired, confidence=gate_params.confidence
+    )
     shutil.copyfile(html, report_path)
     headline = {
         "pr_auc": candidate["pr_auc"],
@@ -352,6 +360,7 @@ def evaluate(
         "baseline": baseline,
         "champion": champion,
         "champion_version": champion_version,
+        "paired": paired,
         "comparison": comparison,
         "threshold": candidate["threshold"],
         "versus_baseline": versus_baseline(candidate, baseline),
@@ -362,6 +371,16 @@ def evaluate(
     mlflow = _mlflow(settings)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"test_{k}": v for k, v in headline.items() if v is not None})
+        if paired is not None:  # the differences with the champion and their bounds, as run metrics
+            rows = stats.summary(paired, gate_params.confidence)
+            mlflow.log_metrics(
+                {
+                    f"vs_champion_{m}_{k}": row[k]
+                    for m, row in rows.items()
+                    for k in ("difference", "lower", "upper")
+                    if row[k] is not None
+                }
+            )
         mlflow.log_artifact(report_path, artifact_path="evaluation")
         mlflow.log_artifacts(str(plots_dir), artifact_path="evaluation/plots")
     return headline
@@ -415,20 +434,41 @@ def gate(
     model_version: str,
     min_improvement: float,
     max_slice_regression: float,
+    settings: RelearnSettings | None = None,
 ) -> tuple[bool, str]:
-    """Decides whether the challenger should replace the champion, and writes the decision as Markdown."""
+    """Decides whether the challenger should replace the champion, and writes the decision as Markdown.
+
+    The model version is tagged with it too (``gate.*``: verdict, each difference and its bounds).
+    """
+    from relearn.model import registry
     from relearn.model.gate import GateParams
     from relearn.model.gate import gate as decide
 
     evaluation = json.loads(Path(evaluation_path).read_text())
     params = GateParams(min_improvement=min_improvement, max_slice_regression=max_slice_regression)
     decision = decide(
-        evaluation["candidate"], evaluation["champion"], params, baseline_metrics=evaluation["baseline"]
+        evaluation["candidate"],
+        evaluation["champion"],
+        params,
+        baseline_metrics=evaluation["baseline"],
+        paired=evaluation.get("paired"),
     )
     verdict = "PASSED" if decision.passed else "FAILED"
     champion = evaluation["champion_version"] or f"none before this run (version {model_version} became it)"
-    Path(decision_path).write_text(
-        f"# Gate: {verdict}\n\n- challenger: version {model_version}\n- champion: {champion}\n"
-        f"- reason: {decision.reason}\n"
-    )
+    lines = [f"# Gate: {verdict}\n", f"- challenger: version {model_version}", f"- champion: {champion}"]
+    lines.append(f"- reason: {decision.reason}")
+    if decision.details.get("paired"):
+        bound = f"{100 * params.confidence:g} % bound"
+        header = f"| metric | challenger | champion | difference | lower {bound} | upper {bound} | role |"
+        lines += ["", header]
+        lines.append("|---|---|---|---|---|---|---|")
+        for name, row in decision.details["paired"].items():
+            cells = [_cell(row[k]) for k in ("candidate", "champion", "difference", "lower", "upper")]
+            lines.append(f"| {name} | {' | '.join(cells)} | {row['role']} |")
+    Path(decision_path).write_text("\n".join(lines) + "\n")
+    registry.tag_version(settings or RelearnSettings(), model_version, decision.tags())
     return decision.passed, f"{verdict}: {decision.reason}"
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.4f}"

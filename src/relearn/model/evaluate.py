@@ -14,6 +14,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from relearn.features.spec import CATEGORICAL_INPUTS, LABEL, MODEL_INPUTS, NUMERIC_INPUTS
+from relearn.model.stats import alert_count, paired_bootstrap
 from relearn.settings import ALERT_BUDGET
 
 AMOUNT_BUCKETS: tuple[tuple[str, float, float], ...] = (
@@ -36,11 +37,6 @@ HEADLINE_METRICS: tuple[str, ...] = (
     "ece",
 )
 LOWER_IS_BETTER = frozenset({"brier", "ece"})
-
-
-def alert_count(n: int, budget: float) -> int:
-    """How many of ``n`` transactions the review team looks at: ceil(budget * n), at least one."""
-    return max(1, math.ceil(round(budget * n, 9)))  # round: 0.07 * 100 must be 7, not 8
 
 
 def threshold_at_budget(scores: np.ndarray, budget: float) -> float:
@@ -167,6 +163,29 @@ def evaluate(scores: np.ndarray, frame: pd.DataFrame, alert_budget: float = ALER
         "calibration": calib,
         "slices": slices,
     }
+
+
+def paired(
+    candidate_scores: np.ndarray,
+    champion_scores: np.ndarray,
+    frame: pd.DataFrame,
+    alert_budget: float = ALERT_BUDGET,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The candidate against the champion on the same rows of ``frame``: the gate's paired bootstrap.
+
+    See :func:`relearn.model.stats.paired_bootstrap`; fraud amounts come from ``frame["amount"]``.
+    """
+    return paired_bootstrap(
+        candidate_scores,
+        champion_scores,
+        frame[LABEL].to_numpy().astype(np.int64),
+        frame["amount"].to_numpy(np.float64),
+        budget=alert_budget,
+        n_boot=n_boot,
+        seed=seed,
+    )
 
 
 def baseline(

@@ -194,8 +194,7 @@ def register(
     tags |= {
         f"metric.{k}": v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
     }
-    for key, value in tags.items():
-        client.set_model_version_tag(settings.model_name, version, key, str(value))
+    tag_version(settings, version, tags)
 
     client.set_registered_model_alias(settings.model_name, CHALLENGER, version)
     aliases = [CHALLENGER]
@@ -226,6 +225,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def tag_version(settings: RelearnSettings, version: str | int, tags: Mapping[str, Any]) -> None:
+    """Set tags on a model version (values as text, cut to MLflow's 5,000 characters)."""
+    client = _client(settings)
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.model_name, str(version), key, str(value)[:5000])
+
+
 def get_alias_version(settings: RelearnSettings, alias: str) -> str | None:
     """The version holding ``alias``, or None when the alias (or the registered model) does not exist."""
     from mlflow.exceptions import MlflowException
@@ -244,6 +250,28 @@ def set_alias(settings: RelearnSettings, alias: str, version: str | int) -> None
 def get_version_tags(settings: RelearnSettings, version: str | int) -> dict[str, str]:
     """The tags (lineage, reference URI, metrics) of a model version."""
     return dict(_client(settings).get_model_version(settings.model_name, str(version)).tags)
+
+
+def version_created(settings: RelearnSettings, version: str | int) -> float:
+    """When ``version`` was registered (epoch seconds): traffic served later is outside its training data."""
+    return _client(settings).get_model_version(settings.model_name, str(version)).creation_timestamp / 1000
+
+
+def load_torch(settings: RelearnSettings, version: str | int) -> tuple[Any, Any]:
+    """The network and preprocessor of ``version``: a pyfunc model's torch artifact, or a bare artifact."""
+    from mlflow.artifacts import download_artifacts
+
+    # The version's own artifact URI: a models:/ URI would resolve against the process's default registry.
+    source = _client(settings).get_model_version_download_uri(settings.model_name, str(version))
+    with tempfile.TemporaryDirectory(prefix="relearn-model-") as tmp:
+        local = Path(
+            download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=settings.tracking_uri())
+        )
+        found = [d for d in (local / "artifacts" / TORCH_ARTIFACT, local) if (d / CONFIG_FILE).exists()]
+        if not found:
+            raise FileNotFoundError(f"version {version} holds no relearn model artifact")
+        net, preprocessor, _ = load_model(found[0])
+    return net, preprocessor
 
 
 def load_champion(settings: RelearnSettings) -> tuple[Any, str] | None:

@@ -132,6 +132,28 @@ def _delta_cell(delta: float | None, lower_is_better: bool) -> str:
     return f'<td class="{css}">{delta:+.4f}</td>'
 
 
+def _paired_table(paired: Mapping[str, Any], confidence: float) -> list[str]:
+    """Candidate minus champion on the same rows, each difference with its bounds."""
+    from relearn.model.stats import summary
+
+    rows = [
+        f"<h2>Candidate vs champion, paired</h2><p class='sub'>{paired['n']:,} holdout rows "
+        f"({paired['positives']:,} fraud) scored by both models, {paired['n_boot']:,} paired bootstrap "
+        f"resamples; the difference is above the lower bound (below the upper) with {100 * confidence:g} % "
+        f"confidence: together a {200 * confidence - 100:g} % interval</p>",
+        "<table><tr><th>metric</th><th>candidate</th><th>champion</th><th>Δ</th>"
+        "<th>lower bound</th><th>upper bound</th></tr>",
+    ]
+    for name, row in summary(dict(paired), confidence).items():
+        rows.append(
+            f"<tr><td>{name}</td><td>{_fmt(row['candidate'])}</td><td>{_fmt(row['champion'])}</td>"
+            f"{_delta_cell(row['difference'], False)}{_delta_cell(row['lower'], False)}"
+            f"{_delta_cell(row['upper'], False)}</tr>"
+        )
+    rows.append("</table>")
+    return rows
+
+
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1000px;color:#222}
 h1{margin-bottom:.2rem} .sub{color:#666;margin-top:0}
@@ -155,6 +177,8 @@ def write_report(
     plots: Mapping[str, str | Path],
     gate: Any | None = None,
     title: str = "relearn fraud model evaluation",
+    paired: Mapping[str, Any] | None = None,
+    confidence: float = 0.975,
 ) -> Path:
     """Write ``report.html`` into ``out_dir``: gate verdict, headline cards, comparison, plots, slices.
 
@@ -165,6 +189,9 @@ def write_report(
         plots: Title -> PNG path; embedded as base64 so the file stands alone (e.g. as an MLflow artifact).
         gate: A :class:`relearn.model.gate.GateDecision` (or anything with ``passed`` and ``reason``).
         title: Page title.
+        paired: The paired bootstrap against the champion (:func:`relearn.model.evaluate.paired`): each
+            difference is shown with its one-sided bounds at ``confidence``.
+        confidence: Confidence of those bounds (the gate's).
 
     Returns:
         The path of the HTML file.
@@ -198,6 +225,8 @@ def write_report(
             f"{_delta_cell(row['delta_vs_champion'], lower)}</tr>"
         )
     parts.append("</table>")
+    if paired is not None:
+        parts.extend(_paired_table(paired, confidence))
 
     for name, path in plots.items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
