@@ -7,16 +7,14 @@ from collections import Counter
 
 import pytest
 from doc_blocks import blocks
-from doc_kinds import RESULTS, write_files
+from doc_kinds import RESULTS
 from doc_workspace import Workspace, machine_lock
 
 
 @pytest.fixture(scope="module")
 def workspace(trained, tmp_path_factory):  # module: the locks are released before other modules run
     with machine_lock():
-        space = Workspace(tmp_path_factory.mktemp("docs"), trained["home"], blocks())
-        write_files(space.blocks, space)
-        yield space
+        yield Workspace(tmp_path_factory.mktemp("docs"), trained["home"], blocks())
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -25,8 +23,12 @@ def pytest_terminal_summary(terminalreporter):
         return
     counts = Counter(RESULTS.values())
     order = ["run", "dry-run", "covered by tests", "output", "diagram", "failed"]
-    parts = ", ".join(f"{counts[label]} {label}" for label in order if counts[label])
+    plural = {"diagram": "diagrams"}
+    parts = ", ".join(f"{counts[k]} {plural.get(k, k) if counts[k] > 1 else k}" for k in order if counts[k])
     files = len({key.rsplit(":", 1)[0] for key in RESULTS})
     terminalreporter.write_line(
-        f"docs: {len(RESULTS)} code blocks in {files} files: {parts}", green="failed" not in counts, bold=True
+        f"docs: {len(RESULTS)} code blocks in {files} file{'s' * (files > 1)}: {parts}",
+        green="failed" not in counts,
+        red="failed" in counts,
+        bold=True,
     )

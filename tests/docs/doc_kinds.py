@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from pathlib import Path
 
 import doc_shell as shell
 from doc_blocks import ROOT, Block
@@ -31,9 +30,7 @@ def evaluator(example) -> None:
 def evaluate(block: Block, workspace: Workspace) -> str:
     """Test one block; the summary label it counts under."""
     assert not block.problem, block.problem
-    {"run": run, "cluster": cluster, "covered": covered, "output": output, "diagram": diagram}[block.kind](
-        block, workspace
-    )
+    EVALUATORS[block.kind](block, workspace)
     return LABELS[block.kind]
 
 
@@ -96,7 +93,7 @@ def cluster(block: Block, workspace: Workspace) -> None:
         same = [b for b in workspace.blocks if b.path == block.path and b.kind == "cluster"]
         users = [b for b in same if name in b.source and b is not block]
         assert users, f"{block.where}: file={name}, but no cluster block of {block.path} uses {name}"
-        return  # written at the start (Workspace.write_files), rendered by the block that uses it
+        return  # written when the workspace is made, rendered by the block that uses it
     for o in _execute(block, workspace, _commands(block, workspace)):
         tool = o.command.text.split()[0]
         in_cluster = ".svc.cluster.local" in o.command.text and RESOLVE_FAILED.search(o.output)
@@ -180,8 +177,4 @@ CHECKERS = {
 }
 
 
-def write_files(blocks: list[Block], workspace: Workspace) -> None:
-    """``cluster file=NAME`` blocks are files other blocks use (a values file): written before any runs."""
-    for block in blocks:
-        if block.kind == "cluster" and (name := block.options.get("file")):
-            Path(workspace.clone / name).write_text(block.source)
+EVALUATORS = {"run": run, "cluster": cluster, "covered": covered, "output": output, "diagram": diagram}

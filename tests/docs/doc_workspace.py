@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -69,6 +70,9 @@ class Workspace:
                 shim.parent.mkdir(parents=True, exist_ok=True)
                 shim.write_text(f"#!/usr/bin/env bash\n{body}")
                 shim.chmod(0o755)
+        for block in blocks:  # `cluster file=NAME` blocks: files other blocks of the document use
+            if block.kind == "cluster" and (name := block.options.get("file")):
+                (self.clone / name).write_text(block.source)
         self.champion_dir: Path | None = None
 
     def env(self, kind: str) -> dict[str, str]:
@@ -86,8 +90,8 @@ class Workspace:
             "DOCS_HELM": str(tools / "helm"),
             "DOCS_KUBERNETES_VALIDATE": str(ROOT / ".venv" / "chart" / "bin" / "kubernetes-validate"),
             "DOCS_STATE": str(self.tmp / "helm-releases"),
-            "RELEARN_CHECK_DEADLINE_SECONDS": "0",  # cluster blocks: one attempt, no waiting for pods
-        }
+            "DOCS_KUBE_VERSION": kube_floor(),
+        } | ({"RELEARN_CHECK_DEADLINE_SECONDS": "0"} if kind == "cluster" else {})  # no pods to wait for
 
     # ------------------------------------------------------------------------------- what blocks need
     def ports_of(self, needs: list[str]) -> list[int]:
@@ -168,6 +172,12 @@ class Workspace:
             )
             self.champion_dir = target
         return self.champion_dir
+
+
+def kube_floor() -> str:
+    """The chart's oldest Kubernetes (``kubeVersion: ">=1.30.0-0"`` → ``1.30.0``): manifests pass it."""
+    chart = (ROOT / "charts" / "relearn" / "Chart.yaml").read_text()
+    return re.search(r'kubeVersion:\s*"?>=\s*(\d+\.\d+\.\d+)', chart)[1]
 
 
 def services() -> dict[str, tuple[str, list[int], list[str]]]:

@@ -126,8 +126,7 @@ def validate(name: str) -> None:
     """kubernetes-validate --strict at the chart's Kubernetes floor, when the chart tools are installed."""
     tool = os.environ.get("DOCS_KUBERNETES_VALIDATE", "")
     if tool and Path(tool).exists():
-        version = os.environ.get("DOCS_KUBE_VERSION", "1.30.0")  # the chart's kubeVersion floor
-        call([tool, "--strict", "-k", version, name], "kubernetes-validate")
+        call([tool, "--strict", "-k", os.environ["DOCS_KUBE_VERSION"], name], "kubernetes-validate")
 
 
 def helm(real: str, args: list[str]) -> None:
