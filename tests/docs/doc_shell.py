@@ -1,6 +1,6 @@
 """Run a shell block as a user would type it: one bash, command by command, each command's status and output
 kept apart; ``cmd &`` in the background until the block ends, waited for on its ports; every process the
-block started stopped afterwards (by process group and by the session the block's bash leads).
+block started is stopped afterwards (the block's bash leads a session of its own: all of it).
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ def split(source: str) -> list[Command]:
 
 
 PRELUDE = r"""
-set -m  # background jobs in process groups of their own
 __docs_status() { echo "$* $(date +%s.%N)" >>"$DOCS_OUT/status"; }  # N what [value], and when
 __docs_ready() {  # PID PORT...: 0 once every port accepts, 1 if PID exited first, 2 after READY seconds
   local pid=$1 deadline=$((SECONDS + READY)) port; shift
