@@ -85,6 +85,11 @@ def test_a_retrained_challenger_is_promoted_by_the_controller(demo):
     assert "shadow-to-canary" in actions and "promote" in actions, actions
     assert "rollback" not in actions
     assert outcome.champion_after != outcome.champion_before
+    # The canary's own predictions are too few to be labelled in time: the backtest carried the promotion.
+    (promotion,) = [a for a in outcome.audit if a["action"] == "promote"]
+    evidence = promotion["evidence"]
+    assert evidence["verdict"] == "passed" and evidence["n"] >= 500 and evidence["positives"] >= 20, evidence
+    assert promotion["snapshot"]["labels"] < 2000 and evidence["source"] == "backtest", promotion["reason"]
 
 
 def test_quality_recovers_after_the_promotion(demo):
@@ -111,6 +116,7 @@ def test_no_request_failed_and_nothing_is_left_behind(demo):
     assert html.count("data:image/png;base64,") == 4
     for phase in ("before drift", "during drift", "after retrain", "old champion"):
         assert phase in html
+    assert "training gate: PASSED" in html and "promotion evidence: backtest passed" in html
 
 
 def test_cli_help():

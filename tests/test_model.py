@@ -29,6 +29,7 @@ from relearn.model.registry import (
     load_champion,
     register,
     setup_mlflow,
+    version_trained,
 )
 from relearn.model.report import make_plots, write_report
 from relearn.model.train import TrainParams, log_training, time_split, train
@@ -350,6 +351,8 @@ def test_register_aliases_lineage_and_reference(trained, splits, tmp_path):
             threshold=0.25,
         )
     assert (first.version, sorted(first.aliases)) == ("1", [CHALLENGER, CHAMPION])
+    # traffic served after its training run started is outside its data window (the rollout's backtest)
+    assert version_trained(settings, 1) == run.info.start_time / 1000
 
     model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
     sample = test_df.head(300)[list(MODEL_INPUTS)]

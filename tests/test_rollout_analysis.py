@@ -6,7 +6,15 @@ import dataclasses
 
 import pytest
 
-from relearn.rollout.analysis import Action, AnalysisSettings, Snapshot, decide, drop_p_value
+from relearn.rollout.analysis import (
+    Action,
+    AnalysisSettings,
+    Evidence,
+    Snapshot,
+    Verdict,
+    decide,
+    drop_p_value,
+)
 
 CFG = AnalysisSettings()
 GOOD = Snapshot(
@@ -90,3 +98,65 @@ def test_schedule_hold_step_promote(monkeypatch: pytest.MonkeyPatch) -> None:
         and decide(0, dataclasses.replace(GOOD, canary_p99_seconds=0.0), cfg).percent == 5
     )
     assert decide(5, GOOD, cfg).action == Action.ROLLBACK
+
+
+# --- no promotion without evidence ------------------------------------------------------------------
+NO_LABELS = dataclasses.replace(
+    GOOD, labels=0, canary_precision=None, stable_precision=None, canary_recall=None, stable_recall=None,
+    canary_reviewed=0, stable_reviewed=0, canary_frauds=0, stable_frauds=0,
+)  # fmt: skip
+
+
+def _backtest(verdict: Verdict) -> Evidence:
+    numbers = {"n": 1200, "positives": 40, "effect": 0.02, "lower": -0.01, "upper": 0.05, "confidence": 0.975}
+    return Evidence("backtest", verdict, "1200 labelled predictions (40 fraud)", **numbers)
+
+
+def test_a_gate_without_labels_is_unknown_and_holds_the_promotion() -> None:
+    """The issue's run: labels 0, canary_precision None. The label gates are unknown, not passed."""
+    early = decide(10, NO_LABELS, CFG)
+    assert early.action is Action.STEP and "label gates canary-labels unknown" in early.reason
+    held = decide(50, NO_LABELS, CFG)
+    assert held.action is Action.HOLD and held.percent == 50
+    assert "waiting for evidence before 100%: canary-labels unknown: 0 labelled canary predictions < 50" in (
+        held.reason
+    )
+    assert held.evidence is None and [e.verdict for e in held.checked] == [Verdict.UNKNOWN]
+    # labels without a fraud among them are no evidence either
+    no_fraud = dataclasses.replace(NO_LABELS, labels=400, canary_reviewed=4, stable_reviewed=4)
+    assert decide(50, no_fraud, CFG).action is Action.HOLD
+
+
+def test_backtest_evidence_promotes_refutes_or_waits() -> None:
+    calls = []
+
+    def source(verdict: Verdict):
+        return lambda: calls.append(verdict) or _backtest(verdict)
+
+    promoted = decide(50, NO_LABELS, CFG, source(Verdict.PASSED))
+    assert promoted.action is Action.PROMOTE and promoted.evidence.source == "backtest"
+    assert "evidence: backtest passed: 1200 labelled predictions" in promoted.reason
+    refuted = decide(50, NO_LABELS, CFG, source(Verdict.FAILED))
+    assert refuted.action is Action.ROLLBACK and refuted.reason.startswith("backtest failed")
+    waiting = decide(50, NO_LABELS, CFG, source(Verdict.UNKNOWN))
+    assert waiting.action is Action.HOLD and "backtest unknown" in waiting.reason
+    # the backtest is asked only for a step that needs evidence the canary's labels do not give
+    assert decide(10, NO_LABELS, CFG, source(Verdict.PASSED)).action is Action.STEP
+    assert decide(50, GOOD, CFG, source(Verdict.FAILED)).action is Action.PROMOTE
+    assert calls == [Verdict.PASSED, Verdict.FAILED, Verdict.UNKNOWN]
+    # the canary's own labels are evidence once min_labels are in: effect and interval recorded
+    labels = decide(50, GOOD, CFG).evidence
+    assert labels.source == "canary-labels" and labels.n == 100 and labels.effect == 0.0
+    assert labels.lower < 0 < labels.upper and labels.confidence == CFG.backtest_confidence
+
+
+def test_policy_names_the_steps_and_the_time_budget() -> None:
+    strict = CFG.model_copy(update={"evidence_from_percent": 0})
+    assert decide(10, NO_LABELS, strict).action is Action.HOLD, "every step needs evidence"
+    only_labels = CFG.model_copy(update={"evidence_sources": ["canary_labels"]})
+    ignored = decide(50, NO_LABELS, only_labels, lambda: _backtest(Verdict.PASSED))
+    assert ignored.action is Action.HOLD, "a policy without backtests does not read one"
+    budget = CFG.max_evidence_wait_seconds
+    assert decide(50, NO_LABELS, CFG, waited_seconds=budget).action is Action.HOLD
+    expired = decide(50, NO_LABELS, CFG, waited_seconds=budget + 1)
+    assert expired.action is Action.ROLLBACK and expired.reason.startswith("no evidence of quality 336.0 h")

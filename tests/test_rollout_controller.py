@@ -26,16 +26,15 @@ from relearn.rollout.analysis import Action
 from relearn.rollout.audit import AuditLog
 from relearn.rollout.backend import RolloutState
 from relearn.rollout.controller import (
-    QUERIES,
     REJECTED_TAG,
     ControllerSettings,
     MlflowRegistry,
     Prometheus,
-    render,
     run,
     shadow_source,
     step,
 )
+from relearn.rollout.prometheus import QUERIES, render
 from relearn.rollout.router import LocalBackend, RouterState
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -195,12 +194,12 @@ def _local(
     return cfg, backend
 
 
-def _analyse(backend, prom, registry, cfg, max_iterations: int = 25) -> list:
+def _analyse(backend, prom, registry, cfg, max_iterations: int = 25, backtest=None) -> list:
     """Iterate like the controller's loop until promote or rollback (bounded)."""
     decisions = []
     for _ in range(max_iterations):
         time.sleep(cfg.interval_seconds)
-        decision = step(backend, prom, registry, cfg)
+        decision = step(backend, prom, registry, cfg, backtest=backtest)
         decisions.append((decision, backend.state().canary_percent))
         if decision.action in (Action.PROMOTE, Action.ROLLBACK):
             break
@@ -213,25 +212,63 @@ def _champion(registry: MlflowRegistry) -> str:
     return get_alias_version(registry.settings, "champion")
 
 
-def test_healthy_canary_steps_and_is_promoted(prometheus, registry, tmp_path: Path) -> None:
+def test_healthy_canary_is_held_without_evidence_then_promoted_on_a_backtest(
+    prometheus, settings, tmp_path: Path
+) -> None:
+    """Healthy on every gate but without labels: 10 -> 25 -> 50, then held there (the label gates are
+    unknown, not passed) until the backtest on the detector's inference log shows v2 no worse than v1 on
+    traffic served since v2's training began; the promotion's audit entry records that evidence."""
+    from mlflow import MlflowClient
+
+    from relearn.monitoring.store import connect
+    from relearn.rollout.controller import backtest_for
+    from rollout_stack import make_artifacts
+    from test_rollout_backtest import serve
+
     prom, traffic = prometheus
-    cfg, backend = _local(tmp_path, "1", "2", traffic=traffic)
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
+    client.create_registered_model(settings.model_name)
+    for version in ("1", "2"):
+        client.create_model_version(settings.model_name, source=str(artifacts[version]))
+    client.set_registered_model_alias(settings.model_name, "champion", "1")
+    registry, db = MlflowRegistry(settings), tmp_path / "inference-log.sqlite3"
+    connect(db).close()  # the detector's log, no labelled traffic yet
+    cfg, backend = _local(tmp_path, "1", "2", traffic=traffic, inference_log=db)
+    backtest = backtest_for(cfg, settings)
     backend.start_canary("2", 10)
 
-    decisions = _analyse(backend, prom, registry, cfg)
+    held = _analyse(backend, prom, registry, cfg, max_iterations=8, backtest=backtest)
 
-    moves = [(d.action.value, d.percent) for d, _ in decisions if d.action is not Action.HOLD]
-    assert moves == [("step", 25), ("step", 50), ("promote", None)], decisions
-    state = backend.state()
-    assert state.stable == "2" and state.canary is None
-    assert _champion(registry) == "2"
+    moves = [(d.action.value, d.percent) for d, _ in held if d.action is not Action.HOLD]
+    assert moves == [("step", 25), ("step", 50)], held
+    assert held[-1][0].action is Action.HOLD and backend.state().canary_percent == 50
+    assert _champion(registry) == "1"
+    waiting = AuditLog(cfg.audit_log).entries()[-1]
+    assert waiting["action"] == "analysis-hold" and waiting["evidence"] is None
+    assert "canary-labels unknown: 0 labelled canary predictions < 50" in waiting["reason"]
+    assert (
+        "backtest unknown: 0 labelled predictions (0 fraud) served since v2's training began"
+        in (waiting["reason"])
+    )
+
+    serve(db, artifacts["1"], 1000, when=time.time())  # chargebacks matured for 1,000 served requests
+    decisions = _analyse(backend, prom, registry, cfg, backtest=backtest)
+
+    assert decisions[-1][0].action is Action.PROMOTE, decisions
+    assert backend.state().stable == "2" and _champion(registry) == "2"
     audit = AuditLog(cfg.audit_log).entries()
-    assert len(audit) == len(decisions), "every decision is audited"
-    acted = [e for e in audit if e["action"] != "analysis-hold"]
-    assert [e["action"] for e in acted] == ["canary-step", "canary-step", "promote"]
-    assert all(e["version"] == "2" and e["reason"] for e in audit)
-    assert all(e["snapshot"]["canary_error_rate"] == 0 for e in acted)
-    assert acted[-1]["state"]["stable"] == "2"
+    assert len(audit) == len(held) + len(decisions), "every decision is audited"
+    promotion = audit[-1]
+    assert (
+        promotion["action"] == "promote" and "evidence: backtest passed: 1000 labelled" in promotion["reason"]
+    )
+    evidence = promotion["evidence"]
+    assert evidence["source"] == "backtest" and evidence["verdict"] == "passed"
+    assert (evidence["n"], evidence["positives"], evidence["effect"]) == (1000, 50, 0.0)
+    assert evidence["lower"] == evidence["upper"] == 0.0 and evidence["confidence"] == 0.975
+    steps = [e for e in audit if e["action"] == "canary-step"]
+    assert len(steps) == 2 and all(e["snapshot"]["canary_error_rate"] == 0 for e in steps)
 
 
 def test_erroring_canary_is_rolled_back_before_half(prometheus, registry, tmp_path: Path) -> None:
@@ -266,7 +303,8 @@ def test_mirrored_failures_stay_out_of_the_canary_windows(prometheus, registry, 
     it back at once; the controller's queries skip them, so it steps and is promoted.
     """
     prom, traffic = prometheus
-    cfg, backend = _local(tmp_path, "1", "2", traffic=traffic)
+    # No evidence of quality asked for here (a policy above 100 %): this test is about the windows.
+    cfg, backend = _local(tmp_path, "1", "2", traffic=traffic, evidence_from_percent=101)
     traffic.bad.add("2")
     backend.start_shadow("2", 100)
     # Wait until the analysis window holds mirrored errors, then make the shadow a healthy canary.

@@ -30,7 +30,8 @@ requests/s in all) counts outcomes by the route the router names (header / trail
 3. Erroring challenger: canary v3 at 10 % → rolled back before 50 % on the error rate.
 
 After step 1 the chargebacks wait (in production they take days): v2's canary predictions stay unlabelled,
-so a good challenger's short rollout is not judged on a handful of labels.
+so a good challenger's short rollout is not judged on a handful of labels; its promotion rests on the
+backtest (v2 and v1 scored on the traffic labelled in step 1, from the detector's inference log).
 
 Throughout: zero failed requests on the stable route, and no failure the router could not attribute.
 """
@@ -49,9 +50,11 @@ from relearn.rollout.controller import (
     REJECTED_TAG,
     ControllerSettings,
     MlflowRegistry,
-    render,
+    backtest_for,
     shadow_source,
+    step,
 )
+from relearn.rollout.prometheus import render
 from relearn.rollout.shadow import ShadowSettings
 from rollout_stack import (
     DRIFT_PYTHON,
@@ -67,6 +70,19 @@ from rollout_stack import (
 
 pytestmark = pytest.mark.slow
 RATE = 12.0  # requests/s per load thread (3 threads): ~3.6 requests/s reach a 10 % canary
+
+
+def analyse_with_backtest(stack: Stack, registry, cfg, backtest, budget: float) -> list:
+    """The controller's loop with the backtest evidence (bounded), until promote or rollback."""
+    decisions = []
+    deadline = time.monotonic() + budget
+    while time.monotonic() < deadline:
+        time.sleep(cfg.interval_seconds)
+        decision = step(stack.backend, stack.prom, registry, cfg, backtest=backtest)
+        decisions.append((decision, stack.backend.state().canary_percent, time.monotonic()))
+        if decision.action in (Action.PROMOTE, Action.ROLLBACK):
+            break
+    return decisions
 
 
 @pytest.fixture
@@ -104,6 +120,10 @@ def test_rollouts_end_to_end(registry, tmp_path: Path) -> None:
         min_requests=10,  # ~3.6 requests/s reach a 10 % canary: ~18 per 5 s window
         max_p99_seconds=2.0,  # a busy 2-core machine; latency is not what this test is about
         detector_url=stack.detector_url,
+        inference_log=tmp_path / "drift" / "inference-log.sqlite3",
+        # step 1 labels ~25 frauds in ~20 s; v2 ranks as v1, so any sample shows no difference
+        backtest_min_rows=200,
+        backtest_min_positives=10,
     )
     load = None
     try:
@@ -147,7 +167,10 @@ def test_rollouts_end_to_end(registry, tmp_path: Path) -> None:
         canary_window = stack.prom.query(render("requests", cfg, version="2")) or 0
         everything = 'sum(increase(relearn_serving_requests_total{{model_version="2"}}[{}]))'
         assert canary_window < 0.25 * (stack.prom.query(everything.format(cfg.window)) or 0)
-        good = moved + analyse(stack, reg, cfg, budget=75)
+        # Its own predictions stay unlabelled: the promotion rests on the backtest of the detector's log
+        # (both versions scored on the traffic labelled in step 1, served after v2 was registered).
+        backtest = backtest_for(cfg, reg.settings)
+        good = moved + analyse_with_backtest(stack, reg, cfg, backtest, budget=75)
         promoted_after = good[-1][2] - good_started
         moves = [(d.action.value, d.percent) for d, _, _ in good if d.action is not Action.HOLD]
         assert moves == [("step", 10), ("step", 25), ("step", 50), ("promote", None)], good
@@ -197,6 +220,12 @@ def test_rollouts_end_to_end(registry, tmp_path: Path) -> None:
         ("promote", "2"),
         ("rollback", "3"),
     ]
+    (promotion,) = [e for e in audit if e["action"] == "promote"]
+    evidence = promotion["evidence"]
+    assert evidence["source"] == "backtest" and evidence["verdict"] == "passed", promotion["reason"]
+    assert evidence["n"] >= cfg.backtest_min_rows and evidence["positives"] >= cfg.backtest_min_positives
+    assert evidence["lower"] <= evidence["effect"] <= evidence["upper"]
+    assert promotion["snapshot"]["labels"] < cfg.min_labels, "the canary's own labels were too few"
     rollbacks = [e for e in audit if e["action"] == "rollback"]
     assert [e["reason"] for e in rollbacks] == [tag, error_tag]
     labelled = rollbacks[0]["snapshot"]

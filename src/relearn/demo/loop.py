@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from relearn.demo.controller import controller_command, inference_log
 from relearn.demo.replay import Replay
 from relearn.demo.settings import DemoSettings
 from relearn.demo.stack import (
@@ -294,25 +295,12 @@ def start_stack(
         (detector, stack.url("detector") + "/ready"),
     ):
         procs.wait_http(child, url, timeout=180)
-    # The shadow gate here only guards against a broken challenger: one retrained after a concept drift is
-    # meant to disagree with the champion on the new pattern, so agreement and divergence get wide margins.
-    procs.start(
-        "rollout-controller",
-        [sys.executable, "-m", "relearn.rollout.controller", *_options(
-            backend="local", state=stack.state, prometheus_url=stack.url("prometheus"),
-            interval_seconds=settings.analysis_interval_seconds, window=settings.analysis_window,
-            detector_url=stack.url("detector"), audit_log=home / "rollout" / "audit.jsonl")],
-        RELEARN_ROLLOUT_MIN_REQUESTS=str(settings.min_canary_requests),
-        # A canary here lives a few stream days, about the chargeback delay: too few of its predictions
-        # are labelled for precision at a 1 % budget to mean anything, so the label gates wait for 2,000.
-        RELEARN_ROLLOUT_MIN_LABELS="2000",
-        RELEARN_ROLLOUT_SHADOW_MIN_PAIRS="300",
-        RELEARN_ROLLOUT_SHADOW_MIN_AGREEMENT="0.95",
-        RELEARN_ROLLOUT_SHADOW_MAX_MEAN_ABS_DIFF="0.1",
-        RELEARN_ROLLOUT_SHADOW_MAX_KS="0.6",
-        RELEARN_ROLLOUT_MAX_SCORE_DIVERGENCE="0.6",
-        RELEARN_ROLLOUT_MAX_P99_SECONDS="1.0",
-    )  # fmt: skip
+    argv, env = controller_command(settings, wall_per_day, _options(
+        backend="local", state=stack.state, prometheus_url=stack.url("prometheus"),
+        interval_seconds=settings.analysis_interval_seconds, window=settings.analysis_window,
+        detector_url=stack.url("detector"), audit_log=home / "rollout" / "audit.jsonl",
+        inference_log=inference_log(home)))  # fmt: skip
+    procs.start("rollout-controller", argv, **env)
     return stack
 
 

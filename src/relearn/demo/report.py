@@ -159,6 +159,10 @@ def summary(outcome: Outcome) -> dict[str, Any]:
             for k, v in (outcome.timeline.first("replay-end") or {}).items()
             if k in ("fed", "chargebacks_fed")
         },
+        "gate": (outcome.timeline.first("retrain-end") or {}).get("gate"),
+        "promotion_evidence": next(
+            (e.get("evidence") for e in outcome.audit if e["action"] == "promote"), None
+        ),
         "drift_windows": len(drifted),
         "windows": len([w for w in outcome.windows if w["track"] == "stable"]),
         "ports_left_open": outcome.ports_left_open,
@@ -317,12 +321,20 @@ def terminal_table(s: dict[str, Any]) -> str:
     for kind, m in s["milestones"].items():
         if kind in MARKERS or kind in ("retrain-end", "replay-end"):
             lines.append(f"  {kind:<16}{m['t_seconds']:>8.1f} s   stream time {_minute(m.get('sim'))}")
+    lines += ["", *(f"  {line}" for line in evidence_lines(s))]
     lines.append("")
     lines.append(
         f"  requests {s['requests']:,}, failed {s['failed']}; champion v{s['champion_before']} → "
         f"v{s['champion_after']}; drift windows {s['drift_windows']}/{s['windows']}"
     )
     return "\n".join(lines)
+
+
+def evidence_lines(s: dict[str, Any]) -> list[str]:
+    """The training gate's verdict and what the promotion rested on (source, labels, effect, interval)."""
+    ev = s.get("promotion_evidence")
+    lines = [f"training gate: {s['gate']}"] if s.get("gate") else []
+    return lines + ([f"promotion evidence: {ev['source']} {ev['verdict']}: {ev['detail']}"] if ev else [])
 
 
 def _minute(sim: str | None) -> str:
@@ -355,7 +367,8 @@ def write(outcome: Outcome) -> tuple[Path, dict[str, Any]]:
         parts.append(
             _row(name, f"{q['n']:,}", q["fraud"], _f(q["precision"]), _f(q["recall"]), _f(q["pr_auc"]))
         )
-    parts += ["</table><h2>Timeline</h2><table>", _row("event", "seconds", "stream time", tag="th")]
+    parts += ["</table><h2>Evidence</h2>", *(f"<p>{html.escape(line)}</p>" for line in evidence_lines(s))]
+    parts += ["<h2>Timeline</h2><table>", _row("event", "seconds", "stream time", tag="th")]
     parts += [_row(kind, m["t_seconds"], _minute(m.get("sim"))) for kind, m in s["milestones"].items()]
     parts.append("</table>")
     for name, path in plots.items():

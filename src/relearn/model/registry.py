@@ -252,9 +252,16 @@ def get_version_tags(settings: RelearnSettings, version: str | int) -> dict[str,
     return dict(_client(settings).get_model_version(settings.model_name, str(version)).tags)
 
 
-def version_created(settings: RelearnSettings, version: str | int) -> float:
-    """When ``version`` was registered (epoch seconds): traffic served later is outside its training data."""
-    return _client(settings).get_model_version(settings.model_name, str(version)).creation_timestamp / 1000
+def version_trained(settings: RelearnSettings, version: str | int) -> float:
+    """When the training run of ``version`` started (epoch s), else when it was registered.
+
+    Its data window was read before: traffic served later is outside its training data.
+    """
+    client = _client(settings)
+    mv = client.get_model_version(settings.model_name, str(version))
+    if mv.run_id:
+        return client.get_run(mv.run_id).info.start_time / 1000
+    return mv.creation_timestamp / 1000
 
 
 def load_torch(settings: RelearnSettings, version: str | int) -> tuple[Any, Any]:

@@ -1,13 +1,27 @@
-"""Canary analysis as a pure function: metric snapshots in, a decision (step/hold/promote/rollback) out."""
+"""Canary analysis as a pure function: metric snapshots in, a decision (step/hold/promote/rollback) out.
+
+A gate without data reads *unknown*, never *passed*. The promotion policy (the ``evidence_*`` and
+``backtest_*`` settings) says which steps need evidence of the canary's quality — by default the promotion
+— and where it may come from: the canary's own labelled predictions (``min_labels`` of them, label gates
+passed) or a backtest (:mod:`relearn.rollout.backtest`: the canary's and the stable model scored on the
+same recent traffic whose labels have matured, compared with the gate's paired bootstrap). Without it the
+canary is held at its percent; one still without evidence ``max_evidence_wait_seconds`` after it started is
+rolled back (the champion keeps serving, the version is tagged with the reason).
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from statistics import NormalDist
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from relearn.settings import ALERT_BUDGET
 
 
 class AnalysisSettings(BaseSettings):
@@ -39,6 +53,43 @@ class AnalysisSettings(BaseSettings):
         "stable's minus the tolerated drop with a one-sided p-value under this: at a small budget a few "
         "dozen reviewed predictions carry much sampling noise, so a good canary is not rolled back on it.",
     )
+    # The promotion policy: what evidence of quality a step needs, and from where.
+    evidence_from_percent: int = Field(
+        100,
+        description="Steps to this canary percent or above need evidence of the canary's quality (100: the "
+        "promotion only; 0: every step; above 100: none).",
+    )
+    evidence_sources: list[Literal["canary_labels", "backtest"]] = Field(
+        ["canary_labels", "backtest"],
+        description="Where evidence may come from: the canary's own labelled predictions (min_labels, label "
+        "gates passed) and/or a backtest on recent traffic whose labels matured (needs the inference log).",
+    )
+    max_evidence_wait_seconds: float = Field(
+        14 * 86400.0,
+        gt=0,
+        description="A canary still waiting for evidence this long after it started is rolled back.",
+    )
+    alert_budget: float = Field(ALERT_BUDGET, gt=0, lt=1, description="Share reviewed by the fraud team.")
+    backtest_metric: Literal["recall_at_budget", "pr_auc", "fraud_amount_caught"] = Field(
+        "recall_at_budget", description="Primary metric of the backtest's paired comparison."
+    )
+    backtest_min_effect: float = Field(
+        -0.05,
+        description="The canary's gain on the primary metric must exceed this at backtest_confidence "
+        "(negative: a non-inferiority margin; the training gate already asked for a gain).",
+    )
+    backtest_margin: float = Field(
+        0.05, ge=0, description="Non-inferiority margin of the backtest's other (guarded) metrics."
+    )
+    backtest_confidence: float = Field(0.975, gt=0.5, lt=1, description="One-sided confidence.")
+    backtest_min_rows: int = Field(500, ge=1, description="Labelled predictions a backtest needs.")
+    backtest_min_positives: int = Field(20, ge=1, description="Frauds among them a backtest needs.")
+    backtest_label_maturity_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="Predictions older than (newest label time - this) count as labelled (the detector's "
+        "label_maturity_s).",
+    )
 
 
 @dataclass(frozen=True)
@@ -63,6 +114,42 @@ class Snapshot:
     stable_frauds: int = 0
 
 
+class Verdict(StrEnum):
+    """A gate's or a piece of evidence's state: without data it is unknown, never passed."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What vouches for the canary's quality: its source, the labelled predictions and the effect.
+
+    ``effect`` is the canary's metric minus the stable version's, ``lower``/``upper`` its one-sided bounds
+    at ``confidence``; ``n`` labelled predictions, ``positives`` frauds among them.
+    """
+
+    source: str
+    verdict: Verdict
+    detail: str
+    n: int = 0
+    positives: int = 0
+    metric: str | None = None
+    effect: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+    confidence: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for the audit trail."""
+        return {**asdict(self), "verdict": self.verdict.value}
+
+    def line(self) -> str:
+        """``source verdict: detail``."""
+        return f"{self.source} {self.verdict.value}: {self.detail}"
+
+
 class Action(StrEnum):
     """What the controller does after a window."""
 
@@ -79,15 +166,18 @@ class Decision:
     action: Action
     percent: int | None = None
     failed: list[str] = field(default_factory=list)
+    note: str = ""  # why a step, promotion or hold: the gates' states and the evidence
+    evidence: Evidence | None = None  # what vouched for (or against) the canary's quality
+    checked: list[Evidence] = field(default_factory=list)  # every source looked at
 
     @property
     def reason(self) -> str:
         """A one-line reason for the audit trail and the rejected-version tag."""
-        return "; ".join(self.failed) or self.action.value
+        return "; ".join(self.failed) or self.note or self.action.value
 
     def summary(self) -> str:
         """The decision in one line for a terminal (the controller's ``--once``)."""
-        if self.failed:
+        if self.failed or self.note:
             return f"{self.action.value}: {self.reason}"
         if self.action is Action.STEP:
             return f"step: all gates passed, canary at {self.percent}%"
@@ -148,12 +238,85 @@ def failed_gates(s: Snapshot, cfg: AnalysisSettings) -> list[str]:
     return out
 
 
-def decide(current_percent: int, s: Snapshot, cfg: AnalysisSettings) -> Decision:
-    """One analysis step: roll back on any failed gate, hold until enough traffic, else the next step."""
+def label_evidence(s: Snapshot, cfg: AnalysisSettings) -> Evidence:
+    """The canary's own labels as evidence: unknown until ``min_labels`` and a fraud among them.
+
+    Passed means the label gates ran (:func:`failed_gates` rolls back a canary they fail); the effect is
+    the canary's recall at budget minus the stable's, with a Wald interval (two independent samples).
+    """
+    unknown = None
+    if s.labels < cfg.min_labels:
+        unknown = f"{s.labels} labelled canary predictions < {cfg.min_labels}"
+    elif s.canary_recall is None or s.stable_recall is None or min(s.canary_frauds, s.stable_frauds) <= 0:
+        unknown = f"no fraud among {s.labels} labelled canary predictions yet"
+    if unknown is not None:
+        return Evidence("canary-labels", Verdict.UNKNOWN, unknown, n=s.labels)
+    c, r = float(s.canary_recall or 0.0), float(s.stable_recall or 0.0)  # known: checked above
+    effect = c - r
+    z = NormalDist().inv_cdf(cfg.backtest_confidence)
+    half = z * math.sqrt(c * (1 - c) / s.canary_frauds + r * (1 - r) / s.stable_frauds)
+    return Evidence(
+        "canary-labels",
+        Verdict.PASSED,
+        f"{s.labels} labelled canary predictions ({s.canary_frauds} fraud): recall at budget {c:.3f} vs "
+        f"stable {r:.3f}, label gates passed",
+        n=s.labels,
+        positives=s.canary_frauds,
+        metric="recall_at_budget",
+        effect=effect,
+        lower=effect - half,
+        upper=effect + half,
+        confidence=cfg.backtest_confidence,
+    )
+
+
+def decide(
+    current_percent: int,
+    s: Snapshot,
+    cfg: AnalysisSettings,
+    evidence: Callable[[], Evidence | None] | None = None,
+    waited_seconds: float = 0.0,
+) -> Decision:
+    """One analysis step: roll back on a failed gate, hold for traffic and for evidence, else step.
+
+    The steps the policy names (``evidence_from_percent``) wait for evidence of the canary's quality.
+
+    Args:
+        current_percent: The canary's share now.
+        s: The window's metrics.
+        cfg: Gates, schedule and promotion policy.
+        evidence: Called (only when a step needs evidence the canary's labels do not give) for the
+            backtest's evidence; None when there is no backtest.
+        waited_seconds: How long the canary has run: past ``max_evidence_wait_seconds`` without evidence
+            it is rolled back.
+    """
     failed = failed_gates(s, cfg)
     if failed:
         return Decision(Action.ROLLBACK, 0, failed)
     if s.canary_requests < cfg.min_requests:
-        return Decision(Action.HOLD, current_percent)
+        note = f"{s.canary_requests} canary requests < {cfg.min_requests} in the window"
+        return Decision(Action.HOLD, current_percent, note=note)
     nxt = next((p for p in sorted(cfg.steps) if p > current_percent), 100)
-    return Decision(Action.PROMOTE, None) if nxt >= 100 else Decision(Action.STEP, nxt)
+    action, percent = (Action.PROMOTE, None) if nxt >= 100 else (Action.STEP, nxt)
+    labels = label_evidence(s, cfg)
+    gates = f"gates passed ({s.canary_requests} canary requests); label gates {labels.line()}"
+    if nxt < cfg.evidence_from_percent:
+        return Decision(action, percent, note=gates, checked=[labels])
+    checked = [labels] if "canary_labels" in cfg.evidence_sources else []
+    if labels.verdict is not Verdict.PASSED and "backtest" in cfg.evidence_sources and evidence is not None:
+        found = evidence()
+        checked += [found] if found is not None else []
+    for ev in checked:
+        if ev.verdict is Verdict.PASSED:
+            return Decision(
+                action, percent, note=f"{gates}; evidence: {ev.line()}", evidence=ev, checked=checked
+            )
+    against = next((ev for ev in checked if ev.verdict is Verdict.FAILED), None)
+    if against is not None:
+        return Decision(Action.ROLLBACK, 0, [against.line()], evidence=against, checked=checked)
+    missing = "; ".join(ev.line() for ev in checked) or "no evidence source configured"
+    if waited_seconds > cfg.max_evidence_wait_seconds:
+        reason = f"no evidence of quality {waited_seconds / 3600:.1f} h after the canary started: {missing}"
+        return Decision(Action.ROLLBACK, 0, [reason], checked=checked)
+    note = f"{gates}; waiting for evidence before {nxt}%: {missing}"
+    return Decision(Action.HOLD, current_percent, note=note, checked=checked)

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+STARTS = ("canary-start", "shadow-to-canary")  # the actions that start a canary
+
 
 def rollout_dir() -> Path:
     """Where local rollout state lives by default: ``<RELEARN_HOME>/rollout``."""
@@ -52,3 +54,20 @@ class AuditLog:
         if limit is not None:
             lines = lines[-limit:] if limit > 0 else []
         return [json.loads(ln) for ln in lines]
+
+    def canary_started(self, version: str) -> float | None:
+        """When canary ``version`` started (epoch s), or None when the trail does not know it.
+
+        Its newest start entry, else its first entry since the last promotion or rollback (a canary
+        started without an audit entry, e.g. by hand on the backend).
+        """
+        first = None
+        for entry in reversed(self.entries()):
+            if entry.get("action") in ("promote", "rollback"):
+                break
+            if entry.get("version") != version:
+                continue
+            first = entry["time"]
+            if entry.get("action") in STARTS:
+                break
+        return None if first is None else datetime.fromisoformat(first).timestamp()

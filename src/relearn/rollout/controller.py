@@ -1,15 +1,15 @@
 """The rollout controller: automated canary analysis against Prometheus, acting through a rollout backend.
 
 Every ``interval_seconds`` the controller reads one :class:`~relearn.rollout.analysis.Snapshot` of the
-canary and the stable version from Prometheus (instant queries over ``/api/v1/query``, one PromQL per gate
-in :data:`QUERIES`, selected by the ``model_version`` label of the serving metrics, live traffic only, and
-the ``track`` and ``model_version`` labels of the drift detector's), calls
-:func:`~relearn.rollout.analysis.decide` and acts:
+canary and the stable version from Prometheus (:mod:`relearn.rollout.prometheus`: one PromQL per gate,
+live traffic only), calls :func:`~relearn.rollout.analysis.decide` and acts:
 
 * ``step``: ``backend.set_canary_percent`` to the next weight of the schedule (10 → 25 → 50 → 100);
 * ``promote``: ``backend.promote`` and the MLflow ``champion`` alias moved to the canary version;
 * ``rollback``: ``backend.rollback`` and the version tagged ``rollout_rejected=<reason>``;
-* ``hold``: nothing (too little canary traffic in the window, or Prometheus could not answer).
+* ``hold``: nothing (too little canary traffic in the window, Prometheus could not answer, or the step
+  waits for evidence of quality: the canary's labelled predictions, or the backtest of
+  :mod:`relearn.rollout.backtest` on the detector's inference log, ``inference_log``).
 
 Before each analysis, a stable revision that loads an alias (``models:/<name>@champion``, resolved at each
 pod start) is pinned to the alias's current version (:func:`pin_stable`), so pods it starts later serve the
@@ -19,7 +19,8 @@ With a shadow and no canary, the shadow gate of :mod:`relearn.rollout.shadow` de
 becomes a canary: on the drift detector's comparison (``detector_url``, ``GET /v1/shadow``) in a cluster,
 or on its inference log (``shadow_log``) when the controller can read the file.
 
-Every decision taken while a canary runs is appended, with its reason and the snapshot, to the audit log.
+Every decision taken while a canary runs is appended, with its reason, the snapshot and the evidence
+(source, labelled predictions, effect and its bounds), to the audit log.
 One iteration is :func:`step`, so tests drive it directly::
 
     python -m relearn.rollout.controller --backend local --state .relearn/rollout/state.json
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import signal
 import threading
 import time
@@ -41,9 +41,11 @@ from typing import Any, Literal, Protocol
 import httpx
 from pydantic import Field
 
-from relearn.rollout.analysis import Action, AnalysisSettings, Decision, Snapshot, decide
+from relearn.rollout.analysis import Action, AnalysisSettings, Decision, decide
 from relearn.rollout.audit import AuditLog, audit_log_for
 from relearn.rollout.backend import RolloutBackend, RolloutError, RolloutState, make_backend
+from relearn.rollout.backtest import Backtest
+from relearn.rollout.prometheus import Prometheus, PrometheusError, read_snapshot
 from relearn.rollout.shadow import (
     Comparison,
     ShadowSettings,
@@ -58,31 +60,6 @@ log = logging.getLogger(__name__)
 ACTOR = "relearn-rollout-controller"
 REJECTED_TAG = "rollout_rejected"
 CHAMPION = "champion"
-
-# One PromQL per gate. Placeholders: {component}, {version} (model_version label), {window} (range),
-# {track} (drift detector track), {p} (p-value under which a feature counts as drifted).
-# Live traffic only: requests mirrored to a shadow (track="mirror", see relearn.serving.metrics) and, in a
-# cluster, every pod of the shadow InferenceService (relearn_io_role="shadow", a target label of the
-# ServiceMonitor; it also covers gRPC mirrors, whose :authority Python servers cannot read) stay out of a
-# version's canary windows. Series without these labels match.
-_SEL = 'component="{component}",model_version="{version}",track!="mirror",relearn_io_role!="shadow"'
-_ERR = _SEL + ',outcome=~"error|unavailable"'
-_VERSION = 'track="{track}",model_version="{version}"'
-QUERIES: dict[str, str] = {
-    "requests": "sum(increase(relearn_serving_requests_total{{" + _SEL + "}}[{window}]))",
-    "error_rate": "sum(rate(relearn_serving_requests_total{{" + _ERR + "}}[{window}]))"
-    " / sum(rate(relearn_serving_requests_total{{" + _SEL + "}}[{window}]))",
-    "p99_seconds": "max(histogram_quantile(0.99, sum by (le, stage) "
-    "(rate(relearn_serving_stage_duration_seconds_bucket{{" + _SEL + "}}[{window}]))))",
-    "score_divergence": 'max(relearn_drift_score_divergence{{track="{track}"}})',
-    "drift_share": 'count(relearn_drift_p_value{{track="{track}"}} < {p})'
-    ' / count(relearn_drift_p_value{{track="{track}"}})',
-    "labelled": "max(relearn_drift_version_labelled_predictions{{" + _VERSION + "}})",
-    "precision": "max(relearn_drift_version_precision_at_budget{{" + _VERSION + "}})",
-    "recall": "max(relearn_drift_version_recall_at_budget{{" + _VERSION + "}})",
-    "reviewed": "max(relearn_drift_version_reviewed_predictions{{" + _VERSION + "}})",
-    "frauds": "max(relearn_drift_version_frauds{{" + _VERSION + "}})",
-}
 
 
 class ControllerSettings(AnalysisSettings):
@@ -113,101 +90,10 @@ class ControllerSettings(AnalysisSettings):
         "instead of the log file, which in a cluster is on the detector's own volume. Wins over shadow_log.",
     )
     detector_timeout_seconds: float = Field(10.0, description="Timeout of one shadow comparison request.")
-
-
-# ------------------------------------------------------------------------------------------- Prometheus
-class PrometheusError(RuntimeError):
-    """Prometheus could not answer a query (unreachable, bad query, error status)."""
-
-
-class Prometheus:
-    """Instant queries over the HTTP API (``GET /api/v1/query``).
-
-    Args:
-        url: Base URL, e.g. ``http://127.0.0.1:9090``.
-        timeout: Seconds per query.
-    """
-
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-
-    def query(self, promql: str) -> float | None:
-        """The value of a query returning one sample (a scalar or a one-element vector).
-
-        Returns:
-            The value, or None for an empty result or NaN (e.g. a rate over a series with no samples).
-
-        Raises:
-            PrometheusError: Unreachable server, error status or a result with several series.
-        """
-        try:
-            resp = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=self.timeout)
-            body = resp.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise PrometheusError(f"query failed: {exc}") from exc
-        if resp.status_code != 200 or body.get("status") != "success":
-            raise PrometheusError(f"{body.get('errorType', resp.status_code)}: {body.get('error', '')}")
-        data = body["data"]
-        if data["resultType"] == "scalar":
-            raw = data["result"][1]
-        elif data["resultType"] == "vector":
-            if not data["result"]:
-                return None
-            if len(data["result"]) > 1:
-                raise PrometheusError(f"expected one series, got {len(data['result'])}: {promql}")
-            raw = data["result"][0]["value"][1]
-        else:
-            raise PrometheusError(f"unexpected result type {data['resultType']}")
-        value = float(raw)
-        return None if math.isnan(value) else value
-
-
-def render(gate: str, settings: ControllerSettings, *, version: str | None = None, track: str = "") -> str:
-    """The PromQL of one gate for a version (serving metrics) or a track (drift metrics)."""
-    return QUERIES[gate].format(
-        component=settings.component,
-        version=version or "",
-        window=settings.window,
-        track=track,
-        p=settings.drift_p_value,
-    )
-
-
-def read_snapshot(prometheus: Prometheus, settings: ControllerSettings, stable: str, canary: str) -> Snapshot:
-    """One analysis window of the canary against the stable version.
-
-    Missing series count as zero (no traffic, no errors, no drift); the label gates compare the canary
-    version's precision and recall with the stable version's, with their trials (reviewed predictions,
-    frauds), once the drift detector publishes them (it does per version once 50 of its predictions are
-    labelled) and ``min_labels`` canary predictions are.
-    """
-
-    def q(gate: str, **kw: Any) -> float | None:
-        return prometheus.query(render(gate, settings, **kw))
-
-    versions = {"canary": canary, "stable": stable}
-    label = {
-        (gate, t): q(gate, track=t, version=v)
-        for gate in ("precision", "recall", "reviewed", "frauds")
-        for t, v in versions.items()
-    }
-    return Snapshot(
-        canary_requests=round(q("requests", version=canary) or 0),
-        canary_error_rate=q("error_rate", version=canary) or 0.0,
-        stable_error_rate=q("error_rate", version=stable) or 0.0,
-        canary_p99_seconds=q("p99_seconds", version=canary) or 0.0,
-        score_divergence=q("score_divergence", track="canary") or 0.0,
-        canary_drift_share=q("drift_share", track="canary") or 0.0,
-        labels=round(q("labelled", track="canary", version=canary) or 0),
-        canary_precision=label["precision", "canary"],
-        stable_precision=label["precision", "stable"],
-        canary_recall=label["recall", "canary"],
-        stable_recall=label["recall", "stable"],
-        canary_reviewed=round(label["reviewed", "canary"] or 0),
-        stable_reviewed=round(label["reviewed", "stable"] or 0),
-        canary_frauds=round(label["frauds", "canary"] or 0),
-        stable_frauds=round(label["frauds", "stable"] or 0),
+    inference_log: Path | None = Field(
+        None,
+        description="The drift detector's inference log (SQLite) the backtest evidence is read from (served "
+        "model inputs, labels); default shadow_log. Without either, no backtest: the canary's own labels.",
     )
 
 
@@ -283,6 +169,14 @@ def shadow_source(settings: ControllerSettings) -> ShadowSource | None:
     return None
 
 
+def backtest_for(settings: ControllerSettings, mlflow_settings: Any = None) -> Backtest | None:
+    """The backtest the settings allow: the inference log (or shadow log) and the policy's source."""
+    path = settings.inference_log or settings.shadow_log
+    if path is None or "backtest" not in settings.evidence_sources:
+        return None
+    return Backtest(path, settings, mlflow_settings)
+
+
 # ------------------------------------------------------------------------------------------------- loop
 def pin_stable(backend: RolloutBackend, registry: Registry, audit: AuditLog) -> str | None:
     """Pin the stable revision to the version its alias names now, if it loads an alias.
@@ -320,11 +214,14 @@ def step(
     shadow_events: Callable[[], list[Any]] | None = None,
     shadow_settings: ShadowSettings | None = None,
     shadow_comparison: ShadowSource | None = None,
+    backtest: Backtest | None = None,
 ) -> Decision:
     """One analysis iteration: snapshot, decision, action, audit entry.
 
     With no canary but a shadow, and ``shadow_comparison`` (see :func:`shadow_source`) or ``shadow_events``
     to compare it with stable, the shadow gate decides whether the shadow becomes a canary at the first step.
+    A step the promotion policy names waits for evidence: the canary's labels, else ``backtest`` (see
+    :func:`backtest_for`); the audit entry records the evidence looked at and the one acted on.
 
     Returns:
         The decision; ``hold`` with an empty reason list when nothing is to be analysed (nothing is audited
@@ -347,7 +244,9 @@ def step(
             "analysis-hold", actor=ACTOR, reason=decision.reason, version=canary, state=state.to_dict()
         )
         return decision
-    decision = decide(state.canary_percent, snapshot, settings)
+    waited = time.time() - (audit.canary_started(canary) or time.time())
+    evidence = (lambda: backtest(stable, canary)) if backtest is not None else None
+    decision = decide(state.canary_percent, snapshot, settings, evidence, waited_seconds=waited)
     try:
         if decision.action is Action.STEP:
             assert decision.percent is not None
@@ -368,10 +267,6 @@ def step(
         Action.ROLLBACK: "rollback",
     }[decision.action]
     reason = decision.reason
-    if decision.action is Action.HOLD:
-        reason = f"{snapshot.canary_requests} canary requests < {settings.min_requests} in {settings.window}"
-    elif decision.action is not Action.ROLLBACK:
-        reason = f"all gates passed over {settings.window} ({snapshot.canary_requests} canary requests)"
     audit.append(
         action,
         actor=ACTOR,
@@ -381,6 +276,8 @@ def step(
         percent=decision.percent,
         snapshot=asdict(snapshot),
         state=state.to_dict(),
+        evidence=decision.evidence.to_dict() if decision.evidence else None,
+        checked=[e.to_dict() for e in decision.checked],
     )
     log.info("decision", extra={"action": action, "version": canary, "reason": reason})
     return decision
@@ -428,6 +325,7 @@ def run(
     registry = registry or MlflowRegistry()
     audit = audit_log_for(settings.audit_log)
     comparison = shadow_source(settings)
+    backtest = backtest_for(settings, getattr(registry, "settings", None))
     stop = stop or threading.Event()
     decisions: list[Decision] = []
     while not stop.is_set() and (max_iterations is None or len(decisions) < max_iterations):
@@ -438,7 +336,15 @@ def run(
             log.exception("pinning the stable revision failed")
         try:
             decisions.append(
-                step(backend, prometheus, registry, settings, audit, shadow_comparison=comparison)
+                step(
+                    backend,
+                    prometheus,
+                    registry,
+                    settings,
+                    audit,
+                    shadow_comparison=comparison,
+                    backtest=backtest,
+                )
             )
         except Exception:  # a failed iteration (API server down, ...) must not kill the controller
             log.exception("analysis iteration failed")
@@ -460,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in (
         "backend", "namespace", "inference_service", "virtual_service", "shadow_service", "model_name",
         "state", "audit_log", "prometheus_url", "interval_seconds", "window", "shadow_log", "detector_url",
+        "inference_log",
     ):  # fmt: skip
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=fields[name].description)
     parser.add_argument("--once", action="store_true", help="run one analysis iteration and exit")
