@@ -198,7 +198,7 @@ class FraudPredictor(Model):
             raise InvalidInput(f"missing input(s) {missing}")
         arrays = {name: _tensor_array(by_name[name], meta) for name, meta in expected.items()}
         ids = None if id_tensor is None else _tensor_array(id_tensor, tensors.ID_METADATA)
-        numeric = np.ascontiguousarray(arrays[tensors.NUMERIC], dtype=np.float32)
+        numeric = np.array(arrays[tensors.NUMERIC], dtype=np.float32)  # a copy: raw contents are read-only
         categorical = arrays[tensors.CATEGORICAL]
         if numeric.shape[0] != categorical.shape[0]:
             raise InvalidInput(f"inputs have {numeric.shape[0]} and {categorical.shape[0]} rows")
@@ -247,6 +247,12 @@ def _tensor_array(tensor: Any, meta: dict[str, Any]) -> np.ndarray:
         raise InvalidInput(f"input '{name}': contents do not match shape {shape}: {exc}") from None
     if list(array.shape) != shape:
         raise InvalidInput(f"input '{name}': {array.size} values do not fill shape {shape}")
+    if meta["datatype"] == "BYTES":  # text from here on: the vocabularies and the payload log take str
+        try:
+            text = [v.decode() if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+        except UnicodeDecodeError:
+            raise InvalidInput(f"input '{name}': BYTES elements must be UTF-8 text") from None
+        array = np.array(text, dtype=object).reshape(array.shape)
     return array
 
 

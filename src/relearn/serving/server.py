@@ -105,6 +105,51 @@ async def bad_request(request: Any, exc: Any) -> Any:
     return JSONResponse({"error": message}, status_code=400)
 
 
+def _client_error(status: int) -> Any:
+    """A handler answering ``status`` ``{"error": ...}``, logged as one WARNING line without traceback."""
+    from starlette.responses import JSONResponse
+
+    async def handler(request: Any, exc: Exception) -> Any:
+        log.warning("client error", extra={"path": request.url.path, "status": status, "error": str(exc)})
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    return handler
+
+
+def _quiet_client_errors(app: Any) -> None:
+    """Bad input and unknown models: after KServe's own handlers, which these replace."""
+    from kserve.errors import InvalidInput, ModelNotFound
+
+    app.add_exception_handler(InvalidInput, _client_error(400))
+    app.add_exception_handler(ModelNotFound, _client_error(404))
+
+
+def client_error_interceptor() -> Any:
+    """KServe's exception-to-status interceptor, a client's error logged as one WARNING line.
+
+    KServe logs bad input and unknown models at ERROR with a traceback, and turns an abort a handler already
+    made (:func:`strict_handlers`) into an ERROR "Internal server error" log; the abort passes through here.
+    """
+    import grpc
+    from kserve.errors import InvalidInput, ModelNotFound
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+
+    codes = {InvalidInput: grpc.StatusCode.INVALID_ARGUMENT, ModelNotFound: grpc.StatusCode.NOT_FOUND}
+
+    class ClientErrors(ExceptionToStatusInterceptor):
+        async def handle_exception(self, ex: Exception, request: Any, context: Any, method: str) -> None:
+            if isinstance(ex, grpc.aio.AbortError):
+                raise ex
+            code = next((c for kind, c in codes.items() if isinstance(ex, kind)), None)
+            if code is None:
+                await super().handle_exception(ex, request, context, method)
+                return
+            log.warning("client error", extra={"method": method, "code": code.name, "error": str(ex)})
+            await context.abort(code, str(ex))
+
+    return ClientErrors()
+
+
 def _prepare(app: Any) -> None:
     """Our middleware and handler on KServe's FastAPI app (once: it is a module-level object)."""
     from fastapi.exceptions import RequestValidationError
@@ -143,7 +188,6 @@ def run(model: Any, settings: CommonServingSettings, on_stop: Any = None) -> Non
     from grpc_reflection.v1alpha import reflection
     from kserve import ModelServer
     from kserve.model_server import app
-    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
     from kserve.protocol.grpc.servicer import InferenceServicer
     from kserve.protocol.rest.server import RESTServer
 
@@ -167,11 +211,18 @@ def run(model: Any, settings: CommonServingSettings, on_stop: Any = None) -> Non
         grace_period=2,
     )
     rest.config.host = settings.host
+    create_application = rest.create_application
+
+    def create_quiet_application() -> None:
+        create_application()
+        _quiet_client_errors(app)
+
+    rest.create_application = create_quiet_application
 
     async def serve() -> None:
         grpc_server = aio.server(
             futures.ThreadPoolExecutor(max_workers=4),
-            interceptors=(ExceptionToStatusInterceptor(),),
+            interceptors=(client_error_interceptor(),),
             options=[
                 ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
                 ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),

@@ -1,0 +1,60 @@
+"""Fuzz the predictor: REST v1 and v2 infer, gRPC ModelInfer and the gRPC health/metadata methods."""
+
+from __future__ import annotations
+
+import pytest
+from fuzz_checks import V1, V2, assert_predictor_answers, grpc_send, rows_of, scored, serving_counters
+from fuzz_grpc import infer_calls, metadata_calls
+from fuzz_harness import Endpoint, Grpc, Rest, fuzz
+from fuzz_strategies import encoded, predictor_specs, predictor_v1, predictor_v2
+from hypothesis import strategies as st
+
+pytestmark = pytest.mark.slow
+
+# Other routes now and then: an unknown model, a route without POST. Not /versions/<v>/infer: KServe answers
+# 501 "Model versioning not supported yet" there, by design (see README, Fuzzing).
+PATHS = {
+    "v1": st.sampled_from([V1] * 9 + ["/v1/models/nope:predict", "/v1/models/relearn-fraud"]),
+    "v2": st.sampled_from([V2] * 9 + ["/v2/models/nope/infer", "/v2/models/relearn-fraud/ready"]),
+}
+
+
+@pytest.fixture(scope="module")
+def clients(fuzz_stack):
+    rest, channel = Rest(fuzz_stack.predictor.url), Grpc(fuzz_stack.predictor.grpc_target)
+    yield rest, channel
+    rest.close()
+    channel.close()
+
+
+def endpoint(stack, clients, name: str) -> Endpoint:
+    return Endpoint(
+        name,
+        [stack.predictor.log_path],
+        lambda: serving_counters(stack.predictor.url, "predictor"),
+        scored,
+        lambda: assert_predictor_answers(*clients, stack.pool),
+    )
+
+
+@pytest.mark.parametrize(("protocol", "bodies"), [("v1", predictor_v1()), ("v2", predictor_v2)])
+def test_rest(fuzz_stack, clients, protocol, bodies):
+    def send(case) -> tuple[str, int | None]:
+        status, body = clients[0].post(*case)
+        return str(status), rows_of(status, body)
+
+    fuzz(
+        endpoint(fuzz_stack, clients, f"predictor REST {protocol}"),
+        st.tuples(PATHS[protocol], encoded(bodies)),
+        send,
+    )
+
+
+def test_grpc_infer(fuzz_stack, clients):
+    send = lambda call: grpc_send(clients[1], call)  # noqa: E731
+    fuzz(endpoint(fuzz_stack, clients, "predictor gRPC ModelInfer"), infer_calls(predictor_specs), send)
+
+
+def test_grpc_metadata(fuzz_stack, clients):
+    send = lambda call: grpc_send(clients[1], call)  # noqa: E731
+    fuzz(endpoint(fuzz_stack, clients, "predictor gRPC health/metadata"), metadata_calls(), send)

@@ -1,0 +1,46 @@
+"""Fuzz the rollout router (REST and gRPC) in front of the predictor, its stable version."""
+
+from __future__ import annotations
+
+import pytest
+from fuzz_checks import V1, V2, assert_predictor_answers, grpc_send, rows_of, scored, serving_counters
+from fuzz_grpc import infer_calls, metadata_calls
+from fuzz_harness import Endpoint, Grpc, Rest, fuzz
+from fuzz_strategies import encoded, predictor_specs, predictor_v1, predictor_v2
+from hypothesis import strategies as st
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def clients(fuzz_stack):
+    rest, channel = Rest(fuzz_stack.router.url), Grpc(fuzz_stack.router_grpc)
+    yield rest, channel
+    rest.close()
+    channel.close()
+
+
+def endpoint(stack, clients, name: str) -> Endpoint:
+    """The predictor's counters (the router has none); the router's log and the predictor's."""
+    return Endpoint(
+        name,
+        [stack.router.log_path, stack.predictor.log_path],
+        lambda: serving_counters(stack.predictor.url, "predictor"),
+        scored,
+        lambda: assert_predictor_answers(*clients, stack.pool),
+    )
+
+
+def test_rest(fuzz_stack, clients):
+    def send(case) -> tuple[str, int | None]:
+        status, body = clients[0].post(*case)
+        return str(status), rows_of(status, body)
+
+    cases = st.tuples(st.just(V1), encoded(predictor_v1())) | st.tuples(st.just(V2), encoded(predictor_v2))
+    fuzz(endpoint(fuzz_stack, clients, "router REST"), cases, send)
+
+
+def test_grpc(fuzz_stack, clients):
+    send = lambda call: grpc_send(clients[1], call)  # noqa: E731
+    calls = st.one_of(infer_calls(predictor_specs), metadata_calls())
+    fuzz(endpoint(fuzz_stack, clients, "router gRPC"), calls, send)

@@ -1,0 +1,47 @@
+"""Fuzz the transformer: REST v1 and v2 infer, and its gRPC service (ModelInfer, health and metadata)."""
+
+from __future__ import annotations
+
+import pytest
+from fuzz_checks import V1, V2, assert_transformer_answers, grpc_send, rows_of, scored, serving_counters
+from fuzz_grpc import infer_calls, metadata_calls
+from fuzz_harness import Endpoint, Grpc, Rest, fuzz
+from fuzz_strategies import encoded, transformer_specs, transformer_v1, transformer_v2
+from hypothesis import strategies as st
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def clients(fuzz_stack):
+    rest, channel = Rest(fuzz_stack.transformer.url), Grpc(fuzz_stack.transformer.grpc_target)
+    yield rest, channel
+    rest.close()
+    channel.close()
+
+
+def endpoint(stack, clients, name: str) -> Endpoint:
+    """The transformer's own counters; its log and the predictor's (which must see no bad request)."""
+    return Endpoint(
+        name,
+        [stack.transformer.log_path, stack.predictor.log_path],
+        lambda: serving_counters(stack.transformer.url, "transformer"),
+        scored,
+        lambda: assert_transformer_answers(*clients),
+    )
+
+
+@pytest.mark.parametrize(("path", "bodies"), [(V1, transformer_v1()), (V2, transformer_v2)], ids=["v1", "v2"])
+def test_rest(fuzz_stack, clients, path, bodies):
+    def send(case) -> tuple[str, int | None]:
+        status, body = clients[0].post(path, case)
+        return str(status), rows_of(status, body)
+
+    protocol = path.split("/")[1]
+    fuzz(endpoint(fuzz_stack, clients, f"transformer REST {protocol}"), encoded(bodies), send)
+
+
+def test_grpc(fuzz_stack, clients):
+    send = lambda call: grpc_send(clients[1], call)  # noqa: E731
+    calls = st.one_of(infer_calls(transformer_specs), metadata_calls())
+    fuzz(endpoint(fuzz_stack, clients, "transformer gRPC"), calls, send)
