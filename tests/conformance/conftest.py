@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conformance_cases import MODEL, model_arrays, transactions
-from conformance_clients import Client, all_clients
-from conformance_table import outcome, render
 
+from conformance.cases import MODEL, model_arrays, transactions
+from conformance.clients import Client, all_clients
+from conformance.table import outcome, render
 from relearn.rollout.router import LocalBackend
 from rollout_stack import DRIFT_PYTHON, Pool, make_artifacts
 from serving_stack import PYTHON, Server, free_port, stop_process, wait_until

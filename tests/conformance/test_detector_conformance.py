@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from cloudevents.conversion import to_binary, to_dict, to_structured
 from cloudevents.http import CloudEvent
-from conformance_cases import MODEL, model_arrays
-from conformance_clients import Curl
 from prometheus_client.parser import text_string_to_metric_families
 
+from conformance.cases import MODEL, model_arrays
+from conformance.clients import Curl
 from relearn.events import REQUEST_TYPE, RESPONSE_TYPE
 from relearn.serving import tensors
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from conformance_cases import ENDPOINTS, MODEL
-from conformance_clients import Curl
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from conformance.cases import ENDPOINTS, MODEL
+from conformance.clients import Curl
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conformance_cases import (
+
+from conformance.cases import (
     ENDPOINTS,
     MODEL,
     THRESHOLD,
@@ -21,7 +22,7 @@ from conformance_cases import (
     v1_bad_instance,
     v1_instances,
 )
-from conformance_clients import Curl, Failure
+from conformance.clients import Curl, Failure
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,8 @@ import uuid
 
 import numpy as np
 import pytest
-from conformance_cases import (
+
+from conformance.cases import (
     ENDPOINTS,
     MODEL,
     THRESHOLD,
@@ -25,7 +26,7 @@ from conformance_cases import (
     metadata,
     outputs,
 )
-from conformance_clients import Failure, all_clients
+from conformance.clients import Failure, all_clients
 
 pytestmark = pytest.mark.slow
 

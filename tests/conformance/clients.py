@@ -16,8 +16,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
-import conformance_grpc_worker as worker
 import numpy as np
+
+import conformance.grpc_worker as worker
 
 HEALTH = frozenset({"live", "ready", "model_ready"})
 ALL_OPS = HEALTH | {"server_metadata", "model_metadata", "infer"}

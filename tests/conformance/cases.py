@@ -9,8 +9,8 @@ import uuid
 from datetime import UTC, datetime
 
 import numpy as np
-from conformance_clients import Tensor
 
+from conformance.clients import Tensor
 from relearn.data.schema import REQUEST_FIELDS
 from relearn.features.spec import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS
 from relearn.serving import tensors

@@ -2,7 +2,7 @@
 
 tritonclient.grpc and KServe register the same protobuf symbols (``inference.ServerLiveRequest`` ...) in
 the default descriptor pool, so they cannot be imported into one process; the suite's process imports
-KServe, so every tritonclient.grpc call runs in a spawned worker (:class:`conformance_clients.TritonGrpc`).
+KServe, so every tritonclient.grpc call runs in a spawned worker (:class:`conformance.clients.TritonGrpc`).
 Results cross the process boundary as plain values: ``("ok", value)`` or ``("error", code, message)``.
 This module imports neither library at import time.
 """
