@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from doc_blocks import blocks
-from doc_kinds import RESULTS
-from doc_workspace import Workspace, machine_lock
+
+from docs.doc_blocks import blocks
+from docs.doc_kinds import RESULTS
+from docs.doc_workspace import Workspace, machine_lock
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import json
 import re
 import subprocess
 
-import doc_shell as shell
-from doc_blocks import ROOT, Block
-from doc_workspace import PRELUDE, Workspace
+import docs.doc_shell as shell
+from docs.doc_blocks import ROOT, Block
+from docs.doc_workspace import PRELUDE, Workspace
 
 LABELS = {"run": "run", "cluster": "dry-run", "covered": "covered by tests", "output": "output",
           "diagram": "diagram"}  # fmt: skip

@@ -20,9 +20,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
-from doc_blocks import ROOT, Block
-from doc_shell import stop_session
 
+from docs.doc_blocks import ROOT, Block
+from docs.doc_shell import stop_session
 from relearn.demo.stack import free_port
 
 # The README's commands hold fixed ports on every address (0.0.0.0, the servers' default), as the rehearsal's

@@ -6,8 +6,9 @@ One test per block, in document order; the terminal summary counts them ("docs: 
 from __future__ import annotations
 
 import pytest
-from doc_blocks import ROOT, documents, parse
-from doc_kinds import evaluator
+
+from docs.doc_blocks import ROOT, documents, parse
+from docs.doc_kinds import evaluator
 
 pytestmark = pytest.mark.slow
 EXAMPLES = [example for path in documents() for example in parse(path, ROOT, evaluator)]

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from doc_blocks import HOW_TO_MARK, blocks
-from doc_kinds import evaluate
-from doc_shell import split
-from doc_workspace import Workspace, bindable
 
+from docs.doc_blocks import HOW_TO_MARK, blocks
+from docs.doc_kinds import evaluate
+from docs.doc_shell import split
+from docs.doc_workspace import Workspace, bindable
 from relearn.demo.stack import free_port
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from fuzz_harness import RESULTS
-from fuzz_stack import FuzzStack
+
+from fuzz.fuzz_harness import RESULTS
+from fuzz.fuzz_stack import FuzzStack
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from fuzz_harness import Grpc, Rest, Tally
-from fuzz_stack import MODEL, scrape, total
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
+from fuzz.fuzz_harness import Grpc, Rest, Tally
+from fuzz.fuzz_stack import MODEL, scrape, total
 from rollout_stack import Pool, grpc_request, v2_request
 
 JSON = {"content-type": "application/json"}

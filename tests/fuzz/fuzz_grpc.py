@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fuzz_strategies import DATATYPES, Spec, mostly, seeds
 from hypothesis import strategies as st
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
+from fuzz.fuzz_strategies import DATATYPES, Spec, mostly, seeds
 from relearn.serving.tensors import serialize_bytes
 
 SERVICE = "/inference.GRPCInferenceService/"

@@ -19,9 +19,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
-from fuzz_stack import LogWatch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from fuzz.fuzz_stack import LogWatch
 
 CASES = int(os.environ.get("RELEARN_FUZZ_CASES", "2000"))  # per endpoint; CI runs the default
 FUZZ = settings(

@@ -8,12 +8,12 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from fuzz_checks import JSON, V1
-from fuzz_harness import Endpoint, Rest, fuzz
-from fuzz_stack import scrape, total
-from fuzz_strategies import ce_headers, cloud_event_bodies, encoded, labels
 from hypothesis import strategies as st
 
+from fuzz.fuzz_checks import JSON, V1
+from fuzz.fuzz_harness import Endpoint, Rest, fuzz
+from fuzz.fuzz_stack import scrape, total
+from fuzz.fuzz_strategies import ce_headers, cloud_event_bodies, encoded, labels
 from relearn.events import REQUEST_TYPE
 from relearn.features.spec import MODEL_INPUTS
 

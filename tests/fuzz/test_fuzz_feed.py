@@ -7,10 +7,11 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from fuzz_checks import JSON, transaction
-from fuzz_harness import Endpoint, Rest, fuzz
-from fuzz_stack import scrape, total
-from fuzz_strategies import encoded, feed_chargebacks, feed_transactions
+
+from fuzz.fuzz_checks import JSON, transaction
+from fuzz.fuzz_harness import Endpoint, Rest, fuzz
+from fuzz.fuzz_stack import scrape, total
+from fuzz.fuzz_strategies import encoded, feed_chargebacks, feed_transactions
 
 pytestmark = pytest.mark.slow
 

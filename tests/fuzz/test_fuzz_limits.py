@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from fuzz_checks import INFER, assert_predictor_answers, assert_transformer_answers
-from fuzz_harness import Grpc, Rest
-from fuzz_stack import MODEL
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
+from fuzz.fuzz_checks import INFER, assert_predictor_answers, assert_transformer_answers
+from fuzz.fuzz_harness import Grpc, Rest
+from fuzz.fuzz_stack import MODEL
 from relearn.serving.server import GRPC_MAX_MESSAGE
 
 pytestmark = pytest.mark.slow

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from fuzz_checks import V1, V2, assert_predictor_answers, grpc_send, rows_of, scored, serving_counters
-from fuzz_grpc import infer_calls, metadata_calls
-from fuzz_harness import Endpoint, Grpc, Rest, fuzz
-from fuzz_strategies import encoded, predictor_specs, predictor_v1, predictor_v2
 from hypothesis import strategies as st
+
+from fuzz.fuzz_checks import V1, V2, assert_predictor_answers, grpc_send, rows_of, scored, serving_counters
+from fuzz.fuzz_grpc import infer_calls, metadata_calls
+from fuzz.fuzz_harness import Endpoint, Grpc, Rest, fuzz
+from fuzz.fuzz_strategies import encoded, predictor_specs, predictor_v1, predictor_v2
 
 pytestmark = pytest.mark.slow
 

@@ -46,16 +46,26 @@ class Pod:
     restarts: int = 0
     started: float = 0.0
     _ready: tuple[float, bool] = (0.0, False)
+    _failures: int = 0
+    _probed: Any = None  # the container (Popen) the readiness state belongs to: a restart starts unready
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ready(self) -> bool:
-        """The readinessProbe (cached 1 s); no probe: ready while running."""
+        """The readinessProbe (cached 1 s); no probe: ready while running. As the kubelet's: a ready pod turns
+        unready after failureThreshold (default 3) failed probes in a row, not after one slow answer."""
         now = time.monotonic()
         if now - self._ready[0] < 1.0:
             return self._ready[1]
-        ok = self.popen is not None and self.popen.poll() is None and probe(self.proc)
-        self._ready = (now, ok)
-        return ok
+        if self.popen is None or self.popen.poll() is not None or self._probed is not self.popen:
+            self._ready, self._failures, self._probed = (now, False), 0, self.popen
+            if self.popen is None or self.popen.poll() is not None:
+                return False
+        ok = probe(self.proc)
+        self._failures = 0 if ok else self._failures + 1
+        threshold = int((self.proc.readiness or {}).get("failureThreshold", 3))
+        ready = ok or (self._ready[1] and self._failures < threshold)
+        self._ready = (now, ready)
+        return ready
 
 
 def _port(proc: Process, port: Any) -> int:
