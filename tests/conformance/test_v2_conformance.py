@@ -42,12 +42,7 @@ BINARY_OUTPUTS = {
 }
 
 # Infer defects outside this suite's files, reported to their owners: (client, endpoint) -> reason.
-INFER_DEFECTS = {
-    ("tritonclient.http.binary", "transformer"): (
-        "transformer_model._v2_response ignores the outputs' binary_data parameter (it does not pass the "
-        "requested outputs to InferResponse): binary outputs asked, JSON answered"
-    ),
-}
+INFER_DEFECTS: dict[tuple[str, str], str] = {}
 
 
 def cell(test: str, params: dict) -> tuple[str, str, str]:

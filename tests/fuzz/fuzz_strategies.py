@@ -22,6 +22,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from relearn.data import contract
 from relearn.data.schema import REQUEST_FIELDS
 from relearn.events import EVENT_TYPES
 from relearn.features.spec import CATEGORICAL_INPUTS, NUMERIC_INPUTS
@@ -274,7 +275,7 @@ TRANSACTION = {
     },
     "device_id": Field(_choice(("d1", "d2"))),
 }
-REQUIRED_TXN = ("transaction_id", "event_timestamp", "user_id", "merchant_id", "amount")
+REQUIRED_TXN = contract.required()  # the data contract's: valid records carry these (currency too)
 
 
 @st.composite

@@ -32,7 +32,7 @@ import httpx
 import pandas as pd
 
 from relearn.demo.controller import controller_command, inference_log
-from relearn.demo.replay import Replay
+from relearn.demo.replay import Replay, failed
 from relearn.demo.settings import DemoSettings
 from relearn.demo.stack import (
     Child,
@@ -448,6 +448,7 @@ def run(settings: DemoSettings) -> Outcome:
             sent=replay.position,
             fed=replay.fed,
             chargebacks_fed=replay.chargebacks_fed,
+            feed_refused=replay.feed_refused,
         )
         driver.close()
         with httpx.Client() as client:
@@ -523,8 +524,8 @@ class _Driver:
             parts.append(f"shadow v{state.shadow}")
         if state.canary:
             parts.append(f"canary v{state.canary} {state.canary_percent}%")
-        failed = int(((self.replay.record.code[: self.replay.position]) > 0).sum())
-        parts.append(f"errors {failed}")
+        record, n = self.replay.record, self.replay.position
+        parts.append(f"errors {int(failed(record.code[:n], record.invalid[:n]).sum())}")
         return " | ".join(parts)
 
     def alert(self, wall: float, data: dict[str, Any]) -> None:

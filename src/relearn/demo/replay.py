@@ -7,6 +7,11 @@ is served the features the pandas engine computes for it, and no feature value i
 Chargebacks also go to the drift detector once the stream's clock passes their arrival; there a chargeback
 arrives *now*: its timestamp is the wall-clock time it is posted, the clock the serving side stamps
 predictions with. Every answer is recorded (latency, status, serving version, score).
+
+A scenario may send records that break the data contract (``data_bug_units``): the transformer must refuse
+each with INVALID_ARGUMENT, and the feed would refuse a batch holding one, so the replay leaves those out of
+the feed and records which requests it expects refused. A refusal of a valid record, or an answer to an
+invalid one, is a failure (:func:`failed`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from relearn.data import contract
 from relearn.data.schema import REQUEST_FIELDS
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,7 @@ class Record:
     code: np.ndarray = field(init=False)  # 0 OK, else the gRPC status code; -1 no answer (yet)
     score: np.ndarray = field(init=False)
     version: np.ndarray = field(init=False)
+    invalid: np.ndarray = field(init=False)  # breaks the data contract: must be refused
 
     def __post_init__(self) -> None:
         self.sent = np.full(self.n, np.nan)
@@ -47,6 +54,7 @@ class Record:
         self.code = np.full(self.n, -1, dtype=np.int16)
         self.score = np.full(self.n, np.nan)
         self.version = np.full(self.n, "", dtype=object)
+        self.invalid = np.zeros(self.n, dtype=bool)
 
     def frame(self) -> pd.DataFrame:
         """The records as columns."""
@@ -57,8 +65,23 @@ class Record:
                 "code": self.code,
                 "score": self.score,
                 "model_version": self.version,
+                "invalid": self.invalid,
             }
         )
+
+
+INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+def refused(code: Any, invalid: Any) -> np.ndarray:
+    """Requests refused as the contract says (INVALID_ARGUMENT for a record that breaks it)."""
+    return (np.asarray(code) == INVALID_ARGUMENT) & np.asarray(invalid, dtype=bool)
+
+
+def failed(code: Any, invalid: Any) -> np.ndarray:
+    """Requests that failed: an error other than the contract's refusal, or an invalid record answered."""
+    code, invalid = np.asarray(code), np.asarray(invalid, dtype=bool)
+    return ((code > 0) & ~refused(code, invalid)) | ((code == 0) & invalid)
 
 
 def infer_request(row: Any, model_name: str) -> Any:
@@ -69,7 +92,10 @@ def infer_request(row: Any, model_name: str) -> Any:
     for name in REQUEST_FIELDS:
         value = getattr(row, name)
         tensor = request.inputs.add(name=name, shape=[1])
-        if name == "amount":
+        if name != "amount" and contract.is_null(value):
+            tensor.datatype = "BYTES"
+            tensor.contents.bytes_contents.append(b"")  # a BYTES tensor's null (the contract's reading)
+        elif name == "amount":
             tensor.datatype = "FP64"
             tensor.contents.fp64_contents.append(float(value))
         else:
@@ -121,13 +147,20 @@ class Replay:
         self.rate = rate
         self.detector_url = detector_url.rstrip("/")
         self.feed_url = feed_url.rstrip("/")
-        self.feed = feed
+        bad = contract.frame_violations(feed)
+        if len(bad):  # the feed refuses a batch holding one; what the contract refuses never reaches it
+            log.warning(
+                "%d unscored transactions break the data contract, not fed: %s", len(bad), bad.iloc[0]
+            )
+        self.feed_refused = len(bad)
+        self.feed = feed.drop(feed.index[bad.index.to_numpy(dtype=int)]).reset_index(drop=True)
         self.chargebacks = chargebacks
-        self._feed_times = feed["event_timestamp"].dt.tz_convert(None).to_numpy()
+        self._feed_times = self.feed["event_timestamp"].dt.tz_convert(None).to_numpy()
         self._chargeback_times = chargebacks["received_timestamp"].dt.tz_convert(None).to_numpy()
         self.fed = self.chargebacks_fed = 0
         self.model_name = model_name
         self.record = Record(len(stream))
+        self.record.invalid[contract.frame_violations(stream).index.to_numpy(dtype=int)] = True
         self.position = 0
         self.labels_sent = 0
         self.failures: list[str] = []
@@ -219,9 +252,11 @@ class Replay:
                 self.record.score[i] = response_score(reply)
                 self.record.version[i] = reply.model_version
                 self.record.code[i] = 0
+                if self.record.invalid[i] and len(self.failures) < 20:
+                    self.failures.append(f"{row.transaction_id}: answered, but breaks the data contract")
             except grpc.RpcError as exc:
                 self.record.code[i] = exc.code().value[0]
-                if len(self.failures) < 20:
+                if failed(self.record.code[i], self.record.invalid[i]) and len(self.failures) < 20:
                     self.failures.append(f"{row.transaction_id}: {exc.code().name} {exc.details()}")
             finally:
                 self.record.latency[i] = time.time() - started

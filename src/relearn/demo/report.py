@@ -19,6 +19,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score
 
 from relearn.demo.loop import Outcome
+from relearn.demo.replay import failed, refused
 from relearn.model.report import CSS, pyplot, save_figure
 from relearn.monitoring.quality import at_budget
 
@@ -143,7 +144,8 @@ def summary(outcome: Outcome) -> dict[str, Any]:
     return {
         "scenario": outcome.settings.scenario,
         "requests": len(records),
-        "failed": int((records["code"] > 0).sum()),
+        "failed": int(failed(records["code"], records["invalid"]).sum()),
+        "refused": int(refused(records["code"], records["invalid"]).sum()),
         "answered": int((records["code"] >= 0).sum()),
         "champion_before": outcome.champion_before,
         "champion_after": outcome.champion_after,
@@ -157,7 +159,7 @@ def summary(outcome: Outcome) -> dict[str, Any]:
         "feature_feed": {
             k: v
             for k, v in (outcome.timeline.first("replay-end") or {}).items()
-            if k in ("fed", "chargebacks_fed")
+            if k in ("fed", "chargebacks_fed", "feed_refused")
         },
         "gate": (outcome.timeline.first("retrain-end") or {}).get("gate"),
         "promotion_evidence": next(
@@ -189,9 +191,13 @@ def plot_traffic(outcome: Outcome, path: Path) -> Path:
     counts = r[ok].groupby([t[ok], r.loc[ok, "model_version"]]).size().unstack(fill_value=0) / 5
     for version in counts.columns:
         top.plot(counts.index, counts[version], label=f"v{version}")
-    failed = r[~ok].groupby(t[~ok]).size() / 5
-    if len(failed):
-        top.plot(failed.index, failed.values, "r.", label="failed")
+    for mask, style, label in (
+        (failed(r["code"], r["invalid"]), "r.", "failed"),
+        (refused(r["code"], r["invalid"]), "k.", "refused (data contract)"),
+    ):
+        per_s = r[mask].groupby(t[mask]).size() / 5
+        if len(per_s):
+            top.plot(per_s.index, per_s.values, style, label=label)
     top.set_ylabel("requests/s")
     top.set_ylim(bottom=0)
     _markers(top, outcome, start)
@@ -324,10 +330,16 @@ def terminal_table(s: dict[str, Any]) -> str:
     lines += ["", *(f"  {line}" for line in evidence_lines(s))]
     lines.append("")
     lines.append(
-        f"  requests {s['requests']:,}, failed {s['failed']}; champion v{s['champion_before']} → "
-        f"v{s['champion_after']}; drift windows {s['drift_windows']}/{s['windows']}"
+        f"  requests {s['requests']:,}, failed {s['failed']}{_refused(s)}; "
+        f"champion v{s['champion_before']} → v{s['champion_after']}; "
+        f"drift windows {s['drift_windows']}/{s['windows']}"
     )
     return "\n".join(lines)
+
+
+def _refused(s: dict[str, Any]) -> str:
+    """The summary's note on requests the data contract refused (a scenario sent records that break it)."""
+    return f", refused {s['refused']:,} by the data contract" if s.get("refused") else ""
 
 
 def evidence_lines(s: dict[str, Any]) -> list[str]:
@@ -359,7 +371,7 @@ def write(outcome: Outcome) -> tuple[Path, dict[str, Any]]:
     parts = [
         "<h1>relearn — the loop on one machine</h1>",
         f"<p class='sub'>scenario <b>{html.escape(s['scenario'])}</b>, {s['requests']:,} requests over gRPC, "
-        f"{s['failed']} failed; champion v{s['champion_before']} → v{s['champion_after']}</p>",
+        f"{s['failed']} failed{_refused(s)}; champion v{s['champion_before']} → v{s['champion_after']}</p>",
         "<h2>Model quality</h2><table>",
         _row("phase", "requests", "fraud", "precision at budget", "recall at budget", "PR-AUC", tag="th"),
     ]

@@ -33,7 +33,7 @@ def parse_labels(records: Any) -> list[tuple[str, int, float]]:
             raise Rejected("bad_labels", "each label needs a transaction_id")
         try:
             moment = pd.Timestamp(record.get("chargeback_timestamp"))
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):  # Overflow: a UTC offset past a C int
             raise Rejected("bad_labels", f"bad chargeback_timestamp in {dict(record)}") from None
         if pd.isna(moment):
             raise Rejected("bad_labels", f"missing chargeback_timestamp in {dict(record)}")

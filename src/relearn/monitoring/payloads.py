@@ -105,7 +105,7 @@ def event_parts(content_type: str, headers: Any, body: bytes) -> tuple[Any, byte
         )
     if mode != STRUCTURED:
         return headers, body
-    envelope = _json(body)
+    envelope = loads(body)
     if not isinstance(envelope, dict):
         raise Rejected("malformed_event", "a structured CloudEvent must be a JSON object")
     attributes = {f"ce-{k}": str(v) for k, v in envelope.items() if k not in ("data", "data_base64")}
@@ -179,7 +179,9 @@ def request_features(body: bytes) -> list[dict[str, Any]]:
     Raises:
         Rejected: Not JSON, not v1/v2, or the instances do not match the model's features.
     """
-    rows = _request_rows(_json(body))
+    rows = _request_rows(loads(body))
+    if not rows:
+        raise Rejected("empty", "the request has no instances")
     first = rows[0]
     if all(name in first for name in MODEL_INPUTS):
         names: tuple[str, ...] = MODEL_INPUTS
@@ -230,7 +232,7 @@ def parse_response(body: bytes) -> tuple[list[float], str | None]:
     Raises:
         Rejected: When no score can be read.
     """
-    payload = _json(body)
+    payload = loads(body)
     if isinstance(payload, dict) and "predictions" in payload:
         values = payload["predictions"]
         if not isinstance(values, list):
@@ -250,11 +252,14 @@ def parse_response(body: bytes) -> tuple[list[float], str | None]:
     return [_number("score", v) for v in values], None if version is None else str(version)
 
 
-def _json(body: bytes) -> Any:
+def loads(body: bytes, reason: str = "bad_json", what: str = "body") -> Any:
+    """The JSON of a body, or :class:`Rejected` (nesting past the recursion limit too: a client's error)."""
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
-        raise Rejected("bad_json", f"body is not JSON: {error}") from None
+        raise Rejected(reason, f"{what} is not JSON: {error}") from None
+    except RecursionError:
+        raise Rejected(reason, f"{what} is nested too deeply") from None
 
 
 def validate(kind: str, body: bytes) -> None:

@@ -38,7 +38,7 @@ from relearn.monitoring.alerts import Alerter
 from relearn.monitoring.labels import parse_labels, store_labels
 from relearn.monitoring.metrics import Metrics
 from relearn.monitoring.monitor import Monitor
-from relearn.monitoring.payloads import Event, Rejected, event_parts, parse_headers, validate
+from relearn.monitoring.payloads import Event, Rejected, event_parts, loads, parse_headers, validate
 from relearn.monitoring.settings import DriftSettings
 
 NOT_SINK = frozenset({"/labels", "/metrics", "/healthz", "/ready", "/status"})
@@ -162,10 +162,7 @@ def create_app(settings: DriftSettings) -> Any:
 
     async def labels(request: Request) -> Response:
         try:
-            try:
-                records = json.loads(await request.body())
-            except ValueError as error:
-                raise Rejected("bad_labels", f"labels body is not JSON: {error}") from None
+            records = loads(await request.body(), "bad_labels", "labels body")
             parsed = parse_labels(records)
         except Rejected as error:
             return reject(error)

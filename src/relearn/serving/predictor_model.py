@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from kserve import InferOutput, InferRequest, InferResponse, Model
+from kserve import InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
 
 from relearn.features.spec import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS
@@ -161,24 +161,8 @@ class FraudPredictor(Model):
     def _v2_response(
         self, request: InferRequest, event_id: str, scores: np.ndarray, decisions: np.ndarray
     ) -> InferResponse:
-        binary = request.use_binary_outputs
-        names, requested = tensors.requested_outputs(request, OUTPUTS)
         values = {tensors.SCORE: ("FP32", scores), tensors.DECISION: ("BOOL", decisions)}
-        outputs = []
-        for name in names:
-            datatype, array = values[name]
-            output = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
-            output.set_data_from_numpy(array, binary_data=binary)
-            outputs.append(output)
-        return InferResponse(
-            response_id=event_id,
-            model_name=self.name,
-            model_version=self.version,
-            infer_outputs=outputs,
-            from_grpc=request.from_grpc,
-            use_binary_outputs=binary,
-            requested_outputs=requested,
-        )
+        return tensors.v2_response(request, self.name, self.version, event_id, values)
 
     def _check_batch(self, rows: int) -> None:
         if rows == 0:

@@ -71,6 +71,35 @@ def requested_outputs(request: Any, available: list[str]) -> tuple[list[str], li
     return [o.name for o in wanted], None if request.from_grpc else resolved
 
 
+def v2_response(
+    request: Any, model: str, version: str, event_id: str, values: dict[str, tuple[str, np.ndarray]]
+) -> Any:
+    """The v2 ``InferResponse`` to ``request``: the outputs it asks for, each in the encoding it asks.
+
+    ``values``: output name → (datatype, array); a request that names no outputs gets them all
+    (:func:`requested_outputs`).
+    """
+    from kserve.protocol.infer_type import InferOutput, InferResponse
+
+    binary = request.use_binary_outputs
+    names, requested = requested_outputs(request, list(values))
+    outputs = []
+    for name in names:
+        datatype, array = values[name]
+        output = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
+        output.set_data_from_numpy(array, binary_data=binary)
+        outputs.append(output)
+    return InferResponse(
+        response_id=event_id,
+        model_name=model,
+        model_version=version,
+        infer_outputs=outputs,
+        from_grpc=request.from_grpc,
+        use_binary_outputs=binary,
+        requested_outputs=requested,
+    )
+
+
 def _binary(output: Any, default: bool) -> bool:
     value = output.binary_data
     return default if value is None else bool(getattr(value, "bool_param", value))

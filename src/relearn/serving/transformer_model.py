@@ -31,7 +31,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from kserve import InferOutput, InferRequest, InferResponse, Model
+from kserve import InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput, ServerNotReady
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
@@ -236,24 +236,12 @@ class FraudTransformer(Model):
         decisions: np.ndarray,
         version: str,
     ) -> InferResponse:
-        binary = request.use_binary_outputs
-        outputs = []
-        for name, datatype, values in (
-            ("transaction_id", "BYTES", ids),
-            (tensors.SCORE, "FP32", scores),
-            (tensors.DECISION, "BOOL", decisions),
-        ):
-            output = InferOutput(name=name, shape=[len(values)], datatype=datatype)
-            output.set_data_from_numpy(values, binary_data=binary)
-            outputs.append(output)
-        return InferResponse(
-            response_id=event_id,
-            model_name=self.name,
-            model_version=version,
-            infer_outputs=outputs,
-            from_grpc=request.from_grpc,
-            use_binary_outputs=binary,
-        )
+        values = {
+            tensors.TRANSACTION_ID: ("BYTES", ids),
+            tensors.SCORE: ("FP32", scores),
+            tensors.DECISION: ("BOOL", decisions),
+        }
+        return tensors.v2_response(request, self.name, version, event_id, values)
 
     def _check(self, fields: dict[str, list], n: int) -> tuple[list[Event], dict[str, Any]]:
         """Validate the request's fields (one list per field); the state's events and the model's columns."""
@@ -329,7 +317,9 @@ class FraudTransformer(Model):
                     raise InvalidInput(f"input '{name}': BYTES elements must be UTF-8 text") from None
         for name in REQUEST_FIELDS:
             fields.setdefault(name, [None] * (rows or 0))
+        tensors.requested_outputs(request, OUTPUT_NAMES)  # an unknown output: refused before the state moves
         return self._check(fields, rows or 0)
 
 
 _REQUEST_SET = frozenset(REQUEST_FIELDS)
+OUTPUT_NAMES = [tensors.TRANSACTION_ID, tensors.SCORE, tensors.DECISION]
