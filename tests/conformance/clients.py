@@ -169,6 +169,21 @@ class TritonHttp(Client):
         }
 
 
+def kserve_rest(protocol: str, fn: Any) -> Any:
+    """``fn(client)`` with KServe's ``InferenceRESTClient`` speaking ``protocol``; an error status fails."""
+    import httpx
+    from kserve import InferenceRESTClient, RESTConfig
+
+    async def run() -> Any:
+        async with InferenceRESTClient(RESTConfig(protocol=protocol, retries=0)) as client:
+            return await fn(client)
+
+    try:
+        return asyncio.run(run())
+    except httpx.HTTPStatusError as exc:  # message: "<error>, '<status> <reason>' for url '<url>'"
+        raise Failure(exc.response.status_code, str(exc).rsplit(", '", 1)[0]) from None
+
+
 class KServeRest(Client):
     """KServe's own ``InferenceRESTClient`` (v2; its inputs default to the binary extension)."""
 
@@ -176,17 +191,7 @@ class KServeRest(Client):
     ops = HEALTH | {"infer"}  # it has no metadata calls
 
     def _call(self, fn: Any) -> Any:
-        import httpx
-        from kserve import InferenceRESTClient, RESTConfig
-
-        async def run() -> Any:
-            async with InferenceRESTClient(RESTConfig(protocol="v2", retries=0)) as client:
-                return await fn(client)
-
-        try:
-            return asyncio.run(run())
-        except httpx.HTTPStatusError as exc:  # message: "<error>, '<status> <reason>' for url '<url>'"
-            raise Failure(exc.response.status_code, str(exc).rsplit(", '", 1)[0]) from None
+        return kserve_rest("v2", fn)
 
     def live(self, url: str) -> bool:
         return self._call(lambda c: c.is_server_live(url))

@@ -4,7 +4,6 @@ predictor, the transformer and the router. Test ids read ``<client>-v1-rest-<end
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -22,7 +21,7 @@ from conformance.cases import (
     v1_bad_instance,
     v1_instances,
 )
-from conformance.clients import Curl, Failure
+from conformance.clients import Curl, Failure, kserve_rest
 
 pytestmark = pytest.mark.slow
 
@@ -46,17 +45,7 @@ class KServeV1:
     name = "kserve.rest"
 
     def _call(self, fn: Any) -> Any:
-        import httpx
-        from kserve import InferenceRESTClient, RESTConfig
-
-        async def run() -> Any:
-            async with InferenceRESTClient(RESTConfig(protocol="v1", retries=0)) as client:
-                return await fn(client)
-
-        try:
-            return asyncio.run(run())
-        except httpx.HTTPStatusError as exc:  # message: "<error>, '<status> <reason>' for url '<url>'"
-            raise Failure(exc.response.status_code, str(exc).rsplit(", '", 1)[0]) from None
+        return kserve_rest("v1", fn)
 
     def live(self, url: str) -> bool:
         return self._call(lambda c: c.is_server_live(url))

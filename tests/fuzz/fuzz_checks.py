@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
-from fuzz.fuzz_harness import Grpc, Rest, Tally
+from fuzz.fuzz_harness import Endpoint, Grpc, Rest, Tally
 from fuzz.fuzz_stack import MODEL, scrape, total
 from rollout_stack import Pool, grpc_request, v2_request
 
@@ -29,6 +32,24 @@ def serving_counters(url: str, component: str) -> dict[str, float]:
         "error": total(samples, requests, component=component, outcome="error"),
         "rows": total(samples, "relearn_serving_rows_total", component=component),
     }
+
+
+@contextmanager
+def connected(url: str, grpc_target: str) -> Iterator[tuple[Rest, Grpc]]:
+    """One kept-alive REST connection and one gRPC channel to a server, closed after the module."""
+    rest, channel = Rest(url), Grpc(grpc_target)
+    try:
+        yield rest, channel
+    finally:
+        rest.close()
+        channel.close()
+
+
+def serving_endpoint(
+    name: str, logs: list[Path], url: str, component: str, healthy: Callable[[], None]
+) -> Endpoint:
+    """A serving endpoint: ``component``'s request and row counters at ``url`` move by the rows scored."""
+    return Endpoint(name, logs, lambda: serving_counters(url, component), scored, healthy)
 
 
 def scored(tally: Tally) -> dict[str, float]:

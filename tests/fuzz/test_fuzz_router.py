@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import strategies as st
 
-from fuzz.fuzz_checks import V1, V2, assert_predictor_answers, grpc_send, rows_of, scored, serving_counters
+from fuzz.fuzz_checks import V1, V2, assert_predictor_answers, connected, grpc_send, rows_of, serving_endpoint
 from fuzz.fuzz_grpc import infer_calls, metadata_calls
-from fuzz.fuzz_harness import Endpoint, Grpc, Rest, fuzz
+from fuzz.fuzz_harness import Endpoint, fuzz
 from fuzz.fuzz_strategies import encoded, predictor_specs, predictor_v1, predictor_v2
 
 pytestmark = pytest.mark.slow
@@ -15,19 +15,17 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def clients(fuzz_stack):
-    rest, channel = Rest(fuzz_stack.router.url), Grpc(fuzz_stack.router_grpc)
-    yield rest, channel
-    rest.close()
-    channel.close()
+    with connected(fuzz_stack.router.url, fuzz_stack.router_grpc) as both:
+        yield both
 
 
 def endpoint(stack, clients, name: str) -> Endpoint:
     """The predictor's counters (the router has none); the router's log and the predictor's."""
-    return Endpoint(
+    return serving_endpoint(
         name,
         [stack.router.log_path, stack.predictor.log_path],
-        lambda: serving_counters(stack.predictor.url, "predictor"),
-        scored,
+        stack.predictor.url,
+        "predictor",
         lambda: assert_predictor_answers(*clients, stack.pool),
     )
 

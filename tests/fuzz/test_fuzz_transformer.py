@@ -5,9 +5,17 @@ from __future__ import annotations
 import pytest
 from hypothesis import strategies as st
 
-from fuzz.fuzz_checks import V1, V2, assert_transformer_answers, grpc_send, rows_of, scored, serving_counters
+from fuzz.fuzz_checks import (
+    V1,
+    V2,
+    assert_transformer_answers,
+    connected,
+    grpc_send,
+    rows_of,
+    serving_endpoint,
+)
 from fuzz.fuzz_grpc import infer_calls, metadata_calls
-from fuzz.fuzz_harness import Endpoint, Grpc, Rest, fuzz
+from fuzz.fuzz_harness import Endpoint, fuzz
 from fuzz.fuzz_strategies import encoded, transformer_specs, transformer_v1, transformer_v2
 
 pytestmark = pytest.mark.slow
@@ -15,19 +23,17 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def clients(fuzz_stack):
-    rest, channel = Rest(fuzz_stack.transformer.url), Grpc(fuzz_stack.transformer.grpc_target)
-    yield rest, channel
-    rest.close()
-    channel.close()
+    with connected(fuzz_stack.transformer.url, fuzz_stack.transformer.grpc_target) as both:
+        yield both
 
 
 def endpoint(stack, clients, name: str) -> Endpoint:
     """The transformer's own counters; its log and the predictor's (which must see no bad request)."""
-    return Endpoint(
+    return serving_endpoint(
         name,
         [stack.transformer.log_path, stack.predictor.log_path],
-        lambda: serving_counters(stack.transformer.url, "transformer"),
-        scored,
+        stack.transformer.url,
+        "transformer",
         lambda: assert_transformer_answers(*clients),
     )
 
