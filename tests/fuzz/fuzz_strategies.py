@@ -341,3 +341,19 @@ def cloud_event_bodies() -> st.SearchStrategy:
     )
     v2_response = v2_request([score]).map(lambda r: {"outputs": r.get("inputs"), "model_version": "1"})
     return st.one_of(predictor_v1(), predictor_v2, v1_response, v2_response, junk)
+
+
+BATCH = "application/cloudevents-batch+json"
+
+
+@st.composite
+def _envelopes(draw: Any) -> list[dict]:
+    """0-3 structured CloudEvents: KServe's attributes (as :func:`ce_headers` draws them) and a body."""
+    return [
+        {**{k.removeprefix("ce-"): v for k, v in draw(ce_headers())}, "data": draw(cloud_event_bodies())}
+        for _ in range(draw(st.integers(0, 3)))
+    ]
+
+
+# Batched content mode: a JSON array of envelopes, mangled as any body is, with the batch content type.
+cloud_event_batches = encoded(_envelopes()).map(lambda case: Case(case.body, BATCH))

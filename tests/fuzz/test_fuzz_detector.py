@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from fuzz.fuzz_checks import JSON, V1
 from fuzz.fuzz_harness import Endpoint, Rest, fuzz
 from fuzz.fuzz_stack import scrape, total
-from fuzz.fuzz_strategies import ce_headers, cloud_event_bodies, encoded, labels
+from fuzz.fuzz_strategies import BATCH, ce_headers, cloud_event_batches, cloud_event_bodies, encoded, labels
 from relearn.events import REQUEST_TYPE
 from relearn.features.spec import MODEL_INPUTS
 
@@ -66,10 +66,12 @@ def test_cloud_events(fuzz_stack, rest):
 
     def send(case) -> tuple[str, int | None]:
         status, _ = rest.post(*case)
-        return str(status), 1 if status == 202 else None
+        if status != 202:
+            return str(status), None
+        return str(status), len(json.loads(case[1].body)) if case[1].content_type == BATCH else 1
 
     paths = st.sampled_from(["/", "/", "/", "/anything", V1])
-    bodies = encoded(cloud_event_bodies(), ce_headers())
+    bodies = encoded(cloud_event_bodies(), ce_headers()) | cloud_event_batches
     cases = st.tuples(paths, bodies)
     fuzz(
         endpoint(fuzz_stack, "detector CloudEvents", "relearn_drift_events_ingested_total", healthy),

@@ -86,34 +86,37 @@ def parse_headers(headers: Any, shadow_service: str | None) -> tuple[str, str, s
     return headers["ce-id"], kind, track, headers.get("ce-time") or ""
 
 
-def event_parts(content_type: str, headers: Any, body: bytes) -> tuple[Any, bytes]:
-    """The binary-mode headers and the data of an HTTP CloudEvent in either single-event content mode.
+def http_events(content_type: str, headers: Any, body: bytes) -> list[tuple[Any, bytes]]:
+    """Each event of an HTTP CloudEvents request as (binary-mode headers, data), in any content mode.
 
     Binary mode (KServe's logger) passes through. Structured mode (``application/cloudevents+json``, what
     the CloudEvents SDKs' ``to_structured`` sends) carries the attributes in the JSON envelope: each becomes
-    its ``ce-`` header; ``data`` (JSON, or text as is) or ``data_base64`` is the body.
+    its ``ce-`` header; ``data`` (JSON, or text as is) or ``data_base64`` is the body. Batched mode
+    (``application/cloudevents-batch+json``) is a JSON array of structured envelopes (may be empty).
 
     Raises:
-        Rejected: Batched mode (415: not supported), or a structured envelope that is not a JSON object.
+        Rejected: An envelope that is not a JSON object, or a batch that is not an array (its index named).
     """
     mode = content_type.split(";", 1)[0].strip().lower()
     if mode == BATCH:
-        raise Rejected(
-            "unsupported_mode",
-            f"batched CloudEvents ({BATCH}) are not supported: post each event in binary or structured mode",
-            status=415,
-        )
+        batch = loads(body)
+        if not isinstance(batch, list):
+            raise Rejected("malformed_event", "a CloudEvents batch must be a JSON array of events")
+        return [_structured(envelope, f"event {i}: ") for i, envelope in enumerate(batch)]
     if mode != STRUCTURED:
-        return headers, body
-    envelope = loads(body)
+        return [(headers, body)]
+    return [_structured(loads(body))]
+
+
+def _structured(envelope: Any, where: str = "") -> tuple[dict[str, str], bytes]:
     if not isinstance(envelope, dict):
-        raise Rejected("malformed_event", "a structured CloudEvent must be a JSON object")
+        raise Rejected("malformed_event", f"{where}a structured CloudEvent must be a JSON object")
     attributes = {f"ce-{k}": str(v) for k, v in envelope.items() if k not in ("data", "data_base64")}
     if "data_base64" in envelope:
         try:
             return attributes, base64.b64decode(envelope["data_base64"], validate=True)
         except (TypeError, ValueError) as error:
-            raise Rejected("malformed_event", f"data_base64 is not base64: {error}") from None
+            raise Rejected("malformed_event", f"{where}data_base64 is not base64: {error}") from None
     data = envelope.get("data")
     return attributes, data.encode() if isinstance(data, str) else json.dumps(data).encode()
 

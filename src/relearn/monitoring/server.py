@@ -6,9 +6,10 @@ comparison of :mod:`relearn.rollout.shadow` over the log, for the rollout contro
 log on the detector's ReadWriteOnce volume).
 
 The sink is a bare ASGI handler in front of Starlette (no request/response objects, no routing, no
-middleware): it reads the CloudEvent attributes from the raw headers (binary mode, KServe's) or from the
-JSON envelope (structured mode; batched mode is a 415), checks the body (4xx with the reason), appends
-the raw bytes to the inference log and answers 202 once the group commit is durable.
+middleware): it reads the CloudEvent attributes from the raw headers (binary mode, KServe's), the JSON
+envelope (structured mode) or a JSON array of envelopes (batched mode, all or nothing), checks each body (4xx
+with the reason and the event's index), appends the raw bytes to the inference log and answers 202 once the
+group commit is durable.
 Feature extraction and pairing happen later, in the monitor thread.
 """
 
@@ -38,7 +39,7 @@ from relearn.monitoring.alerts import Alerter
 from relearn.monitoring.labels import parse_labels, store_labels
 from relearn.monitoring.metrics import Metrics
 from relearn.monitoring.monitor import Monitor
-from relearn.monitoring.payloads import Event, Rejected, event_parts, loads, parse_headers, validate
+from relearn.monitoring.payloads import Event, Rejected, http_events, loads, parse_headers, validate
 from relearn.monitoring.settings import DriftSettings
 
 NOT_SINK = frozenset({"/labels", "/metrics", "/healthz", "/ready", "/status"})
@@ -126,6 +127,16 @@ def create_app(settings: DriftSettings) -> Any:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
+    def _event(part: tuple[Any, bytes], where: str) -> Event:
+        headers, body = part
+        try:
+            ce_id, kind, track, when = parse_headers(headers, settings.shadow_service)
+            if settings.validate_bodies:
+                validate(kind, body)
+        except Rejected as error:  # which event of a batch
+            raise Rejected(error.reason, f"{where}{error}", error.status) from None
+        return Event(ce_id, kind, track, when, body)
+
     async def sink(scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         try:
@@ -138,24 +149,24 @@ def create_app(settings: DriftSettings) -> Any:
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body"):
                     break
-            headers, body = event_parts(headers.get("content-type", ""), headers, b"".join(chunks))
-            ce_id, kind, track, when = parse_headers(headers, settings.shadow_service)
-            if settings.validate_bodies:
-                validate(kind, body)
+            parts = http_events(headers.get("content-type", ""), headers, b"".join(chunks))
+            events = [_event(part, f"event {i}: " if len(parts) > 1 else "") for i, part in enumerate(parts)]
         except Rejected as error:
             metrics.rejected.labels(error.reason).inc()
             await answer(send, error.status, {"error": error.reason, "detail": str(error)})
             return
-        try:
-            await state["log"].append(Event(ce_id, kind, track, when, body))
+        try:  # a batch is all or nothing: every event is checked before the first is stored
+            await asyncio.gather(*(state["log"].append(event) for event in events))
         except sqlite3.Error as error:
             metrics.rejected.labels("storage_error").inc()
             await answer(send, 503, {"error": "storage_error", "detail": str(error)})
             return
-        counter = ingested.get((track, kind))
-        if counter is None:
-            counter = ingested[(track, kind)] = metrics.ingested.labels(track, kind.rsplit(".", 1)[-1])
-        counter.inc()
+        for event in events:
+            counter = ingested.get((event.track, event.type))
+            if counter is None:
+                counter = metrics.ingested.labels(event.track, event.type.rsplit(".", 1)[-1])
+                ingested[(event.track, event.type)] = counter
+            counter.inc()
         metrics.ingest_latency.observe(time.perf_counter() - started)
         await send(_ACCEPTED)
         await send(_EMPTY)
