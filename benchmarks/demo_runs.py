@@ -23,10 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one_run(index: int, where: Path, venv: Path | None, timeout_s: float, args: str) -> dict:
-    """Clone, ``make demo``, read the report; the clone is removed unless the run failed."""
+def one_run(index: int, where: Path, venv: Path | None, timeout_s: float, args: str, rev: str) -> dict:
+    """Clone at ``rev``, ``make demo``, read the report; the clone is removed unless the run failed."""
     clone = where / f"run-{index}"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "checkout", "-q", rev], check=True)
     make = ["make", "demo"]
     if venv is not None:
         (clone / ".venv").symlink_to(venv.resolve())
@@ -61,6 +62,7 @@ def _outcome(summary: dict) -> dict:
         "promoted": "promoted" in (summary.get("milestones") or {}),
         "requests": summary.get("requests"),
         "failed": summary.get("failed"),
+        "refused": summary.get("refused"),
     }
 
 
@@ -78,13 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-minutes", type=float, default=40.0, help="Give up on a run after (40).")
     parser.add_argument("--args", default="", help="ARGS passed to make demo, e.g. '--seed 11'.")
     parser.add_argument("--json", type=Path, help="Also write the rows as JSON here.")
+    parser.add_argument("--rev", default="HEAD", help="Commit every run clones (HEAD as at the start).")
     ns = parser.parse_args(argv)
+    rev = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", ns.rev], check=True, capture_output=True, text=True
+    ).stdout.strip()
     where = ns.where or Path(tempfile.mkdtemp(prefix="relearn-demo-runs-"))
     where.mkdir(parents=True, exist_ok=True)
-    print(f"make demo x {ns.runs} in fresh clones of {ROOT} under {where}", flush=True)
+    print(f"make demo x {ns.runs} in fresh clones of {ROOT} at {rev[:10]} under {where}", flush=True)
     rows = []
     for i in range(1, ns.runs + 1):
-        rows.append(one_run(i, where, ns.venv, ns.timeout_minutes * 60, ns.args))
+        rows.append(one_run(i, where, ns.venv, ns.timeout_minutes * 60, ns.args, rev))
         r = rows[-1]
         print(f"  run {i}: exit {r['exit']}  {r['seconds'] / 60:5.1f} min  champion {r['champion']}  "
               f"requests {r['requests']}  failed {r['failed']}", flush=True)  # fmt: skip
