@@ -130,6 +130,7 @@ def test_entity_tables_match_brute_force():
         for column in table.columns[2:]:
             assert str(table[column].dtype) == kinds[str(fstore.FEATURE_TYPES[column])], column
     chargebacks = labels.merge(tx[["transaction_id", "merchant_id"]])
+    tx = tx[tx.amount.notna()]  # a row without an amount breaks the data contract: in no history
     for row in users.itertuples():
         t, past = (
             row.event_timestamp,
@@ -189,13 +190,21 @@ def test_window_edges_and_same_instant():
     ].merchant_chargeback_rate_30d == pytest.approx(1 / 3)
 
 
-def test_null_amounts_do_not_crash():
+@pytest.mark.parametrize(("field", "value"), [("amount", np.nan), ("amount", -5.0), ("currency", "XXX")])
+def test_rows_breaking_the_contract_are_in_no_history(field, value):
+    """Serving refuses them (transformer, feed): the streaming state never counts them, nor does training."""
     tx, labels = world()
-    tx.loc[tx.transaction_id == "a2", "amount"] = np.nan
-    users, _ = entity_feature_tables(tx, labels)
+    tx.loc[tx.transaction_id == "a2", field] = value
+    users, merchants = entity_feature_tables(tx, labels)
     a3 = users[(users.user_id == "u1") & (users.event_timestamp == T0 + 60 * MIN)].iloc[0]
-    assert a3.user_txn_count_7d == 2  # still a transaction
-    assert a3.user_amount_mean_7d == pytest.approx(10.0)  # but no amount
+    assert a3.user_txn_count_7d == 1 and a3.user_distinct_merchants_7d == 1  # a1 only: a2 (m2) is not there
+    assert a3.user_amount_mean_7d == pytest.approx(10.0)
+    m2 = merchants[merchants.merchant_id == "m2"]
+    assert m2.empty or (m2.merchant_txn_count_24h == 0).all()
+
+
+def test_null_amounts_do_not_crash():
+    tx, _ = world()
     frame = tx.assign(amount=np.nan)
     out = model_inputs(frame)
     assert not out[list(NUMERIC_INPUTS)].isna().any().any()

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from relearn.data import contract
 from relearn.features.spec import (
     CATEGORICAL_INPUTS,
     ENTITY_DEFAULTS,
@@ -173,10 +174,19 @@ def _distinct_in_window(
     return events.before(codes, times) - ends.before(codes, times)
 
 
-def _transactions_frame(transactions: pd.DataFrame) -> pd.DataFrame:
+def _transactions_frame(transactions: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows with their entities and time, and which of them hold to the data contract.
+
+    Only those make an entity's history: serving refuses the others (the transformer, the feed), so they are
+    in no window online, and none offline. A chargeback still counts for its transaction's merchant (the
+    feed takes it with the merchant), so every row maps chargebacks to merchants.
+    """
     tx = transactions[["transaction_id", "event_timestamp", "user_id", "merchant_id", "amount", "country"]]
     tx = tx.assign(device_id=transactions.get("device_id"))
-    return tx[tx["user_id"].notna() & tx["merchant_id"].notna() & tx["event_timestamp"].notna()]
+    keep = (tx["user_id"].notna() & tx["merchant_id"].notna() & tx["event_timestamp"].notna()).to_numpy()
+    masks = contract.frame_masks(transactions)
+    broken = np.logical_or.reduce(list(masks.values())) if masks else np.zeros(len(tx), dtype=bool)
+    return tx[keep], ~broken[keep]
 
 
 def _user_table(tx: pd.DataFrame, times: np.ndarray, amounts: np.ndarray) -> pd.DataFrame:
@@ -207,10 +217,10 @@ def _user_table(tx: pd.DataFrame, times: np.ndarray, amounts: np.ndarray) -> pd.
 
 
 def _merchant_table(
-    tx: pd.DataFrame, labels: pd.DataFrame, times: np.ndarray, amounts: np.ndarray
+    tx: pd.DataFrame, valid: np.ndarray, labels: pd.DataFrame, times: np.ndarray, amounts: np.ndarray
 ) -> pd.DataFrame:
     merchant_codes, merchants = pd.factorize(tx["merchant_id"], sort=False)
-    ev = _Events(merchant_codes, times)
+    ev = _Events(merchant_codes[valid], times)
 
     # Chargebacks received, attributed to the merchant of the charged-back transaction. Labels with
     # is_fraud False (disputes found legitimate) are not fraud signal; duplicates keep the first.
@@ -254,8 +264,9 @@ def entity_feature_tables(
     """Compute the per-entity feature tables served by Feast.
 
     Args:
-        transactions: Rows following ``TRANSACTION_SCHEMA`` (any order; null amounts are allowed and are
-            left out of amount statistics but still counted as transactions).
+        transactions: Rows following ``TRANSACTION_SCHEMA``, any order. Rows that break the data contract
+            (:mod:`relearn.data.contract`: no amount, a negative one, an unknown currency, ...) are in no
+            entity's history: serving refuses them, so the streaming state never counts them either.
         labels: Chargebacks following ``LABEL_SCHEMA``; only ``chargeback_timestamp`` decides when a label
             becomes known.
 
@@ -265,10 +276,11 @@ def entity_feature_tables(
         grouped by entity and time-ordered within. Windows are ``[t - w, t)``. Counts are int64, the rest
         float64 (``user_last_txn_unix`` NaN when there is no previous transaction) or object strings.
     """
-    tx = _transactions_frame(transactions)
-    times = epoch_us(tx["event_timestamp"])
-    amounts = pd.to_numeric(tx["amount"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    return _user_table(tx, times, amounts), _merchant_table(tx, labels, times, amounts)
+    tx, valid = _transactions_frame(transactions)
+    served = tx[valid]
+    times = epoch_us(served["event_timestamp"])
+    amounts = pd.to_numeric(served["amount"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return _user_table(served, times, amounts), _merchant_table(tx, valid, labels, times, amounts)
 
 
 NAT_US = np.iinfo(np.int64).min  # a missing event time in ``event_time_us`` (pandas' NaT as int64)
