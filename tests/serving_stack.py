@@ -105,18 +105,25 @@ def stop_process(process: subprocess.Popen | None, sig: int = signal.SIGTERM) ->
 
 
 class EventSink:
-    """A real HTTP server on loopback that keeps every POST (headers + body), like the drift detector."""
+    """A real HTTP server on loopback that keeps every event (binary-mode headers + body), like the drift
+    detector: a POST in any CloudEvents content mode is split as the detector splits it; ``modes`` holds
+    the content type of each POST."""
 
     def __init__(self) -> None:
+        from relearn.monitoring.payloads import http_events
+
         self.events: list[tuple[dict[str, str], bytes]] = []
+        self.modes: list[str] = []
         self.lock = threading.Lock()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                headers = {k.lower(): v for k, v in self.headers.items()}
                 with sink.lock:
-                    sink.events.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                    sink.modes.append(headers.get("content-type", ""))
+                    sink.events.extend(http_events(headers.get("content-type", ""), headers, body))
                 self.send_response(202)
                 self.end_headers()
 

@@ -464,6 +464,33 @@ def test_payload_events_in_kserve_format_for_rest_and_grpc(trained, stack):
         }
         assert len(by_key[(event_id, "response", "predictor")][1]["outputs"][0]["data"]) == len(rows)
     assert not [h for h, _ in sink.events if h["ce-component"] != "predictor"]
+    assert set(sink.modes) == {"application/cloudevents-batch+json"}  # the default: batched mode
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "modes"),
+    [(1, ["application/json"] * 5), (64, ["application/cloudevents-batch+json"])],
+    ids=["binary", "batched"],
+)
+def test_payload_logger_batches_or_sends_kserve_binary_events(batch_size, modes):
+    """batch_size 1: one binary-mode event per POST, as KServe's logger (any sink); above 1: one batch."""
+    from relearn.serving.payload_log import LoggerConfig, PayloadLogger
+
+    sink = EventSink()
+    logger = PayloadLogger(LoggerConfig(sink_url=sink.url, batch_size=batch_size, queue_size=10))
+    try:
+        for i in range(5):  # queued before the sender starts: one drain takes them all
+            body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [i]}]}
+            logger.log_request(f"e{i}", body)
+        logger.start()
+        events = sink.wait_for(lambda e: len(e) == 5)
+    finally:
+        logger.stop()
+        sink.close()
+    assert [h["ce-id"] for h, _ in events] == [f"e{i}" for i in range(5)]
+    assert [json.loads(b)["inputs"][0]["data"] for _, b in events] == [[i] for i in range(5)]
+    assert all(h["content-type"] == "application/json" and h["ce-specversion"] == "1.0" for h, _ in events)
+    assert sink.modes == modes  # the content type of each POST
 
 
 def test_dead_sink_does_not_slow_predictions_and_drops_are_counted(stack):

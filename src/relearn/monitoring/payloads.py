@@ -111,7 +111,12 @@ def http_events(content_type: str, headers: Any, body: bytes) -> list[tuple[Any,
 def _structured(envelope: Any, where: str = "") -> tuple[dict[str, str], bytes]:
     if not isinstance(envelope, dict):
         raise Rejected("malformed_event", f"{where}a structured CloudEvent must be a JSON object")
-    attributes = {f"ce-{k}": str(v) for k, v in envelope.items() if k not in ("data", "data_base64")}
+    # As the HTTP binding maps them: each attribute to its ce- header, datacontenttype to Content-Type.
+    attributes = {
+        "content-type" if k == "datacontenttype" else f"ce-{k}": str(v)
+        for k, v in envelope.items()
+        if k not in ("data", "data_base64")
+    }
     if "data_base64" in envelope:
         try:
             return attributes, base64.b64decode(envelope["data_base64"], validate=True)

@@ -54,6 +54,12 @@ class PredictorSettings(CommonServingSettings):
     log_queue_size: int = Field(100, ge=1, description="Payload-logger queue length (full: drop, count).")
     log_workers: int = Field(1, ge=1, description="Payload-logger sender threads (one connection each).")
     log_timeout_seconds: float = Field(2.0, gt=0, description="Timeout of one POST to the sink.")
+    log_batch_size: int = Field(
+        64,
+        ge=1,
+        description="Most events per POST to the sink: above 1, CloudEvents batched mode (relearn's drift "
+        "detector); 1, one binary-mode event per POST, as KServe's logger sends them (any sink).",
+    )
     inference_service: str = Field("relearn-fraud", description="ce-inferenceservicename of logged events.")
     namespace: str = Field("default", description="ce-namespace of logged events.")
     endpoint: str = Field("default", description="ce-endpoint of logged events: default or canary.")

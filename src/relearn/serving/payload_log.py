@@ -11,10 +11,12 @@ it in ``relearn_payload_log_dropped_total``. Prediction latency does not depend 
 :meth:`PayloadLogger.log` never blocks and only enqueues references (the body, or a function building it).
 
 The request path stays cheap: everything else (building the v2 JSON, the headers, the HTTP request) runs on
-the sender thread, by default ONE (``workers``), which drains the queue in batches and POSTs the events back
-to back, one HTTP/1.1 request per event (KServe's sink takes one event per request) over a kept-alive
-connection. The client is a minimal HTTP/1.1 writer/reader on a plain socket: a general-purpose client
-(httpx) costs a few hundred µs of CPU per event under the GIL, which the server then lacks.
+the sender thread, by default ONE (``workers``), which drains the queue and POSTs what it took over a
+kept-alive connection: up to ``batch_size`` events per request in CloudEvents batched mode (an array of
+structured events, which relearn's drift detector stores all or nothing), or with ``batch_size`` 1 one
+binary-mode event per request, as KServe's logger sends them (any KServe sink takes those). The client is
+a minimal HTTP/1.1 writer/reader on a plain socket: a general-purpose client (httpx) costs a few hundred
+µs of CPU per event under the GIL, which the server then lacks.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 Body = dict[str, Any] | Callable[[], dict[str, Any]]
 Route = tuple[str | None, str | None]  # (inference_service, endpoint) overrides of one event
 _Event = tuple[str, str, float, Body, str | None, str | None]
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 ROUTE_HEADER = "x-relearn-route"  # the local router's route of a request (stable, canary)
 _CLOSED = "connection closed by the sink"
 
@@ -56,6 +59,7 @@ class LoggerConfig:
     queue_size: int = 100
     workers: int = 1
     timeout_seconds: float = 2.0
+    batch_size: int = 64  # events per POST; 1: binary mode, one event per POST
 
 
 class SinkError(Exception):
@@ -239,41 +243,75 @@ class PayloadLogger:
             while True:
                 batch = [get()]
                 try:  # drain what is there: one wake-up for a burst of events
-                    while len(batch) < 64:
+                    while len(batch) < max(64, self.config.batch_size):
                         batch.append(get_nowait())
                 except queue.Empty:
                     pass
                 self._depth.set(self._queue.qsize())
-                for item in batch:
-                    if item is None:
-                        return
-                    self._send(connection, item)
+                stop = None in batch
+                items = [item for item in batch if item is not None]
+                size = max(1, self.config.batch_size)
+                for i in range(0, len(items), size):
+                    if size == 1:
+                        self._send(connection, items[i])
+                    else:
+                        self._send_batch(connection, items[i : i + size])
+                if stop:
+                    return
         finally:
             connection.close()
 
-    def _send(self, connection: SinkConnection, item: _Event) -> None:
+    def _headers(self, item: _Event) -> dict[str, str]:
         cfg = self.config
-        event_id, event_type, moment, body, service, endpoint = item
+        event_id, event_type, moment, _, service, endpoint = item
+        return binary_headers(
+            event_id=event_id,
+            event_type=event_type,
+            source=cfg.source,
+            inference_service=service or cfg.inference_service,
+            namespace=cfg.namespace,
+            component=cfg.component,
+            endpoint=endpoint or cfg.endpoint,
+            time=datetime.fromtimestamp(moment, UTC),
+        )
+
+    def _send(self, connection: SinkConnection, item: _Event) -> None:
+        """One event in binary mode (KServe's logger's format)."""
         try:
-            payload = body() if callable(body) else body
-            headers = binary_headers(
-                event_id=event_id,
-                event_type=event_type,
-                source=cfg.source,
-                inference_service=service or cfg.inference_service,
-                namespace=cfg.namespace,
-                component=cfg.component,
-                endpoint=endpoint or cfg.endpoint,
-                time=datetime.fromtimestamp(moment, UTC),
-            )
+            payload = item[3]() if callable(item[3]) else item[3]
             data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
-            status = connection.post(headers, data)
-            if status >= 300:
-                raise SinkError(f"sink answered {status}")
-            self._sent.inc()
+            self._post(connection, self._headers(item), data, 1)
         except Exception as exc:
             self._failed.inc()
             log.debug("payload log event dropped", extra={"error": str(exc)})
+
+    def _send_batch(self, connection: SinkConnection, items: list[_Event]) -> None:
+        """The events in one POST, CloudEvents batched mode: each a structured envelope, ``data`` its JSON."""
+        envelopes = []
+        for item in items:
+            try:
+                headers = self._headers(item)
+                envelope: dict[str, Any] = {k[3:]: v for k, v in headers.items() if k.startswith("ce-")}
+                envelope["datacontenttype"] = headers["content-type"]
+                envelope["data"] = item[3]() if callable(item[3]) else item[3]
+                envelopes.append(envelope)
+            except Exception as exc:  # this event cannot be built: the others still go
+                self._failed.inc()
+                log.debug("payload log event dropped", extra={"error": str(exc)})
+        if not envelopes:
+            return
+        try:
+            data = json.dumps(envelopes, separators=(",", ":"), allow_nan=False).encode()
+            self._post(connection, {"content-type": BATCH_CONTENT_TYPE}, data, len(envelopes))
+        except Exception as exc:
+            self._failed.inc(len(envelopes))
+            log.debug("payload log batch dropped", extra={"error": str(exc), "events": len(envelopes)})
+
+    def _post(self, connection: SinkConnection, headers: dict[str, str], data: bytes, events: int) -> None:
+        status = connection.post(headers, data)
+        if status >= 300:
+            raise SinkError(f"sink answered {status}")
+        self._sent.inc(events)
 
 
 def event_route(headers: Mapping[str, str] | None, inference_service: str) -> Route:
@@ -306,5 +344,6 @@ def payload_logger_for(settings: Any, component: str = "predictor") -> PayloadLo
             queue_size=settings.log_queue_size,
             workers=settings.log_workers,
             timeout_seconds=settings.log_timeout_seconds,
+            batch_size=settings.log_batch_size,
         )
     )
