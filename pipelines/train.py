@@ -91,6 +91,7 @@ def train_pipeline(
     alert_budget: float = ALERT_BUDGET,
     min_improvement: float = 0.01,
     max_slice_regression: float = 0.15,
+    max_behavioral_failure_rate: float = 0.05,
     git_sha: str = "unknown",
     rollout_mode: str = "none",
     rollout_percent: float = 0.0,
@@ -123,6 +124,8 @@ def train_pipeline(
         min_improvement: Gain on the primary metric the challenger must show over the champion, as the
             lower bound of its one-sided 97.5 % paired-bootstrap interval on the holdout.
         max_slice_regression: Largest tolerated drop of any slice's recall vs the champion.
+        max_behavioral_failure_rate: Largest share of failing cases of a behavioral test (the suite in
+            relearn/model/behavior/suite.yaml) that sets no max_failure_rate of its own; 1 = not gated.
         git_sha: Commit of the code that trained the model (lineage).
         rollout_mode: What a challenger that passed the gate starts as: "shadow", "canary" or "none".
         rollout_percent: Its share of the traffic (mirrored for a shadow); 0 for the default (the first
@@ -183,6 +186,7 @@ def train_pipeline(
         model_version=registered.output,
         min_improvement=min_improvement,
         max_slice_regression=max_slice_regression,
+        max_behavioral_failure_rate=max_behavioral_failure_rate,
     )
     deployed = deploy(
         model_version=registered.output,

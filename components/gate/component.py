@@ -1,4 +1,4 @@
-"""gate: does the challenger beat the champion by the configured margin without a slice regressing?"""
+"""gate: better than the champion by the margin, no slice regressing, no behavioral test failing."""
 
 from typing import NamedTuple
 
@@ -13,6 +13,7 @@ def gate(
     model_version: str,
     min_improvement: float,
     max_slice_regression: float,
+    max_behavioral_failure_rate: float,
     decision: Output[Markdown],
 ) -> NamedTuple("GateOutputs", [("passed", bool), ("reason", str)]):
     """Writes the decision as Markdown and returns it, for the deploy step to act on."""
@@ -27,5 +28,6 @@ def gate(
         model_version=model_version,
         min_improvement=min_improvement,
         max_slice_regression=max_slice_regression,
+        max_behavioral_failure_rate=max_behavioral_failure_rate,
     )
     return namedtuple("GateOutputs", ["passed", "reason"])(passed, reason)

@@ -309,8 +309,8 @@ def evaluate(
     settings: RelearnSettings | None = None,
 ) -> dict[str, float]:
     """Scores the time-based holdout and compares the model with a baseline and the current champion."""
+    from relearn.model import behavioral, net, registry, report, stats
     from relearn.model import evaluate as ev
-    from relearn.model import net, registry, report, stats
     from relearn.model.gate import GateParams
 
     settings = settings or RelearnSettings()
@@ -332,6 +332,13 @@ def evaluate(
         n_boot, seed = gate_params.n_boot, gate_params.seed
         paired = ev.paired(scores, champion_scores, test_df, alert_budget, n_boot, seed)
     comparison = ev.compare(candidate, baseline, champion)
+    # The declared behavioral suite on cases drawn from the same holdout, at the candidate's threshold.
+    behavior = behavioral.run_suite(
+        lambda frame: net.score(model, preprocessor, frame),
+        test_df,
+        candidate["threshold"],
+        seed=gate_params.seed,
+    )
     plots_dir = Path(evaluation_path).parent / "plots"
     by_model = {"candidate": (scores, candidate), "baseline": (baseline_scores, baseline)}
     if champion is not None:
@@ -344,7 +351,13 @@ def evaluate(
         alert_budget=alert_budget,
     )
     html = report.write_report(
-        plots_dir, candidate, comparison, plots, paired=paired, confidence=gate_params.confidence
+        plots_dir,
+        candidate,
+        comparison,
+        plots,
+        paired=paired,
+        confidence=gate_params.confidence,
+        behavioral=behavior,
     )
     shutil.copyfile(html, report_path)
     headline = {
@@ -361,6 +374,7 @@ def evaluate(
         "champion": champion,
         "champion_version": champion_version,
         "paired": paired,
+        "behavioral": behavior,
         "comparison": comparison,
         "threshold": candidate["threshold"],
         "versus_baseline": versus_baseline(candidate, baseline),
@@ -381,6 +395,9 @@ def evaluate(
                     if row[k] is not None
                 }
             )
+        rates = {name: test["failure_rate"] for name, test in behavior["tests"].items()}
+        mlflow.log_metrics({f"behavioral_{n}_failure_rate": r for n, r in rates.items() if r is not None})
+        mlflow.set_tags({f"behavioral.{n}.cases": t["cases"] for n, t in behavior["tests"].items()})
         mlflow.log_artifact(report_path, artifact_path="evaluation")
         mlflow.log_artifacts(str(plots_dir), artifact_path="evaluation/plots")
     return headline
@@ -434,6 +451,7 @@ def gate(
     model_version: str,
     min_improvement: float,
     max_slice_regression: float,
+    max_behavioral_failure_rate: float = 0.05,
     settings: RelearnSettings | None = None,
 ) -> tuple[bool, str]:
     """Decides whether the challenger should replace the champion, and writes the decision as Markdown.
@@ -445,13 +463,18 @@ def gate(
     from relearn.model.gate import gate as decide
 
     evaluation = json.loads(Path(evaluation_path).read_text())
-    params = GateParams(min_improvement=min_improvement, max_slice_regression=max_slice_regression)
+    params = GateParams(
+        min_improvement=min_improvement,
+        max_slice_regression=max_slice_regression,
+        max_behavioral_failure_rate=max_behavioral_failure_rate,
+    )
     decision = decide(
         evaluation["candidate"],
         evaluation["champion"],
         params,
         baseline_metrics=evaluation["baseline"],
         paired=evaluation.get("paired"),
+        behavioral=evaluation.get("behavioral"),
     )
     verdict = "PASSED" if decision.passed else "FAILED"
     champion = evaluation["champion_version"] or f"none before this run (version {model_version} became it)"
@@ -465,6 +488,12 @@ def gate(
         for name, row in decision.details["paired"].items():
             cells = [_cell(row[k]) for k in ("candidate", "champion", "difference", "lower", "upper")]
             lines.append(f"| {name} | {' | '.join(cells)} | {row['role']} |")
+    if decision.details.get("behavioral"):
+        lines += ["", "| behavioral test | cases | failure rate | max | verdict |", "|---|---|---|---|---|"]
+        for name, row in decision.details["behavioral"].items():
+            rate = "–" if row["failure_rate"] is None else f"{row['failure_rate']:.1%}"
+            verdict = {True: "passed", False: "FAILED", None: "unknown (no cases)"}[row["passed"]]
+            lines.append(f"| {name} | {row['cases']} | {rate} | {row['max_failure_rate']:.0%} | {verdict} |")
     Path(decision_path).write_text("\n".join(lines) + "\n")
     registry.tag_version(settings or RelearnSettings(), model_version, decision.tags())
     return decision.passed, f"{verdict}: {decision.reason}"

@@ -6,7 +6,8 @@ On a holdout with a few hundred frauds two equivalent models differ by a few fra
 does not compare point estimates: it reads the paired bootstrap of :mod:`relearn.model.stats` (both
 models resampled on the same rows) and promotes when the primary metric's one-sided lower bound at
 ``confidence`` clears ``min_improvement`` and no guarded metric may be worse by more than the
-non-inferiority margin.
+non-inferiority margin. Whatever the metrics say, the candidate must also pass the behavioral suite
+(:mod:`relearn.model.behavioral`): no test may fail on more than its share of cases.
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ class GateParams(BaseModel):
     baseline_tolerance: float = Field(
         0.0, ge=0, description="Without a champion, how far below the baseline the candidate may be."
     )
+    max_behavioral_failure_rate: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest share of failing cases of a behavioral test that declares no max_failure_rate "
+        "of its own (1 turns the behavioral gate off).",
+    )
 
 
 @dataclass
@@ -83,6 +91,9 @@ class GateDecision:
             tags["gate.positives"] = self.details["paired_rows"]["positives"]
         for name, row in paired.items():
             tags |= {f"gate.{name}.{k}": row[k] for k in ("difference", "lower", "upper")}
+        for name, row in (self.details.get("behavioral") or {}).items():
+            tags[f"gate.behavioral.{name}.failure_rate"] = row["failure_rate"]
+            tags[f"gate.behavioral.{name}.passed"] = "unknown" if row["passed"] is None else row["passed"]
         return tags
 
 
@@ -154,14 +165,70 @@ def describe(rows: dict[str, dict[str, Any]], confidence: float) -> str:
     )
 
 
+def behavioral_rule(
+    results: dict[str, Any], params: GateParams
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Read behavioral results (:func:`relearn.model.behavioral.run_suite`) with the gate's rule.
+
+    Returns:
+        The failed tests, each as ``name: rate of n cases (max m); e.g. <first failing case>``, and per
+        test its ``failure_rate``, ``max_failure_rate``, ``cases`` and ``passed`` (None: no case, unknown).
+    """
+    failed, rows = [], {}
+    for name, test in results.get("tests", {}).items():
+        rate, cases = test["failure_rate"], test["cases"]
+        limit = test["max_failure_rate"]
+        limit = params.max_behavioral_failure_rate if limit is None else limit
+        passed = None if rate is None else rate <= limit
+        rows[name] = {"failure_rate": rate, "max_failure_rate": limit, "cases": cases, "passed": passed}
+        if passed is False:
+            case = test["failing"][0]
+            scores = f"{case['score']:.4f} -> {case['perturbed_score']:.4f}"
+            failed.append(
+                f"{name} failed {rate:.1%} of {cases} cases (max {limit:.0%}), "
+                f"e.g. {case['transaction_id']}: {case['changed']}: score {scores}"
+            )
+    return failed, rows
+
+
 def gate(
     candidate_metrics: dict[str, Any],
     champion_metrics: dict[str, Any] | None,
     params: GateParams | None = None,
     baseline_metrics: dict[str, Any] | None = None,
     paired: dict[str, Any] | None = None,
+    behavioral: dict[str, Any] | None = None,
 ) -> GateDecision:
-    """Decide whether the candidate may be promoted.
+    """Decide whether the candidate may be promoted: the metrics (:func:`aggregate_gate`), then behavior.
+
+    With ``behavioral`` results, a test failing on more than its share of cases blocks the candidate
+    whatever its metrics; a test without cases reads unknown and is named in the reason.
+    """
+    params = params or GateParams()
+    decision = aggregate_gate(candidate_metrics, champion_metrics, params, baseline_metrics, paired)
+    if behavioral is None:
+        return decision
+    failed, rows = behavioral_rule(behavioral, params)
+    decision.details["behavioral"] = rows
+    unknown = [name for name, row in rows.items() if row["passed"] is None]
+    note = f"; behavioral tests without cases (unknown): {', '.join(unknown)}" if unknown else ""
+    if failed:
+        verdict = "passed" if decision.passed else "failed"
+        why = f"behavioral tests failed: {' | '.join(failed)} (metrics gate {verdict}: {decision.reason})"
+        return GateDecision(False, why + note, decision.details)
+    if decision.passed:
+        decision.reason += f"; {len(rows) - len(unknown)} behavioral tests passed{note}"
+    return decision
+
+
+def aggregate_gate(
+    candidate_metrics: dict[str, Any],
+    champion_metrics: dict[str, Any] | None,
+    params: GateParams | None = None,
+    baseline_metrics: dict[str, Any] | None = None,
+    paired: dict[str, Any] | None = None,
+) -> GateDecision:
+    """Decide whether the candidate's metrics allow a promotion.
 
     With a champion: ``paired`` (the bootstrap of both models on the same holdout rows) must show the
     primary metric better by more than ``min_improvement`` at ``confidence``, the guarded metrics not worse

@@ -154,6 +154,44 @@ def _paired_table(paired: Mapping[str, Any], confidence: float) -> list[str]:
     return rows
 
 
+def _behavioral_section(results: Mapping[str, Any]) -> list[str]:
+    """Each behavioral test's failure rate, then its failing cases: what changed and how the score moved."""
+    rows = [
+        f"<h2>Behavioral tests</h2><p class='sub'>{html.escape(str(results['suite']))}: cases drawn from "
+        f"{results['represented']:,} of {results['rows']:,} holdout rows (seed {results['seed']}), perturbed "
+        f"and re-featurized with the serving feature code; threshold {_fmt(results['threshold'])}</p>",
+        "<table><tr><th>test</th><th>kind</th><th>expect</th><th>cases</th><th>failures</th>"
+        "<th>failure rate</th><th>max</th></tr>",
+    ]
+    failing = []
+    for name, test in results["tests"].items():
+        limit = test["max_failure_rate"]
+        rate = test["failure_rate"]
+        css = "bad" if rate is not None and limit is not None and rate > limit else ""
+        rows.append(
+            f"<tr><td title='{html.escape(test['about'])}'>{html.escape(name)}</td><td>{test['kind']}</td>"
+            f"<td>{test['expect']}</td><td>{test['cases']:,}</td><td>{test['failures']:,}</td>"
+            f"<td class='{css}'>{'–' if rate is None else f'{rate:.1%}'}</td>"
+            f"<td>{'gate default' if limit is None else f'{limit:.0%}'}</td></tr>"
+        )
+        failing += [(name, case) for case in test["failing"]]
+    rows.append("</table>")
+    if failing:
+        rows.append(
+            "<h3>Failing cases (first five per test)</h3><table><tr><th>test</th><th>transaction</th>"
+        )
+        rows.append("<th>score</th><th>perturbed</th><th>changed</th><th>model inputs that moved</th></tr>")
+        for name, case in failing:
+            rows.append(
+                f"<tr><td>{html.escape(name)}</td><td>{html.escape(case['transaction_id'])}</td>"
+                f"<td>{case['score']:.4f}</td><td>{case['perturbed_score']:.4f}</td>"
+                f"<td style='text-align:left'>{html.escape(case['changed'])}</td>"
+                f"<td style='text-align:left'>{html.escape(case['inputs'])}</td></tr>"
+            )
+        rows.append("</table>")
+    return rows
+
+
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1000px;color:#222}
 h1{margin-bottom:.2rem} .sub{color:#666;margin-top:0}
@@ -179,6 +217,7 @@ def write_report(
     title: str = "relearn fraud model evaluation",
     paired: Mapping[str, Any] | None = None,
     confidence: float = 0.975,
+    behavioral: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``report.html`` into ``out_dir``: gate verdict, headline cards, comparison, plots, slices.
 
@@ -192,6 +231,8 @@ def write_report(
         paired: The paired bootstrap against the champion (:func:`relearn.model.evaluate.paired`): each
             difference is shown with its one-sided bounds at ``confidence``.
         confidence: Confidence of those bounds (the gate's).
+        behavioral: Results of :func:`relearn.model.behavioral.run_suite`: each test's failure rate and
+            its failing cases.
 
     Returns:
         The path of the HTML file.
@@ -227,6 +268,8 @@ def write_report(
     parts.append("</table>")
     if paired is not None:
         parts.extend(_paired_table(paired, confidence))
+    if behavioral is not None:
+        parts.extend(_behavioral_section(behavioral))
 
     for name, path in plots.items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
