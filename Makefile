@@ -9,7 +9,7 @@ DRIFT := $(VENV)/drift
 PY := $(PLATFORM)/bin/python
 PIPELINE_DIR := pipelines/compiled
 
-.PHONY: help setup demo train pipelines test lint bench bench-serving bench-drift bench-rollout bench-distributed bench-tools clean drift chart-test serve images rehearse
+.PHONY: help setup demo train pipelines test lint bench bench-serving bench-drift bench-rollout bench-distributed bench-tools clean drift chart-test serve explain images rehearse
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "relearn targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,6 +60,9 @@ lint: setup ## ruff (lint + format check) and hadolint on every Dockerfile
 
 serve: setup ## Serve the champion locally: transformer + predictor on 127.0.0.1 (Ctrl-C stops); ARGS for options
 	$(PY) -m relearn.serving.local $(ARGS)
+
+explain: setup ## The champion's explainer beside `make serve`: v1 :explain on 127.0.0.1:8084 (Ctrl-C stops); ARGS for options
+	$(PY) -m relearn.serving.explainer --host 127.0.0.1 --http-port 8084 --grpc-port 8085 $(ARGS)
 
 # Part of `make test`; needs root for /etc/hosts (the in-cluster DNS names) and Debian's servers (make setup).
 rehearse: setup ## The rendered chart run as a cluster would run it (processes on loopback), then the cluster story

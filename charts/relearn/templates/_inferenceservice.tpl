@@ -171,4 +171,54 @@ transformer:
           mountPath: /tmp
   volumes:
     {{- include "relearn.tmpVolume" .ctx | nindent 4 }}
+{{- if and (eq .role "fraud") $v.fraud.explainer.enabled }}
+{{- /* KServe routes /v1/models/<m>:explain to the explainer (its own pods, the predictor's image). */}}
+explainer:
+  {{- include "relearn.isvc.common" (dict "ctx" .ctx "component" $v.fraud.explainer "canary" .canary "role" .role "kind" "explainer" "raw" .raw) | nindent 2 }}
+  containers:
+    - name: kserve-container
+      image: {{ include "relearn.image" (dict "ctx" .ctx "image" $v.images.predictor) }}
+      imagePullPolicy: {{ $v.images.pullPolicy }}
+      command: [python, -m, relearn.serving.explainer]
+      # KServe appends --model_name <isvc name>, --predictor_host and --http_port 8080 unless the args hold
+      # them (CustomExplainer.GetContainer, pkg/apis/serving/v1beta1/explainer_custom.go): the URLs keep the
+      # model's name; the explainer scores with its own copy of the model, so the predictor host is unused.
+      args:
+        - --model_name={{ $v.fraud.modelName }}
+        - --workers=1
+      envFrom:
+        {{- include "relearn.commonEnvFrom" .ctx | nindent 8 }}
+      env:
+        - name: RELEARN_EXPLAINER_MODEL_URI
+          value: {{ .modelUri | quote }}
+        - name: RELEARN_EXPLAINER_HOST
+          value: 0.0.0.0
+        {{- if ne $v.fraud.explainer.top nil }}
+        - name: RELEARN_EXPLAINER_TOP
+          value: {{ $v.fraud.explainer.top | quote }}
+        {{- end }}
+        # Raw transactions are explained with the entity features the streaming state holds (read only).
+        {{- include "relearn.state.env" .ctx | nindent 8 }}
+        {{- include "relearn.isvc.env" (dict "ctx" .ctx "prefix" "RELEARN_EXPLAINER_" "name" .name "canary" .canary "logs" false) | nindent 8 }}
+        {{- with $v.fraud.explainer.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      ports:
+        - name: http1
+          containerPort: 8080
+          protocol: TCP
+      readinessProbe:
+        httpGet:
+          path: /v2/health/ready
+          port: 8080
+      resources:
+        {{- toYaml $v.fraud.explainer.resources | nindent 8 }}
+      securityContext:
+        {{- include "relearn.isvc.containerSecurityContext" .ctx | nindent 8 }}
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+  volumes:
+    {{- include "relearn.tmpVolume" .ctx | nindent 4 }}
+{{- end }}
 {{- end -}}
