@@ -111,7 +111,8 @@ def test_log_importance_writes_metrics_json_and_plot_to_the_mlflow_run(world, tm
     frame, preprocessor, net = world
     result = explain.permutation_importance(net, preprocessor, frame.head(500), repeats=2)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_experiment("explain")
+    # Artifacts under tmp_path too (a sqlite store would put them in ./mlruns).
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("explain", str(tmp_path / "artifacts")))
     with mlflow.start_run() as run:
         explain.log_importance(result)
     client = mlflow.MlflowClient()
