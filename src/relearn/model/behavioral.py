@@ -160,7 +160,7 @@ def _fails(test: BehaviorTest, before: np.ndarray, after: np.ndarray, threshold:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float | np.floating):
-        return f"{value:.6g}"
+        return f"{value:.0f}" if abs(value) >= 1e6 else f"{value:.6g}"  # epoch seconds in full
     return str(value)
 
 
