@@ -107,9 +107,9 @@ def stop_process(process: subprocess.Popen | None, sig: int = signal.SIGTERM) ->
 class EventSink:
     """A real HTTP server on loopback that keeps every event (binary-mode headers + body), like the drift
     detector: a POST in any CloudEvents content mode is split as the detector splits it; ``modes`` holds
-    the content type of each POST."""
+    the content type of each POST. ``delay``: seconds before each POST is taken (a slow sink)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         from relearn.monitoring.payloads import http_events
 
         self.events: list[tuple[dict[str, str], bytes]] = []
@@ -121,6 +121,7 @@ class EventSink:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                time.sleep(delay)  # a slow sink: the logger's queue backs up
                 with sink.lock:
                     sink.modes.append(headers.get("content-type", ""))
                     sink.events.extend(http_events(headers.get("content-type", ""), headers, body))

@@ -493,6 +493,39 @@ def test_payload_logger_batches_or_sends_kserve_binary_events(batch_size, modes)
     assert sink.modes == modes  # the content type of each POST
 
 
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_events_of_answered_requests_across_shutdown(trained, how):
+    """SIGTERM: every event of an answered request reaches the (slow) sink before the predictor exits.
+    kill -9: what is lost is at most what the queue and one batch in flight hold (the README's bound)."""
+    queue_size, batch = 1000, 16
+    sink = EventSink(delay=0.2)  # 5 POSTs/s: 300 events take ~4 s to send, so most are queued at the signal
+    args = ["--log-sink-url", sink.url, "--log-queue-size", str(queue_size), "--log-batch-size", str(batch)]
+    server = Server("relearn.serving.predictor", args, {"RELEARN_HOME": str(trained["home"])},
+                    trained["root"] / f"predictor-{how}.log")  # fmt: skip
+    try:
+        server.start().wait_ready()
+        numeric, categorical = numeric_example()
+        client = stub(server)
+        requests = [grpc_predictor_request(numeric, categorical, True, f"s{i}") for i in range(150)]
+        calls = [client.ModelInfer.future(request, timeout=30) for request in requests]
+        answered = sum(1 for call in calls if call.result().outputs)
+        server.process.send_signal(getattr(signal, how))
+        server.process.wait(timeout=60)
+        time.sleep(0.5)  # the sink takes its last POST
+        received = {h["ce-id"] for h, _ in sink.events if h["ce-id"].startswith("s")}
+        events = sum(1 for h, _ in sink.events if h["ce-id"].startswith("s"))
+    finally:
+        server.stop()
+        sink.close()
+    assert answered == 150
+    if how == "SIGTERM":
+        assert events == 2 * answered and len(received) == answered
+    else:
+        assert 2 * answered - events <= queue_size + batch, events
+        lost = 2 * answered - events
+        print(f"kill -9 right after {answered} answers: {lost} of {2 * answered} events lost")
+
+
 def test_dead_sink_does_not_slow_predictions_and_drops_are_counted(stack):
     numeric, categorical = numeric_example()
     request = grpc_predictor_request(numeric, categorical, raw=True)

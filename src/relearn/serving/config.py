@@ -60,6 +60,12 @@ class PredictorSettings(CommonServingSettings):
         description="Most events per POST to the sink: above 1, CloudEvents batched mode (relearn's drift "
         "detector); 1, one binary-mode event per POST, as KServe's logger sends them (any sink).",
     )
+    log_drain_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="On SIGTERM, how long the queued events may take to reach the sink before the server "
+        "exits (within the pod's terminationGracePeriodSeconds, 30 s by default).",
+    )
     inference_service: str = Field("relearn-fraud", description="ce-inferenceservicename of logged events.")
     namespace: str = Field("default", description="ce-namespace of logged events.")
     endpoint: str = Field("default", description="ce-endpoint of logged events: default or canary.")

@@ -60,6 +60,7 @@ class LoggerConfig:
     workers: int = 1
     timeout_seconds: float = 2.0
     batch_size: int = 64  # events per POST; 1: binary mode, one event per POST
+    drain_seconds: float = 10.0  # on stop, how long the queued events may take to reach the sink
 
 
 class SinkError(Exception):
@@ -204,15 +205,22 @@ class PayloadLogger:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """Ask the senders to finish what is queued, and wait a bounded time."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Send what is queued, then stop the senders; at most ``timeout`` (``drain_seconds``) in all.
+
+        The predictor calls it on SIGTERM once it answers no more requests, so every event of an answered
+        request is sent unless the sink is down or slower than the drain allows (what is left is logged).
+        """
+        deadline = time.monotonic() + (self.config.drain_seconds if timeout is None else timeout)
         for _ in self._threads:
             try:
-                self._queue.put(None, timeout=timeout)
+                self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()))
             except queue.Full:
                 break
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in self._threads):
+            log.warning("payload log not drained in time", extra={"events_left": self._queue.qsize()})
         self._threads = []
 
     def log(self, event_id: str, event_type: str, body: Body, route: Route = (None, None)) -> None:
@@ -345,5 +353,6 @@ def payload_logger_for(settings: Any, component: str = "predictor") -> PayloadLo
             workers=settings.log_workers,
             timeout_seconds=settings.log_timeout_seconds,
             batch_size=settings.log_batch_size,
+            drain_seconds=settings.log_drain_seconds,
         )
     )
