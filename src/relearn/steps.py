@@ -73,6 +73,7 @@ def ingest(params: IngestParams, transactions_dir: str, labels_dir: str) -> dict
     if params.source:
         transactions = io.read_transactions(params.source, start=begin, end=end)
         labels = io.read_labels(params.source, until=end)
+        holders = io.read_cardholders(params.source)
     else:
         try:
             config = generator.GeneratorConfig(
@@ -87,11 +88,13 @@ def ingest(params: IngestParams, transactions_dir: str, labels_dir: str) -> dict
         except (ValidationError, ValueError) as exc:
             raise StepFailed(f"Bad ingest parameters: {exc}") from None
         data = generator.generate(config)
-        transactions = data.transactions
+        transactions, holders = data.transactions, data.cardholders
         # Only chargebacks that have arrived by the end of the window exist yet.
         labels = data.labels[data.labels["chargeback_timestamp"] < pd.Timestamp(end)]
     io.write_partitioned(transactions, transactions_dir, "transactions")
     io.write_partitioned(labels, labels_dir, "labels")
+    # Next to the transactions, for fairness measurement only: build_features joins it as non-inputs.
+    io.write_cardholders(holders, transactions_dir)
     summary = {
         "rows": len(transactions),
         "labels": len(labels),
@@ -140,7 +143,9 @@ def build_features(
     Feast's own ``get_historical_features`` instead (the same rows, tested; far slower on files).
     Labels are those known at the window's end. Transactions of the last ``label_maturity_days`` are
     still used for the entity features, but not as training rows: most of their chargebacks have not
-    arrived yet, so they would teach the model that recent fraud is legitimate.
+    arrived yet, so they would teach the model that recent fraud is legitimate. The card holders'
+    attributes (``relearn.data.cardholders.ATTRIBUTES``) are joined on as extra columns for the fairness
+    report; training reads only MODEL_INPUTS, so they never reach the model.
     """
     from relearn.data import io
     from relearn.features import store as feast_store
@@ -158,13 +163,23 @@ def build_features(
         raise StepFailed(f"join_engine must be 'pandas' or 'feast', not {join_engine!r}")
     frame = feast_store.training_set(store, transactions, labels, label_cutoff=end, engine=join_engine)
     matured = frame["event_timestamp"] < pd.Timestamp(end - timedelta(days=label_maturity_days))
-    frame = frame[matured].reset_index(drop=True)
+    frame = with_cardholders(frame[matured].reset_index(drop=True), io.read_cardholders(transactions_dir))
     if frame.empty:
         raise StepFailed(f"No transaction is older than {label_maturity_days} days: no training rows.")
     frame.to_parquet(training_set_path, index=False)
     summary = {"rows": len(frame), "positives": int(frame["label"].sum()), "label_cutoff": end.isoformat()}
     log.info("training set built", extra=summary)
     return summary
+
+
+def with_cardholders(frame: pd.DataFrame, holders: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each row's card-holder attributes; holders missing from the table are "unknown"."""
+    from relearn.data.cardholders import ATTRIBUTES, UNKNOWN
+
+    names = list(ATTRIBUTES)
+    joined = frame.merge(holders[["user_id", *names]], on="user_id", how="left", validate="many_to_one")
+    joined[names] = joined[names].fillna(UNKNOWN)
+    return joined
 
 
 def _bootstrap_state(transactions: pd.DataFrame, labels: pd.DataFrame, end: datetime) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from relearn.data import scenarios
+from relearn.data import cardholders, scenarios
 from relearn.data.schema import (
     CHANNELS,
     COUNTRIES,
@@ -126,6 +126,9 @@ class GeneratorConfig(BaseModel):
     chargeback_max_days: float = Field(
         60.0, ge=1, description="Chargebacks arrive within 1 to this many days."
     )
+    disparity: str = Field(
+        "", description="Plant a group disparity (fairness tests): 'attribute=group', e.g. 'age_band=65+'."
+    )
 
     @field_validator("start", "onset")
     @classmethod
@@ -139,6 +142,12 @@ class GeneratorConfig(BaseModel):
     def _known_scenario(cls, value: str) -> str:
         if value not in scenarios.SCENARIOS:
             raise ValueError(f"unknown scenario {value!r}; choose one of {sorted(scenarios.SCENARIOS)}")
+        return value
+
+    @field_validator("disparity")
+    @classmethod
+    def _known_group(cls, value: str) -> str:
+        cardholders.parse_disparity(value)
         return value
 
     @model_validator(mode="after")
@@ -162,11 +171,15 @@ class GeneratorConfig(BaseModel):
 
 @dataclass(frozen=True)
 class GeneratedData:
-    """Transactions (TRANSACTION_SCHEMA) and chargeback labels (LABEL_SCHEMA), both sorted by time."""
+    """Transactions and chargeback labels, both sorted by time, and the card holders.
+
+    ``cardholders`` (CARDHOLDER_SCHEMA) holds attributes measured for fairness, never model inputs.
+    """
 
     transactions: pd.DataFrame
     labels: pd.DataFrame
     config: GeneratorConfig
+    cardholders: pd.DataFrame | None = None
 
     @property
     def onset(self) -> pd.Timestamp:
@@ -451,21 +464,21 @@ def _hex_ids(keys: np.ndarray, seed: int, prefix: str, width: int = 16) -> np.nd
     return np.array([f"{prefix}{x:016x}"[: len(prefix) + width] for x in mixed.tolist()], dtype=object)
 
 
-def _to_frames(rows: Rows, config: GeneratorConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _to_frames(rows: Rows, config: GeneratorConfig, id_ts: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Sort by time, assign ids and turn codes into the schema's columns."""
+    n = len(id_ts)
+    # Ids depend on the start day and the row's position in ``id_ts`` order: a scenario appends rows only
+    # after its onset, so every earlier row keeps its position and id.
+    position = np.empty(n, dtype=np.uint64)
+    position[np.argsort(id_ts, kind="stable")] = np.arange(n, dtype=np.uint64)
     order = np.argsort(rows["ts"], kind="stable")
     rows = take(rows, order)
-    n = len(order)
-    # Ids depend on the start day and the row's position: a scenario appends rows only after its onset,
-    # so every earlier row keeps its position and id.
-    key = np.arange(n, dtype=np.uint64) + (
-        np.uint64(int(config.start.timestamp()) // 86_400) << np.uint64(32)
-    )
+    key = position[order] + (np.uint64(int(config.start.timestamp()) // 86_400) << np.uint64(32))
     tx_id = _hex_ids(key, config.seed, "tx_")
     codes, inverse = np.unique(rows["device"], return_inverse=True)
     device = _hex_ids(codes, config.seed + 7919, "dev_", width=12)[inverse]
     ts = pd.DatetimeIndex(rows["ts"].astype("datetime64[us]")).tz_localize("UTC")
-    users = np.array([f"u{i:06d}" for i in range(config.n_users)], dtype=object)
+    users = cardholders.user_ids(config.n_users)
     merchants = np.array([f"m{i:05d}" for i in range(config.n_merchants)], dtype=object)
     transactions = pd.DataFrame(
         {
@@ -508,7 +521,8 @@ def generate(config: GeneratorConfig | None = None) -> GeneratedData:
         Transactions and labels, sorted by event / chargeback time.
     """
     config = config or GeneratorConfig()
-    world_ss, normal_ss, fraud_ss, merchant_ss = np.random.SeedSequence(config.seed).spawn(4)
+    # The card holders' stream is spawned last: the first four, and the transactions, do not depend on it.
+    world_ss, normal_ss, fraud_ss, merchant_ss, holder_ss = np.random.SeedSequence(config.seed).spawn(5)
     world = World(config, np.random.default_rng(world_ss))
     rows = world.normal_rows(np.random.default_rng(normal_ss))
 
@@ -538,7 +552,11 @@ def generate(config: GeneratorConfig | None = None) -> GeneratedData:
     )
     rows = scenarios.apply_scenario(config.scenario, rows, context)
 
-    transactions, labels = _to_frames(rows, config)
+    holder_rng = np.random.default_rng(holder_ss)
+    holders = cardholders.draw(world, CAT_CHANNELS, holder_rng)
+    id_ts = rows["ts"].copy()  # ids follow the undisguised times: a planted disparity keeps every row's id
+    cardholders.disguise_fraud(world, rows, holders, config.disparity, holder_rng)
+    transactions, labels = _to_frames(rows, config, id_ts)
     log.info(
         "generated transactions",
         extra={
@@ -549,4 +567,4 @@ def generate(config: GeneratorConfig | None = None) -> GeneratedData:
             "seed": config.seed,
         },
     )
-    return GeneratedData(transactions=transactions, labels=labels, config=config)
+    return GeneratedData(transactions, labels, config, cardholders.frame(holders))

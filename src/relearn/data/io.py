@@ -2,7 +2,8 @@
 
 Transactions are partitioned by event time, labels by chargeback time (the day the label becomes known),
 so "the labels known at time t" is a prefix of the label partitions. Writes enforce the pyarrow schema;
-reads return tz-aware UTC timestamps.
+reads return tz-aware UTC timestamps. The card-holder table (attributes for fairness measurement) is a
+snapshot, not a time series: one file, ``<root>/cardholders/part-0.parquet``, replaced on every write.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from relearn.data.cardholders import CARDHOLDER_SCHEMA
 from relearn.data.schema import LABEL_SCHEMA, LABELS_DIR, TRANSACTION_SCHEMA, TRANSACTIONS_DIR
 from relearn.logs import progress_bar
 
@@ -27,6 +29,7 @@ _LAYOUT: dict[str, tuple[str, pa.Schema, str]] = {
     "labels": (LABELS_DIR, LABEL_SCHEMA, "chargeback_timestamp"),
 }
 PART_FILE = "part-0.parquet"
+CARDHOLDERS_DIR = "cardholders"
 TimeLike = datetime | pd.Timestamp | str
 
 
@@ -144,3 +147,25 @@ def read_labels(root: str | Path, until: TimeLike | None = None) -> pd.DataFrame
     if hi is not None:
         df = df[df["chargeback_timestamp"] <= hi]
     return df.sort_values("chargeback_timestamp", kind="stable", ignore_index=True)
+
+
+def write_cardholders(df: pd.DataFrame, root: str | Path) -> Path:
+    """Write the card-holder table (CARDHOLDER_SCHEMA) to ``<root>/cardholders/``, replacing the last one."""
+    missing = [c for c in CARDHOLDER_SCHEMA.names if c not in df.columns]
+    if missing:
+        raise ValueError(f"cardholders: missing columns {missing}")
+    table = pa.Table.from_pandas(df[CARDHOLDER_SCHEMA.names], schema=CARDHOLDER_SCHEMA, preserve_index=False)
+    path = Path(root) / CARDHOLDERS_DIR / PART_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    log.info("wrote card holders", extra={"rows": len(df)})
+    return path
+
+
+def read_cardholders(root: str | Path) -> pd.DataFrame:
+    """The card-holder table under ``root``, or an empty one (CARDHOLDER_SCHEMA columns) if there is none."""
+    path = Path(root) / CARDHOLDERS_DIR / PART_FILE
+    table = (
+        pq.read_table(path, schema=CARDHOLDER_SCHEMA) if path.is_file() else CARDHOLDER_SCHEMA.empty_table()
+    )
+    return table.to_pandas()
