@@ -507,8 +507,8 @@ def gate(
         lines += ["", "| behavioral test | cases | failure rate | max | verdict |", "|---|---|---|---|---|"]
         for name, row in decision.details["behavioral"].items():
             rate = "–" if row["failure_rate"] is None else f"{row['failure_rate']:.1%}"
-            verdict = {True: "passed", False: "FAILED", None: "unknown (no cases)"}[row["passed"]]
-            lines.append(f"| {name} | {row['cases']} | {rate} | {row['max_failure_rate']:.0%} | {verdict} |")
+            state = {True: "passed", False: "FAILED", None: "unknown (no cases)"}[row["passed"]]
+            lines.append(f"| {name} | {row['cases']} | {rate} | {row['max_failure_rate']:.0%} | {state} |")
     Path(decision_path).write_text("\n".join(lines) + "\n")
     registry.tag_version(settings or RelearnSettings(), model_version, decision.tags())
     return decision.passed, f"{verdict}: {decision.reason}"
