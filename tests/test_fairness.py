@@ -99,8 +99,12 @@ def test_planted_disparity_keeps_the_transactions_and_their_ids():
 
 def test_attributes_reach_the_training_set_but_never_the_model(tmp_path):
     tx_dir, labels_dir = tmp_path / "tx", tmp_path / "labels"
-    params = steps.IngestParams(start="2024-01-01", days=3, users=200, merchants=50, seed=2)
+    params = steps.IngestParams(
+        start="2024-01-01", days=3, users=200, merchants=50, seed=2, disparity=PLANTED
+    )
     steps.ingest(params, str(tx_dir), str(labels_dir))
+    with pytest.raises(steps.StepFailed, match="no group 'old'"):
+        steps.ingest(params.model_copy(update={"disparity": "age_band=old"}), str(tx_dir), str(labels_dir))
     holders = io.read_cardholders(tx_dir)
     assert len(holders) == 200 and list(holders.columns) == ["user_id", *ATTRIBUTES]
     assert io.read_cardholders(tmp_path / "nowhere").empty

@@ -17,6 +17,7 @@ def ingest(
     source: str,
     transactions: Output[Dataset],
     labels: Output[Dataset],
+    disparity: str = "",
 ) -> int:
     """Writes the window's transactions and labels as day-partitioned Parquet; returns the row count."""
     from relearn import steps
@@ -32,6 +33,7 @@ def ingest(
             scenario=scenario,
             onset=onset,
             source=source,
+            disparity=disparity,
         ),
         transactions_dir=transactions.path,
         labels_dir=labels.path,

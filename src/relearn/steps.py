@@ -60,6 +60,7 @@ class IngestParams(BaseModel):
     scenario: str = "none"
     onset: str = ""
     source: str = ""
+    disparity: str = ""  # generated data only: plant a group disparity, e.g. "age_band=65+" (fairness tests)
 
 
 def ingest(params: IngestParams, transactions_dir: str, labels_dir: str) -> dict[str, Any]:
@@ -84,6 +85,7 @@ def ingest(params: IngestParams, transactions_dir: str, labels_dir: str) -> dict
                 seed=params.seed,
                 scenario=params.scenario,
                 onset=resolve_onset(params.onset or None, begin, params.days),
+                disparity=params.disparity,
             )
         except (ValidationError, ValueError) as exc:
             raise StepFailed(f"Bad ingest parameters: {exc}") from None
