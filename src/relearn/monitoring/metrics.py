@@ -56,6 +56,12 @@ class Metrics:
             "relearn_drift_window_fill", "Events in the current window so far.", ["track"], registry=r
         )
         self.labels = Counter("relearn_drift_labels_received", "Delayed labels received.", registry=r)
+        self.pending_dropped = Counter(
+            "relearn_drift_pending_dropped",
+            "Requests dropped before their response came (reason: ttl, capacity).",
+            ["reason"],
+            registry=r,
+        )
         self.label_lag = Histogram(
             "relearn_drift_label_join_lag_seconds",
             "Label time minus prediction time for joined labels.",

@@ -267,10 +267,18 @@ class Monitor:
         return bool(events)
 
     def _hold(self, ce_id: str, track: str, rows: list[dict[str, Any]], t: float) -> None:
-        """Keep a request's rows until its response comes (the oldest dropped beyond MAX_PENDING)."""
+        """Keep a request's rows until its response comes.
+
+        At most ``pending_ttl_s`` (event time) and MAX_PENDING requests: the oldest are dropped, counted.
+        """
         self.pending[ce_id] = Pending(track, rows, self._keys(ce_id, rows), t)
+        ttl = self.settings.pending_ttl_s
+        while self.pending and next(iter(self.pending.values())).time < t - ttl:
+            self.pending.pop(next(iter(self.pending)))
+            self.metrics.pending_dropped.labels("ttl").inc()
         if len(self.pending) > MAX_PENDING:
             self.pending.pop(next(iter(self.pending)))
+            self.metrics.pending_dropped.labels("capacity").inc()
 
     def stable_version(self) -> str | None:
         """The model version of the stable track: the setting, else the champion's (None: unknown)."""

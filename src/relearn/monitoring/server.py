@@ -90,6 +90,17 @@ def _skew_job(settings: DriftSettings, metrics: Metrics, db: Path) -> Any:
     )
 
 
+def _retention_job(settings: DriftSettings, metrics: Metrics, db: Path) -> Any:
+    """The periodic retention of the inference log (by age and size)."""
+    from relearn.monitoring.monitor import PENDING_LOOKBACK
+    from relearn.monitoring.retention import Policy, RetentionJob, RetentionMetrics
+
+    policy = Policy(
+        settings.log_max_age_s, settings.log_max_bytes, settings.predictions_max_age_s, PENDING_LOOKBACK
+    )
+    return RetentionJob(db, policy, settings.retention_interval_s, RetentionMetrics(metrics.registry))
+
+
 def create_app(settings: DriftSettings) -> Any:
     """The ASGI app (sink fast path + Starlette for the rest); the log and monitor start with its lifespan."""
     metrics = Metrics()
@@ -109,7 +120,10 @@ def create_app(settings: DriftSettings) -> Any:
         skew = _skew_job(settings, metrics, db)
         if skew is not None:
             skew.start()
+        retention = _retention_job(settings, metrics, db)
+        retention.start()
         yield
+        retention.stop()
         if skew is not None:
             skew.stop()
         state["monitor"].stop()

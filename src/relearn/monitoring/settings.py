@@ -178,6 +178,25 @@ class DriftSettings(BaseSettings):
     skew_track: Literal["stable", "canary", "shadow", "all"] = Field(
         "stable", description="Track whose served requests the skew check samples."
     )
+    log_max_age_s: float = Field(
+        30 * 86400.0, gt=0, description="Events (request and response bodies) older than this are deleted."
+    )
+    log_max_bytes: int = Field(
+        16 * 2**30,
+        gt=0,
+        description="Above this the oldest events are deleted (16 GiB: the chart's 20 Gi volume, with room "
+        "for SQLite's write-ahead log and the reports).",
+    )
+    predictions_max_age_s: float = Field(
+        180 * 86400.0,
+        gt=0,
+        description="Predictions and labels older than this are deleted (longer than the card schemes' 120 "
+        "days for a chargeback, which joins its prediction).",
+    )
+    retention_interval_s: float = Field(300.0, gt=0, description="How often retention runs.")
+    pending_ttl_s: float = Field(
+        300.0, gt=0, description="A request whose response has not come by then is dropped (counted)."
+    )
     reports: bool = Field(True, description="Write an HTML report per window under <data_dir>/reports.")
     poll_s: float = Field(0.2, gt=0, description="How often the monitor reads new events from the log.")
     log_level: str = Field("INFO", description="Log level.")
