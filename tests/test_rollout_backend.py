@@ -297,3 +297,31 @@ def test_only_the_own_models_alias_is_pinned(api: FakeApiServer, backend: Kubern
     api.objects[f"{ISVC}/relearn-fraud"] = isvc("relearn-fraud", "models:/another-model@champion")
     assert backend.stable_alias() is None
     assert api.patches() == []
+
+
+def test_the_explainer_follows_the_predictor_through_canary_promotion_and_pin(
+    api: FakeApiServer, backend: KubernetesBackend
+) -> None:
+    """With the chart's explainer (its own copy of the model), every model change reaches it too."""
+    path = f"{ISVC}/relearn-fraud"
+    explainer = _container("models:/relearn-fraud/1")
+    explainer["command"] = ["python", "-m", "relearn.serving.explainer"]
+    explainer["env"] = [{"name": "RELEARN_EXPLAINER_MODEL_URI", "value": "models:/relearn-fraud/1"}]
+    api.objects[path]["spec"]["explainer"] = {"minReplicas": 1, "containers": [explainer]}
+
+    def explainer_uri() -> str:
+        env = api.objects[path]["spec"]["explainer"]["containers"][0]["env"]
+        return next(v["value"] for v in env if v["name"] == "RELEARN_EXPLAINER_MODEL_URI")
+
+    backend.start_canary("2", 10)
+    body = api.patches()[-1]["body"]
+    assert body["spec"]["explainer"]["canaryTrafficPercent"] == 10  # split like the predictor
+    assert explainer_uri() == _uri(api.objects[path]) == "models:/relearn-fraud/2"
+    backend.set_canary_percent(50)
+    assert api.patches()[-1]["body"]["spec"]["explainer"] == {"canaryTrafficPercent": 50}
+    backend.promote()
+    assert api.patches()[-1]["body"]["spec"]["explainer"] == {"canaryTrafficPercent": None}
+    backend.pin_stable("3")
+    assert explainer_uri() == _uri(api.objects[path]) == "models:/relearn-fraud/3"
+    assert "canaryTrafficPercent" not in api.objects[path]["spec"]["explainer"]
+    assert api.rejected == []  # every patched object still valid against the CRD

@@ -39,6 +39,8 @@ ANN_CANARY = "relearn.io/canary-version"
 ANN_STABLE_URI = "relearn.io/stable-model-uri"
 ANN_SHADOW = "relearn.io/shadow-version"
 MODEL_URI_ENV = "RELEARN_PREDICTOR_MODEL_URI"
+# The explainer (when the InferenceService has one) holds its own copy of the model: it follows the predictor.
+EXPLAINER_URI_ENV = "RELEARN_EXPLAINER_MODEL_URI"
 COMPONENTS = ("predictor", "transformer")
 
 
@@ -142,22 +144,38 @@ def alias_of_uri(uri: str | None, model_name: str) -> str | None:
     return uri[len(prefix) :] if uri and uri.startswith(prefix) else None
 
 
-def _with_model_uri(containers: list[dict[str, Any]], uri: str) -> list[dict[str, Any]]:
-    """A copy of the predictor containers with ``RELEARN_PREDICTOR_MODEL_URI`` set to ``uri``."""
+def _with_model_uri(
+    containers: list[dict[str, Any]], uri: str, name: str = MODEL_URI_ENV
+) -> list[dict[str, Any]]:
+    """A copy of a component's containers with its model URI variable ``name`` set to ``uri``."""
     out = copy.deepcopy(containers)
     for container in out:
         if container.get("name") != "kserve-container":
             continue
         env = container.setdefault("env", [])
         for var in env:
-            if var.get("name") == MODEL_URI_ENV:
+            if var.get("name") == name:
                 var.pop("valueFrom", None)
                 var["value"] = uri
                 break
         else:
-            env.append({"name": MODEL_URI_ENV, "value": uri})
+            env.append({"name": name, "value": uri})
         return out
-    raise RolloutError("the predictor has no container named kserve-container")
+    raise RolloutError("the InferenceService component has no container named kserve-container")
+
+
+def _model_patch(spec: dict[str, Any], uri: str) -> dict[str, Any]:
+    """The spec patch that points the predictor, and the explainer if there is one, at ``uri``."""
+    patch = {"predictor": {"containers": _with_model_uri(spec["predictor"].get("containers", []), uri)}}
+    if "explainer" in spec:
+        containers = spec["explainer"].get("containers", [])
+        patch["explainer"] = {"containers": _with_model_uri(containers, uri, EXPLAINER_URI_ENV)}
+    return patch
+
+
+def _components(spec: dict[str, Any]) -> tuple[str, ...]:
+    """The components a canary splits: predictor and transformer, and the explainer when present."""
+    return (*COMPONENTS, "explainer") if "explainer" in spec else COMPONENTS
 
 
 def _predictor_uri(isvc: dict[str, Any]) -> str | None:
@@ -244,8 +262,9 @@ class KubernetesBackend:
         # Envoy's "<host>-shadow" mirror Host, which Knative's local gateway would not route.
         return f"{self.shadow_isvc}-transformer.{self.namespace}.svc.cluster.local"
 
-    def _canary_patch(self, percent: int | None) -> dict[str, Any]:
-        return {"spec": {c: {"canaryTrafficPercent": percent} for c in COMPONENTS}}
+    def _canary_patch(self, percent: int | None, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        components = COMPONENTS if spec is None else _components(spec)
+        return {"spec": {c: {"canaryTrafficPercent": percent} for c in components}}
 
     # ------------------------------------------------------------------------------------------- actions
     def state(self) -> RolloutState:
@@ -280,11 +299,9 @@ class KubernetesBackend:
             raise RolloutError(f"canary {ann[ANN_CANARY]} is running: promote or roll it back first")
         current_uri = _predictor_uri(isvc)
         stable = ann.get(ANN_STABLE) or version_of_uri(current_uri)
-        containers = isvc["spec"]["predictor"].get("containers", [])
-        body = self._canary_patch(percent)
-        body["spec"]["predictor"]["containers"] = _with_model_uri(
-            containers, model_uri(self.model_name, version)
-        )
+        body = self._canary_patch(percent, isvc["spec"])
+        for component, patch in _model_patch(isvc["spec"], model_uri(self.model_name, version)).items():
+            body["spec"][component].update(patch)
         body["metadata"] = {
             "annotations": {
                 ANN_CANARY: version,
@@ -300,7 +317,7 @@ class KubernetesBackend:
         check_percent(percent)
         if self.state().canary is None:
             raise RolloutError("no canary is running")
-        self._patch_isvc(self.isvc, self._canary_patch(percent))
+        self._patch_isvc(self.isvc, self._canary_patch(percent, self._get_isvc(self.isvc)["spec"]))
         return self.state()
 
     def promote(self) -> RolloutState:
@@ -308,7 +325,7 @@ class KubernetesBackend:
         state = self.state()
         if state.canary is None:
             raise RolloutError("no canary to promote")
-        body = self._canary_patch(None)
+        body = self._canary_patch(None, self._get_isvc(self.isvc)["spec"])
         body["metadata"] = {
             "annotations": {
                 ANN_STABLE: state.canary,
@@ -324,7 +341,7 @@ class KubernetesBackend:
         state = self.state()
         if state.canary is None:
             raise RolloutError("no canary to roll back")
-        body = self._canary_patch(0)
+        body = self._canary_patch(0, self._get_isvc(self.isvc)["spec"])
         body["metadata"] = {"annotations": {ANN_CANARY: None}}
         self._patch_isvc(self.isvc, body)
         return self.state()
@@ -395,12 +412,10 @@ class KubernetesBackend:
         uri = model_uri(self.model_name, version)
         spec = isvc["spec"]
         body: dict[str, Any] = {
-            "spec": {
-                "predictor": {"containers": _with_model_uri(spec["predictor"].get("containers", []), uri)}
-            },
+            "spec": _model_patch(spec, uri),
             "metadata": {"annotations": {ANN_STABLE: version, ANN_STABLE_URI: uri}},
         }
-        for component in COMPONENTS:
+        for component in _components(spec):
             if spec.get(component, {}).get("canaryTrafficPercent") is not None:
                 body["spec"].setdefault(component, {})["canaryTrafficPercent"] = None
         self._patch_isvc(self.isvc, body)
