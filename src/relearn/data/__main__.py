@@ -11,7 +11,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 from relearn.data.generator import GeneratorConfig, generate
-from relearn.data.io import write_partitioned
+from relearn.data.io import write_cardholders, write_partitioned
 from relearn.data.scenarios import SCENARIOS, resolve_onset
 from relearn.logs import configure_logging
 from relearn.settings import RelearnSettings
@@ -84,6 +84,7 @@ def run(settings: GenerateSettings) -> dict[str, object]:
     seconds = time.perf_counter() - t0
     tx_files = write_partitioned(data.transactions, out, "transactions", progress=settings.progress)
     label_files = write_partitioned(data.labels, out, "labels", progress=settings.progress)
+    write_cardholders(data.cardholders, out)  # <out>/cardholders: the fairness report's groups (not inputs)
     summary: dict[str, object] = {
         "rows": len(data.transactions),
         "fraud_rate": round(float(data.transactions["is_fraud"].mean()), 5),
