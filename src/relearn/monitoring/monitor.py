@@ -86,6 +86,8 @@ class Pending:
     rows: list[dict[str, Any]]
     ids: list[str | None]
     time: float
+    # When the monitor read it (monotonic): the TTL is wall time, as a replay's event times may jump days.
+    held: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -269,11 +271,11 @@ class Monitor:
     def _hold(self, ce_id: str, track: str, rows: list[dict[str, Any]], t: float) -> None:
         """Keep a request's rows until its response comes.
 
-        At most ``pending_ttl_s`` (event time) and MAX_PENDING requests: the oldest are dropped, counted.
+        At most ``pending_ttl_s`` since it was read and MAX_PENDING requests: the oldest are dropped, counted.
         """
         self.pending[ce_id] = Pending(track, rows, self._keys(ce_id, rows), t)
-        ttl = self.settings.pending_ttl_s
-        while self.pending and next(iter(self.pending.values())).time < t - ttl:
+        expired = time.monotonic() - self.settings.pending_ttl_s
+        while self.pending and next(iter(self.pending.values())).held < expired:
             self.pending.pop(next(iter(self.pending)))
             self.metrics.pending_dropped.labels("ttl").inc()
         if len(self.pending) > MAX_PENDING:
