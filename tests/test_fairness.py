@@ -165,6 +165,21 @@ def test_planted_disparity_is_reported_and_blocks(planted):
     assert disparity_failures(champion, champion, GATE_TOLERANCE) == []
 
 
+def test_the_gate_blocks_a_challenger_that_passes_on_metrics_but_widens_a_disparity(planted):
+    from relearn.model.gate import GateDecision, gate
+
+    champion, candidate = planted
+    metrics = {"recall_at_budget": 0.6}  # no champion metrics: the metrics gate compares with the baseline
+    fair = {"candidate": candidate, "champion": champion}
+    passed = gate(metrics, None, baseline_metrics={"recall_at_budget": 0.3})
+    assert isinstance(passed, GateDecision) and passed.passed
+    blocked = gate(metrics, None, baseline_metrics={"recall_at_budget": 0.3}, fairness=fair)
+    assert not blocked.passed and blocked.reason.startswith("group disparity beyond the champion's: age_band")
+    assert blocked.details["fairness"]["failed"]
+    same = gate(metrics, None, baseline_metrics={"recall_at_budget": 0.3}, fairness={"candidate": champion})
+    assert same.passed  # without a champion's report nothing is compared
+
+
 @pytest.fixture(scope="module")
 def default_worlds():
     """Per seed of the default world: the report of one model and the gate between two trained alike.

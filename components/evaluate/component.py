@@ -19,9 +19,10 @@ def evaluate(
 ) -> None:
     """Writes the HTML report, the headline metrics, and the full evaluation (JSON) for the gate."""
     from relearn import steps
+    from relearn.evaluation import evaluate as evaluate_step
 
     headline = steps.run_step(
-        steps.evaluate,
+        evaluate_step,
         training_set.path,
         model.path,
         report.path,

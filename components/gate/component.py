@@ -20,9 +20,10 @@ def gate(
     from collections import namedtuple
 
     from relearn import steps
+    from relearn.evaluation import gate as gate_step
 
     passed, reason = steps.run_step(
-        steps.gate,
+        gate_step,
         evaluation.path,
         decision.path,
         model_version=model_version,

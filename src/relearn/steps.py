@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -216,15 +215,17 @@ class TrainStepParams(BaseModel):
     image: str = ""
 
 
-def _splits(
+def splits(
     training_set_path: str, val_fraction: float, test_fraction: float, columns: list[str] | None = None
 ):
+    """Train, validation and test rows of a training set, split by time (the test rows the latest)."""
     from relearn.model.train import time_split
 
     return time_split(pd.read_parquet(training_set_path, columns=columns), val_fraction, test_fraction)
 
 
-def _mlflow(settings: RelearnSettings):
+def tracking(settings: RelearnSettings):
+    """The ``mlflow`` module, set up for these settings' tracking server and registry."""
     import mlflow
 
     from relearn.model.registry import setup_mlflow
@@ -250,7 +251,7 @@ def train(
         raise StepFailed(f"workers must be at least 1, not {params.workers}")
     # One worker reads everything; several read shards, so the step checks the labels alone here.
     columns = None if params.workers == 1 else ["event_timestamp", "label"]
-    train_df, val_df, _ = _splits(training_set_path, params.val_fraction, params.test_fraction, columns)
+    train_df, val_df, _ = splits(training_set_path, params.val_fraction, params.test_fraction, columns)
     if train_df["label"].sum() == 0 or val_df["label"].sum() == 0:
         raise StepFailed("The training or validation split has no labelled fraud: widen the data window.")
     train_params = training.TrainParams(
@@ -260,7 +261,7 @@ def train(
         patience=params.patience,
         seed=params.seed,
     )
-    mlflow = _mlflow(settings)
+    mlflow = tracking(settings)
     with mlflow.start_run() as run:
         mlflow.log_params({"val_fraction": params.val_fraction, "test_fraction": params.test_fraction})
         mlflow.log_params({"train_rows": len(train_df), "val_rows": len(val_df), "workers": params.workers})
@@ -313,124 +314,6 @@ def _train_distributed(
 
 
 # -------------------------------------------------------------------------------------------- evaluate
-def evaluate(
-    training_set_path: str,
-    model_dir: str,
-    report_path: str,
-    evaluation_path: str,
-    *,
-    run_id: str,
-    alert_budget: float,
-    val_fraction: float,
-    test_fraction: float,
-    settings: RelearnSettings | None = None,
-) -> dict[str, float]:
-    """Scores the time-based holdout and compares the model with a baseline and the current champion."""
-    from relearn.model import behavioral, net, registry, report, stats
-    from relearn.model import evaluate as ev
-    from relearn.model.gate import GateParams
-
-    settings = settings or RelearnSettings()
-    train_df, _, test_df = _splits(training_set_path, val_fraction, test_fraction)
-    model, preprocessor, _ = net.load_model(model_dir)
-    scores = net.score(model, preprocessor, test_df)
-    candidate = ev.evaluate(scores, test_df, alert_budget)
-    baseline_scores = ev.baseline(train_df, test_df)
-    baseline = ev.evaluate(baseline_scores, test_df, alert_budget)
-    champion, champion_scores, champion_version = None, None, None
-    loaded = registry.load_champion(settings)
-    if loaded is not None:
-        champion_model, champion_version = loaded
-        champion_scores = champion_model.predict(test_df)["score"].to_numpy()
-        champion = ev.evaluate(champion_scores, test_df, alert_budget)
-    gate_params = GateParams()
-    paired = None  # both models resampled on the same rows: what the gate reads
-    if champion_scores is not None:
-        n_boot, seed = gate_params.n_boot, gate_params.seed
-        paired = ev.paired(scores, champion_scores, test_df, alert_budget, n_boot, seed)
-    comparison = ev.compare(candidate, baseline, champion)
-    # The declared behavioral suite on cases drawn from the same holdout, at the candidate's threshold.
-    behavior = behavioral.run_suite(
-        lambda frame: net.score(model, preprocessor, frame),
-        test_df,
-        candidate["threshold"],
-        seed=gate_params.seed,
-    )
-    plots_dir = Path(evaluation_path).parent / "plots"
-    by_model = {"candidate": (scores, candidate), "baseline": (baseline_scores, baseline)}
-    if champion is not None:
-        by_model[f"champion (v{champion_version})"] = (champion_scores, champion)
-    labels = test_df["label"].to_numpy()
-    plots = report.make_plots(
-        plots_dir,
-        {name: (model_scores, labels) for name, (model_scores, _) in by_model.items()},
-        {name: model_metrics for name, (_, model_metrics) in by_model.items()},
-        alert_budget=alert_budget,
-    )
-    html = report.write_report(
-        plots_dir,
-        candidate,
-        comparison,
-        plots,
-        paired=paired,
-        confidence=gate_params.confidence,
-        behavioral=behavior,
-    )
-    shutil.copyfile(html, report_path)
-    headline = {
-        "pr_auc": candidate["pr_auc"],
-        "recall_at_budget": candidate["recall_at_budget"],
-        "precision_at_budget": candidate["precision_at_budget"],
-        "fraud_amount_caught": candidate["fraud_amount_caught"],
-        "baseline_pr_auc": baseline["pr_auc"],
-        "baseline_recall_at_budget": baseline["recall_at_budget"],
-    }
-    evaluation = {
-        "candidate": candidate,
-        "baseline": baseline,
-        "champion": champion,
-        "champion_version": champion_version,
-        "paired": paired,
-        "behavioral": behavior,
-        "comparison": comparison,
-        "threshold": candidate["threshold"],
-        "versus_baseline": versus_baseline(candidate, baseline),
-        "alert_budget": alert_budget,
-        "headline": headline,
-    }
-    Path(evaluation_path).write_text(json.dumps(evaluation, indent=2, default=float))
-    mlflow = _mlflow(settings)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"test_{k}": v for k, v in headline.items() if v is not None})
-        if paired is not None:  # the differences with the champion and their bounds, as run metrics
-            rows = stats.summary(paired, gate_params.confidence)
-            mlflow.log_metrics(
-                {
-                    f"vs_champion_{m}_{k}": row[k]
-                    for m, row in rows.items()
-                    for k in ("difference", "lower", "upper")
-                    if row[k] is not None
-                }
-            )
-        rates = {name: test["failure_rate"] for name, test in behavior["tests"].items()}
-        mlflow.log_metrics({f"behavioral_{n}_failure_rate": r for n, r in rates.items() if r is not None})
-        mlflow.set_tags({f"behavioral.{n}.cases": t["cases"] for n, t in behavior["tests"].items()})
-        mlflow.log_artifact(report_path, artifact_path="evaluation")
-        mlflow.log_artifacts(str(plots_dir), artifact_path="evaluation/plots")
-    return headline
-
-
-def versus_baseline(candidate: dict[str, Any], baseline: dict[str, Any]) -> str:
-    """One sentence: does the model beat the baseline, and if not, by how much it falls short."""
-    gaps = {m: candidate[m] - baseline[m] for m in ("pr_auc", "recall_at_budget")}
-    numbers = ", ".join(f"{m} {candidate[m]:.3f} vs {baseline[m]:.3f}" for m in gaps)
-    if all(gap >= 0 for gap in gaps.values()):
-        return f"beats the baseline ({numbers})"
-    behind = " and ".join(m for m, gap in gaps.items() if gap < 0)
-    return f"does not beat the baseline on {behind} ({numbers})"
-
-
-# -------------------------------------------------------------------------------------------- register
 def register(
     model_dir: str,
     training_set_path: str,
@@ -442,10 +325,11 @@ def register(
 ) -> str:
     """Registers the trained model as a new MLflow version (alias ``challenger``); returns the version."""
     from relearn.features.spec import FEATURE_SERVICE
-    from relearn.model import registry
+    from relearn.model import explain, registry
 
     settings = settings or RelearnSettings()
     evaluation = json.loads(Path(evaluation_path).read_text())
+    importance = evaluation.get("permutation_importance")
     train_sample = pd.read_parquet(training_set_path)
     info = registry.register(
         model_dir,
@@ -455,66 +339,10 @@ def register(
         train_sample=train_sample,
         lineage={**lineage, "feature_service": FEATURE_SERVICE},
         threshold=evaluation["threshold"],
+        importance=explain.importance_means(importance) if importance else None,
     )
     log.info("registered", extra={"model": info.name, "version": info.version, "aliases": info.aliases})
     return str(info.version)
 
 
 # ------------------------------------------------------------------------------------------------ gate
-def gate(
-    evaluation_path: str,
-    decision_path: str,
-    *,
-    model_version: str,
-    min_improvement: float,
-    max_slice_regression: float,
-    max_behavioral_failure_rate: float = 0.05,
-    settings: RelearnSettings | None = None,
-) -> tuple[bool, str]:
-    """Decides whether the challenger should replace the champion, and writes the decision as Markdown.
-
-    The model version is tagged with it too (``gate.*``: verdict, each difference and its bounds).
-    """
-    from relearn.model import registry
-    from relearn.model.gate import GateParams
-    from relearn.model.gate import gate as decide
-
-    evaluation = json.loads(Path(evaluation_path).read_text())
-    params = GateParams(
-        min_improvement=min_improvement,
-        max_slice_regression=max_slice_regression,
-        max_behavioral_failure_rate=max_behavioral_failure_rate,
-    )
-    decision = decide(
-        evaluation["candidate"],
-        evaluation["champion"],
-        params,
-        baseline_metrics=evaluation["baseline"],
-        paired=evaluation.get("paired"),
-        behavioral=evaluation.get("behavioral"),
-    )
-    verdict = "PASSED" if decision.passed else "FAILED"
-    champion = evaluation["champion_version"] or f"none before this run (version {model_version} became it)"
-    lines = [f"# Gate: {verdict}\n", f"- challenger: version {model_version}", f"- champion: {champion}"]
-    lines.append(f"- reason: {decision.reason}")
-    if decision.details.get("paired"):
-        bound = f"{100 * params.confidence:g} % bound"
-        header = f"| metric | challenger | champion | difference | lower {bound} | upper {bound} | role |"
-        lines += ["", header]
-        lines.append("|---|---|---|---|---|---|---|")
-        for name, row in decision.details["paired"].items():
-            cells = [_cell(row[k]) for k in ("candidate", "champion", "difference", "lower", "upper")]
-            lines.append(f"| {name} | {' | '.join(cells)} | {row['role']} |")
-    if decision.details.get("behavioral"):
-        lines += ["", "| behavioral test | cases | failure rate | max | verdict |", "|---|---|---|---|---|"]
-        for name, row in decision.details["behavioral"].items():
-            rate = "–" if row["failure_rate"] is None else f"{row['failure_rate']:.1%}"
-            state = {True: "passed", False: "FAILED", None: "unknown (no cases)"}[row["passed"]]
-            lines.append(f"| {name} | {row['cases']} | {rate} | {row['max_failure_rate']:.0%} | {state} |")
-    Path(decision_path).write_text("\n".join(lines) + "\n")
-    registry.tag_version(settings or RelearnSettings(), model_version, decision.tags())
-    return decision.passed, f"{verdict}: {decision.reason}"
-
-
-def _cell(value: float | None) -> str:
-    return "–" if value is None else f"{value:+.4f}"

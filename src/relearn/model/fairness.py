@@ -270,3 +270,29 @@ def disparity_failures(
                     f"{limits[d]:g}"
                 )
     return failures
+
+
+def html_section(report: dict[str, Any]) -> str:
+    """The evaluation report's fairness section (HTML).
+
+    The reported disparities first, then per attribute each group's rates with intervals and the differences.
+    """
+    import html
+
+    def interval(x: dict[str, Any]) -> str:
+        return "–" if x.get("value") is None else f"{x['value']:.3f} [{x['lower']:.3f}, {x['upper']:.3f}]"
+
+    parts = ["<h2>Fairness by card-holder group</h2>"]
+    found = report.get("reported") or ["no disparity reported (material and significant)"]
+    parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in found) + "</ul>")
+    for name, attribute in report.get("attributes", {}).items():
+        parts.append(f"<h3>{html.escape(name)}</h3><table><tr><th>group</th><th>n</th><th>fraud</th>")
+        parts.append("".join(f"<th>{r}</th>" for r in RATES) + "</tr>")
+        for group, row in attribute["groups"].items():
+            parts.append(
+                f"<tr><td>{html.escape(group)}</td><td>{row['n']:,}</td><td>{row['positives']:,}</td>"
+            )
+            parts.append("".join(f"<td>{interval(row[r])}</td>" for r in RATES) + "</tr>")
+        parts.append("</table><p class='sub'>")
+        parts.append("; ".join(f"{d} {interval(attribute[d])}" for d in DIFFERENCES) + "</p>")
+    return "\n".join(parts)

@@ -198,14 +198,37 @@ def gate(
     baseline_metrics: dict[str, Any] | None = None,
     paired: dict[str, Any] | None = None,
     behavioral: dict[str, Any] | None = None,
+    fairness: dict[str, Any] | None = None,
 ) -> GateDecision:
-    """Decide whether the candidate may be promoted: the metrics (:func:`aggregate_gate`), then behavior.
+    """Decide whether the candidate may be promoted: the metrics, then behavior, then fairness.
 
-    With ``behavioral`` results, a test failing on more than its share of cases blocks the candidate
-    whatever its metrics; a test without cases reads unknown and is named in the reason.
+    The metrics are :func:`aggregate_gate`'s. With ``behavioral`` results, a test failing on more than its
+    share of cases blocks the candidate whatever its metrics; a test without cases reads unknown and is
+    named in the reason. With ``fairness`` reports of both models
+    (:func:`relearn.model.fairness.fairness_report`), a disparity that exceeds the champion's by more than
+    the tolerance (its lower bound) blocks it too.
     """
     params = params or GateParams()
-    decision = aggregate_gate(candidate_metrics, champion_metrics, params, baseline_metrics, paired)
+    decision = _behavioral_gate(
+        aggregate_gate(candidate_metrics, champion_metrics, params, baseline_metrics, paired),
+        behavioral,
+        params,
+    )
+    if not fairness:
+        return decision
+    from relearn.model.fairness import disparity_failures
+
+    failed = disparity_failures(fairness["candidate"], fairness.get("champion"))
+    decision.details["fairness"] = {"failed": failed, "reported": fairness["candidate"].get("reported", [])}
+    if failed and decision.passed:
+        why = f"group disparity beyond the champion's: {' | '.join(failed)}"
+        return GateDecision(False, why, decision.details)
+    return decision
+
+
+def _behavioral_gate(
+    decision: GateDecision, behavioral: dict[str, Any] | None, params: GateParams
+) -> GateDecision:
     if behavioral is None:
         return decision
     failed, rows = behavioral_rule(behavioral, params)

@@ -119,6 +119,7 @@ def register(
     train_sample: pd.DataFrame,
     lineage: Mapping[str, Any],
     threshold: float,
+    importance: Mapping[str, float] | None = None,
 ) -> ModelVersionInfo:
     """Log the model as pyfunc in run ``run_id``, register it, tag lineage, and set aliases.
 
@@ -136,6 +137,8 @@ def register(
             the reference sample.
         lineage: Tags such as data_window, feature_service, git_sha, pipeline_run_id (extra keys kept).
         threshold: The decision threshold serving applies to the score.
+        importance: Permutation importance per input, carried in the reference sample's Parquet metadata
+            (``attrs["feature_importance"]``): the drift report ranks drifted inputs by it.
 
     Returns:
         The registered version, its ``models:/`` URI and aliases.
@@ -159,6 +162,8 @@ def register(
             example, pd.DataFrame({"score": example_scores, "decision": example_scores >= threshold})
         )
         reference_path = workdir / "reference.parquet"
+        if importance:
+            reference.attrs["feature_importance"] = {k: float(v) for k, v in importance.items()}
         reference.to_parquet(reference_path, index=False)
 
         active = mlflow.active_run()

@@ -218,6 +218,7 @@ def write_report(
     paired: Mapping[str, Any] | None = None,
     confidence: float = 0.975,
     behavioral: Mapping[str, Any] | None = None,
+    sections: Sequence[str] = (),
 ) -> Path:
     """Write ``report.html`` into ``out_dir``: gate verdict, headline cards, comparison, plots, slices.
 
@@ -233,6 +234,7 @@ def write_report(
         confidence: Confidence of those bounds (the gate's).
         behavioral: Results of :func:`relearn.model.behavioral.run_suite`: each test's failure rate and
             its failing cases.
+        sections: More HTML sections, after the behavioral one (e.g. fairness by group).
 
     Returns:
         The path of the HTML file.
@@ -270,6 +272,7 @@ def write_report(
         parts.extend(_paired_table(paired, confidence))
     if behavioral is not None:
         parts.extend(_behavioral_section(behavioral))
+    parts.extend(sections)
 
     for name, path in plots.items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
