@@ -58,11 +58,11 @@ lint: setup ## ruff (lint + format check) and hadolint on every Dockerfile
 	$(PY) -m ruff format --check .
 	find . -name Dockerfile -not -path './.venv/*' -print0 | xargs -0 $(PLATFORM)/bin/hadolint
 
-serve: setup ## Serve the champion locally: transformer + predictor on 127.0.0.1 (Ctrl-C stops); ARGS for options
+serve: setup ## Serve the champion locally: transformer, predictor, explainer on 127.0.0.1 (Ctrl-C stops); ARGS for options
 	$(PY) -m relearn.serving.local $(ARGS)
 
-explain: setup ## The champion's explainer beside `make serve`: v1 :explain on 127.0.0.1:8084 (Ctrl-C stops); ARGS for options
-	$(PY) -m relearn.serving.explainer --host 127.0.0.1 --http-port 8084 --grpc-port 8085 $(ARGS)
+explain: setup ## The champion's explainer alone (`make serve` starts one too): v1 :explain on 127.0.0.1:8087 (Ctrl-C stops); ARGS for options
+	$(PY) -m relearn.serving.explainer --host 127.0.0.1 --http-port 8087 --grpc-port 8088 $(ARGS)
 
 # Part of `make test`; needs root for /etc/hosts (the in-cluster DNS names) and Debian's servers (make setup).
 rehearse: setup ## The rendered chart run as a cluster would run it (processes on loopback), then the cluster story

@@ -75,8 +75,11 @@ def test_make_serve_logs_to_make_drift_with_defaults() -> None:
         serve.transformer_grpc_port,
         serve.predictor_http_port,
         serve.predictor_grpc_port,
+        serve.explainer_http_port,
+        serve.explainer_grpc_port,
     ]
-    assert drift.port not in ports and len(set(ports)) == 4
+    router = {8084, 8085}  # the local rollout router's defaults (python -m relearn.rollout.router --help)
+    assert drift.port not in ports and len(set(ports)) == 6 and not router & set(ports)
     assert serve.log_sink_url == f"http://{drift.host}:{drift.port}/"
 
 

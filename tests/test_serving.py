@@ -628,12 +628,14 @@ def test_batch_scores_match_training_features_and_are_looked_up_in_feast(trained
 def test_local_stack_serves_the_champion_and_stops_on_ctrl_c(trained, tmp_path):
     from relearn.serving.local import EXAMPLE
 
-    ports = [free_port() for _ in range(4)]
+    ports = [free_port() for _ in range(6)]
     names = [
         "--transformer-http-port",
         "--transformer-grpc-port",
         "--predictor-http-port",
         "--predictor-grpc-port",
+        "--explainer-http-port",
+        "--explainer-grpc-port",
     ]
     args = [a for pair in zip(names, map(str, ports), strict=True) for a in pair]
     out = (tmp_path / "local.out").open("w")
@@ -659,6 +661,9 @@ def test_local_stack_serves_the_champion_and_stops_on_ctrl_c(trained, tmp_path):
             timeout=10,
         )
         assert response.status_code == 200 and response.json()["model_version"] == "1"
+        url = f"http://127.0.0.1:{ports[4]}/v1/models/{MODEL}:explain"
+        explained = httpx.post(url, json={"instances": [EXAMPLE]}, timeout=10)
+        assert explained.status_code == 200, explained.text  # the explainer came up with the stack
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
         for port in ports[::2]:  # the children are gone: nothing answers any more

@@ -188,8 +188,9 @@ def services() -> dict[str, tuple[str, list[int], list[str]]]:
 
     s, port = LocalStackSettings(), DriftSettings().port
     serve_ports = [s.transformer_http_port, s.transformer_grpc_port, s.predictor_http_port]
-    serve_ports.append(s.predictor_grpc_port)
-    ready = [f"{s.predictor_http_port}/v2/health/ready", f"{s.transformer_http_port}/v2/health/ready"]
+    serve_ports += [s.predictor_grpc_port, s.explainer_http_port, s.explainer_grpc_port]
+    ready = [f"{p}/v2/health/ready" for p in (s.predictor_http_port, s.transformer_http_port)]
+    ready.append(f"{s.explainer_http_port}/v2/health/ready")
     return {"serve": ("serve", serve_ports, ready), "drift": ("drift", [port], [f"{port}/ready"])}
 
 

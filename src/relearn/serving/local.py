@@ -1,10 +1,12 @@
 """``python -m relearn.serving.local`` (``make serve``): the serving stack on loopback, from the champion.
 
-Starts the predictor (``models:/<name>@champion`` from the local MLflow) and the transformer (Feast online
-store: the SQLite file under ``RELEARN_HOME``) as child processes bound to 127.0.0.1, waits until both are
-ready, prints the endpoints and example calls, and stops both on Ctrl-C (or when either exits).
+Starts the predictor (``models:/<name>@champion`` from the local MLflow), the transformer (the streaming
+state under ``RELEARN_HOME``) and the explainer (v1 ``:explain``) as child processes bound to 127.0.0.1,
+waits until they are ready, prints the endpoints and example calls, and stops them all on Ctrl-C (or when
+one exits).
 
-Default ports: transformer 8080/8081 (KServe's), predictor 8082/8083; the predictor's payload log goes to
+Default ports: transformer 8080/8081 (KServe's), predictor 8082/8083, explainer 8087/8088 (``0``: none;
+8084/8085 are the local rollout router's); the predictor's payload log goes to
 ``make drift``'s default address (``http://127.0.0.1:8090/``; events are dropped and counted while nothing
 listens there).
 """
@@ -40,7 +42,7 @@ EXAMPLE = {
 
 
 class LocalStackSettings(BaseSettings):
-    """Run the local serving stack (predictor + transformer on 127.0.0.1) until Ctrl-C.
+    """Run the local serving stack (predictor, transformer, explainer on 127.0.0.1) until Ctrl-C.
 
     Every option can also be set as an environment variable RELEARN_SERVE_<OPTION>.
     """
@@ -57,6 +59,8 @@ class LocalStackSettings(BaseSettings):
     transformer_grpc_port: int = Field(8081, description="Transformer gRPC port.")
     predictor_http_port: int = Field(8082, description="Predictor REST port.")
     predictor_grpc_port: int = Field(8083, description="Predictor gRPC port (the transformer calls it).")
+    explainer_http_port: int = Field(8087, ge=0, description="Explainer REST port (v1 :explain); 0: none.")
+    explainer_grpc_port: int = Field(8088, description="Explainer gRPC port.")
     model_uri: str = Field("models:/relearn-fraud@champion", description="Model the predictor serves.")
     model_name: str = Field("relearn-fraud", description="Model name in the URLs.")
     log_sink_url: str = Field(
@@ -94,12 +98,15 @@ def usage(settings: LocalStackSettings) -> str:
     """The endpoints and example calls to print."""
     t_http, t_grpc = settings.transformer_http_port, settings.transformer_grpc_port
     name, body = settings.model_name, {"instances": [EXAMPLE]}
+    e_http = settings.explainer_http_port
+    explainer = f"REST http://127.0.0.1:{e_http}/v1/models/{name}:explain" if e_http else "off"
     return f"""
 relearn serving stack (Ctrl-C stops it)
   transformer  REST http://127.0.0.1:{t_http}/v1/models/{name}:predict  (and /v2/models/{name}/infer)
                gRPC 127.0.0.1:{t_grpc}  inference.GRPCInferenceService
   predictor    REST http://127.0.0.1:{settings.predictor_http_port}/v2/models/{name}/infer
                gRPC 127.0.0.1:{settings.predictor_grpc_port}
+  explainer    {explainer}
   metrics      http://127.0.0.1:{t_http}/metrics  http://127.0.0.1:{settings.predictor_http_port}/metrics
   payload log  {settings.log_sink_url or "off"}
 
@@ -148,6 +155,15 @@ def run(settings: LocalStackSettings) -> None:
         ],
     )
     children = [predictor, transformer]
+    if settings.explainer_http_port:  # KServe's :explain verb, with its own copy of the champion
+        ports = [
+            "--http-port",
+            str(settings.explainer_http_port),
+            "--grpc-port",
+            str(settings.explainer_grpc_port),
+        ]
+        explainer = ["--host", "127.0.0.1", *ports, "--model-uri", settings.model_uri, *common]
+        children.append(_start("relearn.serving.explainer", explainer))
     # Ctrl-C and SIGTERM both end the stack, also when SIGINT came in ignored (a background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -155,6 +171,8 @@ def run(settings: LocalStackSettings) -> None:
         deadline = time.monotonic() + settings.ready_timeout_seconds
         _wait_ready(f"http://127.0.0.1:{settings.predictor_http_port}", predictor, deadline)
         _wait_ready(f"http://127.0.0.1:{settings.transformer_http_port}", transformer, deadline)
+        if settings.explainer_http_port:
+            _wait_ready(f"http://127.0.0.1:{settings.explainer_http_port}", children[2], deadline)
         print(usage(settings), flush=True)
         while all(c.poll() is None for c in children):
             time.sleep(0.5)
