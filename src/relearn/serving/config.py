@@ -30,15 +30,8 @@ class CommonServingSettings(BaseSettings):
     log_level: str = Field("INFO", description="Log level of relearn's JSON logs.")
 
 
-class PredictorSettings(CommonServingSettings):
-    """relearn predictor: the fraud network behind KServe's v1/v2 REST and v2 gRPC endpoints.
-
-    Every option can also be set as an environment variable RELEARN_PREDICTOR_<OPTION>.
-    """
-
-    model_config = SettingsConfigDict(
-        env_prefix="RELEARN_PREDICTOR_", cli_prog_name="python -m relearn.serving.predictor", **_CLI
-    )
+class ModelServingSettings(CommonServingSettings):
+    """The settings of a server that loads the registered model (the predictor, the explainer)."""
 
     model_uri: str = Field(
         "models:/relearn-fraud@champion",
@@ -48,6 +41,18 @@ class PredictorSettings(CommonServingSettings):
     model_version: str | None = Field(
         None, description="Version reported for a local directory (default: read from it, else 'local')."
     )
+
+
+class PredictorSettings(ModelServingSettings):
+    """relearn predictor: the fraud network behind KServe's v1/v2 REST and v2 gRPC endpoints.
+
+    Every option can also be set as an environment variable RELEARN_PREDICTOR_<OPTION>.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="RELEARN_PREDICTOR_", cli_prog_name="python -m relearn.serving.predictor", **_CLI
+    )
+
     # Payload logging: only the predictor logs (its request holds the model inputs and the transaction ids
     # the transformer passes on, its response the scores), so one inference is one request/response pair.
     log_sink_url: str = Field("", description="Payload-logger CloudEvents target (empty: logging off).")

@@ -10,10 +10,10 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from relearn.logs import configure_logging
-from relearn.serving.config import _CLI, CommonServingSettings, _strip_argv, run_cli
+from relearn.serving.config import _CLI, ModelServingSettings, _strip_argv, run_cli
 
 
-class ExplainerSettings(CommonServingSettings):
+class ExplainerSettings(ModelServingSettings):
     """relearn explainer: per-prediction attributions (Integrated Gradients) on KServe's v1 :explain.
 
     Every option can also be set as an environment variable RELEARN_EXPLAINER_<OPTION>.
@@ -23,14 +23,6 @@ class ExplainerSettings(CommonServingSettings):
         env_prefix="RELEARN_EXPLAINER_", cli_prog_name="python -m relearn.serving.explainer", **_CLI
     )
 
-    model_uri: str = Field(
-        "models:/relearn-fraud@champion",
-        description="models:/<name>@<alias> or models:/<name>/<version> (MLflow), or a local directory; "
-        "the same model as the predictor's.",
-    )
-    model_version: str | None = Field(
-        None, description="Version reported for a local directory (default: read from it, else 'local')."
-    )
     max_batch_size: int = Field(64, ge=1, description="Most rows explained per request; more is a 400.")
     top: int | None = Field(
         None, ge=1, description="Inputs listed per row, largest attributions first (default: all)."

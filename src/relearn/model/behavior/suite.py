@@ -23,21 +23,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from relearn.data import schema
 from relearn.data.schema import CATEGORICAL_DOMAINS
 from relearn.features.spec import LABEL, MERCHANT_FEATURES, MODEL_INPUTS, USER_FEATURES
 
 # What a case is made of: the request, the card's and merchant's state before it, and the fields a model
 # must ignore (ids, the label and the generator's ground truth).
-REQUEST_FIELDS = (
-    "event_timestamp",
-    "amount",
-    "currency",
-    "merchant_category",
-    "channel",
-    "country",
-    "device_id",
-)
 ID_FIELDS = ("transaction_id", "user_id", "merchant_id")
+REQUEST_FIELDS = tuple(f for f in schema.REQUEST_FIELDS if f not in ID_FIELDS)
 IGNORED_FIELDS = ("is_fraud", "fraud_pattern", LABEL)
 CASE_FIELDS = (*ID_FIELDS, *REQUEST_FIELDS, *USER_FEATURES, *MERCHANT_FEATURES, *IGNORED_FIELDS)
 NUMERIC_FIELDS = ("amount", *(f for f in (*USER_FEATURES, *MERCHANT_FEATURES) if "last_c" not in f
