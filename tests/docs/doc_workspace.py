@@ -44,7 +44,9 @@ SHIMS = {  # kind -> program -> body
 
 def make_recipe(target: str) -> str:
     """The command ``make <target>`` runs (its last line under ``make -n``)."""
-    done = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=True)
+    # --no-print-directory: under another make (CI runs `make test`) make -n ends with "Leaving directory".
+    command = ["make", "--no-print-directory", "-n", target]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
     return done.stdout.strip().splitlines()[-1]
 
 

@@ -41,6 +41,7 @@ from typing import Any, Literal, Protocol
 import httpx
 from pydantic import Field
 
+from relearn.logs import configure_logging
 from relearn.rollout.analysis import Action, AnalysisSettings, Decision, decide
 from relearn.rollout.audit import AuditLog, audit_log_for
 from relearn.rollout.backend import RolloutBackend, RolloutError, RolloutState, make_backend
@@ -55,7 +56,7 @@ from relearn.rollout.shadow import (
     shadow_ready,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("relearn.rollout.controller")  # not __main__ under python -m
 
 ACTOR = "relearn-rollout-controller"
 REJECTED_TAG = "rollout_rejected"
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     settings = ControllerSettings(**overrides)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()  # JSON lines: every decision with its action, version and reason
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
