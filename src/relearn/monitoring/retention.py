@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from relearn.monitoring import store
+from relearn.monitoring.jobs import PeriodicJob
 
 log = logging.getLogger(__name__)
 CHUNK = 5000  # events per DELETE: short write transactions, so ingest is never blocked for long
@@ -112,25 +112,19 @@ def enforce(conn: sqlite3.Connection, policy: Policy, now: float | None = None) 
     return {k: v for k, v in out.items() if v}
 
 
-class RetentionJob:
+class RetentionJob(PeriodicJob):
     """Runs :func:`enforce` every ``interval_s`` in a daemon thread and exports the log's size."""
 
+    errors = (sqlite3.Error,)  # a busy log: the next pass tries again
+
     def __init__(self, path: Path, policy: Policy, interval_s: float, metrics: RetentionMetrics) -> None:
-        self.path, self.policy, self.interval_s, self.metrics = path, policy, interval_s, metrics
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="log-retention", daemon=True)
-
-    def start(self) -> None:
-        """Start (the first run is at once)."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop after the running pass."""
-        self._stop.set()
-        self._thread.join(timeout=30)
+        super().__init__("log-retention", interval_s)
+        self.path, self.policy, self.metrics = path, policy, metrics
 
     def run_once(self) -> dict[tuple[str, str], int]:
-        """One pass: enforce the policy, update the metrics."""
+        """One pass: enforce the policy, update the metrics (nothing before the log exists)."""
+        if not self.path.is_file():
+            return {}
         conn = store.connect(self.path)
         try:
             deleted = enforce(conn, self.policy)
@@ -145,12 +139,3 @@ class RetentionJob:
             return deleted
         finally:
             conn.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                if self.path.is_file():
-                    self.run_once()
-            except sqlite3.Error:  # a busy log: the next pass tries again
-                log.exception("inference log retention failed")
-            self._stop.wait(self.interval_s)

@@ -33,7 +33,6 @@ import json
 import logging
 import sqlite3
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -50,6 +49,7 @@ from relearn.events import REQUEST_TYPE
 from relearn.features.spec import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS
 from relearn.features.transforms import entity_feature_tables, model_inputs
 from relearn.features.windows import WINDOWS
+from relearn.monitoring.jobs import PeriodicJob
 from relearn.monitoring.payloads import ID_FIELD, Rejected, request_features
 
 log = logging.getLogger("relearn.monitoring.skew")  # not __main__ under python -m
@@ -303,40 +303,30 @@ def _log_result(result: SkewResult, max_ratio: float) -> None:
     )
 
 
-class SkewJob:
+class SkewJob(PeriodicJob):
     """Runs :func:`check` every ``interval_s`` in a daemon thread and exports the result."""
 
     def __init__(
         self, log_path: Path, lake_dir: Path, interval_s: float, metrics: SkewMetrics, **options: Any
     ) -> None:
+        super().__init__("feature-skew", interval_s)
         self.args = (log_path, lake_dir, lake_dir)
         self.options = options
-        self.interval_s = interval_s
         self.metrics = metrics
         self.last: SkewResult | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="feature-skew", daemon=True)
 
-    def start(self) -> None:
-        """Start checking (the first check runs at once)."""
-        self._thread.start()
+    def run_once(self) -> SkewResult | None:
+        """One check, exported and logged (none before the first event: there is nothing to sample)."""
+        if Path(self.args[0]).is_file():
+            self.last = check(*self.args, **self.options)
+            self.metrics.update(self.last)
+            _log_result(self.last, 0.0)
+        return self.last
 
-    def stop(self) -> None:
-        """Stop after the running check."""
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                if Path(self.args[0]).is_file():  # before the first event, there is nothing to sample
-                    self.last = check(*self.args, **self.options)
-                    self.metrics.update(self.last)
-                    _log_result(self.last, 0.0)
-            except Exception:  # the lake is being rewritten, a volume is gone: retry next interval
-                self.metrics.errors.inc()
-                log.exception("feature skew check failed")
-            self._stop.wait(self.interval_s)
+    def on_error(self) -> None:
+        """The lake is being rewritten, a volume is gone: counted, and the next interval tries again."""
+        self.metrics.errors.inc()
+        log.exception("feature skew check failed")
 
 
 def format_table(result: SkewResult) -> str:
