@@ -92,15 +92,15 @@ def infer_request(row: Any, model_name: str) -> Any:
     for name in REQUEST_FIELDS:
         value = getattr(row, name)
         tensor = request.inputs.add(name=name, shape=[1])
-        if name != "amount" and contract.is_null(value):
-            tensor.datatype = "BYTES"
-            tensor.contents.bytes_contents.append(b"")  # a BYTES tensor's null (the contract's reading)
-        elif name == "amount":
+        if name == "amount":
             tensor.datatype = "FP64"
             tensor.contents.fp64_contents.append(float(value))
         else:
             tensor.datatype = "BYTES"
-            text = value.isoformat() if name == "event_timestamp" else str(value)
+            if contract.is_null(value):
+                text = ""  # a BYTES tensor's null (the contract's reading)
+            else:
+                text = value.isoformat() if name == "event_timestamp" else str(value)
             tensor.contents.bytes_contents.append(text.encode())
     return request
 
@@ -248,16 +248,17 @@ class Replay:
 
         def done(f: Any) -> None:
             try:
-                reply = f.result()
-                self.record.score[i] = response_score(reply)
-                self.record.version[i] = reply.model_version
-                self.record.code[i] = 0
-                if self.record.invalid[i] and len(self.failures) < 20:
-                    self.failures.append(f"{row.transaction_id}: answered, but breaks the data contract")
-            except grpc.RpcError as exc:
-                self.record.code[i] = exc.code().value[0]
+                try:
+                    reply = f.result()
+                    self.record.score[i] = response_score(reply)
+                    self.record.version[i] = reply.model_version
+                    self.record.code[i] = 0
+                    what = "answered, but breaks the data contract"
+                except grpc.RpcError as exc:
+                    self.record.code[i] = exc.code().value[0]
+                    what = f"{exc.code().name} {exc.details()}"
                 if failed(self.record.code[i], self.record.invalid[i]) and len(self.failures) < 20:
-                    self.failures.append(f"{row.transaction_id}: {exc.code().name} {exc.details()}")
+                    self.failures.append(f"{row.transaction_id}: {what}")  # one rule: :func:`failed`
             finally:
                 self.record.latency[i] = time.time() - started
                 self._in_flight.release()

@@ -209,11 +209,11 @@ def gate(
     the tolerance (its lower bound) blocks it too.
     """
     params = params or GateParams()
-    decision = _behavioral_gate(
-        aggregate_gate(candidate_metrics, champion_metrics, params, baseline_metrics, paired),
-        behavioral,
-        params,
-    )
+    decision = aggregate_gate(candidate_metrics, champion_metrics, params, baseline_metrics, paired)
+    return _fairness_gate(_behavioral_gate(decision, behavioral, params), fairness)
+
+
+def _fairness_gate(decision: GateDecision, fairness: dict[str, Any] | None) -> GateDecision:
     if not fairness:
         return decision
     from relearn.model.fairness import disparity_failures
