@@ -88,6 +88,9 @@ def train_pipeline(
     test_fraction: float = 0.2,
     workers: int = 1,
     distributed_backend: str = "auto",
+    train_mode: str = "scratch",
+    replay_fraction: float = 0.1,
+    scratch_every: int = 5,
     alert_budget: float = ALERT_BUDGET,
     min_improvement: float = 0.01,
     max_slice_regression: float = 0.15,
@@ -120,6 +123,10 @@ def train_pipeline(
         distributed_backend: Where several workers run: "local" (torchrun on the step's machine),
             "pytorchjob" (a Kubeflow PyTorchJob the step submits and waits for) or "auto" (a PyTorchJob when
             the step runs in a Kubeflow Pipelines pod, local otherwise, e.g. under kfp.local).
+        train_mode: "scratch", "warm" (fine-tune the champion; refused if it is incompatible) or "auto"
+            (the retraining policy: warm when a compatible champion exists, else scratch, with the reason).
+        replay_fraction: Share of a warm start's rows sampled from rows older than the champion's.
+        scratch_every: Under "auto", every Nth retraining is from scratch.
         alert_budget: Share of transactions the fraud team can review (recall is measured there).
         min_improvement: Gain on the primary metric the challenger must show over the champion, as the
             lower bound of its one-sided 97.5 % paired-bootstrap interval on the holdout.
@@ -162,6 +169,9 @@ def train_pipeline(
         workers=workers,
         distributed_backend=distributed_backend,
         image=PIPELINE_IMAGE,  # the PyTorchJob's pods run the steps' image
+        train_mode=train_mode,
+        replay_fraction=replay_fraction,
+        scratch_every=scratch_every,
     )
     evaluated = evaluate(
         training_set=feats.outputs["training_set"],

@@ -20,6 +20,9 @@ def train(
     workers: int,
     distributed_backend: str,
     image: str,
+    train_mode: str,
+    replay_fraction: float,
+    scratch_every: int,
     model: Output[Model],
     metrics: Output[Metrics],
 ) -> NamedTuple("TrainOutputs", [("mlflow_run_id", str)]):
@@ -27,6 +30,7 @@ def train(
 
     ``workers`` > 1 trains data-parallel: torchrun processes here, or a PyTorchJob of ``image`` pods in a
     cluster (``distributed_backend``: auto, local or pytorchjob; see relearn.model.distributed).
+    ``train_mode`` auto/warm fine-tunes the champion (relearn.model.warm); scratch trains anew.
     """
     from collections import namedtuple
 
@@ -47,6 +51,9 @@ def train(
             workers=workers,
             distributed_backend=distributed_backend,
             image=image,
+            train_mode=train_mode,
+            replay_fraction=replay_fraction,
+            scratch_every=scratch_every,
         ),
     )
     for name, value in result["metrics"].items():

@@ -213,6 +213,9 @@ class TrainStepParams(BaseModel):
     workers: int = 1
     distributed_backend: str = "auto"
     image: str = ""
+    train_mode: str = "scratch"  # relearn.model.warm: auto (the retraining policy), warm or scratch
+    replay_fraction: float = 0.1
+    scratch_every: int = 5
 
 
 def splits(
@@ -262,20 +265,37 @@ def train(
         seed=params.seed,
     )
     mlflow = tracking(settings)
+    plan = _warm_plan(params, train_df, train_params, settings)
     with mlflow.start_run() as run:
         mlflow.log_params({"val_fraction": params.val_fraction, "test_fraction": params.test_fraction})
         mlflow.log_params({"train_rows": len(train_df), "val_rows": len(val_df), "workers": params.workers})
+        mlflow.log_params({"warm_new_rows": plan.new_rows, "warm_replay_rows": plan.replay_rows})
+        mlflow.set_tags(plan.tags())
         if params.workers == 1:
             from relearn.model import net
 
-            result = training.train(train_df, val_df, train_params)
-            training.log_training(result, train_params)
+            result = training.train(plan.train_df, val_df, plan.params, init=plan.init)
+            training.log_training(result, plan.params)
             net.save_model(model_dir, result.net, result.preprocessor, {"mlflow_run_id": run.info.run_id})
         else:
             _train_distributed(training_set_path, model_dir, params, train_params, run.info.run_id, settings)
     logged = mlflow.MlflowClient(settings.tracking_uri()).get_run(run.info.run_id).data.metrics
     metrics = {name: float(logged[name]) for name in ("best_val_pr_auc", "best_epoch", "samples_per_second")}
     return {"run_id": run.info.run_id, "metrics": metrics}
+
+
+def _warm_plan(params: TrainStepParams, train_df: pd.DataFrame, train_params: Any, settings: RelearnSettings):
+    """Warm start or from scratch (relearn.model.warm): a refused warm start fails the step readably."""
+    from relearn.model import warm
+
+    try:
+        policy = warm.RetrainPolicy(
+            mode=params.train_mode, replay_fraction=params.replay_fraction, scratch_every=params.scratch_every
+        )
+        champion = warm.load_champion(settings) if policy.mode != "scratch" and params.workers == 1 else None
+        return warm.plan(policy, champion, train_df, train_params, params.workers)
+    except ValueError as exc:  # WarmStartRefused, or pydantic's ValidationError of a bad setting
+        raise StepFailed(f"Training settings refused: {exc}") from None
 
 
 def _train_distributed(
@@ -325,12 +345,13 @@ def register(
 ) -> str:
     """Registers the trained model as a new MLflow version (alias ``challenger``); returns the version."""
     from relearn.features.spec import FEATURE_SERVICE
-    from relearn.model import explain, registry
+    from relearn.model import explain, registry, warm
 
     settings = settings or RelearnSettings()
     evaluation = json.loads(Path(evaluation_path).read_text())
     importance = evaluation.get("permutation_importance")
     train_sample = pd.read_parquet(training_set_path)
+    lineage = {**warm.run_lineage(settings, run_id), **lineage}  # warm_started_from, train_mode, its reason
     info = registry.register(
         model_dir,
         settings=settings,

@@ -25,6 +25,7 @@ from sklearn.metrics import average_precision_score
 from relearn.features.spec import CATEGORICAL_INPUTS, LABEL, NUMERIC_INPUTS
 from relearn.logs import progress_bar
 from relearn.model.net import FraudNet, Preprocessor, predict_logits, signed_log1p
+from relearn.model.parallel import Ranks, SharedDropout
 
 log = logging.getLogger(__name__)
 
@@ -125,80 +126,7 @@ def _resolve_pos_weight(params: TrainParams, positives: float, n: float) -> floa
     return math.sqrt((n - positives) / positives)
 
 
-class _Ranks:
-    """This process's place among the training processes; the collectives are no-ops for one process."""
-
-    def __init__(self) -> None:
-        import torch.distributed as dist
-
-        self.dist = dist if dist.is_available() and dist.is_initialized() else None
-        self.rank = self.dist.get_rank() if self.dist else 0
-        self.world = self.dist.get_world_size() if self.dist else 1
-
-    def sum(self, values: np.ndarray) -> np.ndarray:
-        """Element-wise float64 sum over the processes."""
-        if self.world == 1:
-            return np.asarray(values, dtype=np.float64)
-        tensor = torch.tensor(np.asarray(values, dtype=np.float64))
-        self.dist.all_reduce(tensor)
-        return tensor.numpy()
-
-    def gather(self, tensor: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
-        """The processes' 1-d tensors of ``sizes`` rows, concatenated in rank order, on every process."""
-        if self.world == 1:
-            return tensor
-        padded = torch.zeros(max(sizes), dtype=tensor.dtype)  # all_gather needs equal shapes
-        padded[: len(tensor)] = tensor
-        parts = [torch.empty_like(padded) for _ in sizes]
-        self.dist.all_gather(parts, padded)
-        return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
-
-
-class _SharedDropout:
-    """Dropout masks drawn for the whole global batch, from a generator seeded alike in every process.
-
-    A sample thus gets the same mask whichever process holds it, and N processes train what one process
-    trains. The network's own ``nn.Dropout`` layers are set to eval (identity) while a forward hook applies
-    the shared mask to the rows this process holds.
-    """
-
-    def __init__(self, net: torch.nn.Module, seed: int) -> None:
-        self.layers = [m for m in net.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
-        # Its own stream: the permutation generator has the plain seed.
-        self.generator = torch.Generator().manual_seed(
-            int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
-        )
-        self.batch: int = 0
-        self.rows: torch.Tensor | None = None
-        self.handles = [layer.register_forward_hook(self._apply) for layer in self.layers]
-
-    def take_over(self) -> None:
-        """Switch the built-in (per-process) dropout off; call after every ``net.train()``."""
-        for layer in self.layers:
-            layer.eval()
-
-    def set_batch(self, size: int, rows: torch.Tensor | None) -> None:
-        """The next forward pass is a training step on ``rows`` (None: all) of a global batch of ``size``."""
-        self.batch, self.rows = size, rows
-
-    def _apply(self, layer: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        if self.batch == 0:  # evaluation
-            return output
-        # 32 random bits per unit, two per int64 draw (a third of torch.rand's cost); P(keep) = 1 - p.
-        width = output.shape[1]
-        bits = torch.randint(-(2**63), 2**63 - 1, (self.batch, (width + 1) // 2), generator=self.generator)
-        keep = bits.view(torch.int32)[:, :width] >= round(layer.p * 2**32) - 2**31
-        if self.rows is not None:
-            keep = keep[self.rows]
-        return output * keep / (1 - layer.p)
-
-    def remove(self) -> None:
-        """Detach the hooks: the trained network behaves like any FraudNet."""
-        for handle in self.handles:
-            handle.remove()
-
-
-def _fit_preprocessor(frame: pd.DataFrame, ranks: _Ranks) -> Preprocessor:
+def _fit_preprocessor(frame: pd.DataFrame, ranks: Ranks) -> Preprocessor:
     """:meth:`Preprocessor.fit`'s statistics over the whole training split, from sums over the processes."""
     values = signed_log1p(frame[list(NUMERIC_INPUTS)].to_numpy(np.float64))
     count = ranks.sum((~np.isnan(values)).sum(axis=0))
@@ -216,6 +144,7 @@ def train(
     val_df: pd.DataFrame,
     params: TrainParams | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    init: tuple[FraudNet, Preprocessor] | None = None,
 ) -> TrainResult:
     """Train a :class:`FraudNet` with early stopping on validation PR-AUC.
 
@@ -228,18 +157,21 @@ def train(
         train_df: Training rows with MODEL_INPUTS and LABEL.
         val_df: Validation rows (later in time than ``train_df``) for early stopping.
         params: Hyper-parameters; defaults when omitted.
-        on_epoch: Called after every epoch with that epoch's history entry.
+        on_epoch: Called after every epoch with that epoch's history entry (may raise to stop, e.g. a prune).
+        init: Warm start: a trained network and its preprocessor to fine-tune (copied, never changed);
+            its standardization is kept (see :mod:`relearn.model.warm`). None: from scratch.
 
     Returns:
         The best network (by validation PR-AUC), its preprocessor and the training history.
     """
-    return train_shard(Shard.whole(train_df, val_df), params, on_epoch)
+    return train_shard(Shard.whole(train_df, val_df), params, on_epoch, init)
 
 
 def train_shard(
     shard: Shard,
     params: TrainParams | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    init: tuple[FraudNet, Preprocessor] | None = None,
 ) -> TrainResult:
     """:func:`train` on this process's shard; data-parallel (DDP) when ``torch.distributed`` is initialized.
 
@@ -255,7 +187,7 @@ def train_shard(
     torch.set_num_threads(params.num_threads or 1)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train(shard, params, on_epoch, _Ranks())
+        return _train(shard, params, on_epoch, Ranks(), init)
     finally:
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_deterministic)
@@ -265,13 +197,14 @@ def _train(
     shard: Shard,
     params: TrainParams,
     on_epoch: Callable[[dict[str, float]], None] | None,
-    ranks: _Ranks,
+    ranks: Ranks,
+    init: tuple[FraudNet, Preprocessor] | None = None,
 ) -> TrainResult:
     torch.manual_seed(params.seed)
     np.random.seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
 
-    preprocessor = _fit_preprocessor(shard.train, ranks)
+    preprocessor = _fit_preprocessor(shard.train, ranks) if init is None else init[1]
     x_num, x_cat = preprocessor.transform(shard.train)
     y = torch.from_numpy(shard.train[LABEL].to_numpy(np.float32))
     v_num, v_cat = preprocessor.transform(shard.val)
@@ -283,18 +216,23 @@ def _train(
     if not 0 < positives < n or not 0 < v_y.sum() < len(v_y):
         raise ValueError("training and validation data both need positive and negative labels")
 
-    net = FraudNet(
-        preprocessor.mean, preprocessor.std, preprocessor.cardinalities, params.hidden, params.dropout
-    )
+    pos_weight = _resolve_pos_weight(params, positives, n)
+    if init is None:
+        net = FraudNet(
+            preprocessor.mean, preprocessor.std, preprocessor.cardinalities, params.hidden, params.dropout
+        )
+    else:  # a trained net had the prior shift of its loss undone: restore it for this loss (undone below)
+        net = copy.deepcopy(init[0]).train()
+        with torch.no_grad():
+            net.output_bias.add_(math.log(pos_weight))
     # DDP all-reduces the gradients during backward; one process needs no wrapper. The buffers (the numeric
     # statistics) are equal everywhere already: no broadcast before every forward pass.
     model = (
         torch.nn.parallel.DistributedDataParallel(net, forward_sync_buffers=False) if ranks.world > 1 else net
     )
-    pos_weight = _resolve_pos_weight(params, positives, n)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight), reduction="sum")
     optimizer = torch.optim.Adam(net.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    dropout = _SharedDropout(net, params.seed)
+    dropout = SharedDropout(net, params.seed)
 
     history: list[dict[str, float]] = []
     best_state: dict[str, Any] = copy.deepcopy(net.state_dict())
