@@ -60,6 +60,7 @@ TRANSACTION = {
 }  # fmt: skip
 PREDICT = f"http://relearn-fraud.{NAMESPACE}.{FQDN}/v1/models/relearn-fraud:predict"
 FEED = f"http://relearn-feature-feed.{NAMESPACE}.{FQDN}:8090"
+DETECTOR = f"http://relearn-drift-detector.{NAMESPACE}.{FQDN}:8090"
 
 
 def iso(at: float) -> str:
@@ -73,10 +74,13 @@ def transaction(**fields: Any) -> dict[str, Any]:
 
 # An install that runs pipelines (defaults plus Kubeflow Pipelines: its run pods' ConfigMap and RBAC), with
 # the controller analysing every 2 s over 30 s windows from 20 canary requests, as an operator may tune it.
-# Evidence off (above 100 %): the rehearsal's canary has no chargebacks within minutes, and the chart's policy
-# holds it until it has (tests/test_rollout_controller.py and test_rollout_backtest.py hold the policy);
-# here the stepping, the promotion and the controller's RBAC are rehearsed.
-CONTROLLER = {"INTERVAL_SECONDS": "2", "WINDOW": "30s", "MIN_REQUESTS": "20", "EVIDENCE_FROM_PERCENT": "101"}
+# The chart's promotion policy stands: the promotion needs evidence. Chargebacks cannot come from the
+# canary's own minutes of traffic, so the test posts some for served transactions and the controller's
+# backtest (the detector's GET /v1/backtest/..., its log on the detector's volume) supplies it.
+CONTROLLER = {
+    "INTERVAL_SECONDS": "2", "WINDOW": "30s", "MIN_REQUESTS": "20",
+    "BACKTEST_MIN_ROWS": "100", "BACKTEST_MIN_POSITIVES": "5",
+}  # fmt: skip
 VALUES = ["--set", "kubeflow.enabled=true", "--set-json"]
 VALUES += [
     "rollout.extraEnv="
@@ -382,6 +386,9 @@ class Load:
                 return
             status, _ = http(PREDICT, {"instances": [transaction(transaction_id=f"load-{i}")]})
             self.statuses[status] = self.statuses.get(status, 0) + 1
+            self.sent = i + 1
+
+    sent = 0
 
     def close(self) -> dict[int, int]:
         self.stop.set()
@@ -408,7 +415,21 @@ def test_a_canary_is_stepped_and_promoted_by_the_controller_within_its_rbac(clus
                                capture_output=True, timeout=60)  # fmt: skip
         assert start.returncode == 0, start.stdout + start.stderr
         path = isvc_path(cluster)
-        deadline = time.monotonic() + 300
+        controller = pod(cluster, "relearn-rollout")
+        # No labels yet: the controller steps to 50 % and holds there, waiting for evidence.
+        deadline = time.monotonic() + 240
+        waiting = "waiting for evidence before 100%"
+        while time.monotonic() < deadline and waiting not in cluster.tail(controller):
+            time.sleep(1)
+        isvc = api.server.objects[path]
+        assert isvc["spec"]["predictor"].get("canaryTrafficPercent") == 50, cluster.tail(controller, 30)
+        assert "backtest unknown" in cluster.tail(controller), cluster.tail(controller, 30)
+        # A dispute stream posts chargebacks for every 10th transaction served so far (on both models).
+        frauds = [f"load-{i}" for i in range(0, load.sent, 10)]
+        received = iso(time.time())
+        records = [{"transaction_id": t, "chargeback_timestamp": received} for t in frauds]
+        assert http(f"{DETECTOR}/labels", records)[0] == 202
+        deadline = time.monotonic() + 180
         promoted = False
         while time.monotonic() < deadline and not promoted:
             isvc = api.server.objects[path]
@@ -417,10 +438,16 @@ def test_a_canary_is_stepped_and_promoted_by_the_controller_within_its_rbac(clus
                 for r in api.server.requests
             )
             time.sleep(1)
-        controller = pod(cluster, "relearn-rollout")
         assert promoted, f"not promoted: {isvc['spec']['predictor']} {cluster.tail(controller, 30)}"
     finally:
         statuses = load.close()
+    # The audit trail (on the controller's volume) records the evidence of the promotion.
+    (trail,) = (cluster.root / "pvc").rglob("audit.jsonl")
+    entries = [json.loads(line) for line in trail.read_text().splitlines()]
+    promotion = next(e for e in entries if e["action"] == "promote" and e.get("version") == v2.version)
+    evidence = promotion["evidence"]
+    assert evidence["source"] == "backtest" and evidence["verdict"] == "passed", promotion
+    assert evidence["n"] >= 100 and evidence["positives"] >= 5 and evidence["effect"] == 0.0, evidence
     assert client.get_model_version_by_alias("relearn-fraud", "champion").version == v2.version
     assert set(statuses) == {200}, statuses  # no failed request through the whole rollout
     # The controller stepped the canary itself, every call allowed by its Role, none refused.
@@ -432,5 +459,5 @@ def test_a_canary_is_stepped_and_promoted_by_the_controller_within_its_rbac(clus
     assert calls <= {("GET", path), ("PATCH", path)}, calls
     assert not api.server.forbidden, api.server.forbidden
     # The canary's payload events reached the detector's canary track (its version is not the stable one).
-    _, body = http(f"http://relearn-drift-detector.{NAMESPACE}.{FQDN}:8090/status")
+    _, body = http(f"{DETECTOR}/status")
     assert body["open"].get("canary", 0) > 0, body["open"]

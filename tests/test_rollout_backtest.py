@@ -3,15 +3,21 @@
 Real parts: the drift detector's SQLite schema (:func:`relearn.monitoring.store.connect`) holding served
 requests (v1 bodies with the model inputs, as the predictor logs them), the detector's predictions and
 chargebacks; an MLflow registry on SQLite with tiny real networks (``tests/rollout_stack.py``): v2 ranks
-as v1 does, v4 reverses v1's ranking.
+as v1 does, v4 reverses v1's ranking. Each check runs twice: on the log file (local mode) and through a real
+drift detector's ``GET /v1/backtest/labels|inputs`` over the same log (a cluster, where the controller
+cannot open the detector's volume), so both paths must give the same evidence.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,8 +27,45 @@ from relearn.features.spec import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPU
 from relearn.model.net import load_model, score
 from relearn.monitoring.store import connect
 from relearn.rollout.analysis import AnalysisSettings, Verdict
-from relearn.rollout.backtest import Backtest
-from rollout_stack import CATEGORIES, make_artifacts
+from relearn.rollout.backtest import Backtest, DetectorRows, LogFile
+from rollout_stack import CATEGORIES, DRIFT_PYTHON, make_artifacts, wait_until
+from serving_stack import free_port
+
+
+@pytest.fixture(params=["file", "detector"])
+def rows(request, tmp_path: Path) -> Iterator[tuple[Path, LogFile | DetectorRows]]:
+    """The inference log's path, and how the backtest reads it: the file, or a detector serving it."""
+    db = tmp_path / "inference-log.sqlite3"
+    if request.param == "file":
+        yield db, LogFile(db)
+        return
+    connect(db).close()
+    frame = pd.DataFrame(np.ones((10, len(NUMERIC_INPUTS))), columns=list(NUMERIC_INPUTS))
+    frame.assign(**dict(zip(CATEGORICAL_INPUTS, CATEGORIES, strict=True)), score=0.1).to_parquet(
+        tmp_path / "reference.parquet"
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "RELEARN_DRIFT_HOST": "127.0.0.1",
+        "RELEARN_DRIFT_PORT": str(port),
+        "RELEARN_DRIFT_DATA_DIR": str(tmp_path),
+        "RELEARN_DRIFT_REFERENCE_PATH": str(tmp_path / "reference.parquet"),
+        "RELEARN_DRIFT_REPORTS": "false",
+    }
+    proc = subprocess.Popen(
+        [str(DRIFT_PYTHON), "-m", "relearn.monitoring.server"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "detector.log").open("w"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{url}/ready", timeout=1).status_code == 200, 120, "detector", [proc])
+        yield db, DetectorRows(url)
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 @pytest.fixture
@@ -68,10 +111,10 @@ def serve(db: Path, artifact: Path, n: int, *, when: float, seed: int = 0, label
     conn.close()
 
 
-def test_backtest_passes_refutes_and_waits(models, settings, tmp_path: Path) -> None:
-    db = tmp_path / "inference-log.sqlite3"
+def test_backtest_passes_refutes_and_waits(models, settings, rows) -> None:
+    db, source = rows
     cfg = AnalysisSettings(backtest_min_rows=500, backtest_min_positives=20)
-    backtest = Backtest(db, cfg, settings)
+    backtest = Backtest(source, cfg, settings)
     serve(db, models["1"], 3000, when=time.time() - 86400, seed=1)  # before the versions were registered
     serve(db, models["1"], 400, when=time.time() + 1, seed=2)
 
@@ -94,11 +137,11 @@ def test_backtest_passes_refutes_and_waits(models, settings, tmp_path: Path) -> 
     assert broken.verdict is Verdict.UNKNOWN and broken.detail.startswith("failed: ")
 
 
-def test_unmatured_labels_are_no_evidence(models, settings, tmp_path: Path) -> None:
-    db = tmp_path / "inference-log.sqlite3"
+def test_unmatured_labels_are_no_evidence(models, settings, rows) -> None:
+    db, source = rows
     serve(db, models["1"], 1000, when=time.time() + 1)
-    matured = Backtest(db, AnalysisSettings(), settings)("1", "2")
+    matured = Backtest(source, AnalysisSettings(), settings)("1", "2")
     assert matured.verdict is Verdict.PASSED
     waiting = AnalysisSettings(backtest_label_maturity_seconds=3600)
-    fresh = Backtest(db, waiting, settings)("1", "2")
+    fresh = Backtest(source, waiting, settings)("1", "2")
     assert fresh.verdict is Verdict.UNKNOWN and fresh.n == 0

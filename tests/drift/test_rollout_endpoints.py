@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 import urllib.request
 from datetime import UTC, datetime
 
@@ -21,7 +22,7 @@ from test_server import post
 from conftest import Server, get_json, scenario_stream
 from relearn.events import REQUEST_TYPE, RESPONSE_TYPE
 from relearn.features.spec import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS
-from relearn.monitoring import store
+from relearn.monitoring import served, store
 from relearn.rollout.shadow import ShadowSettings, detector_comparison, shadow_ready
 
 SHADOW = "fraud-shadow"
@@ -79,6 +80,7 @@ def server(tmp_path_factory):
         alert_budget="0.1",
         reports="false",
     )
+    srv.db = tmp / "data" / "inference-log.sqlite3"
     try:
         srv.wait_ready()
         yield srv
@@ -160,6 +162,57 @@ def test_labels_give_per_version_precision_for_the_label_gates(server):
     # the trials of the label gates' tests: 10 % of 100 reviewed, 10 frauds
     assert 'relearn_drift_version_reviewed_predictions{model_version="4",track="canary"} 10.0' in metrics
     assert 'relearn_drift_version_frauds{model_version="4",track="canary"} 10.0' in metrics
+
+
+def post_chargebacks(url: str, transaction_ids: list[str]) -> None:
+    now = datetime.now(UTC).isoformat()
+    records = [{"transaction_id": t, "chargeback_timestamp": now} for t in transaction_ids]
+    request = urllib.request.Request(
+        f"{url}/labels", json.dumps(records).encode(), {"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+
+
+def test_backtest_endpoints_page_what_the_log_file_holds(server):
+    """``GET /v1/backtest/inputs`` pages the served model inputs, ``/labels`` the matured labels: the same
+    rows the controller reads from the file in local mode (:mod:`relearn.monitoring.served`)."""
+    rng = np.random.default_rng(2)
+    for i in range(30):
+        send(server.url, f"bt-{i}", 0.2, "5", rng)
+    server.wait_processed(lambda s: s["processed_seq"] >= SENT[0])
+    pages, after, more = [], 0, True
+    while more:
+        page = get_json(f"{server.url}/v1/backtest/inputs?after={after}&limit=7")
+        pages.append(page)
+        after, more = page["after"], page["more"]
+    inputs = {key: row for page in pages for key, row in page["inputs"].items()}
+    assert len(pages) > 2 and {f"bt-{i}" for i in range(30)} <= set(inputs)
+    assert all(list(row) == list(MODEL_INPUTS) for row in inputs.values())
+    conn = served.open_read_only(server.db)
+    try:
+        assert inputs == served.served_inputs(conn, 0.0, 0, 100_000)[0]
+    finally:
+        conn.close()
+
+    post_chargebacks(server.url, ["bt-3"])
+    labels = get_json(f"{server.url}/v1/backtest/labels")
+    deadline = time.monotonic() + 30
+    while labels["labels"].get("bt-3") != 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        labels = get_json(f"{server.url}/v1/backtest/labels")
+    assert labels["labels"]["bt-3"] == 1 and labels["labels"]["bt-4"] == 0
+    later = get_json(f"{server.url}/v1/backtest/labels?since={time.time() + 60}")
+    assert later["labels"] == {}, "nothing was served after since"
+
+
+@pytest.mark.parametrize(
+    "query", ["labels?since=nan", "labels?limit=0", "inputs?after=-1", "labels?maturity_seconds=soon"]
+)
+def test_backtest_endpoints_reject_bad_queries(server, query):
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(f"{server.url}/v1/backtest/{query}", timeout=5)
+    assert error.value.code == 400 and json.loads(error.value.read())["error"] == "bad_query"
 
 
 def test_logs_from_before_model_versions_are_migrated(tmp_path):

@@ -1,9 +1,10 @@
 """The drift detector's HTTP service: ``python -m relearn.monitoring.server --help``.
 
 Routes: ``POST /`` (and any other path: the sink KServe's logger posts to), ``POST /labels``,
-``GET /metrics``, ``GET /healthz``, ``GET /ready``, ``GET /status`` and ``GET /v1/shadow`` (the shadow
-comparison of :mod:`relearn.rollout.shadow` over the log, for the rollout controller, which cannot open the
-log on the detector's ReadWriteOnce volume).
+``GET /metrics``, ``GET /healthz``, ``GET /ready``, ``GET /status``, ``GET /v1/shadow`` (the shadow
+comparison of :mod:`relearn.rollout.shadow` over the log) and ``GET /v1/backtest/labels|inputs`` (the rows
+of a canary's backtest, :mod:`relearn.monitoring.served`): for the rollout controller, which cannot open the
+log on the detector's ReadWriteOnce volume.
 
 The sink is a bare ASGI handler in front of Starlette (no request/response objects, no routing, no
 middleware): it reads the CloudEvent attributes from the raw headers (binary mode, KServe's), the JSON
@@ -34,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from relearn.monitoring import store
+from relearn.monitoring import served, store
 from relearn.monitoring.alerts import Alerter
 from relearn.monitoring.labels import parse_labels, store_labels
 from relearn.monitoring.metrics import Metrics
@@ -261,6 +262,35 @@ def create_app(settings: DriftSettings) -> Any:
         result = await asyncio.to_thread(compute)
         return JSONResponse({**result, "threshold": threshold, "version": version})
 
+    async def backtest(request: Request) -> Response:
+        """The rows of a canary's backtest (:mod:`relearn.monitoring.served`), for the rollout controller.
+
+        ``GET /v1/backtest/labels?since=&maturity_seconds=&limit=`` → ``{"labels": {id: 0|1}}``;
+        ``GET /v1/backtest/inputs?since=&after=&limit=`` → ``{"inputs": {id: row}, "after": seq, "more": …}``.
+        """
+        params, what = request.query_params, request.url.path.rsplit("/", 1)[-1]
+        try:
+            since = float(params.get("since", 0))
+            limit = int(params.get("limit", served.PAGE if what == "inputs" else 100_000))
+            after = int(params.get("after", 0))
+            maturity = float(params.get("maturity_seconds", 0))
+            if not all(map(math.isfinite, (since, maturity))) or limit < 1 or after < 0 or maturity < 0:
+                raise ValueError(f"since {since}, maturity_seconds {maturity}, limit {limit}, after {after}")
+        except (ValueError, OverflowError) as error:
+            return JSONResponse({"error": "bad_query", "detail": str(error)}, status_code=400)
+
+        def compute() -> dict[str, Any]:
+            conn = served.open_read_only(db)
+            try:
+                if what == "labels":
+                    return {"labels": served.labelled(conn, since, maturity, limit)}
+                inputs, last, more = served.served_inputs(conn, since, after, min(limit, served.PAGE))
+                return {"inputs": inputs, "after": last, "more": more}
+            finally:
+                conn.close()
+
+        return JSONResponse(await asyncio.to_thread(compute))
+
     routes = [
         Route("/labels", labels, methods=["POST"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -268,6 +298,8 @@ def create_app(settings: DriftSettings) -> Any:
         Route("/ready", ready, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
         Route("/v1/shadow", shadow, methods=["GET"]),
+        Route("/v1/backtest/labels", backtest, methods=["GET"]),
+        Route("/v1/backtest/inputs", backtest, methods=["GET"]),
     ]
 
     async def http_error(request: Request, exc: Any) -> Response:

@@ -20,58 +20,99 @@ below ``backtest_min_rows`` labelled rows / ``backtest_min_positives`` frauds, *
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from relearn.events import REQUEST_TYPE
 from relearn.features.spec import MODEL_INPUTS
-from relearn.monitoring.payloads import ID_FIELD, Rejected, request_features
+from relearn.monitoring import served
 from relearn.rollout.analysis import AnalysisSettings, Evidence, Verdict
 
 log = logging.getLogger(__name__)
 
 SOURCE = "backtest"
-LIVE_TRACKS = ("stable", "canary")  # the shadow's mirrored requests are the same transactions again
 
 
-def labelled(conn: sqlite3.Connection, since: float, maturity_s: float, limit: int) -> pd.Series:
-    """Labels (0/1 by transaction id) of the newest ``limit`` matured live predictions after ``since``."""
-    newest = conn.execute("SELECT MAX(label_time) FROM labels").fetchone()[0]
-    if newest is None:
-        return pd.Series(dtype=np.int64)
-    rows = conn.execute(
-        "SELECT p.transaction_id, MAX(COALESCE(l.is_fraud, 0)) FROM predictions p "
-        "LEFT JOIN labels l ON l.transaction_id = p.transaction_id "
-        f"WHERE p.track IN ({','.join('?' * len(LIVE_TRACKS))}) AND p.time > ? AND p.time <= ? "
-        "GROUP BY p.transaction_id ORDER BY MAX(p.time) DESC LIMIT ?",
-        (*LIVE_TRACKS, since, newest - maturity_s, limit),
-    ).fetchall()
-    return pd.Series({tid: int(fraud) for tid, fraud in rows}, dtype=np.int64)
+class ServedRows(Protocol):
+    """Where the backtest reads the inference log: :class:`LogFile` or :class:`DetectorRows`."""
+
+    def labels(self, since: float, maturity_s: float, limit: int) -> dict[str, int]:
+        """:func:`relearn.monitoring.served.labelled`."""
+        ...
+
+    def inputs(self, since: float, after: int) -> tuple[dict[str, dict[str, Any]], int, bool]:
+        """:func:`relearn.monitoring.served.served_inputs` (one page)."""
+        ...
+
+
+class LogFile:
+    """The inference log file itself (local mode: the controller runs beside the detector)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def labels(self, since: float, maturity_s: float, limit: int) -> dict[str, int]:  # noqa: D102
+        conn = served.open_read_only(self.path)
+        try:
+            return served.labelled(conn, since, maturity_s, limit)
+        finally:
+            conn.close()
+
+    def inputs(self, since: float, after: int) -> tuple[dict[str, dict[str, Any]], int, bool]:  # noqa: D102
+        conn = served.open_read_only(self.path)
+        try:
+            return served.served_inputs(conn, since, after)
+        finally:
+            conn.close()
+
+
+class DetectorRows:
+    """The same rows through the drift detector's ``GET /v1/backtest/labels|inputs`` (a cluster)."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self.url, self.timeout = url.rstrip("/"), timeout
+
+    def _get(self, what: str, **params: Any) -> dict[str, Any]:
+        import httpx
+
+        resp = httpx.get(f"{self.url}/v1/backtest/{what}", params=params, timeout=self.timeout)
+        resp.raise_for_status()
+        return resp.json()
+
+    def labels(self, since: float, maturity_s: float, limit: int) -> dict[str, int]:  # noqa: D102
+        return self._get("labels", since=since, maturity_seconds=maturity_s, limit=limit)["labels"]
+
+    def inputs(self, since: float, after: int) -> tuple[dict[str, dict[str, Any]], int, bool]:  # noqa: D102
+        page = self._get("inputs", since=since, after=after)
+        return page["inputs"], int(page["after"]), bool(page["more"])
 
 
 class Backtest:
-    """Backtest evidence from the inference log at ``path`` (read-only), models from the MLflow registry.
+    """Backtest evidence from the inference log (read-only), models from the MLflow registry.
 
     Served inputs are read incrementally (by the log's sequence number) and kept per transaction, and the
     two models are loaded once per version pair, so an iteration costs the new events and one scoring.
 
     Args:
-        path: The drift detector's inference log (SQLite).
+        rows: The drift detector's inference log: its file (a path) or its endpoints (:class:`DetectorRows`).
         cfg: The promotion policy (``backtest_*`` settings, ``alert_budget``).
         settings: Where MLflow lives (default: from the environment).
         max_rows: Newest labelled rows compared, and twice as many served inputs kept.
     """
 
     def __init__(
-        self, path: Path | str, cfg: AnalysisSettings, settings: Any = None, max_rows: int = 100_000
+        self,
+        rows: ServedRows | Path | str,
+        cfg: AnalysisSettings,
+        settings: Any = None,
+        max_rows: int = 100_000,
     ) -> None:
         from relearn.settings import RelearnSettings
 
-        self.path, self.cfg, self.max_rows = Path(path), cfg, max_rows
+        self.rows = LogFile(rows) if isinstance(rows, Path | str) else rows
+        self.cfg, self.max_rows = cfg, max_rows
         self.settings = settings or RelearnSettings()
         self._since: float | None = None
         self._cursor = 0
@@ -93,13 +134,9 @@ class Backtest:
         since = version_trained(self.settings, canary)
         if since != self._since:  # another canary: start over
             self._since, self._cursor, self._inputs = since, 0, {}
-        conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
-        try:
-            labels = labelled(conn, since, cfg.backtest_label_maturity_seconds, self.max_rows)
-            self._read_inputs(conn, since)
-        finally:
-            conn.close()
-        labels = labels[labels.index.isin(list(self._inputs))]
+        matured = self.rows.labels(since, cfg.backtest_label_maturity_seconds, self.max_rows)
+        self._read_inputs(since)
+        labels = pd.Series({k: v for k, v in matured.items() if k in self._inputs}, dtype=np.int64)
         n, positives = len(labels), int(labels.sum())
         what = f"{n} labelled predictions ({positives} fraud) served since v{canary}'s training began"
         if n < cfg.backtest_min_rows or positives < cfg.backtest_min_positives:
@@ -158,26 +195,11 @@ class Backtest:
         self._models = {v: self._models.get(v) or load_torch(self.settings, v) for v in (stable, canary)}
         return self._models
 
-    def _read_inputs(self, conn: sqlite3.Connection, since: float) -> None:
+    def _read_inputs(self, since: float) -> None:
         """Add the model inputs of the live requests logged since the last call (and after ``since``)."""
-        while True:
-            rows = conn.execute(
-                "SELECT seq, ce_id, body FROM events WHERE seq > ? AND type = ? AND received >= ? "
-                f"AND track IN ({','.join('?' * len(LIVE_TRACKS))}) ORDER BY seq LIMIT 5000",
-                (self._cursor, REQUEST_TYPE, since, *LIVE_TRACKS),
-            ).fetchall()
-            for seq, ce_id, body in rows:
-                self._cursor = seq
-                try:
-                    parsed = request_features(bytes(body))
-                except Rejected:
-                    continue
-                if not all(name in parsed[0] for name in MODEL_INPUTS):
-                    continue  # a transformer's raw request: the predictor logs the inputs it scored
-                for i, row in enumerate(parsed):  # keyed as the detector keys its predictions
-                    key = row.pop(ID_FIELD, None) or (ce_id if len(parsed) == 1 else f"{ce_id}/{i}")
-                    self._inputs[key] = row
-            if len(rows) < 5000:
-                break
+        more = True
+        while more:
+            inputs, self._cursor, more = self.rows.inputs(since, self._cursor)
+            self._inputs.update(inputs)
         if len(self._inputs) > 2 * self.max_rows:  # keep the newest
             self._inputs = dict(list(self._inputs.items())[-2 * self.max_rows :])

@@ -9,7 +9,7 @@ live traffic only), calls :func:`~relearn.rollout.analysis.decide` and acts:
 * ``rollback``: ``backend.rollback`` and the version tagged ``rollout_rejected=<reason>``;
 * ``hold``: nothing (too little canary traffic in the window, Prometheus could not answer, or the step
   waits for evidence of quality: the canary's labelled predictions, or the backtest of
-  :mod:`relearn.rollout.backtest` on the detector's inference log, ``inference_log``).
+  :mod:`relearn.rollout.backtest` on the detector's inference log: ``detector_url`` or ``inference_log``).
 
 Before each analysis, a stable revision that loads an alias (``models:/<name>@champion``, resolved at each
 pod start) is pinned to the alias's current version (:func:`pin_stable`), so pods it starts later serve the
@@ -45,7 +45,7 @@ from relearn.logs import configure_logging
 from relearn.rollout.analysis import Action, AnalysisSettings, Decision, decide
 from relearn.rollout.audit import AuditLog, audit_log_for
 from relearn.rollout.backend import RolloutBackend, RolloutError, RolloutState, make_backend
-from relearn.rollout.backtest import Backtest
+from relearn.rollout.backtest import Backtest, DetectorRows
 from relearn.rollout.prometheus import Prometheus, PrometheusError, read_snapshot
 from relearn.rollout.shadow import (
     Comparison,
@@ -88,7 +88,8 @@ class ControllerSettings(AnalysisSettings):
     detector_url: str | None = Field(
         None,
         description="The drift detector's base URL: the shadow gate reads its comparison (GET /v1/shadow) "
-        "instead of the log file, which in a cluster is on the detector's own volume. Wins over shadow_log.",
+        "and the backtest its rows (GET /v1/backtest/...) instead of the log file, which in a cluster is on "
+        "the detector's own volume. Wins over shadow_log and inference_log.",
     )
     detector_timeout_seconds: float = Field(10.0, description="Timeout of one shadow comparison request.")
     inference_log: Path | None = Field(
@@ -171,11 +172,14 @@ def shadow_source(settings: ControllerSettings) -> ShadowSource | None:
 
 
 def backtest_for(settings: ControllerSettings, mlflow_settings: Any = None) -> Backtest | None:
-    """The backtest the settings allow: the inference log (or shadow log) and the policy's source."""
-    path = settings.inference_log or settings.shadow_log
-    if path is None or "backtest" not in settings.evidence_sources:
+    """The backtest the settings allow: the detector's endpoints, else the inference (or shadow) log file."""
+    if "backtest" not in settings.evidence_sources:
         return None
-    return Backtest(path, settings, mlflow_settings)
+    if settings.detector_url:
+        rows = DetectorRows(settings.detector_url, settings.detector_timeout_seconds)
+        return Backtest(rows, settings, mlflow_settings)
+    path = settings.inference_log or settings.shadow_log
+    return None if path is None else Backtest(path, settings, mlflow_settings)
 
 
 # ------------------------------------------------------------------------------------------------- loop

@@ -1,0 +1,78 @@
+"""What the inference log served and which of it has matured labels: the rows a canary's backtest scores.
+
+Read by :class:`relearn.rollout.backtest.Backtest` from the log file (local mode) or through the drift
+detector's ``GET /v1/backtest/labels`` and ``GET /v1/backtest/inputs`` (a cluster, where the log sits on the
+detector's ReadWriteOnce volume). Both paths call these functions, so they return the same rows.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from relearn.events import REQUEST_TYPE
+from relearn.features.spec import MODEL_INPUTS
+from relearn.monitoring.payloads import ID_FIELD, Rejected, request_features
+
+LIVE_TRACKS = ("stable", "canary")  # the shadow's mirrored requests are the same transactions again
+PAGE = 5000
+
+
+def labelled(conn: sqlite3.Connection, since: float, maturity_s: float, limit: int) -> dict[str, int]:
+    """Labels (0/1 by transaction id) of the newest ``limit`` matured live predictions after ``since``.
+
+    Matured: served before the newest chargeback minus ``maturity_s``; without a chargeback by then a
+    prediction counts as a legitimate transaction. Newest first.
+    """
+    newest = conn.execute("SELECT MAX(label_time) FROM labels").fetchone()[0]
+    if newest is None:
+        return {}
+    rows = conn.execute(
+        "SELECT p.transaction_id, MAX(COALESCE(l.is_fraud, 0)) FROM predictions p "
+        "LEFT JOIN labels l ON l.transaction_id = p.transaction_id "
+        f"WHERE p.track IN ({','.join('?' * len(LIVE_TRACKS))}) AND p.time > ? AND p.time <= ? "
+        "GROUP BY p.transaction_id ORDER BY MAX(p.time) DESC LIMIT ?",
+        (*LIVE_TRACKS, since, newest - maturity_s, limit),
+    ).fetchall()
+    return {str(tid): int(fraud) for tid, fraud in rows}
+
+
+def served_inputs(
+    conn: sqlite3.Connection, since: float, after: int, limit: int = PAGE
+) -> tuple[dict[str, dict[str, Any]], int, bool]:
+    """The model inputs of live requests logged after sequence ``after`` (and received since ``since``).
+
+    Only requests that carry every model input count (the predictor logs what it scored; a transformer's
+    raw request does not); rows with a non-finite number are left out (no model scores them alike).
+
+    Returns:
+        Inputs keyed as the detector keys its predictions (transaction id, else the CloudEvent id), the
+        sequence number to continue after, and whether more rows may follow.
+    """
+    rows = conn.execute(
+        "SELECT seq, ce_id, body FROM events WHERE seq > ? AND type = ? AND received >= ? "
+        f"AND track IN ({','.join('?' * len(LIVE_TRACKS))}) ORDER BY seq LIMIT ?",
+        (after, REQUEST_TYPE, since, *LIVE_TRACKS, limit),
+    ).fetchall()
+    inputs: dict[str, dict[str, Any]] = {}
+    for seq, ce_id, body in rows:
+        after = seq
+        try:
+            parsed = request_features(bytes(body))
+        except Rejected:
+            continue
+        for i, row in enumerate(parsed):
+            if not all(name in row for name in MODEL_INPUTS):
+                break
+            key = row.pop(ID_FIELD, None) or (ce_id if len(parsed) == 1 else f"{ce_id}/{i}")
+            values = {name: row[name] for name in MODEL_INPUTS}
+            if all(not isinstance(v, float) or math.isfinite(v) for v in values.values()):
+                inputs[str(key)] = values
+    return inputs, after, len(rows) == limit
+
+
+def open_read_only(path: Path | str) -> sqlite3.Connection:
+    """The log at ``path``, read-only (the detector keeps writing it)."""
+    return sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
