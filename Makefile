@@ -20,6 +20,7 @@ $(PLATFORM)/.ready: requirements/platform.txt requirements/dev.txt pyproject.tom
 	$(PLATFORM)/bin/pip install -q --upgrade pip
 	$(PLATFORM)/bin/pip install -q -r requirements/platform.txt -r requirements/dev.txt
 	$(PLATFORM)/bin/pip install -q --no-deps -e .
+	command -v java >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless)  # Java for pyspark
 	touch $@
 
 # alibi-detect pins numpy<2 and Pillow<11: the drift detector gets an environment of its own.

@@ -80,6 +80,7 @@ def train_pipeline(
     source: str = "",
     label_maturity_days: int = 10,
     join_engine: str = "pandas",
+    data_engine: str = "pandas",
     epochs: int = 30,
     batch_size: int = 2048,
     learning_rate: float = 0.002,
@@ -113,6 +114,8 @@ def train_pipeline(
         label_maturity_days: Newest days kept out of training rows: their chargebacks are still due.
         join_engine: Point-in-time join: "pandas" (merge_asof over the registered Feast sources, fast)
             or "feast" (get_historical_features; minutes for 10k rows on the file offline store).
+        data_engine: Entity tables and training set on "pandas", "spark" (local Spark, same rows) or "auto"
+            (Spark from RELEARN_SPARK_AUTO_ROWS transactions in the lake, default 2 M).
         epochs: Maximum training epochs.
         batch_size: Training batch size.
         learning_rate: Adam learning rate.
@@ -156,6 +159,7 @@ def train_pipeline(
         labels=data.outputs["labels"],
         label_maturity_days=label_maturity_days,
         join_engine=join_engine,
+        data_engine=data_engine,
     ).after(checked)
     trained = train(
         training_set=feats.outputs["training_set"],

@@ -14,6 +14,7 @@ def features(
     transactions: Input[Dataset],
     labels: Input[Dataset],
     training_set: Output[Dataset],
+    data_engine: str = "pandas",
 ) -> int:
     """Writes the training set (model inputs + label, one row per transaction); returns its row count."""
     from relearn import steps
@@ -27,6 +28,7 @@ def features(
         days=days,
         label_maturity_days=label_maturity_days,
         join_engine=join_engine,
+        data_engine=data_engine,
     )
     training_set.metadata.update(summary)
     return summary["rows"]

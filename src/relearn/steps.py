@@ -137,6 +137,7 @@ def build_features(
     label_maturity_days: int = 10,
     join_engine: str = "pandas",
     settings: RelearnSettings | None = None,
+    data_engine: str = "pandas",
 ) -> dict[str, Any]:
     """Applies the Feast repo, materializes it, bootstraps the streaming state, builds the training set.
 
@@ -146,12 +147,28 @@ def build_features(
     still used for the entity features, but not as training rows: most of their chargebacks have not
     arrived yet, so they would teach the model that recent fraud is legitimate. The card holders'
     attributes (``relearn.data.cardholders.ATTRIBUTES``) are joined on as extra columns for the fairness
-    report; training reads only MODEL_INPUTS, so they never reach the model.
+    report; training reads only MODEL_INPUTS, so they never reach the model. ``data_engine``: ``pandas``,
+    ``spark`` (relearn.features.spark_step: same output) or ``auto`` (Spark for a large lake).
     """
     from relearn.data import io
+    from relearn.features import spark_step
     from relearn.features import store as feast_store
 
     settings = settings or RelearnSettings()
+    try:
+        data_engine = spark_step.choose_engine(data_engine, transactions_dir)
+    except ValueError as exc:
+        raise StepFailed(str(exc)) from None
+    if data_engine == "spark":
+        begin, end = window(start, days)
+        args = (transactions_dir, labels_dir, training_set_path)
+        kwargs = {
+            "begin": begin,
+            "end": end,
+            "label_maturity_days": label_maturity_days,
+            "settings": settings,
+        }
+        return spark_step.build_features_spark(*args, **kwargs)
     _, end = window(start, days)
     transactions = io.read_transactions(transactions_dir)
     labels = io.read_labels(labels_dir)

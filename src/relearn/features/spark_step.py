@@ -1,0 +1,133 @@
+"""The features step on Spark (``--data-engine spark``), and the ``auto`` choice between the engines.
+
+Same inputs, outputs and Feast repo as the pandas path of :func:`relearn.steps.build_features`: the
+entity tables land as the two Parquet files the Feast sources read, the training set as one Parquet file.
+Still done in one process after Spark: Feast's ``materialize`` (it loads the latest row per entity) and
+the streaming state's bootstrap, both unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow.parquet as pq
+
+from relearn.data import io
+from relearn.features.spark_session import SparkSettings, spark_available
+
+log = logging.getLogger("relearn.features.spark")
+
+DataEngine = Literal["pandas", "spark", "auto"]
+DATA_ENGINES: tuple[str, ...] = ("pandas", "spark", "auto")
+
+
+def lake_rows(root: str | Path, kind: io.Kind = "transactions") -> int:
+    """Rows in the lake, from the Parquet footers (no data read)."""
+    return sum(
+        pq.ParquetFile(f).metadata.num_rows
+        for d in io.partitions(root, kind).values()
+        for f in d.glob("*.parquet")
+    )
+
+
+def choose_engine(engine: str, transactions_dir: str, settings: SparkSettings | None = None) -> str:
+    """``pandas`` or ``spark``: ``auto`` takes Spark from ``RELEARN_SPARK_AUTO_ROWS`` rows (default 2 M) on.
+
+    ``auto`` falls back to pandas (with a warning) where Spark cannot start: no pyspark or no Java.
+    """
+    if engine not in DATA_ENGINES:
+        raise ValueError(f"data engine must be one of {list(DATA_ENGINES)}, not {engine!r}")
+    if engine != "auto":
+        return engine
+    settings = settings or SparkSettings()
+    rows = lake_rows(transactions_dir)
+    chosen = "spark" if rows >= settings.auto_rows else "pandas"
+    if chosen == "spark" and not spark_available():
+        log.warning("auto: Spark unavailable (pyspark or Java missing), using pandas", extra={"rows": rows})
+        chosen = "pandas"
+    log.info("data engine chosen", extra={"engine": chosen, "rows": rows, "threshold": settings.auto_rows})
+    return chosen
+
+
+def build_features_spark(
+    transactions_dir: str,
+    labels_dir: str,
+    training_set_path: str,
+    *,
+    begin: datetime,
+    end: datetime,
+    label_maturity_days: int,
+    settings,
+) -> dict[str, Any]:
+    """The features step's work on Spark; raises :class:`~relearn.steps.StepFailed` on a bad lake."""
+    from relearn.features import spark_lake
+    from relearn.features.spark_session import SparkEngineError, first_line, spark_session
+    from relearn.steps import StepFailed
+
+    try:
+        spark = spark_session()
+        problems = spark_lake.lake_problems(spark, transactions_dir, labels_dir, begin, end)
+        if problems:
+            raise StepFailed(spark_lake.report(problems, transactions_dir, labels_dir))
+        return _build(
+            spark, transactions_dir, labels_dir, training_set_path, end, label_maturity_days, settings
+        )
+    except SparkEngineError as exc:
+        raise StepFailed(f"Features on Spark failed: {exc}") from None
+    except Exception as exc:  # py4j / Spark analysis errors: one readable line, not the JVM's trace
+        from py4j.protocol import Py4JError
+        from pyspark.errors import PySparkException
+
+        if isinstance(exc, PySparkException | Py4JError):
+            raise StepFailed(f"Features on Spark failed: {first_line(exc)}") from None
+        raise
+
+
+def _build(spark, transactions_dir, labels_dir, training_set_path, end, label_maturity_days, settings):
+    from pyspark.sql import functions as F  # noqa: N812
+
+    from relearn.data.cardholders import ATTRIBUTES, UNKNOWN
+    from relearn.features import spark_engine, spark_lake
+    from relearn.features import store as feast_store
+    from relearn.features.spec import LABEL, MODEL_INPUTS
+    from relearn.steps import StepFailed
+
+    tx = spark_lake.read_lake(spark, transactions_dir, "transactions").cache()
+    labels = spark_lake.read_lake(spark, labels_dir, "labels").cache()
+    users, merchants = spark_engine.entity_feature_tables(tx, labels)
+    offline = settings.offline_dir()
+    offline.mkdir(parents=True, exist_ok=True)
+    spark_lake.write_parquet_file(users, offline / feast_store.USER_TABLE)
+    spark_lake.write_parquet_file(merchants, offline / feast_store.MERCHANT_TABLE)
+    store = feast_store.get_store(settings)
+    feast_store.apply(store, settings)
+    feast_store.materialize(store, end=end)
+    _bootstrap(transactions_dir, labels_dir, end)
+
+    frame = spark_engine.training_set(store, tx, labels, label_cutoff=end)
+    frame = frame.where(F.col("event_timestamp") < F.lit(end - timedelta(days=label_maturity_days)))
+    holders = io.read_cardholders(transactions_dir)  # one row per card holder: small
+    names = list(ATTRIBUTES)
+    frame = frame.join(F.broadcast(spark.createDataFrame(holders[["user_id", *names]])), "user_id", "left")
+    frame = frame.fillna(UNKNOWN, subset=names).orderBy("event_timestamp", spark_engine.ORDER)
+    # The pandas path's columns: training columns, model inputs, label, then the holders' attributes.
+    columns = [c for c in feast_store.TRAINING_COLUMNS if c in frame.columns]
+    frame = frame.select(*columns, *MODEL_INPUTS, LABEL, *names).cache()
+    rows = frame.count()
+    if rows == 0:
+        raise StepFailed(f"No transaction is older than {label_maturity_days} days: no training rows.")
+    positives = frame.agg(F.sum("label")).first()[0] or 0
+    spark_lake.write_parquet_file(frame, training_set_path)
+    summary = {"rows": rows, "positives": int(positives), "label_cutoff": end.isoformat(), "engine": "spark"}
+    log.info("training set built", extra=summary)
+    return summary
+
+
+def _bootstrap(transactions_dir: str, labels_dir: str, end: datetime) -> None:
+    """The streaming state's bootstrap, as the pandas path does it (one process; see the module doc)."""
+    from relearn import steps
+
+    steps._bootstrap_state(io.read_transactions(transactions_dir), io.read_labels(labels_dir), end)
