@@ -9,7 +9,7 @@ DRIFT := $(VENV)/drift
 PY := $(PLATFORM)/bin/python
 PIPELINE_DIR := pipelines/compiled
 
-.PHONY: help setup demo train pipelines test lint bench bench-serving bench-drift bench-rollout bench-distributed bench-tools clean drift chart-test serve explain images rehearse
+.PHONY: help setup demo train tune pipelines test lint bench bench-serving bench-drift bench-rollout bench-distributed bench-tools clean drift chart-test serve explain images rehearse
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "relearn targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +46,9 @@ demo: $(PLATFORM)/.ready $(DRIFT)/.ready ## The whole loop on one machine: train
 
 train: setup ## Run the training pipeline locally (kfp.local): data → features → train → evaluate → register → gate
 	$(PY) -m pipelines.run $(ARGS)
+
+tune: setup ## Tune hyper-parameters with Optuna on the newest `make train` training set (ARGS="--help"); train with ARGS="--params-from best"
+	$(PY) -m relearn.model.tuning $(ARGS)
 
 pipelines: setup ## Compile the pipelines to YAML for the Kubeflow UI (pipelines/compiled/)
 	$(PY) -m pipelines.compile --out $(PIPELINE_DIR)

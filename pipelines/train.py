@@ -92,6 +92,7 @@ def train_pipeline(
     train_mode: str = "scratch",
     replay_fraction: float = 0.1,
     scratch_every: int = 5,
+    params_from: str = "",
     alert_budget: float = ALERT_BUDGET,
     min_improvement: float = 0.01,
     max_slice_regression: float = 0.15,
@@ -130,6 +131,8 @@ def train_pipeline(
             (the retraining policy: warm when a compatible champion exists, else scratch, with the reason).
         replay_fraction: Share of a warm start's rows sampled from rows older than the champion's.
         scratch_every: Under "auto", every Nth retraining is from scratch.
+        params_from: "best": train with the best hyper-parameters of the newest tuning study in MLflow
+            (`make tune`) instead of batch_size and learning_rate; "" (default): these parameters.
         alert_budget: Share of transactions the fraud team can review (recall is measured there).
         min_improvement: Gain on the primary metric the challenger must show over the champion, as the
             lower bound of its one-sided 97.5 % paired-bootstrap interval on the holdout.
@@ -176,6 +179,7 @@ def train_pipeline(
         train_mode=train_mode,
         replay_fraction=replay_fraction,
         scratch_every=scratch_every,
+        params_from=params_from,
     )
     evaluated = evaluate(
         training_set=feats.outputs["training_set"],

@@ -23,6 +23,7 @@ def train(
     train_mode: str,
     replay_fraction: float,
     scratch_every: int,
+    params_from: str,
     model: Output[Model],
     metrics: Output[Metrics],
 ) -> NamedTuple("TrainOutputs", [("mlflow_run_id", str)]):
@@ -31,6 +32,7 @@ def train(
     ``workers`` > 1 trains data-parallel: torchrun processes here, or a PyTorchJob of ``image`` pods in a
     cluster (``distributed_backend``: auto, local or pytorchjob; see relearn.model.distributed).
     ``train_mode`` auto/warm fine-tunes the champion (relearn.model.warm); scratch trains anew.
+    ``params_from`` "best": the newest tuning study's hyper-parameters (relearn.model.tuning).
     """
     from collections import namedtuple
 
@@ -54,6 +56,7 @@ def train(
             train_mode=train_mode,
             replay_fraction=replay_fraction,
             scratch_every=scratch_every,
+            params_from=params_from,
         ),
     )
     for name, value in result["metrics"].items():

@@ -233,6 +233,7 @@ class TrainStepParams(BaseModel):
     train_mode: str = "scratch"  # relearn.model.warm: auto (the retraining policy), warm or scratch
     replay_fraction: float = 0.1
     scratch_every: int = 5
+    params_from: str = ""  # "best": the newest Optuna study's best hyper-parameters (relearn.model.tuning)
 
 
 def splits(
@@ -281,13 +282,16 @@ def train(
         patience=params.patience,
         seed=params.seed,
     )
+    tuned_from = ""
+    if params.params_from:
+        train_params, tuned_from = _tuned(params.params_from, train_params, settings)
     mlflow = tracking(settings)
     plan = _warm_plan(params, train_df, train_params, settings)
     with mlflow.start_run() as run:
         mlflow.log_params({"val_fraction": params.val_fraction, "test_fraction": params.test_fraction})
         mlflow.log_params({"train_rows": len(train_df), "val_rows": len(val_df), "workers": params.workers})
         mlflow.log_params({"warm_new_rows": plan.new_rows, "warm_replay_rows": plan.replay_rows})
-        mlflow.set_tags(plan.tags())
+        mlflow.set_tags({**plan.tags(), **({"params_from": tuned_from} if tuned_from else {})})
         if params.workers == 1:
             from relearn.model import net
 
@@ -299,6 +303,20 @@ def train(
     logged = mlflow.MlflowClient(settings.tracking_uri()).get_run(run.info.run_id).data.metrics
     metrics = {name: float(logged[name]) for name in ("best_val_pr_auc", "best_epoch", "samples_per_second")}
     return {"run_id": run.info.run_id, "metrics": metrics}
+
+
+def _tuned(params_from: str, train_params: Any, settings: RelearnSettings) -> tuple[Any, str]:
+    """``train_params`` with the best hyper-parameters of the newest tuning study, and that study's run."""
+    from relearn.model import tuning
+
+    if params_from != "best":
+        raise StepFailed(f'params_from must be "" or "best", not {params_from!r}')
+    try:
+        best, run_id = tuning.best_params(settings)
+    except LookupError as exc:
+        raise StepFailed(f"{exc}: run `make tune` first") from None
+    log.info("tuned hyper-parameters", extra={"params": best, "tuning_run": run_id})
+    return train_params.model_copy(update=best), f"tuning run {run_id}"
 
 
 def _warm_plan(params: TrainStepParams, train_df: pd.DataFrame, train_params: Any, settings: RelearnSettings):
