@@ -107,13 +107,15 @@ def stop_process(process: subprocess.Popen | None, sig: int = signal.SIGTERM) ->
 class EventSink:
     """A real HTTP server on loopback that keeps every event (binary-mode headers + body), like the drift
     detector: a POST in any CloudEvents content mode is split as the detector splits it; ``modes`` holds
-    the content type of each POST. ``delay``: seconds before each POST is taken (a slow sink)."""
+    the content type of each POST. ``delay``: seconds before each POST is taken (a slow sink);
+    ``fail_first``: that many POSTs are answered 503 and not kept (a sink that is down, then back)."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, fail_first: int = 0) -> None:
         from relearn.monitoring.payloads import http_events
 
         self.events: list[tuple[dict[str, str], bytes]] = []
         self.modes: list[str] = []
+        self.failed = 0
         self.lock = threading.Lock()
         sink = self
 
@@ -123,6 +125,12 @@ class EventSink:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 time.sleep(delay)  # a slow sink: the logger's queue backs up
                 with sink.lock:
+                    if sink.failed < fail_first:
+                        sink.failed += 1
+                        self.send_response(503)
+                        self.send_header("content-length", "0")
+                        self.end_headers()
+                        return
                     sink.modes.append(headers.get("content-type", ""))
                     sink.events.extend(http_events(headers.get("content-type", ""), headers, body))
                 self.send_response(202)

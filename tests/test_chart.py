@@ -282,6 +282,39 @@ def test_payload_logging_points_at_the_drift_detector() -> None:
 
 
 @needs_helm
+def test_logger_policy_and_log_retention_reach_the_servers_settings(monkeypatch) -> None:
+    """The chart's logger and retention values arrive as the env the predictor's and the detector's settings
+    read (parsed by those classes, so a renamed field fails here), and a retention limit that does not fit
+    the volume is refused at render time."""
+    from relearn.monitoring.settings import DriftSettings
+    from relearn.serving.config import PredictorSettings
+
+    sets = ["--set", "fraud.logger.whenFull=block", "--set-json", "driftDetector.retention.maxGiB=12.5"]
+    docs = rendered("default", *sets)
+    (isvc,) = objects(docs, "InferenceService")
+    (detector,) = [d for d in objects(docs, "Deployment") if d["metadata"]["name"].endswith("drift-detector")]
+    for container in (
+        isvc["spec"]["predictor"]["containers"][0],
+        detector["spec"]["template"]["spec"]["containers"][0],
+    ):
+        for e in container["env"]:
+            if "value" in e:
+                monkeypatch.setenv(e["name"], e["value"])
+    predictor = PredictorSettings()
+    assert (predictor.log_when_full, predictor.log_queue_size, predictor.log_batch_size) == (
+        "block",
+        1000,
+        64,
+    )
+    assert predictor.log_drain_seconds == 10 and predictor.log_block_seconds == 30
+    drift = DriftSettings()
+    assert drift.log_max_bytes == int(12.5 * 2**30) and drift.log_max_age_s == 30 * 86400
+    assert drift.predictions_max_age_s == 180 * 86400 and drift.pending_ttl_s == 300
+    too_big = _run([HELM, "template", "relearn", str(CHART), "--set", "driftDetector.retention.maxGiB=20"])
+    assert too_big.returncode != 0 and "must be below driftDetector.storageSize (20Gi)" in too_big.stderr
+
+
+@needs_helm
 def test_shadow_mirror_exactly_when_enabled() -> None:
     for scenario in SCENARIOS:
         docs = rendered(scenario)

@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -491,6 +492,37 @@ def test_payload_logger_batches_or_sends_kserve_binary_events(batch_size, modes)
     assert [json.loads(b)["inputs"][0]["data"] for _, b in events] == [[i] for i in range(5)]
     assert all(h["content-type"] == "application/json" and h["ce-specversion"] == "1.0" for h, _ in events)
     assert sink.modes == modes  # the content type of each POST
+
+
+@pytest.mark.parametrize("policy", ["drop", "block"])
+def test_the_full_queue_policy_drops_and_counts_or_waits_and_retries(policy):
+    """A sink down for its first 3 POSTs, then slow, behind a queue of 2: drop loses events and counts each
+    one (queue_full, sink_error); block loses none — log() waits for room, failed POSTs are sent again."""
+    from prometheus_client import REGISTRY
+
+    from relearn.serving.payload_log import LoggerConfig, PayloadLogger
+
+    def dropped(reason: str) -> float:
+        labels = {"component": f"test-{policy}", "reason": reason}
+        return REGISTRY.get_sample_value("relearn_payload_log_dropped_total", labels) or 0.0
+
+    sink = EventSink(delay=0.02, fail_first=3)
+    config = LoggerConfig(sink_url=sink.url, component=f"test-{policy}", queue_size=2, batch_size=4)
+    logger = PayloadLogger(replace(config, when_full=policy))
+    logger.start()
+    try:
+        for i in range(40):
+            logger.log_request(f"p{i}", {"inputs": []})
+    finally:
+        logger.stop(timeout=20)
+        sink.close()
+    got = [h["ce-id"] for h, _ in sink.events]
+    lost = dropped("queue_full") + dropped("sink_error")
+    if policy == "block":
+        assert got == [f"p{i}" for i in range(40)] and lost == 0, (len(got), lost)
+    else:
+        assert len(got) < 40 and len(got) + lost == 40, (len(got), lost)
+        assert dropped("sink_error") > 0 and dropped("queue_full") > 0
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])

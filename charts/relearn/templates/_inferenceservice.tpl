@@ -65,6 +65,17 @@ the transaction ids the transformer passes on, so the detector pairs one request
   value: {{ ternary "default" "canary" (eq .canary nil) }}
 - name: {{ $p }}LOG_SINK_URL
   value: {{ ternary (include "relearn.drift.url" .ctx) "" (and .ctx.Values.driftDetector.enabled .ctx.Values.fraud.logger.enabled (eq .ctx.Values.fraud.logger.via "relearn")) | quote }}
+{{- $l := .ctx.Values.fraud.logger }}
+- name: {{ $p }}LOG_BATCH_SIZE
+  value: {{ $l.batchSize | quote }}
+- name: {{ $p }}LOG_QUEUE_SIZE
+  value: {{ $l.queueSize | quote }}
+- name: {{ $p }}LOG_WHEN_FULL
+  value: {{ $l.whenFull | quote }}
+- name: {{ $p }}LOG_BLOCK_SECONDS
+  value: {{ $l.blockSeconds | quote }}
+- name: {{ $p }}LOG_DRAIN_SECONDS
+  value: {{ $l.drainSeconds | quote }}
 {{- end }}
 {{- end -}}
 

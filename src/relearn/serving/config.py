@@ -9,6 +9,7 @@ from :class:`~relearn.settings.RelearnSettings` (``RELEARN_HOME``, ``RELEARN_MLF
 from __future__ import annotations
 
 import sys
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,7 +57,17 @@ class PredictorSettings(ModelServingSettings):
     # Payload logging: only the predictor logs (its request holds the model inputs and the transaction ids
     # the transformer passes on, its response the scores), so one inference is one request/response pair.
     log_sink_url: str = Field("", description="Payload-logger CloudEvents target (empty: logging off).")
-    log_queue_size: int = Field(100, ge=1, description="Payload-logger queue length (full: drop, count).")
+    log_queue_size: int = Field(100, ge=1, description="Payload-logger queue length (see log_when_full).")
+    log_when_full: Literal["drop", "block"] = Field(
+        "drop",
+        description="When the sink is slow or down: drop (a full queue or a failed POST drops the events, "
+        "counted in relearn_payload_log_dropped_total; predictions never wait) or block (a request waits for "
+        "room in the queue, up to log_block_seconds, and failed POSTs are retried until they succeed: "
+        "predictions slow down to the sink's pace instead of going unlogged).",
+    )
+    log_block_seconds: float = Field(
+        30.0, gt=0, description="block: longest wait for queue room before the event is dropped (counted)."
+    )
     log_workers: int = Field(1, ge=1, description="Payload-logger sender threads (one connection each).")
     log_timeout_seconds: float = Field(2.0, gt=0, description="Timeout of one POST to the sink.")
     log_batch_size: int = Field(

@@ -6,9 +6,12 @@ from :func:`relearn.events.binary_headers`, body the v2 JSON request or response
 log: it passes each row's ``transaction_id`` to the predictor as an extra input, so the predictor's pair
 holds the model inputs, the ids the labels join on and the scores (two components logging one request
 under one ``ce-id`` would cross in the detector's pairing). Events go through a
-bounded queue (KServe: queue 100, no retries); a full queue or a failing sink drops the event and counts
-it in ``relearn_payload_log_dropped_total``. Prediction latency does not depend on the sink:
-:meth:`PayloadLogger.log` never blocks and only enqueues references (the body, or a function building it).
+bounded queue (KServe: queue 100, no retries). The policy when the sink is slow or down is the user's
+(``when_full``): ``drop`` (default) — a full queue or a failing sink drops the event and counts it in
+``relearn_payload_log_dropped_total``, and prediction latency does not depend on the sink:
+:meth:`PayloadLogger.log` never blocks and only enqueues references (the body, or a function building it);
+``block`` — a request waits for room in the queue (up to ``block_seconds``) and failed POSTs are retried
+with backoff, so predictions slow to the sink's pace rather than go unlogged.
 
 The request path stays cheap: everything else (building the v2 JSON, the headers, the HTTP request) runs on
 the sender thread, by default ONE (``workers``), which drains the queue and POSTs what it took over a
@@ -61,6 +64,8 @@ class LoggerConfig:
     timeout_seconds: float = 2.0
     batch_size: int = 64  # events per POST; 1: binary mode, one event per POST
     drain_seconds: float = 10.0  # on stop, how long the queued events may take to reach the sink
+    when_full: str = "drop"  # or "block": wait for room (up to block_seconds), retry failed POSTs
+    block_seconds: float = 30.0
 
 
 class SinkError(Exception):
@@ -195,6 +200,8 @@ class PayloadLogger:
         self._sent = LOG_SENT.labels(component=config.component)
         self._full = LOG_DROPPED.labels(component=config.component, reason="queue_full")
         self._failed = LOG_DROPPED.labels(component=config.component, reason="sink_error")
+        self._block = config.when_full == "block"
+        self._deadline = float("inf")  # block: failed POSTs are retried until stop()'s drain deadline
 
     def start(self) -> None:
         """Start the sender thread(s) (daemon: they never keep the process alive)."""
@@ -212,6 +219,7 @@ class PayloadLogger:
         request is sent unless the sink is down or slower than the drain allows (what is left is logged).
         """
         deadline = time.monotonic() + (self.config.drain_seconds if timeout is None else timeout)
+        self._deadline = deadline
         for _ in self._threads:
             try:
                 self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()))
@@ -231,8 +239,12 @@ class PayloadLogger:
         """
         if not self.enabled:
             return
+        item = (event_id, event_type, time.time(), body, *route)
         try:
-            self._queue.put_nowait((event_id, event_type, time.time(), body, *route))
+            if self._block:  # backpressure: the request waits for the sender to make room
+                self._queue.put(item, timeout=self.config.block_seconds)
+            else:
+                self._queue.put_nowait(item)
         except queue.Full:
             self._full.inc()
 
@@ -316,10 +328,26 @@ class PayloadLogger:
             log.debug("payload log batch dropped", extra={"error": str(exc), "events": len(envelopes)})
 
     def _post(self, connection: SinkConnection, headers: dict[str, str], data: bytes, events: int) -> None:
-        status = connection.post(headers, data)
-        if status >= 300:
-            raise SinkError(f"sink answered {status}")
-        self._sent.inc(events)
+        """POST once (drop); block: again after each failure, backing off to 2 s, until the drain deadline.
+
+        A 4xx is the sink refusing these events: sending them again cannot help, so it is not retried.
+        """
+        pause = 0.05
+        while True:
+            try:
+                status = connection.post(headers, data)
+                if status >= 300:
+                    raise SinkError(f"sink answered {status}")
+                self._sent.inc(events)
+                return
+            except Exception as exc:
+                refused = isinstance(exc, SinkError) and str(exc).startswith("sink answered 4")
+                if not self._block or refused or time.monotonic() + pause > self._deadline:
+                    raise
+                log.debug("payload log sink failed, retrying", extra={"error": str(exc), "events": events})
+                connection.close()
+                time.sleep(pause)
+                pause = min(2.0, pause * 2)
 
 
 def event_route(headers: Mapping[str, str] | None, inference_service: str) -> Route:
@@ -354,5 +382,7 @@ def payload_logger_for(settings: Any, component: str = "predictor") -> PayloadLo
             timeout_seconds=settings.log_timeout_seconds,
             batch_size=settings.log_batch_size,
             drain_seconds=settings.log_drain_seconds,
+            when_full=settings.log_when_full,
+            block_seconds=settings.log_block_seconds,
         )
     )
