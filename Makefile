@@ -115,6 +115,10 @@ bench-rollout: setup ## Time from a bad canary's start to its automated rollback
 bench-distributed: setup ## Training samples/s with 1 and 2 gloo processes (DDP) side by side, and the model gap
 	$(PY) -m benchmarks.distributed $(ARGS)
 
+.PHONY: bench-data
+bench-data: setup ## Features step's data work on 1 M and 10 M transactions: pandas vs Spark local, time and peak memory
+	$(PY) -m benchmarks.data_engines $(ARGS)
+
 # Load generator (wrk, Debian) and Seldon MLServer in an environment of its own, for bench-serving only.
 $(VENV)/mlserver/.ready: requirements/mlserver.txt
 	$(PYTHON) -m venv $(VENV)/mlserver

@@ -16,8 +16,9 @@ with Spark window functions so the data never has to fit one process:
 * Distinct merchants are exact: a (user, merchant) pair is in the window of t iff its last event before t
   is at or after t - w, so #events before t minus #(min(e + w, next event of the pair)) before t counts
   each pair in the window once (the pandas engine's identity).
-* The user's amount mean/std sums the window's amounts directly around its first one
-  (:func:`~relearn.features.windows.centred_sums`, what the streaming state does): user windows are short.
+* The user's amount mean/std come from Spark's Welford aggregates (count, mean, m2) over the window itself
+  (a sliding frame, short for a user): m2 is exact where all amounts are equal and stable where they
+  nearly are, where the pandas engine falls back to direct sums for the same reason.
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ def user_table(tx: DataFrame) -> DataFrame:
     by_time, upto, count_in, _ = _framed("user_id")
     stats_w = WINDOWS["user_amount_mean_7d"]
     assert WINDOWS["user_amount_std_7d"] == stats_w  # one frame serves both
+    sliding = by_time.rangeBetween(-stats_w, -1)  # short (a user's week): recomputed per row, exactly
     horizon = WINDOWS["user_last_txn_unix"]
     assert WINDOWS["user_last_country"] == WINDOWS["user_last_device"] == horizon
     framed = rows.select(
@@ -150,21 +152,13 @@ def user_table(tx: DataFrame) -> DataFrame:
         ),
         (F.count("ev").over(upto(1)) - F.count("ended").over(upto(1))).alias("user_distinct_merchants_7d"),
         F.max("last").over(upto(1)).alias("last"),
-        F.collect_list("amt").over(by_time.rangeBetween(-stats_w, -1)).alias("amts"),
+        F.count("amt").over(sliding).alias("n"),
+        F.avg("amt").over(sliding).alias("avg"),
+        F.var_samp("amt").over(sliding).alias("var"),
     ).where(F.col("query"))
-    centre = F.get(F.col("amts"), 0)  # the window's first amount, as centred_sums centres
-    zero = F.struct(F.lit(0).cast("long").alias("n"), F.lit(0.0).alias("s"), F.lit(0.0).alias("ss"))
-    sums = F.aggregate(
-        "amts",
-        zero,
-        lambda acc, x: F.struct(
-            (acc["n"] + 1).alias("n"),
-            (acc["s"] + (x - centre)).alias("s"),
-            (acc["ss"] + (x - centre) * (x - centre)).alias("ss"),
-        ),
-    )
-    framed = framed.withColumn("sums", sums)
-    stats = finish_mean_std(F.col("sums.n"), F.col("sums.s"), F.col("sums.ss"), centre)
+    # Welford's (count, mean, m2) of the window, as mean_std takes them: centred on the mean, s = 0.
+    m2 = F.when(F.col("n") > 1, F.col("var") * (F.col("n") - 1)).otherwise(F.lit(0.0))
+    stats = finish_mean_std(F.col("n"), F.lit(0.0), m2, F.coalesce(F.col("avg"), F.lit(0.0)))
     recent = F.col("last.t") >= F.col("q") - horizon
     return framed.select(
         "user_id",

@@ -12,7 +12,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +25,10 @@ class SparkSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RELEARN_SPARK_", extra="ignore")
 
+    submit: Literal["local", "operator"] = Field(
+        "local",
+        description="local: Spark in the step's process; operator: a SparkApplication in the cluster.",
+    )
     master: str = Field("local[*]", description="Spark master URL; local[N] runs Spark in this process.")
     driver_memory: str = Field("4g", description="Driver heap (local mode: the whole engine's heap).")
     shuffle_partitions: int = Field(8, ge=1, description="spark.sql.shuffle.partitions (per shuffle).")
@@ -72,12 +76,15 @@ def spark_session(settings: SparkSettings | None = None):
     if active is not None:
         return active
     settings = settings or SparkSettings()
+    builder = SparkSession.builder.appName("relearn-features")
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):  # set by spark-submit, whose configuration wins
+        builder = (
+            builder.master(settings.master)
+            .config("spark.driver.memory", settings.driver_memory)
+            .config("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
+        )
     builder = (
-        SparkSession.builder.appName("relearn-features")
-        .master(settings.master)
-        .config("spark.driver.memory", settings.driver_memory)
-        .config("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
-        .config("spark.sql.session.timeZone", "UTC")
+        builder.config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.adaptive.enabled", "false")
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")  # what pyarrow writes too

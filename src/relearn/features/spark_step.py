@@ -8,7 +8,10 @@ the streaming state's bootstrap, both unchanged.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -62,7 +65,39 @@ def build_features_spark(
     label_maturity_days: int,
     settings,
 ) -> dict[str, Any]:
-    """The features step's work on Spark; raises :class:`~relearn.steps.StepFailed` on a bad lake."""
+    """The features step on Spark: :func:`spark_work`, then Feast's materialize and the state's bootstrap."""
+    from relearn.features import store as feast_store
+
+    work = submit_spark_work if SparkSettings().submit == "operator" else spark_work
+    summary = work(
+        transactions_dir,
+        labels_dir,
+        training_set_path,
+        begin=begin,
+        end=end,
+        label_maturity_days=label_maturity_days,
+        settings=settings,
+    )
+    feast_store.materialize(feast_store.get_store(settings), end=end)
+    _bootstrap(transactions_dir, labels_dir, end)
+    return summary
+
+
+def spark_work(
+    transactions_dir: str,
+    labels_dir: str,
+    training_set_path: str,
+    *,
+    begin: datetime,
+    end: datetime,
+    label_maturity_days: int,
+    settings,
+) -> dict[str, Any]:
+    """Check the lake, write the entity tables, apply the Feast repo, write the training set (Spark's part).
+
+    What the SparkApplication's driver runs too (relearn.features.spark_driver). Raises
+    :class:`~relearn.steps.StepFailed` with a readable report on a bad lake or a Spark error.
+    """
     from relearn.features import spark_lake
     from relearn.features.spark_session import SparkEngineError, first_line, spark_session
     from relearn.steps import StepFailed
@@ -86,6 +121,56 @@ def build_features_spark(
         raise
 
 
+def submit_spark_work(
+    transactions_dir: str,
+    labels_dir: str,
+    training_set_path: str,
+    *,
+    begin: datetime,
+    end: datetime,
+    label_maturity_days: int,
+    settings,
+    api_client: Any = None,
+) -> dict[str, Any]:
+    """:func:`spark_work` as a SparkApplication's driver (``RELEARN_SPARK_SUBMIT=operator``).
+
+    The paths must be ones the driver reaches too (object storage in a cluster); the driver writes the
+    summary next to the training set. Settings reach it as this step's ``RELEARN_*`` environment.
+    """
+    from relearn.features import spark_application as sa
+    from relearn.features.spark_session import SparkEngineError
+    from relearn.steps import StepFailed
+
+    app_settings = sa.SparkApplicationSettings()
+    summary_path = f"{training_set_path}.summary.json"
+    arguments = [
+        "--transactions",
+        transactions_dir,
+        "--labels",
+        labels_dir,
+        "--training-set",
+        training_set_path,
+    ]
+    arguments += ["--start", begin.isoformat(), "--days", str((end - begin).days)]
+    arguments += ["--label-maturity-days", str(label_maturity_days), "--summary", summary_path]
+    env = {k: v for k, v in os.environ.items() if k.startswith("RELEARN_") and k != "RELEARN_SPARK_SUBMIT"}
+    env["RELEARN_HOME"] = str(settings.home)
+    owner = {"name": os.environ.get("KFP_POD_NAME", ""), "uid": os.environ.get("KFP_POD_UID", "")}
+    app = sa.render(
+        uuid.uuid4().hex[:12],
+        arguments,
+        image=app_settings.image or sa.default_image(),
+        settings=app_settings,
+        env=env,
+        owner=owner if all(owner.values()) else None,
+    )
+    try:
+        sa.submit_and_wait(app, app_settings, api_client)
+    except SparkEngineError as exc:
+        raise StepFailed(f"Features on Spark failed: {exc}") from None
+    return json.loads(Path(summary_path).read_text())
+
+
 def _build(spark, transactions_dir, labels_dir, training_set_path, end, label_maturity_days, settings):
     from pyspark.sql import functions as F  # noqa: N812
 
@@ -104,8 +189,6 @@ def _build(spark, transactions_dir, labels_dir, training_set_path, end, label_ma
     spark_lake.write_parquet_file(merchants, offline / feast_store.MERCHANT_TABLE)
     store = feast_store.get_store(settings)
     feast_store.apply(store, settings)
-    feast_store.materialize(store, end=end)
-    _bootstrap(transactions_dir, labels_dir, end)
 
     frame = spark_engine.training_set(store, tx, labels, label_cutoff=end)
     frame = frame.where(F.col("event_timestamp") < F.lit(end - timedelta(days=label_maturity_days)))

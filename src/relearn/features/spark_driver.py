@@ -1,0 +1,63 @@
+"""The driver program of the features step's SparkApplication: ``python spark_driver.py --help``.
+
+The Spark Operator starts it with ``spark-submit`` in the driver pod (``mainApplicationFile``), which has
+already made the session (master, executors); :func:`~relearn.features.spark_step.spark_work` uses it.
+It checks the lake, writes the entity tables, applies the Feast repo and writes the training set, then the
+summary as JSON (``--summary``) for the step that submitted the application. A bad lake ends it with the
+readable report on stderr and exit code 1, which the operator reports as the application's failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def parser() -> argparse.ArgumentParser:
+    """The driver's command line (what the SparkApplication's ``arguments`` hold)."""
+    parser = argparse.ArgumentParser(
+        prog="relearn.features.spark_driver", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--transactions", required=True, help="Transactions lake root (day partitions).")
+    parser.add_argument("--labels", required=True, help="Labels (chargebacks) lake root.")
+    parser.add_argument("--training-set", required=True, help="Where the training set's Parquet file goes.")
+    parser.add_argument("--start", required=True, help="Window start, ISO-8601 (UTC if naive).")
+    parser.add_argument("--days", type=int, required=True, help="Window length in days.")
+    parser.add_argument(
+        "--label-maturity-days", type=int, default=10, help="Newest days kept out of training."
+    )
+    parser.add_argument("--summary", required=True, help="Where the step's summary (JSON) goes.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run Spark's part of the features step; 0 when the training set is written, 1 on a bad lake."""
+    args = parser().parse_args(argv)
+    from relearn.features.spark_step import spark_work
+    from relearn.logs import configure_logging
+    from relearn.settings import RelearnSettings
+    from relearn.steps import StepFailed, window
+
+    configure_logging()
+    begin, end = window(args.start, args.days)
+    try:
+        summary = spark_work(
+            args.transactions,
+            args.labels,
+            args.training_set,
+            begin=begin,
+            end=end,
+            label_maturity_days=args.label_maturity_days,
+            settings=RelearnSettings(),
+        )
+    except StepFailed as exc:
+        print(f"\n{exc}\n", file=sys.stderr, flush=True)
+        return 1
+    Path(args.summary).write_text(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
