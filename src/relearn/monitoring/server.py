@@ -170,8 +170,8 @@ def create_app(settings: DriftSettings) -> Any:
             metrics.rejected.labels(error.reason).inc()
             await answer(send, error.status, {"error": error.reason, "detail": str(error)})
             return
-        try:  # a batch is all or nothing: every event is checked before the first is stored
-            await asyncio.gather(*(state["log"].append(event) for event in events))
+        try:  # a batch is all or nothing: every event is checked before any is stored, in one transaction
+            await state["log"].append_many(events)
         except sqlite3.Error as error:
             metrics.rejected.labels("storage_error").inc()
             await answer(send, 503, {"error": "storage_error", "detail": str(error)})

@@ -79,9 +79,13 @@ class EventLog:
 
     async def append(self, event: Event) -> None:
         """Append one event; returns once it is committed."""
+        await self.append_many([event])
+
+    async def append_many(self, events: list[Event]) -> None:
+        """Append events in one transaction (a batch is all or nothing); returns once they are committed."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((event, loop, future))
+        self._queue.put((events, loop, future))
         await future
 
     def _run(self) -> None:
@@ -110,7 +114,7 @@ class EventLog:
             with self._writer:
                 self._writer.executemany(
                     "INSERT INTO events (ce_id, type, track, time, received, body) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(e.ce_id, e.type, e.track, e.time, now, e.body) for e, _, _ in batch],
+                    [(e.ce_id, e.type, e.track, e.time, now, e.body) for es, _, _ in batch for e in es],
                 )
         except sqlite3.Error as exc:  # disk full, I/O error: the handlers answer 5xx, nothing is acked
             error = exc
