@@ -1,0 +1,35 @@
+"""Experiment settings: money-view costs, the test's error rate, guardrails (RELEARN_EXPERIMENT_*)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from relearn.settings import ALERT_BUDGET
+
+
+class ExperimentSettings(BaseSettings):
+    """What an experiment costs, how sure it must be and when it stops at once."""
+
+    model_config = SettingsConfigDict(env_prefix="RELEARN_EXPERIMENT_", extra="ignore")
+
+    alert_budget: float = Field(ALERT_BUDGET, gt=0, lt=1, description="Share of transactions reviewed.")
+    review_cost: float = Field(5.0, ge=0, description="Cost of reviewing one alert (analyst time).")
+    missed_fraud_factor: float = Field(
+        1.0, ge=0, description="Loss per unit of a missed fraud's amount (1: the amount is lost)."
+    )
+    chargeback_fee: float = Field(15.0, ge=0, description="Fee per missed fraud (the chargeback's handling).")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Always-valid false positive rate of the test.")
+    power: float = Field(0.8, gt=0.5, lt=1, description="Power the plan sizes the experiment for.")
+    relative_effect: float = Field(
+        0.10, gt=0, lt=1, description="Relative change of the primary metric the plan is sized for."
+    )
+    max_days: int = Field(60, ge=1, description="Longest an experiment may run; the plan refuses beyond it.")
+    min_units: int = Field(
+        500, ge=2, description="Cards per arm before the test looks (variance estimates need a burn-in)."
+    )
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Guardrail: an arm's error rate.")
+    max_p99_seconds: float = Field(0.25, gt=0, description="Guardrail: an arm's p99 latency.")
+    max_score_drift: float = Field(
+        0.25, gt=0, description="Guardrail: population stability index of an arm's scores vs the control's."
+    )
