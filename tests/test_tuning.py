@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -204,3 +205,14 @@ def test_the_katib_experiment_validates_and_its_trials_run_the_train_code(traini
     )
     here = train(train_df, val_df, params)
     assert curve == [(int(e["epoch"]), pytest.approx(e["val_pr_auc"], abs=1e-6)) for e in here.history]
+
+
+def test_make_tune_reads_the_newest_pipeline_runs_training_set(tmp_path):
+    with pytest.raises(SystemExit, match="run `make train` or pass --training-set"):
+        tuning.newest_training_set(tmp_path)
+    for i, name in enumerate(("relearn-train-b", "relearn-train-a")):  # by time, not by name
+        found = tmp_path / "pipeline_runs" / name / "features" / "training_set"
+        found.parent.mkdir(parents=True)
+        found.write_bytes(b"")
+        os.utime(found, (1_000_000 + i, 1_000_000 + i))
+    assert tuning.newest_training_set(tmp_path) == found
