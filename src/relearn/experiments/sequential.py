@@ -109,8 +109,8 @@ def look(
         effect=float(diff),
         relative_effect=float(diff / control.mean) if control.mean else None,
         p_value=p,
-        lower=lower,
-        upper=upper,
+        lower=float(lower),
+        upper=float(upper),
         significant=p <= alpha,
     )
 

@@ -28,8 +28,13 @@ class ExperimentSettings(BaseSettings):
     min_units: int = Field(
         500, ge=2, description="Cards per arm before the test looks (variance estimates need a burn-in)."
     )
+    min_requests: int = Field(100, ge=1, description="Requests an arm needs before its error rate counts.")
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Guardrail: an arm's error rate.")
     max_p99_seconds: float = Field(0.25, gt=0, description="Guardrail: an arm's p99 latency.")
     max_score_drift: float = Field(
-        0.25, gt=0, description="Guardrail: population stability index of an arm's scores vs the control's."
+        0.3,
+        gt=0,
+        le=1,
+        description="Guardrail: two-sample KS statistic of an arm's scores against the control's (the "
+        "detector's relearn_drift_score_divergence). Models differ by design, so this catches a broken one.",
     )
