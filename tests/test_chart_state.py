@@ -117,6 +117,17 @@ def test_the_state_redis_fsyncs_every_write_to_its_own_volume(scenario: str) -> 
 
 
 @needs_helm
+def test_the_state_redis_fsync_policy_is_a_value_and_nothing_else() -> None:
+    """everysec trades a node loss's last second for an update without fsync; no other policy passes."""
+    docs = rendered("default", "--set", "streamingState.redis.appendfsync=everysec")
+    (container,) = named(docs, "Deployment", "relearn-state-redis")["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert dict(zip(args[::2], args[1::2], strict=True))["--appendfsync"] == "everysec"
+    refused = _run([HELM, "template", "r", str(CHART), "--set", "streamingState.redis.appendfsync=no"])
+    assert refused.returncode != 0 and "appendfsync" in refused.stderr
+
+
+@needs_helm
 @pytest.mark.parametrize("scenario", ["default", "production"])
 def test_network_policies_admit_the_states_clients_and_nobody_else(scenario: str) -> None:
     docs = rendered(scenario)

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from relearn.demo.stack import (
     free_port,
     left_running,
     prometheus_config,
+    start_state_redis,
     write_targets,
 )
 from relearn.demo.world import START, World, build, cache_key
@@ -127,6 +129,22 @@ def pipeline_summary(argv: list[str], returncode: int, log_path: Path) -> dict[s
 
 def _env(home: Path) -> dict[str, str]:
     return {**os.environ, "RELEARN_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+
+
+def redis_state(settings: DemoSettings, procs: Processes, home: Path, lake: Path) -> None:
+    """The streaming state on a real Redis: started, then bootstrapped from the lake up to the live start.
+
+    The first champion's run (or its cached copy) filled the embedded state; Redis starts empty, so the
+    backfill command adds the history's events (idempotent by transaction id), as an operator would.
+    """
+    start_state_redis(procs, home, settings.redis_server, settings.state_appendfsync)
+    until = START + timedelta(days=settings.history_days)
+    argv = [sys.executable, "-m", "relearn.features.backfill", "--transactions", str(lake / "transactions")]
+    argv += ["--labels", str(lake / "labels"), "--until", until.isoformat()]
+    with (home / "logs" / "state-bootstrap.log").open("w") as out:
+        done = subprocess.run(argv, stdout=out, stderr=out, env=procs.env, check=False)
+    if done.returncode != 0:
+        raise StackError(f"state bootstrap failed (exit {done.returncode}); see {out.name}")
 
 
 def first_champion(settings: DemoSettings, world: World, home: Path, show: bool) -> dict[str, Any]:
@@ -387,6 +405,8 @@ def run(settings: DemoSettings) -> Outcome:
     wall_per_day = served_per_day / settings.rate
     procs = Processes(home / "logs", _env(home))
     try:
+        if settings.state == "redis":
+            redis_state(settings, procs, home, world.source)
         stack = start_stack(settings, home, wall_per_day, procs, lake=world.source)
     except BaseException:
         procs.stop_all()

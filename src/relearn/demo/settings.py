@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +85,15 @@ class DemoSettings(BaseSettings):
         Path(".venv/drift/bin/python"), description="Python of the drift detector's environment."
     )
     prometheus: str = Field("prometheus", description="Prometheus server binary (Debian's package).")
+    state: Literal["sqlite", "redis"] = Field(
+        "sqlite",
+        description="Streaming feature state: sqlite (embedded) or redis (a redis-server on loopback, as the "
+        "chart runs it: append-only file, fsync per state_appendfsync; bootstrapped from the lake).",
+    )
+    state_appendfsync: Literal["always", "everysec"] = Field(
+        "always", description="The state's Redis fsync policy (the chart's streamingState.redis value)."
+    )
+    redis_server: str = Field("redis-server", description="Redis server binary (Debian's package).")
     max_minutes: float = Field(30.0, gt=0, description="Stop (and report) after this long, whatever happens.")
     progress: bool = Field(True, description="Live progress line on the terminal.")
     log_level: str = Field("WARNING", description="Level of relearn's JSON logs on the terminal.")

@@ -177,3 +177,20 @@ def write_targets(targets_file: Path, targets: dict[str, int]) -> None:
     tmp = targets_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(groups))
     tmp.replace(targets_file)
+
+
+def start_state_redis(procs: Processes, home: Path, binary: str, appendfsync: str) -> dict[str, str]:
+    """A redis-server on loopback for the streaming feature state, as the chart runs it (append-only file).
+
+    The ``RELEARN_STATE_*`` variables that point at it are added to ``procs.env``, so every child started
+    after this (feed, transformer, retraining runs) and the bootstrap use it; they are also returned.
+    """
+    port = free_port()
+    data = home / "state-redis"
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data), "--save", ""]
+    child = procs.start("state-redis", [*argv, "--appendonly", "yes", "--appendfsync", appendfsync], (port,))
+    procs.wait_until(child, lambda: port_open(port), timeout=30)
+    env = {"RELEARN_STATE_BACKEND": "redis", "RELEARN_STATE_REDIS_URLS": f"redis://127.0.0.1:{port}/0"}
+    procs.env.update(env)
+    return env
