@@ -7,7 +7,9 @@ trained on the days before; the retraining run sees the whole window.
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import timedelta
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -192,3 +194,13 @@ def test_the_train_and_register_steps_record_the_lineage(window, settings, tmp_p
             settings,
         )
     assert len(client.search_runs([client.get_experiment_by_name(settings.experiment).experiment_id])) == runs
+
+    # A champion whose artifact is gone: auto trains from scratch and says why, warm refuses.
+    shutil.rmtree(urlparse(client.get_model_version_download_uri(settings.model_name, "1")).path)
+    run_tags, _ = run_and_register(params)
+    assert run_tags["train_mode"] == "scratch", run_tags
+    assert run_tags["train_mode_reason"].startswith("champion v1 could not be loaded: "), run_tags
+    with pytest.raises(steps.StepFailed, match="train_mode=warm refused: champion v1 could not be loaded"):
+        steps.train(
+            str(training_set), str(tmp_path / "m"), params.model_copy(update={"train_mode": "warm"}), settings
+        )

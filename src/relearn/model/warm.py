@@ -96,6 +96,14 @@ class Champion:
         return begin + pd.Timedelta(days=int(days[:-1]))
 
 
+@dataclass(frozen=True)
+class Unavailable:
+    """A champion that is registered but cannot be loaded (its artifact gone or unreadable)."""
+
+    version: str
+    error: str
+
+
 @dataclass
 class WarmPlan:
     """What the train step does: the mode and why, the rows to train on, the parameters, the start."""
@@ -168,7 +176,7 @@ def incompatibility(
 
 def choose(
     policy: RetrainPolicy,
-    champion: Champion | None,
+    champion: Champion | Unavailable | None,
     params: TrainParams,
     frame: pd.DataFrame,
     workers: int = 1,
@@ -184,6 +192,8 @@ def choose(
         reason = f"a warm start trains in one process (workers={workers})"
     elif champion is None:
         reason = "no champion to warm-start from"
+    elif isinstance(champion, Unavailable):
+        reason = f"champion v{champion.version} could not be loaded: {champion.error}"
     elif problem := incompatibility(champion, params, frame, policy.max_shift):
         reason = problem
     elif policy.mode == "auto" and champion.generation + 1 >= policy.scratch_every:
@@ -223,7 +233,7 @@ def fine_tuning_rows(
 
 def plan(
     policy: RetrainPolicy,
-    champion: Champion | None,
+    champion: Champion | Unavailable | None,
     train_df: pd.DataFrame,
     params: TrainParams,
     workers: int = 1,
@@ -231,7 +241,8 @@ def plan(
     """Choose the mode and prepare the run: rows, parameters (a scaled learning rate when warm)."""
     mode, reason = choose(policy, champion, params, train_df, workers)
     if mode == "scratch":
-        result = WarmPlan("scratch", reason, train_df, params, champion, len(train_df), 0)
+        known = champion if isinstance(champion, Champion) else None
+        result = WarmPlan("scratch", reason, train_df, params, known, len(train_df), 0)
     else:
         rows, new, replayed = fine_tuning_rows(
             train_df, champion.train_end(), policy.replay_fraction, params.seed
@@ -243,7 +254,7 @@ def plan(
         extra={
             "mode": result.mode,
             "reason": reason,
-            "champion": champion.version if champion else None,
+            "champion": champion.version if champion is not None else None,
             "new_rows": result.new_rows,
             "replay_rows": result.replay_rows,
         },
@@ -251,14 +262,19 @@ def plan(
     return result
 
 
-def load_champion(settings: Any) -> Champion | None:
-    """The registry's champion with its tags, or None before the first registration."""
+def load_champion(settings: Any) -> Champion | Unavailable | None:
+    """The registry's champion with its tags; None before the first registration."""
+    from mlflow.exceptions import MlflowException
+
     from relearn.model import registry
 
     version = registry.get_alias_version(settings, registry.CHAMPION)
     if version is None:
         return None
-    net, preprocessor = registry.load_torch(settings, version)
+    try:
+        net, preprocessor = registry.load_torch(settings, version)
+    except (OSError, ValueError, MlflowException) as exc:  # auto falls back to scratch, warm refuses
+        return Unavailable(version, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return Champion(version, net, preprocessor, registry.get_version_tags(settings, version))
 
 
