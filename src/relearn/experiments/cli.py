@@ -1,0 +1,118 @@
+r"""``python -m relearn.experiments start|status|stop|list``: A/B experiments on the local store.
+
+    python -m relearn.experiments start ab1 --arm v7=50 --arm v8=50 --control v7 --cards-per-day 1e5 \
+        --base-loss 0.75 --loss-sd 16
+    python -m relearn.experiments status ab1
+    python -m relearn.experiments stop ab1 --reason "p99 too high"
+    python -m relearn.experiments list
+
+``start`` prints the plan (minimum detectable effect, days to find the planned effect) from the traffic
+and the base loss per card. Every change is appended to the audit trail. Defaults come from the
+environment: RELEARN_HOME (the store under <home>/experiments/) and RELEARN_EXPERIMENT_* (alpha, power,
+planned effect, maximum days).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from relearn.experiments.sequential import plan
+from relearn.experiments.settings import ExperimentSettings
+from relearn.experiments.store import ExperimentStore, default_store
+
+
+def _arm(text: str) -> tuple[str, int]:
+    name, sep, percent = text.partition("=")
+    if not sep or not name or not percent.isdigit():
+        raise argparse.ArgumentTypeError(f"expected VERSION=PERCENT, got {text!r}")
+    return name, int(percent)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (``--help`` on every subcommand)."""
+    first, _, rest = (__doc__ or "").partition("\n")
+    p = argparse.ArgumentParser(
+        prog="python -m relearn.experiments",
+        description=first,
+        epilog=rest,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--store", type=Path, default=None, help="Experiment store (default <RELEARN_HOME>/experiments/)."
+    )
+    p.add_argument("--audit-log", type=Path, default=None, help="Audit trail (default beside the store).")
+    sub = p.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("start", help="Start an experiment (prints its plan).")
+    start.add_argument("name")
+    start.add_argument("--arm", type=_arm, action="append", required=True, help="VERSION=PERCENT, 2+ times.")
+    start.add_argument(
+        "--control", required=True, help="The arm the others are compared with (the champion)."
+    )
+    start.add_argument("--traffic", default="fraud", help="Traffic the experiment covers (one at a time).")
+    start.add_argument("--cards-per-day", type=float, help="Cards per day over all arms (for the plan).")
+    start.add_argument("--base-loss", type=float, help="Base loss per card (for the plan).")
+    start.add_argument(
+        "--loss-sd", type=float, help="Standard deviation of the loss per card (for the plan)."
+    )
+    status = sub.add_parser("status", help="One experiment as JSON.")
+    status.add_argument("name")
+    stop = sub.add_parser("stop", help="Stop a running experiment.")
+    stop.add_argument("name")
+    stop.add_argument("--reason", required=True)
+    sub.add_parser("list", help="All experiments, one line each.")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input exits 2 with the reason and changes nothing."""
+    from relearn.rollout.audit import AuditLog
+
+    args = parser().parse_args(argv)
+    store = ExperimentStore(args.store or default_store())
+    audit = AuditLog(args.audit_log or store.path.parent / "audit.jsonl")
+    settings = ExperimentSettings()
+    try:
+        if args.command == "start":
+            split = dict(args.arm)
+            if len(split) != len(args.arm):
+                raise ValueError(f"arm names repeat: {[a for a, _ in args.arm]}")
+            the_plan: dict[str, Any] | None = None
+            if args.cards_per_day and args.base_loss and args.loss_sd and args.control in split:
+                # Sized for the slowest comparison: the control against the smallest other arm.
+                pair = split[args.control] + min(v for a, v in split.items() if a != args.control)
+                p = plan(
+                    args.cards_per_day * pair / 100,
+                    args.base_loss,
+                    args.loss_sd,
+                    alpha=settings.alpha,
+                    power=settings.power,
+                    relative_effect=settings.relative_effect,
+                    control_share=split[args.control] / pair,
+                    max_days=settings.max_days,
+                )
+                the_plan = p.as_dict()
+                print(p.describe())
+            record = store.start(args.name, split, control=args.control, traffic=args.traffic, plan=the_plan)
+            audit.append(
+                "experiment-start", actor=getpass.getuser(), experiment=args.name, split=record["split"]
+            )
+            print(json.dumps(record, indent=2))
+        elif args.command == "status":
+            print(json.dumps(store.get(args.name), indent=2))
+        elif args.command == "stop":
+            record = store.stop(args.name, args.reason)
+            audit.append("experiment-stop", actor=getpass.getuser(), reason=args.reason, experiment=args.name)
+            print(json.dumps(record, indent=2))
+        else:
+            for r in store.list():
+                split = " ".join(f"{a}={p}" for a, p in r["split"].items())
+                print(f"{r['name']}\t{r['status']}\t{r['traffic']}\t{split}")
+    except (ValueError, KeyError) as err:
+        print(f"refused: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    return 0
