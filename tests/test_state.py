@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pandas as pd
 import pytest
 
 from parity import chargeback_stream, events, mismatches, offline_at, small_world
@@ -147,3 +148,27 @@ def test_memory_is_bounded_by_the_longest_window(make_state, durable_redis):
     assert stored_user <= 9  # 7 days of events plus the newest older one (the last transaction)
     assert stored_merchant <= 31
     assert len(window.times) == 7 and window.last is not None
+
+
+def test_the_backfill_command_takes_the_lake_or_its_folders_and_refuses_nothing_found(
+    world, tmp_path, monkeypatch, capsys
+):
+    """``python -m relearn.features.backfill`` with the lake root or its ``transactions/`` and ``labels/``
+    folders adds the same events; a folder (or time) holding no transactions is an error, not "0 added"."""
+    from relearn.data import io
+    from relearn.features.backfill import main
+
+    transactions, labels, _ = world
+    lake = tmp_path / "lake"
+    io.write_partitioned(transactions, lake, "transactions")
+    io.write_partitioned(labels, lake, "labels")
+    until = (transactions["event_timestamp"].max() + pd.Timedelta(seconds=1)).isoformat()
+    summaries = []
+    for name, (tx, lb) in {"root": (lake, lake), "folders": (lake / "transactions", lake / "labels")}.items():
+        monkeypatch.setenv("RELEARN_STATE_PATH", str(tmp_path / f"{name}.db"))
+        assert main(["--transactions", str(tx), "--labels", str(lb), "--until", until]) == 0
+        summaries.append(capsys.readouterr().out)
+    assert summaries[0] == summaries[1] and f"'transactions': {len(transactions)}" in summaries[0]
+    with pytest.raises(SystemExit) as refused:
+        main(["--transactions", str(tmp_path), "--labels", str(lake), "--until", until])
+    assert refused.value.code == 2 and "no transactions before" in capsys.readouterr().err

@@ -139,8 +139,8 @@ def redis_state(settings: DemoSettings, procs: Processes, home: Path, lake: Path
     """
     start_state_redis(procs, home, settings.redis_server, settings.state_appendfsync)
     until = START + timedelta(days=settings.history_days)
-    argv = [sys.executable, "-m", "relearn.features.backfill", "--transactions", str(lake / "transactions")]
-    argv += ["--labels", str(lake / "labels"), "--until", until.isoformat()]
+    argv = [sys.executable, "-m", "relearn.features.backfill", "--transactions", str(lake)]
+    argv += ["--labels", str(lake), "--until", until.isoformat()]
     with (home / "logs" / "state-bootstrap.log").open("w") as out:
         done = subprocess.run(argv, stdout=out, stderr=out, env=procs.env, check=False)
     if done.returncode != 0:

@@ -97,24 +97,33 @@ def bootstrap(
     return summary
 
 
+def _lake_root(path: Path, kind: str) -> Path:
+    """The lake root for ``kind``: ``path`` itself (holding ``<kind>/``) or the parent of ``path/<kind>``."""
+    return path.parent if path.name == kind and not (path / kind).is_dir() else path
+
+
 def main(argv: list[str] | None = None) -> int:
     """Bootstrap the configured state (``RELEARN_STATE_*``) from day-partitioned Parquet."""
     from relearn.data import io
 
     parser = argparse.ArgumentParser(prog="python -m relearn.features.backfill", description=__doc__)
-    parser.add_argument("--transactions", type=Path, required=True, help="Transactions lake directory.")
-    parser.add_argument("--labels", type=Path, required=True, help="Labels (chargebacks) lake directory.")
+    lake = "the lake (holding {0}/) or its {0}/ folder"
+    parser.add_argument("--transactions", type=Path, required=True, help=lake.format("transactions"))
+    parser.add_argument("--labels", type=Path, required=True, help=lake.format("labels"))
     parser.add_argument("--until", required=True, help="ISO-8601 time: events before it are added.")
     parser.add_argument("--batch", type=int, default=2000, help="Events per round trip.")
     args = parser.parse_args(argv)
     until = pd.Timestamp(args.until)
     until = until.tz_localize("UTC") if until.tzinfo is None else until
+    transactions = io.read_transactions(_lake_root(args.transactions, "transactions"), end=until)
+    if transactions.empty:  # a wrong folder or time must not pass as "bootstrapped, 0 events"
+        parser.error(f"no transactions before {until.isoformat()} under {args.transactions}")
     state = open_state(StateSettings())
     try:
         summary = bootstrap(
             state,
-            io.read_transactions(args.transactions),
-            io.read_labels(args.labels),
+            transactions,
+            io.read_labels(_lake_root(args.labels, "labels")),
             until.to_pydatetime(),
             args.batch,
             progress=sys.stderr.isatty(),
