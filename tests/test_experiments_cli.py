@@ -22,14 +22,15 @@ def home(tmp_path):
 def test_start_prints_the_plan_then_status_stop_list(home, tmp_path, capsys):
     assert main([*home, "start", "ab1", "--arm", "v7=50", "--arm", "v8=50", "--control", "v7", *PLAN]) == 0
     out = capsys.readouterr().out
-    assert "a 10% change is found with 80% power within 28 days" in out
+    # 28 days of cards, and the last ones count 7 + 7 days later (their window, their labels' maturity).
+    assert "a 10% change is found with 80% power within 42 days" in out
     record = ExperimentStore(tmp_path / "s.json").get("ab1")
     assert (
         record["split"] == {"v7": 50, "v8": 50}
         and record["status"] == "running"
         and len(record["salt"]) == 16
     )
-    assert record["plan"]["days_for_power"] == 28
+    assert record["plan"]["days_for_power"] == 42
     assert main([*home, "status", "ab1"]) == 0
     assert json.loads(capsys.readouterr().out)["salt"] == record["salt"]  # the salt never changes
     assert main([*home, "stop", "ab1", "--reason", "p99 too high"]) == 0

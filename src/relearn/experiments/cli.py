@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                     relative_effect=settings.relative_effect,
                     control_share=split[args.control] / pair,
                     max_days=settings.max_days,
+                    lag_days=settings.unit_window_days + settings.label_maturity_days,
                 )
                 the_plan = p.as_dict()
                 print(p.describe())

@@ -135,6 +135,7 @@ class Plan:
     relative_effect: float
     tau: float
     max_days: int
+    lag_days: float
     days_for_power: int | None  # first day the planned effect is found with probability >= power
     expected_days: float  # upper bound of the expected stopping day under the planned effect (capped)
     mde_at_max_days: float  # smallest relative effect found with the power by max_days
@@ -180,17 +181,21 @@ def plan(
     control_share: float = 0.5,
     max_days: int = 60,
     treatment_std: float | None = None,
+    lag_days: float = 0.0,
 ) -> Plan:
     """Size an experiment from its traffic (cards per day over both arms), the base loss per card and its sd.
 
     ``tau`` (the mixture's scale) is the planned absolute effect: the test is most sensitive near it.
+    ``lag_days``: a card counts this long after it enrolled (its window and its labels' maturity), so the
+    cards seen by day d are those enrolled by day d - lag_days.
     """
     if units_per_day <= 0 or base_mean <= 0 or base_std <= 0:
         raise ValueError("traffic, base mean and sd must be positive")
     tau = relative_effect * base_mean
     sd_t = base_std if treatment_std is None else treatment_std
     days = np.arange(1, max_days + 1, dtype=np.float64)
-    n_c, n_t = units_per_day * days * control_share, units_per_day * days * (1 - control_share)
+    enrolled = np.maximum(days - lag_days, 1e-9)  # ~0 cards before the first ones count: no detection
+    n_c, n_t = units_per_day * enrolled * control_share, units_per_day * enrolled * (1 - control_share)
     v = base_std**2 / n_c + sd_t**2 / n_t
     prob = detection_probability(tau, v, tau, alpha)
     reached = np.flatnonzero(prob >= power)
@@ -209,6 +214,7 @@ def plan(
         tau=tau,
         max_days=max_days,
         days_for_power=int(days[reached[0]]) if len(reached) else None,
+        lag_days=lag_days,
         expected_days=expected,
         mde_at_max_days=mde,
     )

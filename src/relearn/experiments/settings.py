@@ -25,6 +25,15 @@ class ExperimentSettings(BaseSettings):
         0.10, gt=0, lt=1, description="Relative change of the primary metric the plan is sized for."
     )
     max_days: int = Field(60, ge=1, description="Longest an experiment may run; the plan refuses beyond it.")
+    unit_window_days: float = Field(
+        7.0,
+        gt=0,
+        description="A card's loss is counted over its first this many days in the experiment: a fixed "
+        "observation per card, so the estimand does not drift as cards accumulate transactions.",
+    )
+    label_maturity_days: float = Field(
+        7.0, ge=0, description="Days after a card's window before its chargebacks count as complete."
+    )
     min_units: int = Field(
         500, ge=2, description="Cards per arm before the test looks (variance estimates need a burn-in)."
     )

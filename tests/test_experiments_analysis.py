@@ -1,0 +1,67 @@
+"""An experiment end to end on joined predictions: sticky arms, daily looks, the better model wins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from relearn.experiments.analysis import DAY_S, analyze, window_units
+from relearn.experiments.assignment import Split, assign_many
+from relearn.experiments.result import Decision
+from relearn.experiments.settings import ExperimentSettings
+
+SPLIT = Split.of({"v7": 50, "v8": 50})
+SETTINGS = ExperimentSettings(alert_budget=0.01, min_units=500, unit_window_days=3, label_maturity_days=2)
+
+
+def traffic(noise: dict[str, float], seed: int, cards: int = 20_000, days: int = 21) -> pd.DataFrame:
+    """Transactions of ``cards`` cards over ``days`` days, scored by the card's arm; a model's score is the
+    fraud label plus Gaussian noise of sd ``noise[arm]`` (less noise: a better model)."""
+    rng = np.random.default_rng(seed)
+    per_card = rng.poisson(6, cards) + 1
+    user = np.repeat(np.arange(cards), per_card).astype(str)
+    n = len(user)
+    enrolled = np.repeat(rng.uniform(0, days * DAY_S, cards), per_card)  # cards arrive over the days
+    arm = assign_many((f"card-{u}" for u in user), "salt-19", SPLIT)
+    label = rng.random(n) < 0.01
+    sd = np.where(arm == "v7", noise["v7"], noise["v8"])
+    return pd.DataFrame(
+        {
+            "user_id": user,
+            "arm": arm,
+            "time": np.minimum(enrolled + rng.exponential(3 * DAY_S, n), days * DAY_S - 1),
+            "label": label.astype(int),
+            "amount": rng.lognormal(4.5, 1.0, n),
+            "score": label + rng.normal(0, 1, n) * sd,
+        }
+    )
+
+
+def planned_tau(seed: int) -> float:
+    """The plan's tau: 10 % of the control's loss per card, measured on earlier (pilot) traffic."""
+    pilot = traffic({"v7": 0.5, "v8": 0.5}, seed)
+    return 0.1 * window_units(pilot, 21 * DAY_S, SETTINGS)["v7"].mean
+
+
+def test_the_better_model_wins_on_money():
+    frame = traffic({"v7": 0.5, "v8": 0.3}, seed=1)
+    assert frame.groupby("user_id")["arm"].nunique().max() == 1  # no card sees two arms
+    result, days, looks = analyze("ab1", frame, "v7", "v8", tau=planned_tau(99), settings=SETTINGS)
+    assert result.decision == Decision.WINNER and result.winner == "v8"
+    assert result.upper < 0 and len(looks) == len(days) and days[-1] == 21
+    assert days[0] >= 3 + 2  # the first cards count once their window closed and their labels matured
+    assert all(h.lower <= h.effect <= h.upper for h in looks)
+    arms = result.arms
+    assert arms["v8"]["loss_per_card"] < arms["v7"]["loss_per_card"]
+    assert arms["v8"]["recall_at_budget"] > arms["v7"]["recall_at_budget"]
+    # The test's samples: cards whose window closed and labels matured, a part of all the cards seen.
+    assert result.samples == {"v7": looks[-1].n_control, "v8": looks[-1].n_treatment}
+    assert 0.5 * arms["v7"]["cards"] < result.samples["v7"] < arms["v7"]["cards"]
+
+
+def test_equal_models_show_no_winner():
+    frame = traffic({"v7": 0.4, "v8": 0.4}, seed=2)
+    result, _, looks = analyze("aa", frame, "v7", "v8", tau=planned_tau(98), settings=SETTINGS)
+    assert result.decision == Decision.RUNNING and result.winner is None
+    assert all(not h.significant for h in looks) and result.lower < 0 < result.upper
+    assert all(h.lower <= h.effect <= h.upper for h in looks)
