@@ -74,8 +74,18 @@ def test_help_of_every_command(capsys):
         [sys.executable, "-m", "relearn.experiments", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert out.startswith("usage: python -m relearn.experiments") and "start ab1" in out
-    for command in ("start", "status", "stop", "list"):
+    for command in ("start", "status", "stop", "list", "simulate"):
         with pytest.raises(SystemExit) as done:
             main([command, "--help"])
         assert done.value.code == 0
         assert capsys.readouterr().out.startswith(f"usage: python -m relearn.experiments {command}")
+
+
+def test_simulate_prints_the_figures(capsys):
+    assert main(["simulate", "--experiments", "200", "--seed", "3"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    fpr = figures["aa_false_positive_rate"]
+    assert fpr["msprt_daily_looks"] <= 0.05 + 0.05 < fpr["t_test_daily_looks"]
+    assert figures["power_minus_10pct"]["days"] == 28 and figures["power_minus_10pct"]["found"] >= 0.75
+    regret = figures["bandit_regret_frauds"]
+    assert regret["oracle"] == 0 < regret["thompson"] <= regret["equal_split"] / 2

@@ -5,6 +5,7 @@ r"""``python -m relearn.experiments start|status|stop|list``: A/B experiments on
     python -m relearn.experiments status ab1
     python -m relearn.experiments stop ab1 --reason "p99 too high"
     python -m relearn.experiments list
+    python -m relearn.experiments simulate      # the README's figures: false positives, power, regret
 
 ``start`` prints the plan (minimum detectable effect, days to find the planned effect) from the traffic
 and the base loss per card. Every change is appended to the audit trail. Defaults come from the
@@ -65,6 +66,11 @@ def parser() -> argparse.ArgumentParser:
     stop.add_argument("name")
     stop.add_argument("--reason", required=True)
     sub.add_parser("list", help="All experiments, one line each.")
+    sim = sub.add_parser(
+        "simulate", help="Validity, power and bandit regret over simulated experiments (JSON)."
+    )
+    sim.add_argument("--experiments", type=int, default=1000, help="Simulated experiments per figure.")
+    sim.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -103,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
                 "experiment-start", actor=getpass.getuser(), experiment=args.name, split=record["split"]
             )
             print(json.dumps(record, indent=2))
+        elif args.command == "simulate":
+            from relearn.experiments.simulate import figures
+
+            print(json.dumps(figures(sims=args.experiments, alpha=settings.alpha, seed=args.seed), indent=2))
         elif args.command == "status":
             print(json.dumps(store.get(args.name), indent=2))
         elif args.command == "stop":

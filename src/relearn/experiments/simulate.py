@@ -130,3 +130,40 @@ def planned(
         relative_effect=effect,
         **kw,
     )
+
+
+def figures(sims: int = 1000, days: int = 30, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+    """The validity, power and bandit figures the README quotes, from one run (seeded)."""
+    from relearn.experiments.bandit import simulate_bandit
+
+    traffic = Traffic()
+    the_plan = planned(traffic, alpha=alpha)
+    aa = simulate(traffic, traffic, sims=sims, days=days, tau=the_plan.tau, alpha=alpha, seed=seed)
+    duration = the_plan.days_for_power or days
+    ab = simulate(
+        traffic,
+        traffic.with_relative_effect(-0.1),
+        sims=sims,
+        days=duration,
+        tau=the_plan.tau,
+        alpha=alpha,
+        seed=seed + 1,
+    )
+    found = ab["msprt_day"] > 0
+    bandit = simulate_bandit([0.60, 0.65, 0.70], seeds=200, seed=seed)
+    return {
+        "experiments": sims,
+        "looks": days,
+        "plan": the_plan.describe(),
+        "aa_false_positive_rate": {
+            "msprt_daily_looks": float(np.mean(aa["msprt_day"] > 0)),
+            "t_test_daily_looks": float(np.mean(aa["naive_day"] > 0)),
+            "t_test_single_look": float(np.mean(aa["fixed_horizon_reject"])),
+        },
+        "power_minus_10pct": {
+            "days": duration,
+            "found": float(found.mean()),
+            "mean_stop_day": float(ab["msprt_day"][found].mean()) if found.any() else None,
+        },
+        "bandit_regret_frauds": {k: float(v.mean()) for k, v in bandit.items()},
+    }
