@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -56,7 +57,7 @@ class DataEnginesBench(BaseSettings):
     def cli_cmd(self) -> None:
         rows = []
         for size in self.sizes:
-            lake = generated_lake(size, self.cache)
+            lake = generated_lake(size, self.cache, self.kill_above)
             runs = {engine: self.measure(engine, lake, size) for engine in self.engines}
             base = runs.get("pandas")
             for engine, (seconds, peak, status) in runs.items():
@@ -123,14 +124,18 @@ def tree_rss(pid: int) -> float:
     return total
 
 
-def generated_lake(size: int, cache: Path) -> Path:
+def _cap_memory(limit: float) -> None:
+    """In the generator's child: a MemoryError above ``limit`` bytes of address space, not a swapless OOM."""
+    resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
+
+
+def generated_lake(size: int, cache: Path, kill_above: float) -> Path:
     """The generator's world of ``size`` transactions as a lake under ``cache`` (made once, in a child)."""
     lake = cache.resolve() / f"lake-{size}"
     if not (lake / ".complete").exists():
         say(f"generator: {human(size)} transactions into {lake}")
-        subprocess.run(
-            [sys.executable, "-m", "benchmarks.data_engines", "generate", str(lake), str(size)], check=True
-        )
+        command = [sys.executable, "-m", "benchmarks.data_engines", "generate", str(lake), str(size)]
+        subprocess.run(command, check=True, preexec_fn=lambda: _cap_memory(kill_above))
     return lake
 
 

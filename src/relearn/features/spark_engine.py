@@ -235,7 +235,8 @@ def entity_feature_tables(tx: DataFrame, labels: DataFrame) -> tuple[DataFrame, 
     ``tx`` has the transaction columns and :data:`ORDER` (the pandas engine's row order: it breaks ties of
     one user's events at one instant for ``user_last_*``). Same columns and types; rows unordered.
     """
-    keyed = with_contract(_keyed(tx)).cache()
+    fields = [r.field for r in contract.TRANSACTION if r.field in tx.columns]  # what the contract reads
+    keyed = with_contract(_keyed(tx.select(*fields, ORDER))).cache()
     return user_table(keyed), merchant_table(keyed, labels)
 
 

@@ -180,7 +180,7 @@ def _build(spark, transactions_dir, labels_dir, training_set_path, end, label_ma
     from relearn.features.spec import LABEL, MODEL_INPUTS
     from relearn.steps import StepFailed
 
-    tx = spark_lake.read_lake(spark, transactions_dir, "transactions").cache()
+    tx = spark_lake.read_lake(spark, transactions_dir, "transactions")  # read twice: cheaper than a cache
     labels = spark_lake.read_lake(spark, labels_dir, "labels").cache()
     users, merchants = spark_engine.entity_feature_tables(tx, labels)
     offline = settings.offline_dir()
