@@ -10,6 +10,7 @@ so a thousand experiments of 100k cards a day take seconds. The statistics are t
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Any
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import ttest_ind_from_stats
 
-from relearn.experiments.sequential import ArmStats, Plan, plan, sequential_p_values
+from relearn.experiments.group_sequential import boundaries
+from relearn.experiments.sequential import ArmStats, Plan, plan, sequential_p_values, variance_of_difference
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,11 @@ def running(sums: np.ndarray) -> ArmStats:
     return ArmStats.from_sums(n, total, squares)
 
 
+@functools.lru_cache(maxsize=16)
+def _daily_boundaries(days: int, alpha: float) -> np.ndarray:
+    return boundaries(np.arange(1, days + 1) / days, alpha)
+
+
 def simulate(
     control: Traffic,
     treatment: Traffic,
@@ -96,7 +103,8 @@ def simulate(
 ) -> dict[str, Any]:
     """``sims`` experiments looked at daily for ``days`` days: the day each test first rejects.
 
-    Days are 1-based (0: never); the tests are the mixture SPRT and a naive Welch t-test at every look.
+    Days are 1-based (0: never); the tests are the mixture SPRT, a naive Welch t-test at every look and the
+    group-sequential design planned for exactly these looks (equal daily traffic: fractions k / days).
     """
     rng = np.random.default_rng(seed)
     c, t = running(daily_sums(control, sims, days, rng)), running(daily_sums(treatment, sims, days, rng))
@@ -105,6 +113,9 @@ def simulate(
         t.mean, np.sqrt(t.var), t.n, c.mean, np.sqrt(c.var), c.n, equal_var=False
     ).pvalue
 
+    z = (t.mean - c.mean) / np.sqrt(variance_of_difference(c, t))
+    gst = _daily_boundaries(days, alpha)
+
     def first(reject: np.ndarray) -> np.ndarray:
         return np.where(reject.any(axis=-1), reject.argmax(axis=-1) + 1, 0)
 
@@ -112,6 +123,7 @@ def simulate(
     return {
         "msprt_day": first(p_msprt <= alpha),
         "naive_day": first(naive <= alpha),
+        "group_sequential_day": first(np.abs(z) >= gst),
         "fixed_horizon_reject": naive[:, -1] <= alpha,
         "effect_sign": np.sign(effect[:, -1]),
     }
@@ -159,10 +171,12 @@ def figures(sims: int = 1000, days: int = 30, alpha: float = 0.05, seed: int = 0
             "msprt_daily_looks": float(np.mean(aa["msprt_day"] > 0)),
             "t_test_daily_looks": float(np.mean(aa["naive_day"] > 0)),
             "t_test_single_look": float(np.mean(aa["fixed_horizon_reject"])),
+            "group_sequential_planned_looks": float(np.mean(aa["group_sequential_day"] > 0)),
         },
         "power_minus_10pct": {
             "days": duration,
             "found": float(found.mean()),
+            "found_group_sequential": float(np.mean(ab["group_sequential_day"] > 0)),
             "mean_stop_day": float(ab["msprt_day"][found].mean()) if found.any() else None,
         },
         "bandit_regret_frauds": {k: float(v.mean()) for k, v in bandit.items()},
