@@ -100,3 +100,30 @@ def analyze(
         arms=arm_metrics(frame[frame["arm"].isin([control, treatment])], s),
     )
     return result, days, looks
+
+
+def analyze_all(
+    name: str,
+    frame: pd.DataFrame,
+    control: str,
+    *,
+    tau: float,
+    settings: ExperimentSettings | None = None,
+    guardrails: GuardrailCheck | None = None,
+    time_column: str = "time",
+) -> dict[str, tuple[Result, list[float], list[Look]]]:
+    """Every other arm against the control, each test at alpha / (arms - 1) (Bonferroni).
+
+    With k arms the chance that any comparison declares a false winner stays at most alpha.
+    """
+    s = settings or ExperimentSettings()
+    others = sorted(str(a) for a in frame["arm"].unique() if a != control)
+    if control not in set(frame["arm"]) or not others:
+        raise ValueError(f"need the control {control!r} and another arm, got {sorted(set(frame['arm']))}")
+    each = s.model_copy(update={"alpha": s.alpha / len(others)})
+    return {
+        arm: analyze(
+            name, frame, control, arm, tau=tau, settings=each, guardrails=guardrails, time_column=time_column
+        )
+        for arm in others
+    }

@@ -5,6 +5,7 @@ r"""``python -m relearn.experiments start|status|stop|list``: A/B experiments on
     python -m relearn.experiments status ab1
     python -m relearn.experiments stop ab1 --reason "p99 too high"
     python -m relearn.experiments list
+    python -m relearn.experiments analyze ab1 --predictions joined.parquet --report-dir report/ab1
     python -m relearn.experiments simulate      # the README's figures: false positives, power, regret
 
 ``start`` prints the plan (minimum detectable effect, days to find the planned effect) from the traffic
@@ -66,12 +67,72 @@ def parser() -> argparse.ArgumentParser:
     stop.add_argument("name")
     stop.add_argument("--reason", required=True)
     sub.add_parser("list", help="All experiments, one line each.")
+    ana = sub.add_parser(
+        "analyze", help="Test a running experiment on its joined predictions; stop it when decided."
+    )
+    ana.add_argument("name")
+    ana.add_argument(
+        "--predictions",
+        type=Path,
+        required=True,
+        help="Predictions joined with chargebacks (.parquet or .csv): arm, user_id, score, label, amount, "
+        "time (epoch s).",
+    )
+    ana.add_argument("--report-dir", type=Path, required=True, help="Where result.json and the plots go.")
+    ana.add_argument(
+        "--health", type=Path, help="JSON list of arm health (arm, requests, errors, p99_seconds, ...)."
+    )
     sim = sub.add_parser(
         "simulate", help="Validity, power and bandit regret over simulated experiments (JSON)."
     )
     sim.add_argument("--experiments", type=int, default=1000, help="Simulated experiments per figure.")
     sim.add_argument("--seed", type=int, default=0)
     return p
+
+
+def _analyze(
+    args: argparse.Namespace, store: ExperimentStore, audit: Any, settings: ExperimentSettings
+) -> int:
+    """Run the test on the joined predictions, write the report, record and (when decided) stop."""
+    import pandas as pd
+
+    from relearn.experiments.analysis import analyze_all
+    from relearn.experiments.guardrails import ArmHealth, check
+    from relearn.experiments.result import Decision, plot_effect
+
+    record = store.get(args.name)
+    if record["status"] != "running":
+        raise ValueError(f"experiment {args.name!r} is not running ({record['status']})")
+    if not record.get("plan"):
+        raise ValueError(
+            f"experiment {args.name!r} has no plan (start it with --cards-per-day ...): tau is unset"
+        )
+    path = args.predictions
+    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    unknown = sorted(set(frame["arm"].astype(str)) - set(record["split"]))
+    if unknown:
+        raise ValueError(f"predictions name arms outside the experiment: {unknown}")
+    health = [ArmHealth(**h) for h in json.loads(args.health.read_text())] if args.health else []
+    guard = check(health, settings) if health else None
+    results = analyze_all(
+        args.name, frame, record["control"], tau=record["plan"]["tau"], settings=settings, guardrails=guard
+    )
+    args.report_dir.mkdir(parents=True, exist_ok=True)
+    out = {arm: r.as_dict() for arm, (r, _, _) in results.items()}
+    for arm, (r, days, looks) in results.items():
+        if looks:
+            plot_effect(
+                looks, days, args.report_dir / f"effect-{arm}.png", f"{args.name}: {arm} vs {r.control}"
+            )
+    (args.report_dir / "result.json").write_text(json.dumps(out, indent=2))
+    audit.append("experiment-result", actor=getpass.getuser(), experiment=args.name, results=out)
+    decided = [r for r, _, _ in results.values() if r.decision != Decision.RUNNING]
+    if decided and (len(decided) == len(results) or any(r.decision == Decision.STOPPED for r in decided)):
+        reason = "; ".join(f"{r.treatment}: {r.reason}" for r in decided)
+        store.stop(args.name, reason, result=out)
+        audit.append("experiment-stop", actor=getpass.getuser(), experiment=args.name, reason=reason)
+    print(json.dumps(out, indent=2))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             from relearn.experiments.simulate import figures
 
             print(json.dumps(figures(sims=args.experiments, alpha=settings.alpha, seed=args.seed), indent=2))
+        elif args.command == "analyze":
+            return _analyze(args, store, audit, settings)
         elif args.command == "status":
             print(json.dumps(store.get(args.name), indent=2))
         elif args.command == "stop":

@@ -118,3 +118,20 @@ def plot_effect(history: Sequence[Look], days: Sequence[float], path: str | Path
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def mlflow_tags(result: Result) -> dict[str, str]:
+    """Tags for each arm's model version (``MlflowClient.set_model_version_tag``), keyed by experiment."""
+    key = "relearn.experiment." + "".join(c if c.isalnum() or c in "-_." else "_" for c in result.experiment)
+
+    def fmt(v: float | None) -> str:
+        return "" if v is None else f"{v:.6g}"
+
+    return {
+        f"{key}.decision": str(result.decision),
+        f"{key}.winner": result.winner or "",
+        f"{key}.effect": fmt(result.effect),
+        f"{key}.interval": f"[{fmt(result.lower)}, {fmt(result.upper)}]",
+        f"{key}.p_value": fmt(result.p_value),
+        f"{key}.days": fmt(result.days),
+    }
