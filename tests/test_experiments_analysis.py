@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from relearn.experiments.analysis import DAY_S, analyze, analyze_all, window_units
 from relearn.experiments.assignment import Split, assign_many
@@ -115,3 +116,21 @@ def test_analyze_command_writes_the_report_and_stops_when_decided(tmp_path, monk
     capsys.readouterr()
     assert main(argv) == 2  # decided and stopped: nothing more to analyze
     assert "not running" in capsys.readouterr().err
+
+
+def test_start_from_history_measures_the_plan_and_refuses_without_labels(tmp_path, monkeypatch, capsys):
+    for key, value in {"UNIT_WINDOW_DAYS": "3", "LABEL_MATURITY_DAYS": "2"}.items():
+        monkeypatch.setenv(f"RELEARN_EXPERIMENT_{key}", value)
+    history = traffic({"v7": 0.5, "v8": 0.5}, seed=6).drop(columns="arm")
+    history.to_parquet(tmp_path / "history.parquet")
+    history.assign(label=0).to_parquet(tmp_path / "unlabelled.parquet")
+    home = ["--store", str(tmp_path / "s.json"), "--audit-log", str(tmp_path / "audit.jsonl")]
+    arms = ["--arm", "v7=50", "--arm", "v8=50", "--control", "v7"]
+    assert main([*home, "start", "x", *arms, "--history", str(tmp_path / "unlabelled.parquet")]) == 2
+    assert "no labels flowing" in capsys.readouterr().err and not (tmp_path / "s.json").exists()
+    assert main([*home, "start", "ab1", *arms, "--history", str(tmp_path / "history.parquet")]) == 0
+    plan = ExperimentStore(tmp_path / "s.json").get("ab1")["plan"]
+    assert plan["units_per_day"] == pytest.approx(20_000 / 21, rel=0.01)  # 20k cards over 21 days
+    complete = window_units(history.assign(arm="h"), history["time"].max() + 1, SETTINGS)["h"]
+    assert plan["base_mean"] == pytest.approx(complete.mean) and plan["lag_days"] == 5
+    assert "change is found with 80% power" in capsys.readouterr().out

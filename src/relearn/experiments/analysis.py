@@ -21,6 +21,7 @@ from relearn.experiments.metrics import arm_metrics, row_losses
 from relearn.experiments.result import Result, decide
 from relearn.experiments.sequential import ArmStats, Look, look
 from relearn.experiments.settings import ExperimentSettings
+from relearn.features.spec import LABEL
 
 DAY_S = 86400.0
 
@@ -126,4 +127,26 @@ def analyze_all(
             name, frame, control, arm, tau=tau, settings=each, guardrails=guardrails, time_column=time_column
         )
         for arm in others
+    }
+
+
+def baseline(
+    frame: pd.DataFrame, settings: ExperimentSettings | None = None, time_column: str = "time"
+) -> dict:
+    """What the plan needs, measured on recent labelled traffic of the champion (joined predictions).
+
+    Returns cards per day (new cards), the loss per card's mean and standard deviation (over the cards
+    whose window and labels are complete) and the frauds labelled: none means labels are not flowing.
+    """
+    s = settings or ExperimentSettings()
+    frame = frame.assign(arm="history")
+    times = frame[time_column].to_numpy(np.float64)
+    span_days = max((times.max() - times.min()) / DAY_S, 1.0)
+    stats = window_units(frame, times.max() + 1.0, s, time_column).get("history")
+    return {
+        "cards_per_day": frame["user_id"].nunique() / span_days,
+        "base_loss": float(stats.mean) if stats else None,
+        "loss_sd": float(np.sqrt(stats.var)) if stats else None,
+        "cards": int(stats.n) if stats else 0,
+        "frauds": int(frame[LABEL].sum()),
     }

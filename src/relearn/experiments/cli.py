@@ -56,6 +56,12 @@ def parser() -> argparse.ArgumentParser:
         "--control", required=True, help="The arm the others are compared with (the champion)."
     )
     start.add_argument("--traffic", default="fraud", help="Traffic the experiment covers (one at a time).")
+    start.add_argument(
+        "--history",
+        type=Path,
+        help="Recent joined predictions of the champion (.parquet/.csv): measure the plan's traffic, "
+        "base loss and sd, and refuse when no labels flow.",
+    )
     start.add_argument("--cards-per-day", type=float, help="Cards per day over all arms (for the plan).")
     start.add_argument("--base-loss", type=float, help="Base loss per card (for the plan).")
     start.add_argument(
@@ -90,12 +96,31 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _read(path: Path) -> Any:
+    import pandas as pd
+
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def _from_history(args: argparse.Namespace, settings: ExperimentSettings) -> None:
+    """Fill the plan's inputs not given on the command line from the history; refuse without labels."""
+    from relearn.experiments.analysis import baseline
+
+    measured = baseline(_read(args.history), settings)
+    if measured["frauds"] == 0 or not measured["base_loss"] or not measured["loss_sd"]:
+        raise ValueError(
+            f"no labels flowing in {args.history} ({measured['frauds']} frauds, {measured['cards']} complete "
+            "cards): the test would never see a chargeback"
+        )
+    args.cards_per_day = args.cards_per_day or measured["cards_per_day"]
+    args.base_loss = args.base_loss or measured["base_loss"]
+    args.loss_sd = args.loss_sd or measured["loss_sd"]
+
+
 def _analyze(
     args: argparse.Namespace, store: ExperimentStore, audit: Any, settings: ExperimentSettings
 ) -> int:
     """Run the test on the joined predictions, write the report, record and (when decided) stop."""
-    import pandas as pd
-
     from relearn.experiments.analysis import analyze_all
     from relearn.experiments.guardrails import ArmHealth, check
     from relearn.experiments.result import Decision, plot_effect
@@ -107,8 +132,7 @@ def _analyze(
         raise ValueError(
             f"experiment {args.name!r} has no plan (start it with --cards-per-day ...): tau is unset"
         )
-    path = args.predictions
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    frame = _read(args.predictions)
     unknown = sorted(set(frame["arm"].astype(str)) - set(record["split"]))
     if unknown:
         raise ValueError(f"predictions name arms outside the experiment: {unknown}")
@@ -149,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             if len(split) != len(args.arm):
                 raise ValueError(f"arm names repeat: {[a for a, _ in args.arm]}")
             the_plan: dict[str, Any] | None = None
+            if args.history:
+                _from_history(args, settings)
             if args.cards_per_day and args.base_loss and args.loss_sd and args.control in split:
                 # Sized for the slowest comparison: the control against the smallest other arm.
                 pair = split[args.control] + min(v for a, v in split.items() if a != args.control)
