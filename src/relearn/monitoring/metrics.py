@@ -105,6 +105,15 @@ class Metrics:
             "relearn_drift_version_frauds",
             "Frauds among the version's labelled predictions (the trials of its recall).",
         )
+        # Label-free (relearn.monitoring.estimate): per closed window, before chargebacks arrive.
+        self.estimated_precision = per_version(
+            "relearn_drift_estimated_precision_at_budget",
+            "Precision at the alert budget of the last closed window, estimated from calibrated scores.",
+        )
+        self.estimated_recall = per_version(
+            "relearn_drift_estimated_recall_at_budget",
+            "Recall at the alert budget of the last closed window, estimated from calibrated scores.",
+        )
         self.prevalence = Gauge(
             "relearn_drift_label_prevalence",
             "Fraud share among the labelled predictions of the rolling quality window.",
