@@ -6,8 +6,13 @@ Submodules, imported explicitly (no import-time work here):
 * :mod:`~relearn.experiments.metrics`: the money view per arm from predictions joined with chargebacks;
 * :mod:`~relearn.experiments.sequential`: the always-valid mixture SPRT, its confidence sequence and the
   plan (minimum detectable effect, expected duration) printed at start;
+* :mod:`~relearn.experiments.group_sequential`: the alternative with planned looks (alpha spending);
+* :mod:`~relearn.experiments.analysis`: daily looks on joined predictions (a fixed window per card);
 * :mod:`~relearn.experiments.guardrails`: error rate, p99 latency and score drift limits that stop at once;
-* :mod:`~relearn.experiments.result`: the decision, its JSON for the audit trail and the effect plot;
+* :mod:`~relearn.experiments.result`: the decision, its JSON for the audit trail, MLflow tags, the plot;
 * :mod:`~relearn.experiments.bandit`: Thompson sampling over delayed (matured) rewards;
-* :mod:`~relearn.experiments.cli`: ``python -m relearn.experiments start|status|stop|list``.
+* :mod:`~relearn.experiments.simulate`: many simulated experiments at once, for validity and power;
+* :mod:`~relearn.experiments.exporter`: Prometheus metrics per experiment and arm;
+* :mod:`~relearn.experiments.store`, :mod:`~relearn.experiments.cli`:
+  ``python -m relearn.experiments start|status|stop|list|analyze|simulate`` on a local store.
 """
