@@ -7,10 +7,16 @@ import math
 import numpy as np
 import pytest
 
+from conftest import WINDOW, scenario_stream
+from relearn.features.spec import MODEL_INPUTS
 from relearn.monitoring import store
+from relearn.monitoring.alerts import Alerter
+from relearn.monitoring.detector import DriftTester
 from relearn.monitoring.estimate import WindowEstimates, estimate_at_budget, fit_calibrator
 from relearn.monitoring.metrics import Metrics
+from relearn.monitoring.monitor import Monitor, Window
 from relearn.monitoring.quality import at_budget
+from relearn.monitoring.settings import NON_STATIONARY_INPUTS, DriftSettings
 
 BUDGET = 0.02
 N = 20_000  # per window: ~200 frauds, so the realized recall's own noise is ~0.035
@@ -128,3 +134,51 @@ def test_window_estimates_export_and_realize(tmp_path) -> None:
     assert records[0]["realized"]["1"]["recall"] == pytest.approx(recall, abs=1e-6)
     assert records[0]["realized"]["1"]["precision"] == pytest.approx(precision, abs=1e-6)
     assert not math.isnan(records[0]["estimate"]["1"]["precision"])
+
+
+def test_monitor_exports_the_estimate_of_each_closed_window_and_pairs_it_with_the_realized(tmp_path) -> None:
+    """Through the monitor: a closed window is estimated per version (calibrated on the reference's labels);
+    once its labels mature, the next close adds the realized value to its record (what /status shows)."""
+    reference, before, _ = scenario_stream("none")
+    monitor = Monitor(DriftSettings(data_dir=tmp_path, reports=False), Metrics(), Alerter(3600, None))
+    monitor.tester = DriftTester(
+        reference[[*MODEL_INPUTS, "score", "is_fraud"]], exclude=list(NON_STATIONARY_INPUTS)
+    )
+    try:
+        for index in range(2):
+            rows = before.iloc[index * WINDOW : (index + 1) * WINDOW]
+            ids = rows["transaction_id"].astype(str).tolist()
+            window = Window(
+                rows=rows[list(MODEL_INPUTS)].to_dict("records"),
+                scores=rows["score"].tolist(),
+                index=index,
+                versions=["7"] * WINDOW,
+                ids=ids,
+            )
+            monitor._close("stable", window)
+            with monitor.conn:
+                monitor.conn.executemany(
+                    "INSERT INTO predictions VALUES (?, 'stable', ?, ?, '7')",
+                    zip(ids, [float(index)] * WINDOW, rows["score"], strict=True),
+                )
+                monitor.conn.executemany(
+                    "INSERT INTO labels VALUES (?, ?, 10, 0)",
+                    zip(ids, rows["is_fraud"].astype(int), strict=True),
+                )
+        first, second = monitor.results["stable"]
+    finally:
+        monitor.conn.close()
+    rows = before.iloc[:WINDOW]
+    calibrate = fit_calibrator(reference["score"].to_numpy(), reference["is_fraud"].to_numpy())
+    expected = estimate_at_budget(rows["score"].to_numpy(), monitor.settings.alert_budget, calibrate)
+    assert first["estimate"]["7"]["recall"] == pytest.approx(expected.recall, abs=1e-6)
+    assert expected.recall != pytest.approx(estimate_at_budget(rows["score"], 0.02).recall, abs=0.01)
+    gauge = monitor.metrics.registry.get_sample_value(
+        "relearn_drift_estimated_recall_at_budget", {"track": "stable", "model_version": "7"}
+    )
+    assert gauge == pytest.approx(second["estimate"]["7"]["recall"])
+    realized = at_budget(
+        rows["score"].to_numpy(), rows["is_fraud"].to_numpy(float), monitor.settings.alert_budget
+    )
+    assert first["realized"]["7"]["recall"] == pytest.approx(realized[1], abs=1e-6)
+    assert "realized" not in second  # closed last: nothing after it realized it

@@ -43,6 +43,7 @@ from relearn.events import REQUEST_TYPE
 from relearn.monitoring import store
 from relearn.monitoring.alerts import Alerter
 from relearn.monitoring.detector import SCORE, DriftTester, WindowResult
+from relearn.monitoring.estimate import WindowEstimates
 from relearn.monitoring.metrics import Metrics
 from relearn.monitoring.payloads import ID_FIELD, TRACKS, Rejected, parse_response, request_features
 from relearn.monitoring.quality import (
@@ -99,6 +100,8 @@ class Window:
     rows: list[dict[str, Any]] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     index: int = 0
+    versions: list[str | None] = field(default_factory=list)  # per score: for the label-free estimates
+    ids: list[str | None] = field(default_factory=list)  # per score: to join the labels later
 
 
 class Monitor:
@@ -123,6 +126,7 @@ class Monitor:
         self.drop_streak = dict.fromkeys(TRACKS, 0)
         self.stable_scores: np.ndarray | None = None  # scores of the last closed stable window (in memory)
         self.version_quality: dict[tuple[str, str], Quality] = {}  # (track, model version) → quality
+        self.estimates = WindowEstimates(settings.alert_budget, settings.label_maturity_s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drift-monitor", daemon=True)
         self._last_poll = 0.0
@@ -259,6 +263,8 @@ class Monitor:
                         window.start_time = t
                     window.rows.extend(request.rows)
                     window.scores.extend(scores)
+                    window.versions.extend([version] * len(scores))
+                    window.ids.extend(request.ids)
                     self._maybe_close(track, seq, t, predictions)
             except Rejected as error:  # validated at ingest, unless validate_bodies is off
                 self.metrics.rejected.labels(error.reason).inc()
@@ -338,7 +344,7 @@ class Monitor:
         self._close(track, window)
         self._save(predictions)  # the boundary is persisted: make the pairs before it durable too
         predictions.clear()
-        window.rows, window.scores = [], []
+        window.rows, window.scores, window.versions, window.ids = [], [], [], []
         window.start_seq, window.start_time = seq + 1, None
         window.index += 1
         store.set_state(
@@ -371,6 +377,9 @@ class Monitor:
         }
         if divergence is not None:
             record["score_divergence"] = divergence
+        self.estimates.close(
+            self.conn, m, self.tester.reference, track, record, scores, window.versions, window.ids
+        )
         self.results[track].append(record)
         del self.results[track][:-1000]
         if self.settings.reports:
