@@ -90,7 +90,13 @@ def test_three_arms_each_against_the_control_at_a_split_alpha():
 def test_analyze_command_writes_the_report_and_stops_when_decided(tmp_path, monkeypatch, capsys):
     for key, value in {"UNIT_WINDOW_DAYS": "3", "LABEL_MATURITY_DAYS": "2", "MIN_UNITS": "500"}.items():
         monkeypatch.setenv(f"RELEARN_EXPERIMENT_{key}", value)
-    home = ["--store", str(tmp_path / "s.json"), "--audit-log", str(tmp_path / "audit.jsonl")]
+    home = [
+        "--no-registry",
+        "--store",
+        str(tmp_path / "s.json"),
+        "--audit-log",
+        str(tmp_path / "audit.jsonl"),
+    ]
     tau = planned_tau(99)
     plan = ["--cards-per-day", "1000", "--base-loss", str(tau * 10), "--loss-sd", "40"]
     assert main([*home, "start", "ab1", "--arm", "v7=50", "--arm", "v8=50", "--control", "v7", *plan]) == 0
@@ -124,7 +130,13 @@ def test_start_from_history_measures_the_plan_and_refuses_without_labels(tmp_pat
     history = traffic({"v7": 0.5, "v8": 0.5}, seed=6).drop(columns="arm")
     history.to_parquet(tmp_path / "history.parquet")
     history.assign(label=0).to_parquet(tmp_path / "unlabelled.parquet")
-    home = ["--store", str(tmp_path / "s.json"), "--audit-log", str(tmp_path / "audit.jsonl")]
+    home = [
+        "--no-registry",
+        "--store",
+        str(tmp_path / "s.json"),
+        "--audit-log",
+        str(tmp_path / "audit.jsonl"),
+    ]
     arms = ["--arm", "v7=50", "--arm", "v8=50", "--control", "v7"]
     assert main([*home, "start", "x", *arms, "--history", str(tmp_path / "unlabelled.parquet")]) == 2
     assert "no labels flowing" in capsys.readouterr().err and not (tmp_path / "s.json").exists()

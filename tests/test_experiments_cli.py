@@ -16,7 +16,13 @@ PLAN = ["--cards-per-day", "100000", "--base-loss", "0.75", "--loss-sd", "16"]
 
 @pytest.fixture
 def home(tmp_path):
-    return ["--store", str(tmp_path / "s.json"), "--audit-log", str(tmp_path / "audit.jsonl")]
+    return [
+        "--no-registry",
+        "--store",
+        str(tmp_path / "s.json"),
+        "--audit-log",
+        str(tmp_path / "audit.jsonl"),
+    ]
 
 
 def test_start_prints_the_plan_then_status_stop_list(home, tmp_path, capsys):

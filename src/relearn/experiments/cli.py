@@ -26,6 +26,8 @@ from typing import Any
 from relearn.experiments.sequential import plan
 from relearn.experiments.settings import ExperimentSettings
 from relearn.experiments.store import ExperimentStore, default_store
+from relearn.experiments.versions import arm_tags, check_versions, stop_tags, tag_arms
+from relearn.settings import RelearnSettings
 
 
 def _arm(text: str) -> tuple[str, int]:
@@ -44,11 +46,23 @@ def parser() -> argparse.ArgumentParser:
         epilog=rest,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_commands(p, dest="command")
+    return p
+
+
+def add_commands(p: argparse.ArgumentParser, dest: str) -> None:
+    """Options and subcommands (named in ``dest``), also under ``kubectl relearn experiment``."""
     p.add_argument(
         "--store", type=Path, default=None, help="Experiment store (default <RELEARN_HOME>/experiments/)."
     )
     p.add_argument("--audit-log", type=Path, default=None, help="Audit trail (default beside the store).")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument(
+        "--no-registry",
+        action="store_true",
+        help="Neither check the arms' versions in the MLflow registry at start nor tag them with the result "
+        "(offline planning only).",
+    )
+    sub = p.add_subparsers(dest=dest, required=True)
     start = sub.add_parser("start", help="Start an experiment (prints its plan).")
     start.add_argument("name")
     start.add_argument("--arm", type=_arm, action="append", required=True, help="VERSION=PERCENT, 2+ times.")
@@ -93,7 +107,6 @@ def parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--experiments", type=int, default=1000, help="Simulated experiments per figure.")
     sim.add_argument("--seed", type=int, default=0)
-    return p
 
 
 def _read(path: Path) -> Any:
@@ -156,19 +169,38 @@ def _analyze(
         store.stop(args.name, reason, result=out)
         audit.append("experiment-stop", actor=getpass.getuser(), experiment=args.name, reason=reason)
     print(json.dumps(out, indent=2))
+    return _tag(args, arm_tags({arm: r for arm, (r, _, _) in results.items()}))
+
+
+def _tag(args: argparse.Namespace, tags: dict[str, dict[str, str]]) -> int:
+    """Tag each arm's model version; a registry failure exits 1 after the store changed (it is recorded)."""
+    from mlflow.exceptions import MlflowException
+
+    if args.no_registry:
+        return 0
+    try:
+        tag_arms(RelearnSettings(), tags)
+    except MlflowException as err:
+        print(f"recorded, but the model versions were not tagged: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input exits 2 with the reason and changes nothing."""
+    args = parser().parse_args(argv)
+    return execute(args, args.command)
+
+
+def execute(args: argparse.Namespace, command: str) -> int:
+    """Run ``command`` with the options of :func:`add_commands`; bad input exits 2, nothing changed."""
     from relearn.rollout.audit import AuditLog
 
-    args = parser().parse_args(argv)
     store = ExperimentStore(args.store or default_store())
     audit = AuditLog(args.audit_log or store.path.parent / "audit.jsonl")
     settings = ExperimentSettings()
     try:
-        if args.command == "start":
+        if command == "start":
             split = dict(args.arm)
             if len(split) != len(args.arm):
                 raise ValueError(f"arm names repeat: {[a for a, _ in args.arm]}")
@@ -191,23 +223,26 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 the_plan = p.as_dict()
                 print(p.describe())
+            if not args.no_registry:
+                check_versions(RelearnSettings(), split)
             record = store.start(args.name, split, control=args.control, traffic=args.traffic, plan=the_plan)
             audit.append(
                 "experiment-start", actor=getpass.getuser(), experiment=args.name, split=record["split"]
             )
             print(json.dumps(record, indent=2))
-        elif args.command == "simulate":
+        elif command == "simulate":
             from relearn.experiments.simulate import figures
 
             print(json.dumps(figures(sims=args.experiments, alpha=settings.alpha, seed=args.seed), indent=2))
-        elif args.command == "analyze":
+        elif command == "analyze":
             return _analyze(args, store, audit, settings)
-        elif args.command == "status":
+        elif command == "status":
             print(json.dumps(store.get(args.name), indent=2))
-        elif args.command == "stop":
+        elif command == "stop":
             record = store.stop(args.name, args.reason)
             audit.append("experiment-stop", actor=getpass.getuser(), reason=args.reason, experiment=args.name)
             print(json.dumps(record, indent=2))
+            return _tag(args, stop_tags(args.name, record["split"], record["control"], args.reason))
         else:
             for r in store.list():
                 split = " ".join(f"{a}={p}" for a, p in r["split"].items())

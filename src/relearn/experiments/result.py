@@ -120,9 +120,14 @@ def plot_effect(history: Sequence[Look], days: Sequence[float], path: str | Path
     return path
 
 
+def tag_prefix(experiment: str) -> str:
+    """``relearn.experiment.<name>``, the name cut to the characters MLflow tag keys allow."""
+    return "relearn.experiment." + "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
+
+
 def mlflow_tags(result: Result) -> dict[str, str]:
     """Tags for each arm's model version (``MlflowClient.set_model_version_tag``), keyed by experiment."""
-    key = "relearn.experiment." + "".join(c if c.isalnum() or c in "-_." else "_" for c in result.experiment)
+    key = tag_prefix(result.experiment)
 
     def fmt(v: float | None) -> str:
         return "" if v is None else f"{v:.6g}"

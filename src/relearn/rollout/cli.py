@@ -8,6 +8,7 @@ Installed as the console script ``kubectl-relearn``, so kubectl finds it as a pl
     kubectl relearn shadow start 7 --percent 20
     kubectl relearn promote            # or: kubectl relearn rollback --reason "p99 too high"
     kubectl relearn history
+    kubectl relearn experiment start ab1 --arm 7=50 --arm 8=50 --control 7   # also status|stop|list|analyze
 
 ``--backend kubernetes`` (default) patches the InferenceService / VirtualService through the API, exactly as
 ``kubectl patch isvc ... canaryTrafficPercent`` does; ``--backend local`` drives the local router's state
@@ -37,7 +38,7 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (sub-commands status, register, canary, shadow, promote, rollback, history)."""
+    """The argument parser (status, register, canary, shadow, promote, rollback, history, experiment)."""
     parser = argparse.ArgumentParser(
         prog="kubectl relearn",
         description="Canary and shadow rollouts of relearn models (KServe + Istio, or the local router).",
@@ -94,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=help_).add_argument("--reason", default="")
     history = sub.add_parser("history", help="the audit trail")
     history.add_argument("--limit", type=int, default=20)
+    from relearn.experiments.cli import add_commands
+
+    experiment = sub.add_parser(
+        "experiment",
+        help="A/B experiments between model versions: start|status|stop|list|analyze|simulate",
+        description="The commands of `python -m relearn.experiments` on the same store; their own --store "
+        "and --audit-log (default <RELEARN_HOME>/experiments/), not the rollout's.",
+    )
+    add_commands(experiment, dest="action")
     return parser
 
 
@@ -111,6 +121,10 @@ def _register(backend: Any, args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace, backend: RolloutBackend | None = None) -> int:
     """Execute one parsed command; returns the exit status."""
+    if args.command == "experiment":
+        from relearn.experiments.cli import execute
+
+        return execute(args, args.action)
     audit = audit_log_for(args.audit_log)
     if args.command == "history":
         entries = audit.entries(args.limit)
