@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -13,6 +15,11 @@ class ExperimentSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RELEARN_EXPERIMENT_", extra="ignore")
 
+    store: Path | None = Field(
+        None,
+        description="The experiment store (default <RELEARN_HOME>/experiments/experiments.json); the "
+        "transformer reads the running experiment from it.",
+    )
     alert_budget: float = Field(ALERT_BUDGET, gt=0, lt=1, description="Share of transactions reviewed.")
     review_cost: float = Field(5.0, ge=0, description="Cost of reviewing one alert (analyst time).")
     missed_fraud_factor: float = Field(

@@ -22,10 +22,11 @@ Record = dict[str, Any]
 
 
 def default_store() -> Path:
-    """``<RELEARN_HOME>/experiments/experiments.json``."""
+    """RELEARN_EXPERIMENT_STORE, else ``<RELEARN_HOME>/experiments/experiments.json``."""
+    from relearn.experiments.settings import ExperimentSettings
     from relearn.settings import RelearnSettings
 
-    return RelearnSettings().home / "experiments" / "experiments.json"
+    return ExperimentSettings().store or RelearnSettings().home / "experiments" / "experiments.json"
 
 
 class ExperimentStore:

@@ -11,11 +11,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from relearn.experiments.result import Result, mlflow_tags, tag_prefix
+from relearn.experiments.routing import model_version
 
-
-def model_version(arm: str) -> str:
-    """The model version an arm names: ``"7"`` and ``"v7"`` are version 7; other names are kept."""
-    return arm[1:] if arm[:1] == "v" and arm[1:].isdigit() else arm
+__all__ = ["arm_tags", "check_versions", "model_version", "stop_tags", "tag_arms"]
 
 
 def check_versions(settings: Any, arms: Iterable[str]) -> None:

@@ -10,7 +10,9 @@ The same semantics as KServe + Istio in a cluster:
   Host (``host:port`` → ``host-shadow:port``); gRPC mirrors carry that authority as ``host`` metadata
   (Python gRPC servers do not expose ``:authority``), so the servers count mirrored requests apart
   (:func:`relearn.serving.metrics.track_of`);
-* a route whose upstream cannot be reached answers 503 (REST) / UNAVAILABLE (gRPC), as Envoy does.
+* a route whose upstream cannot be reached answers 503 (REST) / UNAVAILABLE (gRPC), as Envoy does;
+* a request marked ``x-relearn-arm`` (an A/B experiment's arm, see :mod:`relearn.experiments.routing`)
+  goes to that arm's model version on route ``experiment/<arm>``.
 
 REST is proxied by a Starlette app (httpx to the upstreams); gRPC by a generic ``grpc.aio`` handler that
 forwards every unary method as raw bytes (all methods of ``inference.GRPCInferenceService`` are unary), so
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relearn.experiments.routing import ARM_HEADER, model_version
 from relearn.rollout.backend import RolloutError, RolloutState, check_percent
 from relearn.serving.metrics import shadow_host
 from relearn.serving.payload_log import ROUTE_HEADER
@@ -271,10 +274,16 @@ class Router:
                 log.warning("unreadable router state", extra={"error": str(exc)})
         return self.state
 
-    def choose(self) -> tuple[str, Endpoint | None, Endpoint | None]:
-        """(route name, primary endpoint, mirror endpoint or None) for one request."""
+    def choose(self, arm: str | None = None) -> tuple[str, Endpoint | None, Endpoint | None]:
+        """(route name, primary endpoint, mirror endpoint or None) for one request.
+
+        A request of an experiment (``arm``, assigned by the transformer) goes to the arm's model version,
+        never to a random route: its card must see one arm only.
+        """
         s = self.refresh()
-        if s.canary and self.rng.random() * 100 < s.canary_percent:
+        if arm:
+            route, version = f"experiment/{arm}", model_version(arm)
+        elif s.canary and self.rng.random() * 100 < s.canary_percent:
             route, version = "canary", s.canary
         else:
             route, version = "stable", s.stable
@@ -309,7 +318,7 @@ def rest_app(router: Router, timeout: float = 30.0) -> Any:
             await client.request(method, url, headers=headers, content=body)
 
     async def proxy(request: Request) -> Response:
-        route, primary, mirror = router.choose()
+        route, primary, mirror = router.choose(request.headers.get(ARM_HEADER))
         body = await request.body()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -392,8 +401,8 @@ def grpc_handler(router: Router, timeout: float = 30.0) -> Any:
                 return stream(method)
 
             async def call(request: bytes, context: Any) -> bytes:
-                route, primary, mirror = router.choose()
                 metadata = forwarded(context)
+                route, primary, mirror = router.choose(dict(metadata).get(ARM_HEADER))
                 if mirror is not None and mirror.grpc:
                     marked = (*(m for m in metadata if m[0] != "host"), ("host", shadow_host(mirror.grpc)))
                     router.mirror(_send_mirror(mirror.grpc, method, request, marked))

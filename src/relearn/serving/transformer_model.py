@@ -37,6 +37,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
 from relearn.data import contract
 from relearn.data.schema import REQUEST_FIELDS
+from relearn.experiments.routing import ARM_HEADER, EXPERIMENT_HEADER, RunningExperiment
 from relearn.features.spec import MERCHANT_FEATURES, USER_FEATURES
 from relearn.features.state import Event, Rejected, open_state
 from relearn.features.transforms import cold_start, model_input_arrays
@@ -83,11 +84,15 @@ class FraudTransformer(Model):
         self.channel: Any = None
         self.stub: Any = None
         self.version = "unknown"  # the predictor's, learnt from its responses
+        self.experiment: RunningExperiment | None = None  # read from the experiment store at load
 
     def load(self) -> bool:
         """Open the streaming state and warm its connection up (a read changes nothing)."""
         self.state = open_state()
         self.state.read([Event("", 0, "", "")])
+        from relearn.experiments.store import default_store
+
+        self.experiment = RunningExperiment(default_store())
         self.ready = True
         return self.ready
 
@@ -131,7 +136,9 @@ class FraudTransformer(Model):
             cold = int(cold_start(columns, len(events)).sum())
             transform_seconds = time.perf_counter() - start
             ids = columns["transaction_id"]
-            scores, decisions, version = await self._score(numeric, categorical, ids, event_id, track)
+            scores, decisions, version = await self._score_arms(
+                columns["user_id"], numeric, categorical, ids, event_id, track
+            )
         except InvalidInput:
             child(REQUESTS, "transformer", "invalid", version, track).inc()
             raise
@@ -184,8 +191,51 @@ class FraudTransformer(Model):
             columns[name] = np.array([row[name] or "" for row in rows], dtype=object)
         return time.perf_counter() - start
 
+    async def _score_arms(
+        self,
+        users: np.ndarray,
+        numeric: np.ndarray,
+        categorical: np.ndarray,
+        ids: np.ndarray,
+        event_id: str,
+        track: str,
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """Score a batch; in a running experiment, each arm's rows in their own call marked with the arm.
+
+        The router sends a marked call to the arm's version; the version returned is each arm's, joined.
+        """
+        assigned = self.experiment.arms(users) if self.experiment else None
+        if assigned is None:
+            return await self._score(numeric, categorical, ids, event_id, track)
+        name, arms = assigned
+        groups = list(dict.fromkeys(arms.tolist()))  # first seen first
+        masks = [arms == arm for arm in groups]
+        done = await asyncio.gather(
+            *(
+                self._score(
+                    numeric[rows],
+                    categorical[rows],
+                    ids[rows],
+                    event_id if len(groups) == 1 else f"{event_id}-{arm}",  # one ce-id per inference
+                    track,
+                    ((ARM_HEADER, arm), (EXPERIMENT_HEADER, name)),
+                )
+                for arm, rows in zip(groups, masks, strict=True)
+            )
+        )
+        scores, decisions = np.empty(len(ids), np.float32), np.empty(len(ids), np.bool_)
+        for rows, (s, d, _) in zip(masks, done, strict=True):
+            scores[rows], decisions[rows] = s, d
+        return scores, decisions, ",".join(dict.fromkeys(v for _, _, v in done))
+
     async def _score(
-        self, numeric: np.ndarray, categorical: np.ndarray, ids: np.ndarray, event_id: str, track: str
+        self,
+        numeric: np.ndarray,
+        categorical: np.ndarray,
+        ids: np.ndarray,
+        event_id: str,
+        track: str,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> tuple[np.ndarray, np.ndarray, str]:
         n = len(ids)
         request = pb.ModelInferRequest(
@@ -210,7 +260,9 @@ class FraudTransformer(Model):
         )
         start = time.perf_counter()
         try:
-            response = await self._stub().ModelInfer(request, timeout=self.settings.predictor_timeout_seconds)
+            response = await self._stub().ModelInfer(
+                request, timeout=self.settings.predictor_timeout_seconds, metadata=metadata or None
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidInput(f"predictor rejected the inputs: {exc.details()}") from None

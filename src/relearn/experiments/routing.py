@@ -1,0 +1,72 @@
+"""Serving side of an experiment: the transformer assigns each row its arm, the router routes by arm.
+
+Only the transformer sees ``user_id`` (the predictor gets tensors), so it assigns the sticky arm
+(:func:`relearn.experiments.assignment.assign_many`, salt of the running experiment) and sends each arm's
+rows in their own ``ModelInfer`` call with ``x-relearn-arm: <arm>`` metadata; the local router sends a
+call carrying that header to the arm's model version, and the predictor answering names its
+``model_version`` in the response its payload logger posts, which the drift detector keeps with every
+score. So the arm is recorded with every prediction, and no replica or restart can move a card: the arm
+depends only on (salt, user_id, split) read from the store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ARM_HEADER = "x-relearn-arm"  # the experiment arm of a call (transformer → router)
+EXPERIMENT_HEADER = "x-relearn-experiment"  # its experiment's name, for the upstream's logs
+
+
+def model_version(arm: str) -> str:
+    """The model version an arm names: ``"7"`` and ``"v7"`` are version 7; other names are kept."""
+    return arm[1:] if arm[:1] == "v" and arm[1:].isdigit() else arm
+
+
+class RunningExperiment:
+    """The running experiment over one traffic, re-read from the store file when it changes (one stat).
+
+    Args:
+        path: The experiment store (:class:`relearn.experiments.store.ExperimentStore`'s JSON file).
+        traffic: The traffic this server's requests belong to.
+    """
+
+    def __init__(self, path: Path | str, traffic: str = "fraud") -> None:
+        self.path = Path(path)
+        self.traffic = traffic
+        self._stamp: tuple[int, int] | None = None
+        self._current: tuple[str, str, Any] | None = None  # (name, salt, Split)
+
+    def current(self) -> tuple[str, str, Any] | None:
+        """(name, salt, split) of the running experiment over the traffic, or None."""
+        from relearn.experiments.assignment import Split
+
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._current = None, None
+            return None
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:  # the store is replaced atomically: a read sees a whole file
+            running = [
+                r
+                for r in json.loads(self.path.read_text()).values()
+                if r["status"] == "running" and r["traffic"] == self.traffic
+            ]
+            self._current = (
+                (running[0]["name"], running[0]["salt"], Split.of(running[0]["split"])) if running else None
+            )
+            self._stamp = stamp
+        return self._current
+
+    def arms(self, user_ids: Sequence[str]) -> tuple[str, Any] | None:
+        """(experiment name, arm of each row) for a batch's ``user_id`` column, or None without experiment."""
+        from relearn.experiments.assignment import assign_many
+
+        current = self.current()
+        if current is None:
+            return None
+        name, salt, split = current
+        return name, assign_many(user_ids, salt, split)
