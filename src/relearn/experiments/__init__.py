@@ -13,6 +13,9 @@ Submodules, imported explicitly (no import-time work here):
 * :mod:`~relearn.experiments.bandit`: Thompson sampling over delayed (matured) rewards;
 * :mod:`~relearn.experiments.simulate`: many simulated experiments at once, for validity and power;
 * :mod:`~relearn.experiments.exporter`: Prometheus metrics per experiment and arm;
+* :mod:`~relearn.experiments.versions`: arms are model versions, checked in MLflow at start, tagged after;
+* :mod:`~relearn.experiments.routing`: the arm per row (transformer), sent as ``x-relearn-arm`` (router);
 * :mod:`~relearn.experiments.store`, :mod:`~relearn.experiments.cli`:
-  ``python -m relearn.experiments start|status|stop|list|analyze|simulate`` on a local store.
+  ``python -m relearn.experiments start|status|stop|list|analyze|simulate`` on a local store (also
+  ``kubectl relearn experiment ...``).
 """
