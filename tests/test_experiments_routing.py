@@ -50,7 +50,7 @@ def served(tmp_path_factory):
         ready = f"http://127.0.0.1:{rest}/v2/health/ready"
         up = lambda: httpx.get(ready, timeout=1).status_code == 200  # noqa: E731
         wait_until("router", up, router, tmp / "p1.log", 60, errors=(httpx.HTTPError,))
-        yield f"127.0.0.1:{rpc}", sink
+        yield f"127.0.0.1:{rpc}", sink, f"http://127.0.0.1:{rest}"
     finally:
         stop_process(router)
         for server in predictors:
@@ -92,7 +92,7 @@ def infer(target: str, metadata: tuple = ()) -> tuple[object, dict[str, str]]:
 
 
 def test_the_router_sends_an_arm_to_its_version_and_refuses_an_unserved_one(served):
-    target, _ = served
+    target, _, url = served
     response, trailers = infer(target)
     assert trailers[ROUTE_HEADER] == "stable" and response.model_version == "1"
     for _ in range(5):  # every time, not by chance
@@ -100,6 +100,15 @@ def test_the_router_sends_an_arm_to_its_version_and_refuses_an_unserved_one(serv
         assert trailers[ROUTE_HEADER] == "experiment/v2" and response.model_version == "2"
     err, trailers = infer(target, ((ARM_HEADER, "v9"),))
     assert err.code() == grpc.StatusCode.UNAVAILABLE and "route experiment/v9" in err.details()
+    body = {
+        "inputs": [
+            {"name": "numeric", "datatype": "FP32", "shape": [1, N_NUM], "data": [0.0] * N_NUM},
+            {"name": "categorical", "datatype": "BYTES", "shape": [1, N_CAT], "data": CATEGORIES},
+        ]
+    }
+    rest = httpx.post(f"{url}/v2/models/{MODEL}/infer", json=body, headers={ARM_HEADER: "v2"}, timeout=10)
+    assert rest.status_code == 200 and rest.headers[ROUTE_HEADER] == "experiment/v2"
+    assert rest.json()["model_version"] == "2"
 
 
 def test_running_experiment_follows_the_store(tmp_path):
@@ -133,7 +142,7 @@ def test_every_card_sees_one_arm_across_replicas_and_the_log_keeps_it(
     from relearn.serving.config import TransformerSettings
     from relearn.serving.transformer_model import FraudTransformer
 
-    target, sink = served
+    target, sink, _ = served
     monkeypatch.setenv("RELEARN_EXPERIMENT_STORE", str(tmp_path / "experiments.json"))
     split = {"v1": 50, "v2": 50}
     salt = ExperimentStore(tmp_path / "experiments.json").start("ab", split, control="v1")["salt"]
