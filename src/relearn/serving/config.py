@@ -68,6 +68,13 @@ class PredictorSettings(ModelServingSettings):
     log_block_seconds: float = Field(
         30.0, gt=0, description="block: longest wait for queue room before the event is dropped (counted)."
     )
+    log_linger_seconds: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="After the first queued event, how long the sender waits for more before it POSTs: "
+        "fewer, larger batches for a little delay of the log (0: send at once).",
+    )
     log_workers: int = Field(1, ge=1, description="Payload-logger sender threads (one connection each).")
     log_timeout_seconds: float = Field(2.0, gt=0, description="Timeout of one POST to the sink.")
     log_batch_size: int = Field(
