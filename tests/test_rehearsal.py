@@ -74,11 +74,12 @@ def transaction(**fields: Any) -> dict[str, Any]:
 
 # An install that runs pipelines (defaults plus Kubeflow Pipelines: its run pods' ConfigMap and RBAC), with
 # the controller analysing every 2 s over 30 s windows from 20 canary requests, as an operator may tune it.
-# The chart's promotion policy stands: the promotion needs evidence. Chargebacks cannot come from the
-# canary's own minutes of traffic, so the test posts some for served transactions and the controller's
-# backtest (the detector's GET /v1/backtest/..., its log on the detector's volume) supplies it.
+# The chart's promotion policy stands: the promotion needs evidence. A canary's own chargebacks come weeks
+# later (MIN_LABELS out of reach says so here), so the test posts chargebacks for served transactions and
+# the controller's backtest (the detector's GET /v1/backtest/..., its log on the detector's volume) must
+# supply the evidence.
 CONTROLLER = {
-    "INTERVAL_SECONDS": "2", "WINDOW": "30s", "MIN_REQUESTS": "20",
+    "INTERVAL_SECONDS": "2", "WINDOW": "30s", "MIN_REQUESTS": "20", "MIN_LABELS": "1000000",
     "BACKTEST_MIN_ROWS": "100", "BACKTEST_MIN_POSITIVES": "5",
 }  # fmt: skip
 VALUES = ["--set", "kubeflow.enabled=true", "--set-json"]
