@@ -211,7 +211,10 @@ def _bootstrap_state(transactions: pd.DataFrame, labels: pd.DataFrame, end: date
 
     state = open_state()
     try:
-        bootstrap(state, transactions, labels, end)
+        # Small write transactions: serving's update-and-read waits for the state's lock at most
+        # feature_timeout_seconds (1 s); a 2,000-event batch on a loaded machine held it longer, and one
+        # request of a demo got a 503 while a retraining run bootstrapped.
+        bootstrap(state, transactions, labels, end, batch=250)
     finally:
         state.close()
 
