@@ -290,6 +290,10 @@ def start_stack(
         RELEARN_TRANSFORMER_HTTP_PORT=str(port["transformer_http"]),
         RELEARN_TRANSFORMER_GRPC_PORT=str(port["transformer_grpc"]),
         RELEARN_TRANSFORMER_PREDICTOR_HOST=f"127.0.0.1:{port['router_grpc']}",
+        # One machine runs the retraining pipeline (its state bootstrap included) beside serving: give the
+        # state's lock more than the default second before a request is refused (in a cluster they do not
+        # share cores).
+        RELEARN_TRANSFORMER_FEATURE_TIMEOUT_SECONDS="3",
         RELEARN_TRANSFORMER_LOG_LEVEL="WARNING",
     )
     stack.scrape("drift-detector", port["detector"])
