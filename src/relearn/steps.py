@@ -206,17 +206,9 @@ def _bootstrap_state(transactions: pd.DataFrame, labels: pd.DataFrame, end: date
     Idempotent (a set of events by transaction id): it adds what the stream has not seen and never
     replaces a fresher streamed value, so it is safe while the transformers serve.
     """
-    from relearn.features.backfill import bootstrap
-    from relearn.features.state import open_state
+    from relearn.features.backfill import bootstrap_configured
 
-    state = open_state()
-    try:
-        # Small write transactions: serving's update-and-read waits for the state's lock at most
-        # feature_timeout_seconds (1 s); a 2,000-event batch on a loaded machine held it longer, and one
-        # request of a demo got a 503 while a retraining run bootstrapped.
-        bootstrap(state, transactions, labels, end, batch=250)
-    finally:
-        state.close()
+    bootstrap_configured(transactions, labels, end)
 
 
 # ----------------------------------------------------------------------------------------------- train

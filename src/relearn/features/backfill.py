@@ -97,6 +97,25 @@ def bootstrap(
     return summary
 
 
+def bootstrap_configured(
+    transactions: pd.DataFrame,
+    labels: pd.DataFrame,
+    until: datetime,
+    batch: int = 250,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """:func:`bootstrap` into the configured state (``RELEARN_STATE_*``), opened and closed here.
+
+    Small write transactions by default: serving's update-and-read waits for the state's lock at most
+    ``feature_timeout_seconds``, and the bootstrap may run while the transformers serve.
+    """
+    state = open_state(StateSettings())
+    try:
+        return bootstrap(state, transactions, labels, until, batch, progress=progress)
+    finally:
+        state.close()
+
+
 def _lake_root(path: Path, kind: str) -> Path:
     """The lake root for ``kind``: ``path`` itself (holding ``<kind>/``) or the parent of ``path/<kind>``."""
     return path.parent if path.name == kind and not (path / kind).is_dir() else path
@@ -118,18 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     transactions = io.read_transactions(_lake_root(args.transactions, "transactions"), end=until)
     if transactions.empty:  # a wrong folder or time must not pass as "bootstrapped, 0 events"
         parser.error(f"no transactions before {until.isoformat()} under {args.transactions}")
-    state = open_state(StateSettings())
-    try:
-        summary = bootstrap(
-            state,
-            transactions,
-            io.read_labels(_lake_root(args.labels, "labels")),
-            until.to_pydatetime(),
-            args.batch,
-            progress=sys.stderr.isatty(),
-        )
-    finally:
-        state.close()
+    labels = io.read_labels(_lake_root(args.labels, "labels"))
+    summary = bootstrap_configured(
+        transactions, labels, until.to_pydatetime(), args.batch, progress=sys.stderr.isatty()
+    )
     print(summary)
     return 0
 

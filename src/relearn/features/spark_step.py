@@ -211,6 +211,6 @@ def _build(spark, transactions_dir, labels_dir, training_set_path, end, label_ma
 
 def _bootstrap(transactions_dir: str, labels_dir: str, end: datetime) -> None:
     """The streaming state's bootstrap, as the pandas path does it (one process; see the module doc)."""
-    from relearn import steps
+    from relearn.features.backfill import bootstrap_configured
 
-    steps._bootstrap_state(io.read_transactions(transactions_dir), io.read_labels(labels_dir), end)
+    bootstrap_configured(io.read_transactions(transactions_dir), io.read_labels(labels_dir), end)
