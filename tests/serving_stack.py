@@ -219,10 +219,10 @@ class RedisServer(StoreServer):
 
     def __init__(self, durable: bool = False) -> None:
         super().__init__()
-        self.durable = durable  # an fsynced append-only file, as the chart runs the streaming state's Redis
+        self.durable = durable  # an append-only file, as the chart runs the streaming state's Redis
 
     def command(self) -> list[str]:
-        aof = ("--appendonly", "yes", "--appendfsync", "always") if self.durable else ("--appendonly", "no")
+        aof = ("--appendonly", "yes", "--appendfsync", "everysec") if self.durable else ("--appendonly", "no")
         return [
             shutil.which("redis-server") or "redis-server",
             *("--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory)),

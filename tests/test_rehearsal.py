@@ -302,7 +302,7 @@ def test_scored_transactions_and_a_posted_chargeback_move_the_state_in_the_chart
     assert [rows[i]["merchant_chargeback_rate_30d"] for i in ids] == [0, 0, 0.5], rows
     state = state_redis(cluster, name)
     assert state.zcard(f"{STATE_PREFIX}u:{{{card}}}") == 3
-    assert state.config_get("appendfsync") == {"appendfsync": "always"}  # the rendered args, honoured
+    assert state.config_get("appendfsync") == {"appendfsync": "everysec"}  # the rendered args, honoured
     assert list((cluster.root / "pvc" / "relearn-state-redis").glob("appendonlydir/*.aof"))
 
 

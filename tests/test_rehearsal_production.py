@@ -79,7 +79,7 @@ def test_every_production_workload_starts_and_the_stores_serve(cluster) -> None:
     # The state's Redis runs with the rendered durability (an acknowledged update is fsynced), the feed
     # answers on its Service.
     state = redis.Redis(host=f"relearn-state-redis.{NAMESPACE}.{FQDN}", port=6379, socket_timeout=5)
-    assert state.config_get("appendfsync") == {"appendfsync": "always"}
+    assert state.config_get("appendfsync") == {"appendfsync": "everysec"}
     assert state.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
     assert http(f"http://relearn-feature-feed.{NAMESPACE}.{FQDN}:8090/healthz") == (200, {"status": "ok"})
     # Serving and the controller run (no champion yet: the predictor waits for one, as on a fresh install).

@@ -175,7 +175,7 @@ class Cluster:
         """What the upstream images' entrypoints add: initdb for PostgreSQL, the bind address for Redis."""
         image = image_name(container["image"])
         if image == "redis":
-            # The rendered args as they are (the state's AOF with appendfsync always, the replicas'
+            # The rendered args as they are (the state's AOF with its appendfsync, the replicas'
             # --replicaof); a rendered command (auth: sh -c '... exec redis-server - "$@"') passes them on.
             if proc.argv[0] == "redis-server":
                 proc.argv[0] = shutil.which("redis-server") or "redis-server"

@@ -91,7 +91,7 @@ class DemoSettings(BaseSettings):
         "chart runs it: append-only file, fsync per state_appendfsync; bootstrapped from the lake).",
     )
     state_appendfsync: Literal["always", "everysec"] = Field(
-        "always", description="The state's Redis fsync policy (the chart's streamingState.redis value)."
+        "everysec", description="The state's Redis fsync policy (the chart's streamingState.redis value)."
     )
     redis_server: str = Field("redis-server", description="Redis server binary (Debian's package).")
     max_minutes: float = Field(30.0, gt=0, description="Stop (and report) after this long, whatever happens.")

@@ -13,8 +13,9 @@ merchants) in one pipeline per shard, by SHA (loaded once; again after a NOSCRIP
 server): one round trip per shard. :meth:`RedisBackend.windows_async` is the same on redis.asyncio
 clients, for the transformer's event loop (no thread hop, no blocked loop). Times travel as decimal
 strings (µs since the epoch exceed Lua's default number formatting). Entities are spread over the shards by
-CRC32 of the key. Durability is Redis's: with ``appendfsync always`` (the chart's and the tests' setting)
-an acknowledged update survives a kill -9 of the server.
+CRC32 of the key. Durability is Redis's: its append-only file is written before the reply
+(``appendfsync everysec``, the chart's default, or ``always``), so an acknowledged update survives a kill -9
+of the server.
 """
 
 from __future__ import annotations
