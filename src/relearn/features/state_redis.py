@@ -31,7 +31,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
-from relearn.features.state import Bounds, Event, MerchantWindow, Mode, UserWindow, encode_user
+from relearn.features.state_events import Bounds, Event, MerchantWindow, Mode, UserWindow, encode_user
 
 _PRUNE = """
 local function prune(events, ids, before, keep_last, tid_of)

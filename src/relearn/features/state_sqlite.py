@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from relearn.features.state import Bounds, Event, MerchantWindow, Mode, UserWindow
+from relearn.features.state_events import Bounds, Event, MerchantWindow, Mode, UserWindow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS user_events (
