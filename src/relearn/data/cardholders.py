@@ -23,16 +23,12 @@ check must report.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from relearn.data.rows import Rows, WorldView
 from relearn.data.schema import CHANNELS, COUNTRIES, MERCHANT_CATEGORIES
-
-if TYPE_CHECKING:
-    from relearn.data.generator import Rows, World
 
 AGE_BANDS: tuple[str, ...] = ("18-29", "30-44", "45-64", "65+")
 AGE_BAND_SHARE = (0.2, 0.28, 0.32, 0.2)
@@ -64,7 +60,7 @@ def _z(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / max(float(x.std()), 1e-12)
 
 
-def draw(world: World, channel_mix: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def draw(world: WorldView, channel_mix: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Attribute codes per holder (indices into :data:`ATTRIBUTES`' domains), drawn from their behaviour.
 
     ``channel_mix`` is the generator's categories x channels mix, for each holder's expected online share.
@@ -108,7 +104,7 @@ def parse_disparity(spec: str) -> tuple[str, str] | None:
 
 
 def disguise_fraud(
-    world: World, rows: Rows, codes: dict[str, np.ndarray], spec: str, rng: np.random.Generator
+    world: WorldView, rows: Rows, codes: dict[str, np.ndarray], spec: str, rng: np.random.Generator
 ) -> None:
     """Plant a disparity, in place: fraud against the group ``spec`` names looks like the holder's own use.
 

@@ -20,6 +20,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from relearn.data import cardholders, scenarios
+from relearn.data.rows import Rows, concat, take
 from relearn.data.schema import (
     CHANNELS,
     COUNTRIES,
@@ -34,11 +35,6 @@ log = logging.getLogger("relearn.data.generator")
 
 HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US
-Rows = dict[str, np.ndarray]  # column name -> array; categorical columns hold codes, -1 means null
-ROW_COLUMNS = (
-    "ts", "user", "merchant", "amount", "currency", "category", "channel", "country", "device", "pattern",
-    "cb_delay",
-)  # fmt: skip
 
 CAT = {name: i for i, name in enumerate(MERCHANT_CATEGORIES)}
 CH = {name: i for i, name in enumerate(CHANNELS)}
@@ -441,16 +437,6 @@ class World:
         rows["pattern"][hit] = PATTERN["compromised_merchant"]
         rows["amount"][hit] = np.round(rows["amount"][hit] * rng.uniform(1.5, 3.0, len(hit)), 2)
         rows["cb_delay"][hit] = self.chargeback_delays(rng, len(hit))
-
-
-def concat(*parts: Rows) -> Rows:
-    """Stack row blocks column by column."""
-    return {k: np.concatenate([p[k] for p in parts]) for k in ROW_COLUMNS}
-
-
-def take(rows: Rows, index: np.ndarray) -> Rows:
-    """The rows at ``index`` (an integer index or a boolean mask)."""
-    return {k: v[index] for k, v in rows.items()}
 
 
 def _lookup(domain: tuple[str, ...], codes: np.ndarray) -> np.ndarray:

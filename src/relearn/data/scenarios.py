@@ -12,15 +12,12 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from relearn.data.rows import Rows, WorldView, concat, take
 from relearn.data.schema import CURRENCIES, FRAUD_PATTERNS, MERCHANT_CATEGORIES
-
-if TYPE_CHECKING:
-    from relearn.data.generator import Rows, World
 
 SCENARIOS: dict[str, str] = {
     "none": "No drift: the world stays as it was.",
@@ -48,7 +45,7 @@ _CAT = {name: i for i, name in enumerate(MERCHANT_CATEGORIES)}
 class ScenarioContext:
     """What a scenario needs: the world's sampling primitives, the time span it acts on, its own RNG."""
 
-    world: World
+    world: WorldView
     onset_us: int  # microseconds since the epoch; the scenario acts on [onset_us, end_us)
     end_us: int
     rng: np.random.Generator
@@ -113,7 +110,6 @@ def _covariate_shift(rows: Rows, ctx: ScenarioContext) -> Rows:
 
 
 def _concept_drift(rows: Rows, ctx: ScenarioContext) -> Rows:
-    from relearn.data.generator import concat, take
 
     rng, world = ctx.rng, ctx.world
     first_day = math.ceil((ctx.onset_us - world.start_us) / 86_400e6)
@@ -151,7 +147,6 @@ def _concept_drift(rows: Rows, ctx: ScenarioContext) -> Rows:
 
 
 def _label_shift(rows: Rows, ctx: ScenarioContext) -> Rows:
-    from relearn.data.generator import concat, take
 
     days = (ctx.end_us - ctx.onset_us) / 86_400e6
     extra = [
