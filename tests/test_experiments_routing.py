@@ -146,10 +146,28 @@ def test_every_card_sees_one_arm_across_replicas_and_the_log_keeps_it(
     monkeypatch.setenv("RELEARN_EXPERIMENT_STORE", str(tmp_path / "experiments.json"))
     split = {"v1": 50, "v2": 50}
     salt = ExperimentStore(tmp_path / "experiments.json").start("ab", split, control="v1")["salt"]
-    replicas = [FraudTransformer(TransformerSettings(predictor_host=target)) for _ in range(2)]
+    # The second replica is wired as the chart wires the cluster's: arm-marked calls go to the experiment
+    # router (experiment_host), its predictor host answers nothing.
+    replicas = [
+        FraudTransformer(TransformerSettings(predictor_host=target)),
+        FraudTransformer(
+            TransformerSettings(predictor_host=f"127.0.0.1:{free_port()}", experiment_host=target)
+        ),
+    ]
     for replica in replicas:
         replica.load()
     start = len(sink.events)
+    from relearn.serving.metrics import ROWS
+
+    def rows_by_version() -> dict[str, float]:
+        return {
+            s.labels["model_version"]: s.value
+            for m in ROWS.collect()
+            for s in m.samples
+            if s.name.endswith("_total") and s.labels["component"] == "transformer"
+        }
+
+    before = rows_by_version()
 
     async def rounds() -> list[dict]:
         out = []
@@ -177,3 +195,8 @@ def test_every_card_sees_one_arm_across_replicas_and_the_log_keeps_it(
     expected = {u: assign(u, salt, Split.of(split)).removeprefix("v") for u in seen}
     assert {u: v.pop() for u, v in seen.items()} == expected
     assert 10 < sum(v == "2" for v in expected.values()) < 30
+    # Per-arm metrics of batches mixing arms: each arm's rows under its own version, never "1,2".
+    after = rows_by_version()
+    scored = {v: after.get(v, 0) - before.get(v, 0) for v in after if after.get(v, 0) != before.get(v, 0)}
+    by_arm = {v: 4 * sum(a == v for a in expected.values()) for v in ("1", "2")}
+    assert scored == by_arm

@@ -119,6 +119,11 @@ class TransformerSettings(CommonServingSettings):
         description="host[:port] of the predictor's v2 gRPC; KServe injects '<isvc>-predictor.<ns>' "
         "(no port: the Knative/KServe Service's port 80).",
     )
+    experiment_host: str | None = Field(
+        None,
+        description="host:port for arm-marked calls of an A/B experiment (the chart's experiment router, an "
+        "Istio VirtualService on x-relearn-arm); default: predictor_host (the local router routes by arm).",
+    )
     threshold: float | None = Field(
         None,
         ge=0.0,

@@ -83,6 +83,7 @@ class FraudTransformer(Model):
         self.state: Any = None
         self.channel: Any = None
         self.stub: Any = None
+        self.arm_stub: Any = None  # arm-marked calls: the experiment router (cluster) or the predictor host
         self.version = "unknown"  # the predictor's, learnt from its responses
         self.experiment: RunningExperiment | None = None  # read from the experiment store at load
 
@@ -103,6 +104,21 @@ class FraudTransformer(Model):
             self.channel = grpc.aio.insecure_channel(self.settings.predictor_host)
             self.stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         return self.stub
+
+    def _arm_stub(self) -> Any:
+        """The stub for arm-marked calls: ``experiment_host``, else the predictor host.
+
+        In the cluster the experiment router (an Istio VirtualService on x-relearn-arm); locally the
+        predictor host is the local router, which routes by the same header.
+        """
+        if not self.settings.experiment_host:
+            return self._stub()
+        if self.arm_stub is None:
+            from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+
+            channel = grpc.aio.insecure_channel(self.settings.experiment_host)
+            self.arm_stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
+        return self.arm_stub
 
     def get_input_types(self) -> list[dict[str, Any]]:
         """One v2 input per request field."""
@@ -136,7 +152,7 @@ class FraudTransformer(Model):
             cold = int(cold_start(columns, len(events)).sum())
             transform_seconds = time.perf_counter() - start
             ids = columns["transaction_id"]
-            scores, decisions, version = await self._score_arms(
+            scores, decisions, version, rows_of = await self._score_arms(
                 columns["user_id"], numeric, categorical, ids, event_id, track
             )
         except InvalidInput:
@@ -148,13 +164,15 @@ class FraudTransformer(Model):
         except Exception:
             child(REQUESTS, "transformer", "error", version, track).inc()
             raise
-        self.version = version
+        if len(rows_of) == 1:  # a batch split over arms keeps the last single version for error labels
+            self.version = version
         child(STAGE_SECONDS, "transformer", "transform", version, track).observe(transform_seconds)
         child(STAGE_SECONDS, "transformer", "feature_fetch", version, track).observe(fetch_seconds)
         if cold:
             child(COLD_START, version).inc(cold)
-        child(REQUESTS, "transformer", "ok", version, track).inc()
-        child(ROWS, "transformer", version, track).inc(len(scores))
+        for arm_version, rows in rows_of.items():  # per arm's version: a mixed batch counts in each
+            child(REQUESTS, "transformer", "ok", arm_version, track).inc()
+            child(ROWS, "transformer", arm_version, track).inc(rows)
         if is_v2:
             return self._v2_response(payload, event_id, ids, scores, decisions, version)
         return {
@@ -199,14 +217,16 @@ class FraudTransformer(Model):
         ids: np.ndarray,
         event_id: str,
         track: str,
-    ) -> tuple[np.ndarray, np.ndarray, str]:
+    ) -> tuple[np.ndarray, np.ndarray, str, dict[str, int]]:
         """Score a batch; in a running experiment, each arm's rows in their own call marked with the arm.
 
-        The router sends a marked call to the arm's version; the version returned is each arm's, joined.
+        The router sends a marked call to the arm's version; the version returned is each arm's, joined,
+        with the rows each version scored (the per-arm metrics of a batch mixing arms).
         """
         assigned = self.experiment.arms(users) if self.experiment else None
         if assigned is None:
-            return await self._score(numeric, categorical, ids, event_id, track)
+            scores, decisions, version = await self._score(numeric, categorical, ids, event_id, track)
+            return scores, decisions, version, {version: len(ids)}
         name, arms = assigned
         groups = list(dict.fromkeys(arms.tolist()))  # first seen first
         masks = [arms == arm for arm in groups]
@@ -224,9 +244,11 @@ class FraudTransformer(Model):
             )
         )
         scores, decisions = np.empty(len(ids), np.float32), np.empty(len(ids), np.bool_)
-        for rows, (s, d, _) in zip(masks, done, strict=True):
+        rows_of: dict[str, int] = {}
+        for rows, (s, d, v) in zip(masks, done, strict=True):
             scores[rows], decisions[rows] = s, d
-        return scores, decisions, ",".join(dict.fromkeys(v for _, _, v in done))
+            rows_of[v] = rows_of.get(v, 0) + int(rows.sum())
+        return scores, decisions, ",".join(rows_of), rows_of
 
     async def _score(
         self,
@@ -260,7 +282,8 @@ class FraudTransformer(Model):
         )
         start = time.perf_counter()
         try:
-            response = await self._stub().ModelInfer(
+            stub = self._arm_stub() if metadata else self._stub()
+            response = await stub.ModelInfer(
                 request, timeout=self.settings.predictor_timeout_seconds, metadata=metadata or None
             )
         except grpc.aio.AioRpcError as exc:
