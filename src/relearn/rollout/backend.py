@@ -420,23 +420,3 @@ class KubernetesBackend:
                 body["spec"].setdefault(component, {})["canaryTrafficPercent"] = None
         self._patch_isvc(self.isvc, body)
         return self.state()
-
-
-def make_backend(cfg: Any) -> RolloutBackend:
-    """The backend chosen by ``cfg.backend``: the controller's settings or ``kubectl relearn``'s options.
-
-    ``cfg`` provides backend, state, namespace, inference_service, virtual_service, shadow_service and
-    model_name.
-    """
-    if cfg.backend == "local":
-        from relearn.rollout.audit import rollout_dir
-        from relearn.rollout.router import LocalBackend
-
-        return LocalBackend(cfg.state or rollout_dir() / "state.json")
-    return KubernetesBackend(
-        cfg.namespace,
-        cfg.inference_service,
-        virtual_service=cfg.virtual_service,
-        shadow_service=cfg.shadow_service,
-        model_name=cfg.model_name,
-    )

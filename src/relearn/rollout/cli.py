@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from relearn.rollout.audit import audit_log_for
-from relearn.rollout.backend import RolloutBackend, RolloutError, make_backend
+from relearn.rollout.backend import RolloutBackend, RolloutError
+from relearn.rollout.backends import make_backend
 
 
 def _env(name: str, default: str | None = None) -> str | None:

@@ -44,7 +44,8 @@ from pydantic import Field
 from relearn.logs import configure_logging
 from relearn.rollout.analysis import Action, AnalysisSettings, Decision, decide
 from relearn.rollout.audit import AuditLog, audit_log_for
-from relearn.rollout.backend import RolloutBackend, RolloutError, RolloutState, make_backend
+from relearn.rollout.backend import RolloutBackend, RolloutError, RolloutState
+from relearn.rollout.backends import make_backend
 from relearn.rollout.backtest import Backtest, DetectorRows
 from relearn.rollout.prometheus import Prometheus, PrometheusError, read_snapshot
 from relearn.rollout.shadow import (

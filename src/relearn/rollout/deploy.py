@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 from relearn.rollout.audit import AuditLog, audit_log_for
-from relearn.rollout.backend import RolloutBackend, RolloutError, make_backend
+from relearn.rollout.backend import RolloutBackend, RolloutError
+from relearn.rollout.backends import make_backend
 from relearn.rollout.controller import ControllerSettings
 
 ACTOR = "pipeline/deploy"
