@@ -31,7 +31,13 @@ def post_cloudevent(url: str, data: dict[str, Any], timeout: float = 5.0) -> int
 
 
 class Alerter:
-    """Fires at most once per ``cooldown_s``: a drift episode spanning many windows is one incident."""
+    """Fires at most once per ``cooldown_s``: a drift episode spanning many windows is one incident.
+
+    Every trigger (drift, quality, schedule, volume) shares the cool-down. A fired incident always goes to
+    the webhook; what it starts depends on its ``response`` (:mod:`relearn.monitoring.response`):
+    ``retrain`` (the default) calls ``retrain``, ``recalibrate`` calls ``recalibrate`` when one is wired,
+    ``page`` starts nothing (a data bug: never train on broken data).
+    """
 
     def __init__(
         self,
@@ -40,27 +46,36 @@ class Alerter:
         retrain: Callable[[dict[str, Any]], None] | None = None,
         last_fired: float | None = None,
         clock: Callable[[], float] = time.time,
+        recalibrate: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.cooldown_s = cooldown_s
         self.webhook_url = webhook_url
         self.retrain = retrain
+        self.recalibrate = recalibrate
         self.last_fired = last_fired
         self.clock = clock
 
+    def cooling(self) -> bool:
+        """Whether an incident now would be suppressed."""
+        return self.last_fired is not None and self.clock() - self.last_fired < self.cooldown_s
+
     def incident(self, data: dict[str, Any]) -> bool:
-        """Report an incident; returns True when it fired (webhook + retraining), False if suppressed."""
-        now = self.clock()
-        if self.last_fired is not None and now - self.last_fired < self.cooldown_s:
+        """Report an incident; True when it fired (webhook + its response's action), False if suppressed."""
+        if self.cooling():
             return False
-        self.last_fired = now
+        self.last_fired = self.clock()
         if self.webhook_url:
             try:
                 post_cloudevent(self.webhook_url, data)
             except OSError:
                 log.warning("alert webhook %s failed", self.webhook_url, exc_info=True)
-        if self.retrain is not None:
+        response = data.get("response", "retrain")
+        action = {"retrain": self.retrain, "recalibrate": self.recalibrate}.get(response)
+        if action is not None:
             try:
-                self.retrain(data)
+                action(data)
             except Exception:
-                log.exception("retraining trigger failed")
+                log.exception("%s trigger failed", response)
+        elif response != "page":
+            log.warning("no action wired for response %s: incident posted only", response)
         return True

@@ -124,6 +124,18 @@ class Metrics:
         self.triggers = Counter(
             "relearn_drift_triggers", "Incidents by outcome (fired, suppressed).", ["result"], registry=r
         )
+        self.retrain_triggers = Counter(
+            "relearn_drift_retrain_triggers",
+            "Incidents by reason (drift, quality, schedule, volume) and outcome (fired, suppressed).",
+            ["reason", "result"],
+            registry=r,
+        )
+        self.responses = Counter(
+            "relearn_drift_responses",
+            "Fired incidents by the response chosen (retrain, recalibrate, page).",
+            ["response"],
+            registry=r,
+        )
         self.reference_version = Gauge(
             "relearn_drift_reference_version", "Model version whose reference is loaded.", registry=r
         )

@@ -56,7 +56,9 @@ from relearn.monitoring.quality import (
     rolling_quality,
 )
 from relearn.monitoring.report import write_report
+from relearn.monitoring.response import Responder
 from relearn.monitoring.settings import DriftSettings
+from relearn.monitoring.triggers import Triggers
 
 log = logging.getLogger(__name__)
 # Requests waiting for their response, oldest dropped beyond this: KServe logs no response for a failed
@@ -127,6 +129,8 @@ class Monitor:
         self.stable_scores: np.ndarray | None = None  # scores of the last closed stable window (in memory)
         self.version_quality: dict[tuple[str, str], Quality] = {}  # (track, model version) → quality
         self.estimates = WindowEstimates(settings.alert_budget, settings.label_maturity_s)
+        self.responder = Responder(settings.quality_window, settings.label_maturity_s)  # incident → action
+        self.triggers = Triggers(settings, self.conn, alerter, self._incident)  # schedule, volume
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drift-monitor", daemon=True)
         self._last_poll = 0.0
@@ -223,6 +227,7 @@ class Monitor:
                     self.error = None
                 self._poll_champion()
                 busy = self.step()
+                self.triggers.check()
                 if self.quality_due.is_set():
                     self.quality_due.clear()
                     self.update_quality()
@@ -377,6 +382,8 @@ class Monitor:
         }
         if divergence is not None:
             record["score_divergence"] = divergence
+        if violations := self.responder.observe(self.tester, track, window.index, result, frame):
+            record["violations"] = violations
         self.estimates.close(
             self.conn, m, self.tester.reference, track, record, scores, window.versions, window.ids
         )
@@ -384,10 +391,11 @@ class Monitor:
         del self.results[track][:-1000]
         if self.settings.reports:
             self._report(track, window, result, frame, scores)
-        if result.is_drift:
-            log.info("drift on %s window %d: %s", track, window.index, result.drifted)
+        if result.is_drift or violations:
+            log.info("drift on %s window %d: %s %s", track, window.index, result.drifted, violations)
             self._incident(
                 {"kind": "drift", "track": track, "window": window.index, "drifted": result.drifted}
+                | ({"violations": violations} if violations else {})
             )
 
     def _score_divergence(self, track: str, scores: np.ndarray) -> float | None:
@@ -423,8 +431,11 @@ class Monitor:
         write_report(path, track, window.index, result, self.tester.reference, frame)
 
     def _incident(self, data: dict[str, Any]) -> None:
+        data = self.responder.decide(data)  # response (retrain, recalibrate, page) and why
         fired = self.alerter.incident(data)
         self.metrics.triggers.labels("fired" if fired else "suppressed").inc()
+        self.metrics.retrain_triggers.labels(data["kind"], "fired" if fired else "suppressed").inc()
+        self.metrics.responses.labels(data["response"]).inc(fired)
         if fired and self.alerter.last_fired is not None:
             store.set_state(self.conn, [("last_trigger", repr(self.alerter.last_fired))])
 
@@ -491,6 +502,7 @@ class Monitor:
                 gauge.labels(track).set(value)
             self.metrics.pr_auc.labels(track).set(q.pr_auc)
             self.metrics.prevalence.labels(track).set(q.positives / q.n)
+            record["roc_auc"] = self.responder.observe_quality(self.conn, track)
             reasons = []
             if self._recall_drop(track, q, record):
                 reasons.append("recall")

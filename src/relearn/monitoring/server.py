@@ -347,8 +347,13 @@ class ServeCommand(DriftSettings):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m relearn.monitoring.server``."""
-    CliApp.run(ServeCommand, cli_args=argv)
+    """Entry point of ``python -m relearn.monitoring.server``: impossible settings exit naming them."""
+    from pydantic import ValidationError
+
+    try:
+        CliApp.run(ServeCommand, cli_args=argv)
+    except ValidationError as error:
+        raise SystemExit(f"drift detector not started, invalid settings: {error}") from None
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relearn.settings import ALERT_BUDGET, RelearnSettings
@@ -167,6 +167,24 @@ class DriftSettings(BaseSettings):
         "/opt/relearn/pipelines/relearn-train.yaml",
         description="Compiled pipeline (cluster mode); the drift image compiles it at build.",
     )
+    # Triggers besides drift and quality (relearn.monitoring.triggers), through the same cool-down.
+    schedule_interval_s: float | None = Field(
+        None,
+        gt=0,
+        description="Retrain at least this often (seconds since the last trigger); off when unset. Local "
+        "mode: the monitor's own clock; cluster mode: a KFP recurring run the detector creates.",
+    )
+    volume_labels: int | None = Field(
+        None,
+        ge=1,
+        description="Retrain once this many new labelled predictions (matured, live traffic) have come "
+        "since the last trigger; off when unset.",
+    )
+    recalibrate_command: str | None = Field(
+        None,
+        description="Local-mode command a label-shift incident starts (e.g. .venv/platform/bin/python -m "
+        "relearn.model.recalibrate --inference-log ...); unset: the incident is posted, nothing started.",
+    )
     # Training/serving skew (relearn.monitoring.skew): off unless both are set.
     skew_lake_dir: Path | None = Field(
         None,
@@ -200,6 +218,13 @@ class DriftSettings(BaseSettings):
     reports: bool = Field(True, description="Write an HTML report per window under <data_dir>/reports.")
     poll_s: float = Field(0.2, gt=0, description="How often the monitor reads new events from the log.")
     log_level: str = Field("INFO", description="Log level.")
+
+    @model_validator(mode="after")
+    def _triggers_possible(self) -> DriftSettings:
+        from relearn.monitoring.triggers import check_trigger_settings
+
+        check_trigger_settings(self)
+        return self
 
     def reference_file(self) -> Path | None:
         """The reference file: ``reference_path``, else (no MLflow URI) the one ``make train`` wrote.

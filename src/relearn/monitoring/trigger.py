@@ -7,6 +7,7 @@ mode needs it, and it is slow to import.
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import subprocess
@@ -15,7 +16,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def submit_kfp_run(host: str | None, package_path: str, arguments: dict[str, Any] | None = None) -> str:
+def submit_kfp_run(
+    host: str | None, package_path: str, arguments: dict[str, Any] | None = None, reason: str = "drift"
+) -> str:
     """Start a run of the compiled training pipeline through the KFP API (cluster mode).
 
     Returns:
@@ -24,9 +27,49 @@ def submit_kfp_run(host: str | None, package_path: str, arguments: dict[str, Any
     import kfp  # lazily: only the cluster mode needs it
 
     run = kfp.Client(host=host).create_run_from_pipeline_package(
-        package_path, arguments=arguments or {}, run_name="relearn-retrain (drift)"
+        package_path, arguments=arguments or {}, run_name=f"relearn-retrain ({reason})"
     )
     return str(run.run_id)
+
+
+RECURRING_RUN = "relearn-retrain (schedule)"
+
+
+def ensure_recurring_run(
+    host: str | None, package_path: str, interval_s: int, name: str = RECURRING_RUN
+) -> str:
+    """Make sure one recurring run named ``name`` runs the compiled pipeline every ``interval_s`` (cluster).
+
+    KFP's scheduler then starts the runs: ``max_concurrency=1`` (a run never overlaps the previous one) and
+    ``no_catchup`` (after a pause, one run, not one per missed interval) are its de-duplication. An existing
+    recurring run of that name with the same interval is kept (a restarted detector creates no second one);
+    one with another interval is deleted and created again.
+
+    Returns:
+        The recurring run's id.
+    """
+    import kfp  # lazily: only the cluster mode needs it
+
+    client = kfp.Client(host=host)
+    experiment = client.create_experiment(name="Default")  # kfp returns the existing one by that name
+    flt = json.dumps({"predicates": [{"key": "display_name", "operation": "EQUALS", "string_value": name}]})
+    listed = client.list_recurring_runs(experiment_id=experiment.experiment_id, filter=flt)
+    for existing in listed.recurring_runs or []:
+        periodic = existing.trigger.periodic_schedule if existing.trigger else None
+        if periodic is not None and int(periodic.interval_second or 0) == interval_s:
+            return str(existing.recurring_run_id)
+        client.delete_recurring_run(existing.recurring_run_id)
+    created = client.create_recurring_run(
+        experiment_id=experiment.experiment_id,
+        job_name=name,
+        description="relearn: scheduled retraining (RELEARN_DRIFT_SCHEDULE_INTERVAL_S)",
+        interval_second=interval_s,
+        max_concurrency=1,
+        no_catchup=True,
+        pipeline_package_path=package_path,
+    )
+    log.info("KFP recurring run %s every %d s", created.recurring_run_id, interval_s)
+    return str(created.recurring_run_id)
 
 
 def run_local(command: str, extra_args: list[str] | None = None) -> subprocess.Popen[bytes]:

@@ -1,0 +1,214 @@
+"""The right response to each kind of drift: retrain, recalibrate, or stop and page.
+
+Not every incident calls for retraining (*Designing Machine Learning Systems*, ch. 8-9):
+
+* **data bug** → ``page``: the window's served inputs break what the reference says they can be (a
+  categorical input suddenly missing or out of vocabulary on many rows: nulls; a numeric input far outside
+  the reference's range on many rows: a units change). Retraining would learn the bug; the incident goes to
+  the webhook and nothing is started. Once a track's window failed these checks, every incident of the
+  track is a page (a schedule's included: never train on broken data) until the reference changes (a new
+  champion) or the detector restarts: a units bug fades from relative inputs as the entity means absorb it,
+  while the data stays broken.
+* **prior (label) shift** → ``recalibrate``: the inputs stay put while the score distribution moves (a drift
+  window where only ``score`` drifted), or labels show more fraud / lower recall at the budget while the
+  inputs stay put and the model still ranks as well as it did (ROC-AUC, which the fraud rate does not move,
+  within ``AUC_MARGIN`` of the track's first labelled value after the reference was loaded). The ranking is
+  good; the decision threshold is re-fitted to the alert budget (:mod:`relearn.model.recalibrate`).
+* **covariate or concept drift** → ``retrain``: inputs drifted, or the ranking degraded (new fraud the model
+  scores low), and every schedule or volume trigger.
+
+Each decision is written into the incident (``response``, ``why``): the webhook's CloudEvent, the audit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from relearn.features.spec import CATEGORICAL_INPUTS
+
+RESPONSES = ("retrain", "recalibrate", "page")
+RECENT_WINDOWS = 3  # windows of a track whose evidence an incident is judged on
+NULL_JUMP = 0.10  # a categorical input missing / out of vocabulary on this much more of the window: a bug
+OUT_OF_RANGE = 0.05  # share of a window's values beyond the reference's range (with margin): a bug
+RANGE_IQRS = 10.0  # margin beyond the reference's 0.1 % / 99.9 % quantiles, in inter-quartile ranges
+AUC_MARGIN = 0.03  # ROC-AUC within this of the baseline: the model still ranks as well
+MIN_POSITIVES = 10  # frauds needed for a ROC-AUC
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What the reference says an input can be: a numeric range, or a categorical input's unknown share."""
+
+    low: dict[str, float]
+    high: dict[str, float]
+    unknown: dict[str, float]
+
+
+def _unknown_share(values: pd.Series, name: str) -> float:
+    vocabulary = set(CATEGORICAL_INPUTS[name])
+    return float((~values.astype(str).isin(vocabulary) | values.isna()).mean()) if len(values) else 0.0
+
+
+def bounds_of(reference: pd.DataFrame, features: list[str]) -> Bounds:
+    """The data checks' bounds from the reference sample, for the inputs the drift verdict uses."""
+    low, high, unknown = {}, {}, {}
+    for name in features:
+        if name not in reference:
+            continue
+        if name in CATEGORICAL_INPUTS:
+            unknown[name] = _unknown_share(reference[name], name)
+            continue
+        x = pd.to_numeric(reference[name], errors="coerce").dropna().to_numpy(np.float64)
+        if len(x):
+            q001, q25, q75, q999 = np.quantile(x, [0.001, 0.25, 0.75, 0.999])
+            margin = RANGE_IQRS * max(q75 - q25, 1e-9)
+            low[name], high[name] = float(q001 - margin), float(q999 + margin)
+    return Bounds(low, high, unknown)
+
+
+def data_violations(window: pd.DataFrame, bounds: Bounds) -> list[str]:
+    """The data checks a window fails, worded like ``relearn.data.validate``'s (``check:input (detail)``)."""
+    out = []
+    for name, share in bounds.unknown.items():
+        if name in window:
+            now = _unknown_share(window[name], name)
+            if now - share > NULL_JUMP:
+                out.append(f"null_fraction:{name} ({now:.0%} missing or unknown, reference {share:.0%})")
+    for name, low in bounds.low.items():
+        if name in window:
+            x = pd.to_numeric(window[name], errors="coerce").to_numpy(np.float64)
+            x = x[np.isfinite(x)]
+            share = float(((x < low) | (x > bounds.high[name])).mean()) if len(x) else 0.0
+            if share > OUT_OF_RANGE:
+                out.append(f"out_of_range:{name} ({share:.0%} of the window outside the reference's range)")
+    return out
+
+
+@dataclass
+class Evidence:
+    """What one closed window showed."""
+
+    index: int
+    inputs_drifted: list[str]
+    score_drift: bool
+    violations: list[str]
+
+
+def labelled_scores(
+    conn: sqlite3.Connection, track: str, window: int, maturity_s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and labels of the newest ``window`` matured predictions of a track (as the rolling quality)."""
+    newest = conn.execute("SELECT MAX(label_time) FROM labels").fetchone()[0]
+    if newest is None:
+        return np.empty(0), np.empty(0)
+    rows = conn.execute(
+        "SELECT p.score, COALESCE(l.is_fraud, 0) FROM predictions p "
+        "LEFT JOIN labels l ON l.transaction_id = p.transaction_id "
+        "WHERE p.track = ? AND p.time <= ? ORDER BY p.time DESC LIMIT ?",
+        (track, float(newest) - maturity_s, window),
+    ).fetchall()
+    data = np.asarray(rows, dtype=np.float64).reshape(-1, 2)
+    return data[:, 0], data[:, 1]
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """ROC-AUC (unmoved by the fraud rate under a pure prior shift); None with too few frauds or legits."""
+    from sklearn.metrics import roc_auc_score
+
+    positives = int(labels.sum())
+    if positives < MIN_POSITIVES or positives == len(labels):
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+@dataclass
+class Responder:
+    """Keeps each track's recent evidence and decides the response of an incident."""
+
+    window: int = 5000  # labelled predictions in the ROC-AUC (the rolling quality window)
+    maturity_s: float = 0.0
+    recent: dict[str, deque[Evidence]] = field(default_factory=dict)
+    auc_baseline: dict[str, float] = field(default_factory=dict)
+    auc_now: dict[str, float] = field(default_factory=dict)
+    bugs: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # track → (window, check)
+    bounds: Bounds | None = None
+    _reference_id: int | None = None
+
+    def reset(self) -> None:
+        """A new reference (champion): bounds and ROC-AUC baselines start again."""
+        self.bounds, self._reference_id = None, None
+        self.auc_baseline, self.auc_now, self.bugs = {}, {}, {}
+
+    def observe(self, tester: Any, track: str, index: int, result: Any, frame: pd.DataFrame) -> list[str]:
+        """Record a closed window's evidence; returns the data checks it failed."""
+        if self._reference_id != id(tester.reference):
+            self.reset()
+            self.bounds = bounds_of(tester.reference, tester.features)
+            self._reference_id = id(tester.reference)
+        assert self.bounds is not None
+        violations = data_violations(frame, self.bounds)
+        inputs = [f for f in result.drifted if f in tester.features]
+        evidence = Evidence(index, inputs, bool(result.score_drift), violations)
+        self.recent.setdefault(track, deque(maxlen=RECENT_WINDOWS)).append(evidence)
+        self.bugs.setdefault(track, []).extend((index, v) for v in violations)
+        del self.bugs[track][:-100]
+        return violations
+
+    def observe_quality(self, conn: sqlite3.Connection, track: str) -> float | None:
+        """The track's ROC-AUC now; the first one after a (re)load is its baseline."""
+        auc = roc_auc(*labelled_scores(conn, track, self.window, self.maturity_s))
+        if auc is not None:
+            self.auc_now[track] = auc
+            self.auc_baseline.setdefault(track, auc)
+        return auc
+
+    def decide(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The incident with its ``response`` and ``why``."""
+        response, why = self._decide(data)
+        return {**data, "response": response, "why": why}
+
+    def _decide(self, data: dict[str, Any]) -> tuple[str, str]:
+        kind, track = data.get("kind"), data.get("track", "stable")
+        recent = list(self.recent.get(track, ()))
+        bugs = self.bugs.get(track, [])
+        if bugs:
+            windows = sorted({i for i, _ in bugs})
+            checks = sorted({v.split(" ", 1)[0] for _, v in bugs})
+            return "page", (
+                f"data bug: window(s) {windows} of {track} failed data checks {checks}; "
+                "no training on broken data, page the data owners"
+            )
+        if kind in ("schedule", "volume"):
+            return "retrain", f"{kind} trigger"
+        moved = sorted({f for e in recent for f in e.inputs_drifted})
+        if kind == "drift":
+            drifted = [str(f) for f in data.get("drifted", [])]
+            if moved:
+                return "retrain", f"covariate drift: inputs {moved} drifted"
+            if "score" in drifted or "is_fraud" in drifted:
+                return "recalibrate", (
+                    "prior (label) shift: the score distribution moved while no input drifted; the ranking "
+                    "holds, re-fit the threshold to the alert budget"
+                )
+            return "retrain", f"drift on {drifted}"
+        if moved:
+            return "retrain", f"quality drop with input drift on {moved}"
+        now, base = self.auc_now.get(track), self.auc_baseline.get(track)
+        reasons = data.get("reasons", [])
+        if now is None or base is None:
+            return "retrain", f"quality drop {reasons}; too few labels to tell prior shift from concept drift"
+        if now >= base - AUC_MARGIN:
+            return "recalibrate", (
+                f"prior (label) shift: quality drop {reasons} while no input drifted and the model ranks as "
+                f"well as before (ROC-AUC {now:.3f}, baseline {base:.3f}); re-fit the threshold to the budget"
+            )
+        return "retrain", (
+            f"concept drift: quality drop {reasons} and the ranking degraded (ROC-AUC {now:.3f}, baseline "
+            f"{base:.3f}) while no input drifted"
+        )

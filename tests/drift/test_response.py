@@ -1,0 +1,139 @@
+"""The response each kind of drift gets: page on a data bug, recalibrate on a prior shift, retrain otherwise.
+
+Windows of the generator's scenarios go through the monitor as its thread closes them (real drift tests);
+the label path uses controlled scores: a pure prior shift (more fraud drawn from the same class-conditional
+score distributions) against concept drift (new fraud the model scores like legitimate traffic).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import WINDOW, scenario_stream
+from relearn.features.spec import MODEL_INPUTS
+from relearn.monitoring.alerts import Alerter
+from relearn.monitoring.detector import DriftTester
+from relearn.monitoring.metrics import Metrics
+from relearn.monitoring.monitor import Monitor, Window
+from relearn.monitoring.settings import NON_STATIONARY_INPUTS, DriftSettings
+
+
+class _Actions:
+    def __init__(self) -> None:
+        self.retrain: list[dict] = []
+        self.recalibrate: list[dict] = []
+
+
+def _monitor(tmp_path, reference: pd.DataFrame | None = None, **options) -> tuple[Monitor, _Actions]:
+    actions = _Actions()
+    now = [1_000_000.0]
+    alerter = Alerter(0, None, actions.retrain.append, recalibrate=actions.recalibrate.append)
+    alerter.clock = lambda: now[0]
+    settings = DriftSettings(data_dir=tmp_path, reports=False, cooldown_s=0, **options)
+    monitor = Monitor(settings, Metrics(), alerter)
+    if reference is not None:
+        monitor.tester = DriftTester(reference[[*MODEL_INPUTS, "score"]], exclude=list(NON_STATIONARY_INPUTS))
+    return monitor, actions
+
+
+def _close(monitor: Monitor, rows: pd.DataFrame, index: int, scores: np.ndarray | None = None) -> dict:
+    scores = rows["score"].to_numpy() if scores is None else scores
+    window = Window(rows=rows[list(MODEL_INPUTS)].to_dict("records"), scores=scores.tolist(), index=index)
+    monitor._close("stable", window)
+    return monitor.results["stable"][-1]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "check"),
+    [
+        ("data_bug_units", "out_of_range:amount_ratio_user_mean"),
+        ("data_bug_nulls", "null_fraction:merchant_category"),
+    ],
+)
+def test_a_data_bug_pages_and_starts_nothing_even_later(tmp_path, scenario, check):
+    reference, before, after = scenario_stream(scenario)
+    monitor, actions = _monitor(tmp_path, reference)
+    try:
+        assert "violations" not in _close(monitor, before.iloc[:WINDOW], 0)
+        record = _close(monitor, after.iloc[:WINDOW], 1)
+        assert any(v.startswith(check) for v in record["violations"]), record
+        monitor._incident({"kind": "schedule", "track": "stable"})  # the bug stays: no scheduled training
+        text = monitor.metrics.registry.get_sample_value
+        assert text("relearn_drift_responses_total", {"response": "page"}) == 2
+    finally:
+        monitor.conn.close()
+    assert actions.retrain == [] and actions.recalibrate == []
+
+
+def test_covariate_shift_retrains(tmp_path):
+    reference, _, after = scenario_stream("covariate_shift")
+    monitor, actions = _monitor(tmp_path, reference)
+    try:
+        record = _close(monitor, after.iloc[2 * WINDOW : 3 * WINDOW], 0)
+    finally:
+        monitor.conn.close()
+    assert record["drift"] and "violations" not in record
+    assert [a["response"] for a in actions.retrain] == ["retrain"]
+    assert actions.retrain[0]["why"].startswith("covariate drift: inputs [")
+
+
+def test_scores_moving_without_the_inputs_recalibrate(tmp_path):
+    reference, before, _ = scenario_stream("none")
+    rows = before.iloc[:WINDOW]
+    scores = rows["score"].to_numpy().copy()
+    rng = np.random.default_rng(3)
+    more_fraud = rng.choice(WINDOW, 150, replace=False)  # a campaign: more high scores, same inputs
+    scores[more_fraud] = np.quantile(reference["score"], rng.uniform(0.97, 1.0, 150))
+    monitor, actions = _monitor(tmp_path, reference)
+    try:
+        record = _close(monitor, rows, 0, scores)
+    finally:
+        monitor.conn.close()
+    assert record["drifted"] == ["score"]
+    assert [a["response"] for a in actions.recalibrate] == ["recalibrate"] and actions.retrain == []
+
+
+def _traffic(rng: np.random.Generator, n: int, fraud: float, unseen: float, start: float) -> list[tuple]:
+    """Predictions with labels: legitimate ~ Beta(2, 8), known fraud ~ Beta(6, 3), unseen fraud scored
+    like legitimate traffic (the model cannot tell it)."""
+    kind = rng.choice(3, n, p=[1 - fraud - unseen, fraud, unseen])
+    scores = np.where(kind == 1, rng.beta(6, 3, n), rng.beta(2, 8, n))
+    return [
+        (f"x{start + i}", start + i, float(s), int(k > 0))
+        for i, (s, k) in enumerate(zip(scores, kind, strict=True))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fraud", "unseen", "response"),
+    [(0.05, 0.0, "recalibrate"), (0.01, 0.03, "retrain")],
+    ids=["prior_shift", "concept_drift"],
+)
+def test_a_quality_drop_recalibrates_under_prior_shift_and_retrains_under_concept_drift(
+    tmp_path, fraud, unseen, response
+):
+    rng = np.random.default_rng(21)
+    monitor, actions = _monitor(tmp_path, quality_window=4000)
+
+    def serve(rows: list[tuple]) -> None:
+        with monitor.conn:
+            monitor.conn.executemany(
+                "INSERT INTO predictions VALUES (?, 'stable', ?, ?, '1')", [r[:3] for r in rows]
+            )
+            newest = rows[-1][1] + 1
+            monitor.conn.executemany(
+                "INSERT INTO labels VALUES (?, 1, ?, ?)", [(r[0], newest, newest) for r in rows if r[3]]
+            )
+        monitor.update_quality()
+
+    try:
+        serve(_traffic(rng, 4000, 0.01, 0.0, 0))  # before: the baseline
+        serve(_traffic(rng, 4000, fraud, unseen, 10_000))
+        monitor._incident({"kind": "quality", "track": "stable", "reasons": ["recall"]})
+    finally:
+        monitor.conn.close()
+    fired = actions.recalibrate if response == "recalibrate" else actions.retrain
+    assert [a["response"] for a in fired] == [response], (actions.retrain, actions.recalibrate)
+    assert "ROC-AUC" in fired[0]["why"]

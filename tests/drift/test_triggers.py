@@ -1,0 +1,178 @@
+"""Schedule and volume triggers: through the monitor's incident path (cool-down, webhook, metrics), the KFP
+recurring run the cluster mode creates (exact API calls), and impossible settings refused by name."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+from prometheus_client import generate_latest
+from pydantic import ValidationError
+
+from relearn.monitoring.alerts import Alerter
+from relearn.monitoring.metrics import Metrics
+from relearn.monitoring.monitor import Monitor
+from relearn.monitoring.settings import DriftSettings
+from relearn.monitoring.trigger import RECURRING_RUN, ensure_recurring_run
+from relearn.monitoring.triggers import CHECK_S
+
+HOUR = 3600.0
+
+
+def _monitor(tmp_path, webhook_url, now, **options):
+    settings = DriftSettings(data_dir=tmp_path, reports=False, cooldown_s=HOUR, **options)
+    runs: list[dict] = []
+    alerter = Alerter(settings.cooldown_s, webhook_url, runs.append, clock=lambda: now[0])
+    monitor = Monitor(settings, Metrics(), alerter)
+    monitor.triggers.clock = lambda: now[0]
+    return monitor, runs
+
+
+def _counter(monitor, reason, result):
+    text = generate_latest(monitor.metrics.registry).decode()
+    line = f'relearn_drift_retrain_triggers_total{{reason="{reason}",result="{result}"}} '
+    found = [x for x in text.splitlines() if x.startswith(line)]
+    return float(found[0].rsplit(" ", 1)[1]) if found else 0.0
+
+
+def test_schedule_fires_on_the_local_clock_once_per_interval(tmp_path, webhook):
+    url, received = webhook
+    now = [1_000_000.0]
+    monitor, runs = _monitor(tmp_path, url, now, schedule_interval_s=6 * HOUR)
+    fired = []
+    for _ in range(int(13 * HOUR / 60)):  # 13 hours, checked every minute
+        fired.append(monitor.triggers.check())
+        now[0] += 60
+    assert [i for i, reason in enumerate(fired) if reason] == [360, 720]  # at 6 h and 12 h
+    assert [r["kind"] for r in runs] == ["schedule", "schedule"]
+    assert runs[0]["response"] == "retrain" and runs[0]["why"] == "schedule trigger"
+    assert [e["data"]["kind"] for e in received] == ["schedule", "schedule"]
+    assert _counter(monitor, "schedule", "fired") == 2
+    assert _counter(monitor, "schedule", "suppressed") == 0  # not re-raised while it cools down
+
+
+def test_a_drift_trigger_restarts_the_schedule_and_shares_the_cooldown(tmp_path, webhook):
+    url, _ = webhook
+    now = [1_000_000.0]
+    monitor, runs = _monitor(tmp_path, url, now, schedule_interval_s=6 * HOUR)
+    monitor.triggers.check()  # the schedule's origin: the first start
+    now[0] += 5 * HOUR
+    monitor._incident({"kind": "drift", "track": "stable", "drifted": ["log_amount"]})
+    now[0] += 2 * HOUR  # 7 h after the start, 2 h after the drift trigger: not due
+    assert monitor.triggers.check() is None
+    now[0] += 4 * HOUR + CHECK_S  # 6 h after the drift trigger
+    assert monitor.triggers.check() == "schedule"
+    assert [r["kind"] for r in runs] == ["drift", "schedule"]
+    assert _counter(monitor, "drift", "fired") == 1
+
+
+def test_volume_counts_matured_labelled_predictions_since_the_last_trigger(tmp_path):
+    now = [1_000_000.0]
+    monitor, runs = _monitor(tmp_path, None, now, volume_labels=300, label_maturity_s=HOUR)
+    conn = monitor.conn
+    monitor.triggers.check()  # origin: now
+    t0 = now[0]
+    rows = [(f"t{i}", "stable", t0 + i, 0.1, "1") for i in range(400)]
+    rows += [(f"s{i}", "shadow", t0 + i, 0.1, "2") for i in range(400)]  # mirrored: not new traffic
+    conn.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?)", rows)
+    now[0] += 1000  # the checks come after these predictions
+    label = t0 + 250 + HOUR  # labels mature up to t250: 250 labelled, not enough
+    conn.execute("INSERT INTO labels VALUES ('t3', 1, ?, ?)", (label, label))
+    assert monitor.triggers.check() is None
+    conn.execute("INSERT INTO labels VALUES ('t7', 1, ?, ?)", (label + 100, label + 100))  # up to t350
+    now[0] += CHECK_S
+    assert monitor.triggers.check() == "volume"
+    assert runs[-1]["kind"] == "volume" and runs[-1]["labelled"] == 350  # t1..t350 (t0 is the origin)
+    now[0] += 2 * HOUR  # after the cool-down: no new labelled predictions since the trigger
+    assert monitor.triggers.check() is None
+    assert _counter(monitor, "volume", "fired") == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"schedule_interval_s": 600, "cooldown_s": 3600}, "schedule_interval_s"),
+        ({"schedule_interval_s": -5}, "schedule_interval_s"),
+        ({"volume_labels": 0}, "volume_labels"),
+        ({"cooldown_s": -1}, "cooldown_s"),
+    ],
+)
+def test_impossible_trigger_settings_are_refused_by_name(tmp_path, options, named):
+    with pytest.raises(ValidationError, match=named):
+        DriftSettings(data_dir=tmp_path, **options)
+
+
+def test_the_server_refuses_an_impossible_schedule_and_starts_nothing(tmp_path, monkeypatch):
+    from relearn.monitoring import server
+
+    started = []
+    monkeypatch.setattr(server, "create_app", started.append)
+    argv = ["--data-dir", str(tmp_path / "d"), "--schedule-interval-s", "60", "--cooldown-s", "3600"]
+    with pytest.raises(SystemExit, match=r"schedule_interval_s \(60\) must be at least cooldown_s \(3600\)"):
+        server.main(argv)
+    assert started == [] and not (tmp_path / "d").exists()
+
+
+class _KfpApi(BaseHTTPRequestHandler):
+    calls: ClassVar[list[tuple[str, str, dict]]] = []
+    existing: ClassVar[list[dict]] = []
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else {}
+        self.calls.append((self.command, self.path.split("?")[0], body))
+        reply: dict = {}
+        if self.path.startswith("/apis/v2beta1/experiments"):
+            reply = {"experiments": [{"experiment_id": "exp-1", "display_name": "Default"}]}
+        elif self.path.startswith("/apis/v2beta1/recurringruns") and self.command == "GET":
+            reply = {"recurringRuns": self.existing}  # the proto's json_name (kfp_server_api's attribute_map)
+        elif self.path.startswith("/apis/v2beta1/recurringruns") and self.command == "POST":
+            reply = {"recurring_run_id": "rr-7", "display_name": body.get("display_name")}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_DELETE = _answer  # noqa: N815 (http.server's names)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_cluster_schedule_is_one_kfp_recurring_run(tmp_path):
+    from pipelines.compile import compile_all
+
+    (package,) = compile_all(tmp_path)
+    _KfpApi.calls, _KfpApi.existing = [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KfpApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert ensure_recurring_run(host, str(package), 86400) == "rr-7"
+        posts = [(p, b) for m, p, b in _KfpApi.calls if m == "POST"]
+        assert [p for p, _ in posts] == ["/apis/v2beta1/recurringruns"]
+        body = posts[0][1]
+        assert body["display_name"] == RECURRING_RUN and body["experiment_id"] == "exp-1"
+        assert body["trigger"]["periodic_schedule"]["interval_second"] == 86400
+        assert body["max_concurrency"] == 1 and body["no_catchup"] is True and body["mode"] == "ENABLE"
+        assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "relearn-train"
+        # A restarted detector finds it and creates no second one; another interval replaces it.
+        _KfpApi.calls = []
+        _KfpApi.existing = [{"recurring_run_id": "rr-7", "display_name": RECURRING_RUN,
+                             "trigger": {"periodic_schedule": {"interval_second": "86400"}}}]  # fmt: skip
+        assert ensure_recurring_run(host, str(package), 86400) == "rr-7"
+        assert [m for m, _, _ in _KfpApi.calls if m != "GET"] == []
+        _KfpApi.calls = []
+        ensure_recurring_run(host, str(package), 3600)
+        assert [(m, p) for m, p, _ in _KfpApi.calls if m != "GET"] == [
+            ("DELETE", "/apis/v2beta1/recurringruns/rr-7"),
+            ("POST", "/apis/v2beta1/recurringruns"),
+        ]
+    finally:
+        server.shutdown()
+        server.server_close()
