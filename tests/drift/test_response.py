@@ -137,3 +137,28 @@ def test_a_quality_drop_recalibrates_under_prior_shift_and_retrains_under_concep
     fired = actions.recalibrate if response == "recalibrate" else actions.retrain
     assert [a["response"] for a in fired] == [response], (actions.retrain, actions.recalibrate)
     assert "ROC-AUC" in fired[0]["why"]
+
+
+def test_local_mode_starts_the_command_of_the_response(tmp_path):
+    import shlex
+    import sys
+    import time
+
+    from relearn.monitoring.server import _recalibrate, _retrain
+
+    def command(name: str) -> str:
+        script = f"open({str(tmp_path / name)!r}, 'a').write('run')"
+        return f"{shlex.quote(sys.executable)} -c {shlex.quote(script)}"
+
+    settings = DriftSettings(
+        data_dir=tmp_path, trigger_mode="local", local_command=command("retrain"),
+        recalibrate_command=command("recalibrate"), cooldown_s=0,
+    )  # fmt: skip
+    alerter = Alerter(0, None, _retrain(settings), recalibrate=_recalibrate(settings))
+    for response in ("page", "recalibrate"):
+        assert alerter.incident({"kind": "quality", "response": response})
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "recalibrate").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert (tmp_path / "recalibrate").read_text() == "run" and not (tmp_path / "retrain").exists()

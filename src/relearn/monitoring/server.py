@@ -69,7 +69,18 @@ def _retrain(settings: DriftSettings) -> Any:
     if settings.trigger_mode == "cluster":
         from relearn.monitoring.trigger import submit_kfp_run
 
-        return lambda data: submit_kfp_run(settings.kfp_host, settings.kfp_package)
+        return lambda data: submit_kfp_run(
+            settings.kfp_host, settings.kfp_package, reason=str(data.get("kind", "drift"))
+        )
+    return None
+
+
+def _recalibrate(settings: DriftSettings) -> Any:
+    """Local mode: ``recalibrate_command`` on a label-shift incident (else the incident is posted only)."""
+    if settings.trigger_mode == "local" and settings.recalibrate_command:
+        from relearn.monitoring.trigger import run_local
+
+        return lambda data: run_local(str(settings.recalibrate_command))
     return None
 
 
@@ -115,7 +126,9 @@ def create_app(settings: DriftSettings) -> Any:
             db, settings.sqlite_synchronous, settings.commit_wait_ms, settings.max_batch
         )
         state["labels_conn"] = store.connect(db, settings.sqlite_synchronous)
-        alerter = Alerter(settings.cooldown_s, settings.webhook_url, _retrain(settings))
+        alerter = Alerter(
+            settings.cooldown_s, settings.webhook_url, _retrain(settings), recalibrate=_recalibrate(settings)
+        )
         state["monitor"] = Monitor(settings, metrics, alerter)
         state["monitor"].start()
         skew = _skew_job(settings, metrics, db)
