@@ -115,8 +115,8 @@ def train_pipeline(
         label_maturity_days: Newest days kept out of training rows: their chargebacks are still due.
         join_engine: Point-in-time join: "pandas" (merge_asof over the registered Feast sources, fast)
             or "feast" (get_historical_features; minutes for 10k rows on the file offline store).
-        data_engine: Entity tables and training set on "pandas", "spark" (local Spark, same rows) or "auto"
-            (Spark from RELEARN_SPARK_AUTO_ROWS transactions in the lake, default 2 M).
+        data_engine: Validation, entity tables and training set on "pandas", "spark" (local Spark, same
+            rows and report) or "auto" (Spark from RELEARN_SPARK_AUTO_ROWS transactions, default 2 M).
         epochs: Maximum training epochs.
         batch_size: Training batch size.
         learning_rate: Adam learning rate.
@@ -154,7 +154,9 @@ def train_pipeline(
         onset=onset,
         source=source,
     )
-    checked = validate(start=start, days=days, transactions=data.outputs["transactions"])
+    checked = validate(
+        start=start, days=days, transactions=data.outputs["transactions"], data_engine=data_engine
+    )
     feats = features(
         start=start,
         days=days,

@@ -6,9 +6,20 @@ from components import relearn_component
 
 
 @relearn_component
-def validate(start: str, days: int, transactions: Input[Dataset], report: Output[Markdown]) -> bool:
-    """Checks the batch, writes a Markdown report, and fails the task (exit 1) when a check fails."""
+def validate(
+    start: str,
+    days: int,
+    transactions: Input[Dataset],
+    report: Output[Markdown],
+    data_engine: str = "pandas",
+) -> bool:
+    """Checks the batch, writes a Markdown report, and fails the task (exit 1) when a check fails.
+
+    ``data_engine``: pandas, spark (the same checks as Spark aggregates over the lake) or auto.
+    """
     from relearn import steps
 
-    steps.run_step(steps.validate, transactions.path, report.path, start=start, days=days)
+    steps.run_step(
+        steps.validate, transactions.path, report.path, start=start, days=days, data_engine=data_engine
+    )
     return True

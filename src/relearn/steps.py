@@ -108,19 +108,33 @@ def ingest(params: IngestParams, transactions_dir: str, labels_dir: str) -> dict
 
 
 # -------------------------------------------------------------------------------------------- validate
-def validate(transactions_dir: str, report_path: str, *, start: str, days: int) -> dict[str, Any]:
-    """Checks the batch against the expectations; raises :class:`StepFailed` with the report if it fails."""
+def validate(
+    transactions_dir: str, report_path: str, *, start: str, days: int, data_engine: str = "pandas"
+) -> dict[str, Any]:
+    """Checks the batch against the expectations; raises :class:`StepFailed` with the report if it fails.
+
+    ``data_engine`` as the features step's: on ``spark`` the same checks run as Spark aggregates over
+    every row of the lake (relearn.data.validate_spark), with the same report.
+    """
     from relearn.data import io
     from relearn.data.validate import Expectations
     from relearn.data.validate import validate as check
+    from relearn.features import spark_step
 
     begin, end = window(start, days)
-    transactions = io.read_transactions(transactions_dir)
-    report = check(transactions, Expectations(), window_start=begin, window_end=end)
+    try:
+        data_engine = spark_step.choose_engine(data_engine, transactions_dir)
+    except ValueError as exc:
+        raise StepFailed(str(exc)) from None
+    if data_engine == "spark":
+        report = spark_step.validate_spark(transactions_dir, Expectations(), begin, end)
+    else:
+        transactions = io.read_transactions(transactions_dir)
+        report = check(transactions, Expectations(), window_start=begin, window_end=end)
     markdown = report.to_markdown()
     Path(report_path).write_text(markdown)
     Path(report_path).with_suffix(".html").write_text(report.to_html())
-    log.info("validated", extra={"ok": report.ok, "rows": len(transactions)})
+    log.info("validated", extra={"ok": report.ok, "rows": report.n_rows, "engine": data_engine})
     if not report.ok:
         raise StepFailed(f"Validation failed: {report.summary()}\n\n{markdown}")
     return {"ok": True}

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from datetime import datetime, timedelta
+from collections.abc import Collection
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -50,16 +51,18 @@ def _listed(lines: list[str]) -> list[str]:
     return lines[:SHOWN] + ([f"... and {len(lines) - SHOWN} more"] if len(lines) > SHOWN else [])
 
 
-def schema_problems(root: str | Path, kind: io.Kind) -> list[str]:
+def schema_problems_by_day(root: str | Path, kind: io.Kind) -> dict[date, list[str]]:
     """Partitions whose files miss a column or hold one with another type (read from the footers only)."""
     expected, _ = _SCHEMAS[kind]
-    problems = []
+    problems: dict[date, list[str]] = {}
     for day, files in _files(root, kind).items():
         for path in files:
             try:
                 found = pq.read_schema(path)
             except (OSError, pa.ArrowInvalid) as exc:
-                problems.append(f"{kind} {day}: {path.name} is not readable Parquet ({exc})")
+                problems.setdefault(day, []).append(
+                    f"{kind} {day}: {path.name} is not readable Parquet ({exc})"
+                )
                 continue
             missing = [f.name for f in expected if f.name not in found.names]
             changed = [
@@ -69,8 +72,27 @@ def schema_problems(root: str | Path, kind: io.Kind) -> list[str]:
             ]
             if missing or changed:
                 what = ([f"missing columns {missing}"] if missing else []) + changed
-                problems.append(f"{kind} {day}: schema changed: {'; '.join(what)}")
+                problems.setdefault(day, []).append(f"{kind} {day}: schema changed: {'; '.join(what)}")
     return problems
+
+
+def schema_problems(root: str | Path, kind: io.Kind) -> list[str]:
+    """:func:`schema_problems_by_day`, in day order."""
+    return [p for day_problems in schema_problems_by_day(root, kind).values() for p in day_problems]
+
+
+def lake_columns(root: str | Path, kind: io.Kind) -> set[str]:
+    """The columns some file of the lake holds (footers only); the schema's if the lake is empty."""
+    files = [f for day_files in _files(root, kind).values() for f in day_files]
+    if not files:
+        return set(_SCHEMAS[kind][0].names)
+    found: set[str] = set()
+    for path in files:
+        try:
+            found.update(pq.read_schema(path).names)
+        except (OSError, pa.ArrowInvalid):
+            continue  # reported by schema_problems_by_day
+    return found
 
 
 def missing_days(root: str | Path, begin: datetime, end: datetime) -> list[str]:
@@ -85,11 +107,16 @@ def missing_days(root: str | Path, begin: datetime, end: datetime) -> list[str]:
 
 
 def read_lake(
-    spark: SparkSession, root: str | Path, kind: io.Kind, columns: list[str] | None = None
+    spark: SparkSession,
+    root: str | Path,
+    kind: io.Kind,
+    columns: list[str] | None = None,
+    skip_days: Collection[date] = (),
 ) -> DataFrame:
     """All rows of ``kind`` under ``root`` with the lake's schema (or ``columns`` of it only).
 
-    All columns of transactions come with :data:`ORDER`.
+    All columns of transactions come with :data:`ORDER`. ``skip_days``: partitions left out (validation
+    reads around those whose schema changed).
 
     ``ORDER`` follows each day file's row order (one file is one Spark partition at this size: day files
     are tens of MB), which is the pandas engine's tie order among one entity's events at one instant.
@@ -97,7 +124,7 @@ def read_lake(
     schema = spark_schema(_SCHEMAS[kind][0])
     if columns:
         schema = T.StructType([f for f in schema.fields if f.name in columns])
-    paths = [str(p) for files in _files(root, kind).values() for p in files]
+    paths = [str(p) for day, files in _files(root, kind).items() if day not in skip_days for p in files]
     if not paths:
         return spark.createDataFrame([], schema)
     frame = spark.read.schema(schema).parquet(*paths)

@@ -55,6 +55,28 @@ def choose_engine(engine: str, transactions_dir: str, settings: SparkSettings | 
     return chosen
 
 
+def validate_spark(transactions_dir: str, expectations, begin: datetime, end: datetime):
+    """The validate step's checks on Spark (relearn.data.validate_spark): the report.
+
+    Raises :class:`~relearn.steps.StepFailed` when Spark itself fails (one readable line, not the JVM's).
+    """
+    from relearn.data.validate_spark import validate_lake
+    from relearn.features.spark_session import SparkEngineError, first_line, spark_session
+    from relearn.steps import StepFailed
+
+    try:
+        return validate_lake(spark_session(), transactions_dir, expectations, begin, end)
+    except SparkEngineError as exc:
+        raise StepFailed(f"Validation on Spark failed: {exc}") from None
+    except Exception as exc:
+        from py4j.protocol import Py4JError
+        from pyspark.errors import PySparkException
+
+        if isinstance(exc, PySparkException | Py4JError):
+            raise StepFailed(f"Validation on Spark failed: {first_line(exc)}") from None
+        raise
+
+
 def build_features_spark(
     transactions_dir: str,
     labels_dir: str,
