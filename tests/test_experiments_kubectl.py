@@ -115,3 +115,33 @@ def test_help_lists_the_experiment_commands(capsys):
     out = capsys.readouterr().out
     for command in ("start", "status", "stop", "list", "analyze", "--no-registry"):
         assert command in out
+
+
+def test_promote_starts_the_winner_as_the_canary_through_the_rollout_path(
+    settings, registry, tmp_path, capsys
+):
+    from relearn.rollout.audit import AuditLog
+    from relearn.rollout.controller import ControllerSettings
+    from relearn.rollout.router import LocalBackend
+
+    state = tmp_path / "router-state.json"
+    backend = LocalBackend(state)
+    for version in ("1", "2"):  # the first registered version serves as stable
+        backend.register(version, rest=f"http://127.0.0.1:{version}")
+    store = ExperimentStore(settings.home / "experiments" / "experiments.json")
+    store.start("ab", {"1": 50, "2": 50}, control="1")
+    local = ["--backend", "local", "--state", str(state), "experiment"]
+    assert run(build_parser().parse_args([*local, "promote", "ab"])) == 2, "running: nothing to promote yet"
+    won = Result("ab", "1", "2", Decision.WINNER, "2", -0.1, -0.12, -0.2, -0.01, 0.001, {}, 20.0, "")
+    store.stop("ab", "decided", result={"2": won.as_dict()})
+    assert run(build_parser().parse_args([*local, "promote", "ab"])) == 0
+    now = backend.state()
+    assert (now.stable, now.canary, now.canary_percent) == ("1", "2", min(ControllerSettings().steps))
+    assert str(registry.get_model_version_by_alias(settings.model_name, "challenger").version) == "2"
+    rollout = AuditLog(settings.home / "rollout" / "audit.jsonl").entries(5)
+    assert [(e["action"], e["version"]) for e in rollout] == [("canary-start", "2")]  # deploy's own entry
+    trail = AuditLog(store.path.parent / "audit.jsonl").entries(5)
+    assert trail[-1]["action"] == "experiment-promote" and trail[-1]["version"] == "2"
+    capsys.readouterr()
+    assert run(build_parser().parse_args([*local, "promote", "ab"])) == 2, "a canary is running"
+    assert "not promoted: canary 2 is still being analysed" in capsys.readouterr().err

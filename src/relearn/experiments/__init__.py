@@ -16,6 +16,9 @@ Submodules, imported explicitly (no import-time work here):
 * :mod:`~relearn.experiments.versions`: arms are model versions, checked in MLflow at start, tagged after;
 * :mod:`~relearn.experiments.routing`: the arm per row (transformer), sent as ``x-relearn-arm`` (router);
 * :mod:`~relearn.experiments.store`, :mod:`~relearn.experiments.cli`:
-  ``python -m relearn.experiments start|status|stop|list|analyze|simulate`` on a local store (also
-  ``kubectl relearn experiment ...``).
+  ``python -m relearn.experiments start|status|stop|list|analyze|promote|simulate`` on a local store (also
+  ``kubectl relearn experiment ...``);
+* :mod:`~relearn.experiments.kube_store`: the store in the cluster (the ConfigMap the transformers mount)
+  and the experiment router's routes checked at start;
+* :mod:`~relearn.experiments.promote`: the winner as the canary through :mod:`relearn.rollout.deploy`.
 """

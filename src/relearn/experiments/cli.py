@@ -6,12 +6,13 @@ r"""``python -m relearn.experiments start|status|stop|list``: A/B experiments on
     python -m relearn.experiments stop ab1 --reason "p99 too high"
     python -m relearn.experiments list
     python -m relearn.experiments analyze ab1 --predictions joined.parquet --report-dir report/ab1
+    python -m relearn.experiments promote ab1   # the winner as the canary, through the rollout path
     python -m relearn.experiments simulate      # the README's figures: false positives, power, regret
 
 ``start`` prints the plan (minimum detectable effect, days to find the planned effect) from the traffic
 and the base loss per card. Every change is appended to the audit trail. Defaults come from the
 environment: RELEARN_HOME (the store under <home>/experiments/) and RELEARN_EXPERIMENT_* (alpha, power,
-planned effect, maximum days).
+planned effect, maximum days; CONFIGMAP and ROUTER for the cluster's store and experiment router).
 """
 
 from __future__ import annotations
@@ -56,6 +57,18 @@ def add_commands(p: argparse.ArgumentParser, dest: str) -> None:
         "--store", type=Path, default=None, help="Experiment store (default <RELEARN_HOME>/experiments/)."
     )
     p.add_argument("--audit-log", type=Path, default=None, help="Audit trail (default beside the store).")
+    p.add_argument(
+        "--configmap",
+        default=None,
+        help="NAMESPACE/NAME: keep the store in this ConfigMap, the one the cluster's transformers mount "
+        "(default RELEARN_EXPERIMENT_CONFIGMAP; unset: the local store).",
+    )
+    p.add_argument(
+        "--router",
+        default=None,
+        help="With --configmap: the experiment router VirtualService; start refuses arms it cannot route "
+        "(default RELEARN_EXPERIMENT_ROUTER).",
+    )
     p.add_argument(
         "--no-registry",
         action="store_true",
@@ -102,6 +115,11 @@ def add_commands(p: argparse.ArgumentParser, dest: str) -> None:
     ana.add_argument(
         "--health", type=Path, help="JSON list of arm health (arm, requests, errors, p99_seconds, ...)."
     )
+    promote = sub.add_parser(
+        "promote", help="Start the stopped experiment's winner as the canary (the rollout path)."
+    )
+    promote.add_argument("name")
+    promote.add_argument("--percent", type=int, help="The canary's first share (default: the schedule's).")
     sim = sub.add_parser(
         "simulate", help="Validity, power and bandit regret over simulated experiments (JSON)."
     )
@@ -186,6 +204,31 @@ def _tag(args: argparse.Namespace, tags: dict[str, dict[str, str]]) -> int:
     return 0
 
 
+def _promote(args: argparse.Namespace, store: ExperimentStore, audit: Any) -> int:
+    """The winner as the canary through relearn.rollout.deploy (``kubectl relearn``'s backend options)."""
+    from relearn.experiments.promote import promote
+    from relearn.rollout.backend import RolloutError
+    from relearn.rollout.controller import ControllerSettings
+
+    record = store.get(args.name)
+    # Under kubectl relearn the plugin's own options choose the backend; alone, RELEARN_ROLLOUT_*.
+    options = ("backend", "namespace", "inference_service", "virtual_service", "shadow_service", "state")
+    rollout = ControllerSettings(**{k: getattr(args, k) for k in options if getattr(args, k, None)})
+    try:
+        result = promote(record, settings=rollout, percent=args.percent, registry=not args.no_registry)
+    except RolloutError as err:
+        raise ValueError(f"the rollout refused: {err}") from None
+    audit.append(
+        "experiment-promote",
+        actor=getpass.getuser(),
+        experiment=args.name,
+        version=result.version,
+        reason=result.reason,
+    )
+    print(json.dumps({"experiment": args.name, "version": result.version, "rollout": result.reason}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input exits 2 with the reason and changes nothing."""
     args = parser().parse_args(argv)
@@ -196,9 +239,16 @@ def execute(args: argparse.Namespace, command: str) -> int:
     """Run ``command`` with the options of :func:`add_commands`; bad input exits 2, nothing changed."""
     from relearn.rollout.audit import AuditLog
 
-    store = ExperimentStore(args.store or default_store())
-    audit = AuditLog(args.audit_log or store.path.parent / "audit.jsonl")
     settings = ExperimentSettings()
+    configmap = args.configmap or settings.configmap
+    store: ExperimentStore
+    if configmap:
+        from relearn.experiments.kube_store import ConfigMapStore
+
+        store = ConfigMapStore(configmap, local_dir=(args.store or default_store()).parent)
+    else:
+        store = ExperimentStore(args.store or default_store())
+    audit = AuditLog(args.audit_log or store.path.parent / "audit.jsonl")
     try:
         if command == "start":
             split = dict(args.arm)
@@ -225,6 +275,11 @@ def execute(args: argparse.Namespace, command: str) -> int:
                 print(p.describe())
             if not args.no_registry:
                 check_versions(RelearnSettings(), split)
+            router = args.router or settings.router
+            if configmap and router:
+                from relearn.experiments.kube_store import check_routes
+
+                check_routes(store.api_client, store.namespace, router, split)  # type: ignore[attr-defined]
             record = store.start(args.name, split, control=args.control, traffic=args.traffic, plan=the_plan)
             audit.append(
                 "experiment-start", actor=getpass.getuser(), experiment=args.name, split=record["split"]
@@ -236,6 +291,8 @@ def execute(args: argparse.Namespace, command: str) -> int:
             print(json.dumps(figures(sims=args.experiments, alpha=settings.alpha, seed=args.seed), indent=2))
         elif command == "analyze":
             return _analyze(args, store, audit, settings)
+        elif command == "promote":
+            return _promote(args, store, audit)
         elif command == "status":
             print(json.dumps(store.get(args.name), indent=2))
         elif command == "stop":

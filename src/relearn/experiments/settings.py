@@ -20,6 +20,16 @@ class ExperimentSettings(BaseSettings):
         description="The experiment store (default <RELEARN_HOME>/experiments/experiments.json); the "
         "transformer reads the running experiment from it.",
     )
+    configmap: str | None = Field(
+        None,
+        description="NAMESPACE/NAME of the store's ConfigMap in the cluster (the chart's <fraud>-experiments "
+        "ConfigMap, which the fraud transformers mount); unset: the local store file.",
+    )
+    router: str | None = Field(
+        None,
+        description="The experiment router VirtualService (the chart's <release>-experiment-router) in the "
+        "ConfigMap's namespace: start refuses arms without a route in it.",
+    )
     alert_budget: float = Field(ALERT_BUDGET, gt=0, lt=1, description="Share of transactions reviewed.")
     review_cost: float = Field(5.0, ge=0, description="Cost of reviewing one alert (analyst time).")
     missed_fraud_factor: float = Field(
