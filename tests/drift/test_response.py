@@ -79,22 +79,6 @@ def test_covariate_shift_retrains(tmp_path):
     assert actions.retrain[0]["why"].startswith("covariate drift: inputs [")
 
 
-def test_scores_moving_without_the_inputs_recalibrate(tmp_path):
-    reference, before, _ = scenario_stream("none")
-    rows = before.iloc[:WINDOW]
-    scores = rows["score"].to_numpy().copy()
-    rng = np.random.default_rng(3)
-    more_fraud = rng.choice(WINDOW, 150, replace=False)  # a campaign: more high scores, same inputs
-    scores[more_fraud] = np.quantile(reference["score"], rng.uniform(0.97, 1.0, 150))
-    monitor, actions = _monitor(tmp_path, reference)
-    try:
-        record = _close(monitor, rows, 0, scores)
-    finally:
-        monitor.conn.close()
-    assert record["drifted"] == ["score"]
-    assert [a["response"] for a in actions.recalibrate] == ["recalibrate"] and actions.retrain == []
-
-
 def _traffic(rng: np.random.Generator, n: int, fraud: float, unseen: float, start: float) -> list[tuple]:
     """Predictions with labels: legitimate ~ Beta(2, 8), known fraud ~ Beta(6, 3), unseen fraud scored
     like legitimate traffic (the model cannot tell it)."""
@@ -104,6 +88,19 @@ def _traffic(rng: np.random.Generator, n: int, fraud: float, unseen: float, star
         (f"x{start + i}", start + i, float(s), int(k > 0))
         for i, (s, k) in enumerate(zip(scores, kind, strict=True))
     ]
+
+
+def _serve(monitor: Monitor, rows: list[tuple]) -> None:
+    """Log the predictions, their frauds' chargebacks, and update the quality as the monitor does."""
+    with monitor.conn:
+        monitor.conn.executemany(
+            "INSERT INTO predictions VALUES (?, 'stable', ?, ?, '1')", [r[:3] for r in rows]
+        )
+        newest = rows[-1][1] + 1
+        monitor.conn.executemany(
+            "INSERT INTO labels VALUES (?, 1, ?, ?)", [(r[0], newest, newest) for r in rows if r[3]]
+        )
+    monitor.update_quality()
 
 
 @pytest.mark.parametrize(
@@ -116,27 +113,35 @@ def test_a_quality_drop_recalibrates_under_prior_shift_and_retrains_under_concep
 ):
     rng = np.random.default_rng(21)
     monitor, actions = _monitor(tmp_path, quality_window=4000)
-
-    def serve(rows: list[tuple]) -> None:
-        with monitor.conn:
-            monitor.conn.executemany(
-                "INSERT INTO predictions VALUES (?, 'stable', ?, ?, '1')", [r[:3] for r in rows]
-            )
-            newest = rows[-1][1] + 1
-            monitor.conn.executemany(
-                "INSERT INTO labels VALUES (?, 1, ?, ?)", [(r[0], newest, newest) for r in rows if r[3]]
-            )
-        monitor.update_quality()
-
     try:
-        serve(_traffic(rng, 4000, 0.01, 0.0, 0))  # before: the baseline
-        serve(_traffic(rng, 4000, fraud, unseen, 10_000))
+        _serve(monitor, _traffic(rng, 4000, 0.01, 0.0, 0))  # before: the baseline
+        _serve(monitor, _traffic(rng, 4000, fraud, unseen, 10_000))
         monitor._incident({"kind": "quality", "track": "stable", "reasons": ["recall"]})
     finally:
         monitor.conn.close()
     fired = actions.recalibrate if response == "recalibrate" else actions.retrain
     assert [a["response"] for a in fired] == [response], (actions.retrain, actions.recalibrate)
     assert "ROC-AUC" in fired[0]["why"]
+
+
+def test_scores_moving_without_the_inputs_recalibrate_only_when_the_labels_show_the_ranking_held(tmp_path):
+    reference, before, _ = scenario_stream("none")
+    rows = before.iloc[:WINDOW]
+    scores = rows["score"].to_numpy().copy()
+    rng = np.random.default_rng(3)
+    more_fraud = rng.choice(WINDOW, 150, replace=False)  # a campaign: more high scores, same inputs
+    scores[more_fraud] = np.quantile(reference["score"], rng.uniform(0.97, 1.0, 150))
+    monitor, actions = _monitor(tmp_path, reference, quality_window=4000)
+    try:
+        record = _close(monitor, rows, 0, scores)  # no labels yet: scores alone cannot tell
+        assert record["drifted"] == ["score"]
+        assert actions.retrain[-1]["why"].endswith("too few labels to tell a prior shift from concept drift")
+        _serve(monitor, _traffic(rng, 4000, 0.01, 0.0, 0))
+        _serve(monitor, _traffic(rng, 4000, 0.05, 0.0, 10_000))  # labels: more fraud, ranking unchanged
+        _close(monitor, rows, 1, scores)
+    finally:
+        monitor.conn.close()
+    assert [a["response"] for a in actions.recalibrate] == ["recalibrate"] and len(actions.retrain) == 1
 
 
 def test_local_mode_starts_the_command_of_the_response(tmp_path):

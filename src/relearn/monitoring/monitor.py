@@ -129,7 +129,7 @@ class Monitor:
         self.stable_scores: np.ndarray | None = None  # scores of the last closed stable window (in memory)
         self.version_quality: dict[tuple[str, str], Quality] = {}  # (track, model version) → quality
         self.estimates = WindowEstimates(settings.alert_budget, settings.label_maturity_s)
-        self.responder = Responder(settings.quality_window, settings.label_maturity_s)  # incident → action
+        self.responder = Responder(settings.quality_window, settings.label_maturity_s, conn=self.conn)
         self.triggers = Triggers(settings, self.conn, alerter, self._incident)  # schedule, volume
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drift-monitor", daemon=True)
