@@ -119,6 +119,10 @@ bench-distributed: setup ## Training samples/s with 1 and 2 gloo processes (DDP)
 bench-data: setup ## Features step's data work on 1 M and 10 M transactions: pandas vs Spark local, time and peak memory
 	$(PY) -m benchmarks.data_engines $(ARGS)
 
+.PHONY: bench-experiments
+bench-experiments: setup ## A/B experiments: A/A false positives checked daily, power for a 10 % cut, bandit regret vs equal split vs oracle
+	$(PY) -m benchmarks.experiments $(ARGS)
+
 # Load generator (wrk, Debian) and Seldon MLServer in an environment of its own, for bench-serving only.
 $(VENV)/mlserver/.ready: requirements/mlserver.txt
 	$(PYTHON) -m venv $(VENV)/mlserver
