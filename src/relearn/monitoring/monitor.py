@@ -32,7 +32,6 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -59,6 +58,7 @@ from relearn.monitoring.report import write_report
 from relearn.monitoring.response import Responder
 from relearn.monitoring.settings import DriftSettings
 from relearn.monitoring.triggers import Triggers
+from relearn.monitoring.windows import Pending, Window
 
 log = logging.getLogger(__name__)
 # Requests waiting for their response, oldest dropped beyond this: KServe logs no response for a failed
@@ -79,31 +79,6 @@ def _epoch(text: str, default: float) -> float:
         return datetime.fromisoformat(text).timestamp()
     except (ValueError, TypeError):
         return default
-
-
-@dataclass
-class Pending:
-    """A request waiting for its response."""
-
-    track: str  # from the event's headers
-    rows: list[dict[str, Any]]
-    ids: list[str | None]
-    time: float
-    # When the monitor read it (monotonic): the TTL is wall time, as a replay's event times may jump days.
-    held: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class Window:
-    """The open window of one track: the pairs whose response came at or after ``start_seq``."""
-
-    start_seq: int = 0
-    start_time: float | None = None
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    index: int = 0
-    versions: list[str | None] = field(default_factory=list)  # per score: for the label-free estimates
-    ids: list[str | None] = field(default_factory=list)  # per score: to join the labels later
 
 
 class Monitor:
