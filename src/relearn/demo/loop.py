@@ -636,6 +636,12 @@ class _Driver:
         self.phase = f"starting v{version}"
         _, rest, grpc_target = start_predictor(self.stack, version)
         self.backend.register(version, rest=rest, grpc=grpc_target)
+        if self.settings.experiment == "ab":  # an A/B test instead of shadow and canary
+            from relearn.demo.experiment import start_in_demo
+
+            self.timeline.add("experiment-start", sim=sim, **start_in_demo(self, version))
+            self.phase = f"A/B test v{version}"
+            return
         settings = ControllerSettings(
             backend="local", state=self.stack.state, audit_log=self.home / "rollout" / "audit.jsonl"
         )

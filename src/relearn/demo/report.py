@@ -399,6 +399,9 @@ def write(outcome: Outcome) -> tuple[Path, dict[str, Any]]:
             )
         )
     parts.append("</table>")
+    from relearn.demo.experiment import report_section
+
+    parts.append(report_section(outcome, out))  # empty unless --experiment ran one
     page = out / "report.html"
     page.write_text(
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>relearn demo</title>"

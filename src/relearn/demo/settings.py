@@ -94,6 +94,11 @@ class DemoSettings(BaseSettings):
         "everysec", description="The state's Redis fsync policy (the chart's streamingState.redis value)."
     )
     redis_server: str = Field("redis-server", description="Redis server binary (Debian's package).")
+    experiment: Literal["none", "ab"] = Field(
+        "none",
+        description="ab: the retrained challenger is A/B tested against the champion (half the cards each, "
+        "sticky) instead of shadow and canary, until the stream ends; the report ends with the experiment.",
+    )
     max_minutes: float = Field(30.0, gt=0, description="Stop (and report) after this long, whatever happens.")
     progress: bool = Field(True, description="Live progress line on the terminal.")
     log_level: str = Field("WARNING", description="Level of relearn's JSON logs on the terminal.")
