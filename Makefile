@@ -19,9 +19,12 @@ $(PLATFORM)/.ready: requirements/platform.txt requirements/dev.txt pyproject.tom
 	$(PYTHON) -m venv $(PLATFORM)
 	$(PLATFORM)/bin/pip install -q --upgrade pip
 	$(PLATFORM)/bin/pip install -q -r requirements/platform.txt -r requirements/dev.txt
+	$(PLATFORM)/bin/pip install -q -r requirements/docs.txt
 	$(PLATFORM)/bin/pip install -q --no-deps -e .
 	command -v java >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless)  # Java for pyspark
 	touch $@
+
+$(PLATFORM)/.ready: requirements/docs.txt  # the docs toolchain (make docs) lives in the platform environment
 
 # alibi-detect pins numpy<2 and Pillow<11: the drift detector gets an environment of its own.
 # It gets relearn itself without dependencies: the monitoring code needs only numpy, pandas and pyarrow.
@@ -134,3 +137,12 @@ bench-tools: $(VENV)/mlserver/.ready
 
 clean: ## Remove local state (.relearn/) and compiled pipelines; keeps the environments
 	rm -rf .relearn $(PIPELINE_DIR) local_outputs
+
+# The documentation site (mkdocs.yml, docs/): reference pages generated from the sources at build time.
+DOCS_ENV := NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true
+.PHONY: docs docs-serve
+docs: $(PLATFORM)/.ready ## Build the documentation site with --strict into site/ (broken links and missing pages fail)
+	$(DOCS_ENV) $(PLATFORM)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: $(PLATFORM)/.ready ## Serve the documentation site on 127.0.0.1:8000, rebuilt on changes (Ctrl-C stops)
+	$(DOCS_ENV) $(PLATFORM)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:8000
