@@ -13,7 +13,7 @@ Not every incident calls for retraining (*Designing Machine Learning Systems*, c
   or the labels show a quality drop, while no input of the verdict drifted in the track's last
   ``RECENT_WINDOWS`` windows, and the labels show the model still ranks as well as it did: the one-sided
   95 % lower bound of the rolling ROC-AUC (which the fraud rate does not move; Hanley-McNeil standard
-  error) is within ``AUC_MARGIN`` of the track's first labelled ROC-AUC after the reference was loaded.
+  error) is within ``AUC_MARGIN`` of the ROC-AUC of the first predictions of the version the track serves.
   The ranking is good; the threshold is re-fitted to the alert budget (:mod:`relearn.model.recalibrate`).
   Scores moving alone cannot tell a prior shift from concept drift (the demo's ``concept_drift`` moves
   the scores and no verdict input): without labels showing the ranking held, the response is to retrain.
@@ -105,17 +105,26 @@ class Evidence:
 
 
 def labelled_scores(
-    conn: sqlite3.Connection, track: str, window: int, maturity_s: float
+    conn: sqlite3.Connection,
+    track: str,
+    window: int,
+    maturity_s: float,
+    version: str | None = None,
+    oldest: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and labels of the newest ``window`` matured predictions of a track (as the rolling quality)."""
+    """Scores and labels of a track's newest (``oldest``: first) ``window`` matured predictions.
+
+    Of model ``version`` if given; labelled as the rolling quality labels them.
+    """
     newest = conn.execute("SELECT MAX(label_time) FROM labels").fetchone()[0]
     if newest is None:
         return np.empty(0), np.empty(0)
     rows = conn.execute(
         "SELECT p.score, COALESCE(l.is_fraud, 0) FROM predictions p "
         "LEFT JOIN labels l ON l.transaction_id = p.transaction_id "
-        "WHERE p.track = ? AND p.time <= ? ORDER BY p.time DESC LIMIT ?",
-        (track, float(newest) - maturity_s, window),
+        "WHERE p.track = ? AND p.time <= ? AND (? IS NULL OR p.version = ?) "
+        f"ORDER BY p.time {'ASC' if oldest else 'DESC'} LIMIT ?",
+        (track, float(newest) - maturity_s, version, version, window),
     ).fetchall()
     data = np.asarray(rows, dtype=np.float64).reshape(-1, 2)
     return data[:, 0], data[:, 1]
@@ -149,13 +158,14 @@ class Responder:
     auc_now: dict[str, tuple[float, float]] = field(default_factory=dict)  # track → (ROC-AUC, lower bound)
     bugs: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # track → (window, check)
     conn: sqlite3.Connection | None = None  # the inference log: a drift incident reads the labels then
+    _baseline_of: dict[str, str | None] = field(default_factory=dict)  # track → version of a full baseline
     bounds: Bounds | None = None
     _reference_id: int | None = None
 
     def reset(self) -> None:
         """A new reference (champion): bounds and ROC-AUC baselines start again."""
         self.bounds, self._reference_id = None, None
-        self.auc_baseline, self.auc_now, self.bugs = {}, {}, {}
+        self.auc_baseline, self.auc_now, self.bugs, self._baseline_of = {}, {}, {}, {}
 
     def observe(self, tester: Any, track: str, index: int, result: Any, frame: pd.DataFrame) -> list[str]:
         """Record a closed window's evidence; returns the data checks it failed."""
@@ -173,12 +183,27 @@ class Responder:
         return violations
 
     def observe_quality(self, conn: sqlite3.Connection, track: str) -> float | None:
-        """The track's ROC-AUC now; the first one after a (re)load is its baseline."""
+        """The track's rolling ROC-AUC now, and its baseline.
+
+        The baseline is the ROC-AUC of the first ``window`` matured predictions of the model version the
+        track serves now: as early, so as far from a drift, as the log allows; kept once that many matured.
+        """
+        row = conn.execute(
+            "SELECT version FROM predictions WHERE track = ? ORDER BY time DESC LIMIT 1", (track,)
+        ).fetchone()
+        version = row[0] if row else None
+        if track not in self.auc_baseline or self._baseline_of.get(track) != version:
+            first = labelled_scores(conn, track, self.window, self.maturity_s, version, oldest=True)
+            base = roc_auc(*first)
+            if base is not None and len(first[0]) >= self.window:
+                self.auc_baseline[track], self._baseline_of[track] = base[0], version
+            elif base is not None:  # not all matured yet: provisional
+                self.auc_baseline[track] = base[0]
+                self._baseline_of.pop(track, None)
         auc = roc_auc(*labelled_scores(conn, track, self.window, self.maturity_s))
         if auc is None:
             return None
         self.auc_now[track] = auc
-        self.auc_baseline.setdefault(track, auc[0])
         return auc[0]
 
     def decide(self, data: dict[str, Any]) -> dict[str, Any]:
