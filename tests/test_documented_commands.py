@@ -18,6 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DRIFT_PYTHON = ROOT / ".venv" / "drift" / "bin" / "python"
 
 
+def _documentation() -> str:
+    """README.md and the docs site's pages (docs/), where the README's guides moved (issue 23)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    return "\n".join(page.read_text() for page in pages)
+
+
 def _clean_env() -> dict[str, str]:
     """A new user's shell: no relearn or MLflow settings."""
     return {k: v for k, v in os.environ.items() if not k.startswith(("RELEARN_", "MLFLOW_"))}
@@ -91,7 +97,7 @@ def test_readme_says_where_its_python_commands_run() -> None:
     readme = (ROOT / "README.md").read_text()
     for where in ("source .venv/platform/bin/activate", ".venv/drift", '"$PWD/.venv/tools/bin:$PATH"'):
         assert where in readme
-    modules = set(re.findall(r"python -m ([\w.]+)", readme))
+    modules = set(re.findall(r"python -m ([\w.]+)", _documentation()))
     assert "relearn.monitoring.server" in modules
     assert [m for m in sorted(modules) if importlib.util.find_spec(m) is None] == []
 
@@ -169,8 +175,7 @@ def test_the_readme_documents_a_labels_body_the_detector_accepts() -> None:
 
     from relearn.monitoring.labels import parse_labels
 
-    readme = (ROOT / "README.md").read_text()
-    (body,) = re.findall(r"curl -s \S+:8090/labels .*?-d '(.*?)'", readme, re.S)
+    (body,) = re.findall(r"curl -s \S+:8090/labels .*?-d '(.*?)'", _documentation(), re.S)
     ((transaction_id, is_fraud, _),) = parse_labels(json.loads(body))
     assert (transaction_id, is_fraud) == ("tx-demo-1", 1)
 
