@@ -64,12 +64,15 @@ class Alerter:
         if self.cooling():
             return False
         self.last_fired = self.clock()
+        response = data.get("response", "retrain")
+        log.warning(  # the audit trail of every fired incident, in the detector's structured log
+            "incident fired", extra={"kind": data.get("kind"), "response": response, "why": data.get("why")}
+        )
         if self.webhook_url:
             try:
                 post_cloudevent(self.webhook_url, data)
             except OSError:
                 log.warning("alert webhook %s failed", self.webhook_url, exc_info=True)
-        response = data.get("response", "retrain")
         action = {"retrain": self.retrain, "recalibrate": self.recalibrate}.get(response)
         if action is not None:
             try:
