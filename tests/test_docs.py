@@ -19,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MKDOCS = Path(sys.executable).with_name("mkdocs")
 GENERATED = ["reference/cli", "reference/make", "reference/chart-values", "reference/metrics"]
+GENERATED += ["reference/http"]
 GENERATED += ["reference/api/core"] + [
     f"reference/api/{p.parent.name}" for p in sorted((ROOT / "src" / "relearn").glob("*/__init__.py"))
 ]
@@ -76,6 +77,13 @@ def test_every_metric_an_alert_uses_is_in_the_metrics_reference(site: Path) -> N
     assert used and sorted(m for m in used if m not in text) == []
     for alert in re.findall(r"- alert: (\w+)", rules):
         assert alert in text
+
+
+def test_the_http_reference_has_the_detectors_and_the_feeds_routes(site: Path) -> None:
+    text = text_of(site, "reference/http")
+    for route in ("/labels", "/ready", "/v1/backtest/labels", "/transactions", "/chargebacks"):
+        assert f"{route} " in text
+    assert "inference.GRPCInferenceService" in text
 
 
 def test_the_chart_values_reference_has_every_top_level_key(site: Path) -> None:
