@@ -45,6 +45,23 @@ PIPELINE_ENV_KEYS = (
     "RELEARN_ROLLOUT_MODEL_NAME",
     "RELEARN_ROLLOUT_VIRTUAL_SERVICE",
     "RELEARN_ROLLOUT_SHADOW_SERVICE",
+    "RELEARN_SPARK_ENGINE",  # the validate and features steps on Spark (the chart's spark.*)
+    "RELEARN_SPARK_AUTO_ROWS",
+    "RELEARN_SPARK_SUBMIT",
+    "RELEARN_SPARK_APP_NAMESPACE",
+    "RELEARN_SPARK_APP_IMAGE",
+    "RELEARN_SPARK_APP_SPARK_VERSION",
+    "RELEARN_SPARK_APP_SERVICE_ACCOUNT",
+    "RELEARN_SPARK_APP_DRIVER_CORES",
+    "RELEARN_SPARK_APP_DRIVER_MEMORY",
+    "RELEARN_SPARK_APP_EXECUTORS",
+    "RELEARN_SPARK_APP_EXECUTOR_CORES",
+    "RELEARN_SPARK_APP_EXECUTOR_MEMORY",
+    "RELEARN_SPARK_APP_SHUFFLE_PARTITIONS",
+    "RELEARN_SPARK_APP_TIMEOUT_SECONDS",
+    "RELEARN_SPARK_APP_LAKE_URI",
+    "RELEARN_SPARK_APP_S3_ENDPOINT",
+    "RELEARN_SPARK_APP_S3_SECRET",
 )
 
 
@@ -80,7 +97,7 @@ def train_pipeline(
     source: str = "",
     label_maturity_days: int = 10,
     join_engine: str = "pandas",
-    data_engine: str = "pandas",
+    data_engine: str = "",
     epochs: int = 30,
     batch_size: int = 2048,
     learning_rate: float = 0.002,
@@ -116,7 +133,8 @@ def train_pipeline(
         join_engine: Point-in-time join: "pandas" (merge_asof over the registered Feast sources, fast)
             or "feast" (get_historical_features; minutes for 10k rows on the file offline store).
         data_engine: Validation, entity tables and training set on "pandas", "spark" (local Spark, same
-            rows and report) or "auto" (Spark from RELEARN_SPARK_AUTO_ROWS transactions, default 2 M).
+            rows and report) or "auto" (Spark from RELEARN_SPARK_AUTO_ROWS transactions, default 2 M);
+            empty: the release's (RELEARN_SPARK_ENGINE, chart value spark.engine; default pandas).
         epochs: Maximum training epochs.
         batch_size: Training batch size.
         learning_rate: Adam learning rate.

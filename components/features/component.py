@@ -14,7 +14,7 @@ def features(
     transactions: Input[Dataset],
     labels: Input[Dataset],
     training_set: Output[Dataset],
-    data_engine: str = "pandas",
+    data_engine: str = "",
 ) -> int:
     """Writes the training set (model inputs + label, one row per transaction); returns its row count."""
     from relearn import steps

@@ -11,11 +11,12 @@ def validate(
     days: int,
     transactions: Input[Dataset],
     report: Output[Markdown],
-    data_engine: str = "pandas",
+    data_engine: str = "",
 ) -> bool:
     """Checks the batch, writes a Markdown report, and fails the task (exit 1) when a check fails.
 
-    ``data_engine``: pandas, spark (the same checks as Spark aggregates over the lake) or auto.
+    ``data_engine``: pandas, spark (the same checks as Spark aggregates over the lake), auto, or empty
+    for the release's (RELEARN_SPARK_ENGINE).
     """
     from relearn import steps
 

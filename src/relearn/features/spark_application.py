@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL, KIND = "sparkoperator.k8s.io", "v1beta2", "sparkapplications", "SparkApplication"
 DONE, FAILED = "COMPLETED", ("FAILED", "SUBMISSION_FAILED")
-UID = 185  # the apache/spark image's user
+UID = 185  # the apache/spark image's user (components/features/Dockerfile.spark keeps it)
+# S3A (hadoop-aws 3.4+, AWS SDK v2) reading the keys from the environment.
+CREDENTIALS_PROVIDER = "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider"
 # The driver program as the Spark image holds it (relearn installed into the image's Python).
 DRIVER_FILE = "local:///opt/relearn/spark_driver.py"
 
@@ -40,12 +42,13 @@ class SparkApplicationSettings(BaseSettings):
 
     namespace: str = Field("kubeflow", description="Namespace of the application.")
     image: str = Field("", description="Spark image with relearn (default: relearn-spark of this version).")
-    spark_version: str = Field("4.0.0", description="Spark version of the image (the operator's check).")
+    spark_version: str = Field("4.3.0", description="Spark version of the image (pyspark's, pinned).")
     driver_file: str = Field(DRIVER_FILE, description="mainApplicationFile: the driver program in the image.")
     service_account: str = Field("spark-operator-spark", description="Driver's service account (executors).")
     config_map: str | None = Field(None, description="ConfigMap of relearn's settings (envFrom, all pods).")
     s3_secret: str | None = Field(None, description="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.")
     s3_endpoint: str | None = Field(None, description="S3-compatible endpoint, e.g. http://minio:9000.")
+    lake_uri: str | None = Field(None, description="The lake's root in object storage (s3a://bucket/prefix).")
     executors: int = Field(2, ge=1, description="Executor pods.")
     executor_cores: int = Field(2, ge=1, description="Cores per executor.")
     executor_memory: str = Field("4g", description="Heap per executor (the operator adds the overhead).")
@@ -103,7 +106,11 @@ def render(
     sources += [{"secretRef": {"name": settings.s3_secret}}] if settings.s3_secret else []
     if sources:
         pod["envFrom"] = sources
-    hadoop = {"fs.s3a.path.style.access": "true"}  # S3A's default credential chain reads the Secret's env
+    hadoop = {
+        "fs.s3a.path.style.access": "true",  # MinIO and most S3-compatible stores: bucket in the path
+        # Only the Secret's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (envFrom), not the node's instance role.
+        "fs.s3a.aws.credentials.provider": CREDENTIALS_PROVIDER,
+    }
     if settings.s3_endpoint:
         hadoop["fs.s3a.endpoint"] = settings.s3_endpoint
     metadata: dict[str, Any] = {"name": app_name(run_id), "namespace": settings.namespace, "labels": labels}

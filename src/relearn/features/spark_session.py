@@ -25,6 +25,9 @@ class SparkSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RELEARN_SPARK_", extra="ignore")
 
+    engine: Literal["pandas", "spark", "auto"] = Field(
+        "pandas", description="The release's data engine: what a run's empty data_engine parameter means."
+    )
     submit: Literal["local", "operator"] = Field(
         "local",
         description="local: Spark in the step's process; operator: a SparkApplication in the cluster.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from relearn.features.spark_session import SparkSettings, spark_available
 log = logging.getLogger("relearn.features.spark")
 
 DataEngine = Literal["pandas", "spark", "auto"]
+SECRET_NAMES = re.compile(r"PASSWORD|TOKEN|SECRET|CREDENTIAL|_KEY$")
 DATA_ENGINES: tuple[str, ...] = ("pandas", "spark", "auto")
 
 
@@ -39,13 +41,16 @@ def lake_rows(root: str | Path, kind: io.Kind = "transactions") -> int:
 def choose_engine(engine: str, transactions_dir: str, settings: SparkSettings | None = None) -> str:
     """``pandas`` or ``spark``: ``auto`` takes Spark from ``RELEARN_SPARK_AUTO_ROWS`` rows (default 2 M) on.
 
+    An empty ``engine`` is the release's (``RELEARN_SPARK_ENGINE``, default pandas).
+
     ``auto`` falls back to pandas (with a warning) where Spark cannot start: no pyspark or no Java.
     """
+    settings = settings or SparkSettings()
+    engine = engine or settings.engine  # the release's (chart value spark.engine)
     if engine not in DATA_ENGINES:
         raise ValueError(f"data engine must be one of {list(DATA_ENGINES)}, not {engine!r}")
     if engine != "auto":
         return engine
-    settings = settings or SparkSettings()
     rows = lake_rows(transactions_dir)
     chosen = "spark" if rows >= settings.auto_rows else "pandas"
     if chosen == "spark" and not spark_available():
@@ -175,7 +180,13 @@ def submit_spark_work(
     ]
     arguments += ["--start", begin.isoformat(), "--days", str((end - begin).days)]
     arguments += ["--label-maturity-days", str(label_maturity_days), "--summary", summary_path]
-    env = {k: v for k, v in os.environ.items() if k.startswith("RELEARN_") and k != "RELEARN_SPARK_SUBMIT"}
+    # The step's settings reach the driver as env in the spec, which anyone who may read the application
+    # reads: never a password or token (the driver needs none; its object-store keys come from the Secret).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith("RELEARN_") and k != "RELEARN_SPARK_SUBMIT" and not SECRET_NAMES.search(k)
+    }
     env["RELEARN_HOME"] = str(settings.home)
     owner = {"name": os.environ.get("KFP_POD_NAME", ""), "uid": os.environ.get("KFP_POD_UID", "")}
     app = sa.render(
