@@ -79,6 +79,4 @@ class Alerter:
                 action(data)
             except Exception:
                 log.exception("%s trigger failed", response)
-        elif response != "page":
-            log.warning("no action wired for response %s: incident posted only", response)
         return True
