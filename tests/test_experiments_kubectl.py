@@ -113,7 +113,17 @@ def test_help_lists_the_experiment_commands(capsys):
         build_parser().parse_args(["experiment", "--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    for command in ("start", "status", "stop", "list", "analyze", "--no-registry"):
+    for command in (
+        "start",
+        "status",
+        "stop",
+        "list",
+        "analyze",
+        "promote",
+        "--configmap",
+        "--router",
+        "--no-registry",
+    ):
         assert command in out
 
 
