@@ -25,7 +25,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import pandas as pd
 
 from relearn.demo.controller import controller_command, inference_log
 from relearn.demo.replay import Replay, failed
+from relearn.demo.respond import AlertWebhook, recalibrate_argv
 from relearn.demo.settings import DemoSettings
 from relearn.demo.stack import (
     Child,
@@ -68,26 +68,6 @@ class Timeline:
     def first(self, kind: str) -> dict[str, Any] | None:
         """The first event of a kind."""
         return next((e for e in self.events if e["kind"] == kind), None)
-
-
-class _Webhook(ThreadingHTTPServer):
-    """Receives the drift detector's alert CloudEvents (its ``webhook_url``)."""
-
-    def __init__(self, port: int, alerts: queue.Queue) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                try:
-                    alerts.put((time.time(), json.loads(body or b"{}")))
-                    self.send_response(202)
-                except ValueError:
-                    self.send_response(400)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", port), Handler)
 
 
 # ------------------------------------------------------------------------------------------ pipeline
@@ -416,7 +396,7 @@ def run(settings: DemoSettings) -> Outcome:
         procs.stop_all()
         raise
     alerts: queue.Queue = queue.Queue()
-    webhook = _Webhook(stack.ports["webhook"], alerts)
+    webhook = AlertWebhook(stack.ports["webhook"], alerts)
     threading.Thread(target=webhook.serve_forever, daemon=True).start()
     detector = _Detector(stack.url("detector"))
     replay = Replay(
@@ -535,6 +515,7 @@ class _Driver:
         self.retraining: threading.Thread | None = None
         self.retrain_result: dict[str, Any] | None = None
         self.retrains = 0
+        self.response = "retrain"
         self.retrain_at: pd.Timestamp | None = None
         self.onset_seen = False
         self.last_state: tuple[Any, ...] = ()
@@ -560,6 +541,10 @@ class _Driver:
         busy = self.retraining is not None or self.retrain_at is not None
         if data.get("track", "stable") != "stable" or busy or sim is None:
             return
+        self.response = data.get("response", "retrain")  # relearn.monitoring.response's choice
+        if self.response == "page":  # a data bug: paged, never trained on
+            self.phase = "paged: data bug, no retraining"
+            return
         self.retrain_at = sim + pd.Timedelta(days=self.settings.retrain_after_days)
         self.phase = f"alerted: retraining at {self.retrain_at:%m-%d %H:%M}"
 
@@ -570,13 +555,17 @@ class _Driver:
         end = sim.floor("min")
         start = end - pd.Timedelta(days=self.settings.retrain_days)
         self.timeline.add(
-            "retrain-start", sim=sim, window_start=start.isoformat(), window_end=end.isoformat()
-        )
+            "retrain-start", sim=sim, window_start=start.isoformat(), window_end=end.isoformat(),
+            response=self.response,
+        )  # fmt: skip
         self.retraining = threading.Thread(target=self._retrain, args=(start,), daemon=True)
         self.retraining.start()
 
     def _retrain(self, start: pd.Timestamp) -> None:
         argv = pipeline_argv(self.settings, self.world.source, start, self.settings.retrain_days, self.home)
+        if self.response == "recalibrate":  # same weights, threshold re-fitted on the labelled traffic
+            wall_per_day = len(self.world.stream) / self.settings.live_days / self.settings.rate
+            argv = recalibrate_argv(self.settings, wall_per_day, self.home, self.retrains)
         child = self.stack.procs.start(f"retrain-{self.retrains}", argv)  # stopped with the stack
         self.retrain_result = pipeline_summary(argv, child.process.wait(), child.log)
 

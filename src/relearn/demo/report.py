@@ -20,6 +20,7 @@ from sklearn.metrics import average_precision_score
 
 from relearn.demo.loop import Outcome
 from relearn.demo.replay import failed, refused
+from relearn.demo.respond import response_lines, responses
 from relearn.model.report import CSS, pyplot, save_figure
 from relearn.monitoring.quality import at_budget
 
@@ -162,6 +163,7 @@ def summary(outcome: Outcome) -> dict[str, Any]:
             if k in ("fed", "chargebacks_fed", "feed_refused")
         },
         "gate": (outcome.timeline.first("retrain-end") or {}).get("gate"),
+        "responses": responses(outcome.timeline.events),
         "promotion_evidence": next(
             (e.get("evidence") for e in outcome.audit if e["action"] == "promote"), None
         ),
@@ -345,7 +347,8 @@ def _refused(s: dict[str, Any]) -> str:
 def evidence_lines(s: dict[str, Any]) -> list[str]:
     """The training gate's verdict and what the promotion rested on (source, labels, effect, interval)."""
     ev = s.get("promotion_evidence")
-    lines = [f"training gate: {s['gate']}"] if s.get("gate") else []
+    lines = response_lines(s.get("responses", []))
+    lines += [f"training gate: {s['gate']}"] if s.get("gate") else []
     return lines + ([f"promotion evidence: {ev['source']} {ev['verdict']}: {ev['detail']}"] if ev else [])
 
 

@@ -1,0 +1,70 @@
+"""The demo acts on each alert's response: a page starts nothing, a recalibration runs
+relearn.model.recalibrate instead of the training pipeline, and the report lists the choices (no stack)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+
+from relearn.demo.loop import Timeline, _Driver
+from relearn.demo.respond import response_lines, responses
+from relearn.demo.settings import DemoSettings
+
+SIM = pd.Timestamp("2026-01-10T12:00", tz="UTC")
+
+
+class _Procs:
+    """Records the commands the driver starts; each 'exits' with 1 at once."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs, self.started = logs, []
+
+    def start(self, name: str, argv: list[str], **env: str) -> SimpleNamespace:
+        self.started.append((name, argv))
+        return SimpleNamespace(process=SimpleNamespace(wait=lambda: 1), log=self.logs / f"{name}.log")
+
+
+def _driver(tmp_path: Path) -> tuple[_Driver, _Procs]:
+    procs = _Procs(tmp_path)
+    stack = SimpleNamespace(state=tmp_path / "state.json", procs=procs)
+    world = SimpleNamespace(stream=pd.DataFrame(index=range(2200)), source=tmp_path / "lake")
+    replay = SimpleNamespace(sim_time=SIM)
+    settings = DemoSettings(home=tmp_path, live_days=22.0, rate=40.0)
+    return _Driver(settings, stack, Timeline(), replay, world, tmp_path), procs
+
+
+def test_a_page_starts_nothing_and_a_recalibration_runs_the_recalibrate_step(tmp_path):
+    driver, procs = _driver(tmp_path)
+    driver.alert(0.0, {"kind": "drift", "track": "stable", "response": "page", "why": "data bug: units"})
+    assert driver.retrain_at is None and driver.phase.startswith("paged")
+
+    driver.alert(0.0, {"kind": "quality", "track": "stable", "response": "recalibrate", "why": "prior shift"})
+    assert driver.retrain_at == SIM + pd.Timedelta(days=driver.settings.retrain_after_days)
+    driver._start_retraining(driver.retrain_at)
+    driver.retraining.join(10)
+    ((name, argv),) = procs.started
+    assert name == "retrain-1" and argv[1:3] == ["-m", "relearn.model.recalibrate"]
+    assert argv[argv.index("--inference-log") + 1] == str(tmp_path / "drift" / "inference-log.sqlite3")
+    # 2,200 requests over 22 days at 40/s: 2.5 s of wall time a day; labels mature after label_maturity_days
+    maturity = float(argv[argv.index("--maturity-seconds") + 1])
+    assert maturity == driver.settings.label_maturity_days * 2.5
+    assert "error" in driver.retrain_result  # the recorded step 'failed': the demo says so, deploys nothing
+    start = next(e for e in driver.timeline.events if e["kind"] == "retrain-start")
+    assert start["response"] == "recalibrate"
+
+    lines = response_lines(responses(driver.timeline.events))
+    assert lines == [
+        "at 2026-01-10 12:00, response to the drift alert: page (data bug: units)",
+        "at 2026-01-10 12:00, response to the quality alert: recalibrate (prior shift)",
+    ]
+
+
+def test_retrain_is_the_default_response(tmp_path):
+    driver, procs = _driver(tmp_path)
+    driver.alert(0.0, {"kind": "drift", "track": "stable"})  # a detector without responses
+    driver._start_retraining(SIM)
+    driver.retraining.join(10)
+    ((_, argv),) = procs.started
+    assert argv[1:3] == ["-m", "pipelines.run"]
