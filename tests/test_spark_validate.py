@@ -2,7 +2,9 @@
 
 Small lakes and the one Spark session of the Spark tests (test_spark_parity's fixture). Each kind of bad
 batch (a missing partition, a schema change, rows far outside the window, nulls, a unit change, broken
-records and duplicated ids) stops the step with the readable report, never a JVM stack trace.
+records and duplicated ids) stops the step with the readable report, never a JVM stack trace; the bad
+batch goes the cluster's way, a SparkApplication through the stand-in API server (tests/kube_api.py) whose
+driver runs in this process on the shared session.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from crds import CRDS
+from kube_api import FakeApiServer
 from relearn import steps
 from relearn.data import generator, io
 from relearn.data.validate import validate
 from relearn.data.validate_spark import validate_lake
+from relearn.features import spark_driver
 from test_spark_parity import DAYS, START, _lake, _world, spark  # noqa: F401 (the shared session)
 
 END = START + timedelta(days=DAYS)
@@ -75,11 +80,14 @@ def _units(root, tx):
     io.write_partitioned(later.assign(amount=later["amount"].where(~eur, later["amount"] * 100)), root)
 
 
-def test_a_good_lake_passes_on_both_engines(spark, tmp_path, world):  # noqa: F811
+def test_a_good_lake_passes_the_step_on_spark_with_the_pandas_report(spark, tmp_path, world):  # noqa: F811
     root = _lake(tmp_path, world.transactions, world.labels)
-    report = validate_lake(spark, root, window_start=START, window_end=END)
-    assert report.ok, report.summary()
-    assert report.to_markdown() == _pandas(root)
+    report_path = tmp_path / "report.md"
+    assert steps.validate(
+        str(root), str(report_path), start=START.isoformat(), days=DAYS, data_engine="spark"
+    )
+    assert report_path.read_text() == _pandas(root)
+    assert report_path.read_text().startswith("# Data validation: PASSED")
 
 
 # Each fault and the check (with words of its report) that must stop the step. One lake holds them all
@@ -97,7 +105,37 @@ FAULTS = [
 ]
 
 
-def test_a_bad_batch_stops_the_step_with_a_readable_report(spark, tmp_path, world):  # noqa: F811
+class DriverOperator:
+    """Plays the Spark Operator: runs the created application's driver (its arguments) in this process, on
+    the tests' Spark session, and sets the state as the operator would (COMPLETED, or FAILED on exit 1)."""
+
+    def __init__(self, api) -> None:
+        self.api = api
+
+    def __call__(self, path: str, app: dict) -> None:
+        code = spark_driver.main(app["spec"]["arguments"])
+        state = (
+            {"state": "COMPLETED"} if code == 0 else {"state": "FAILED", "errorMessage": f"ExitCode: {code}"}
+        )
+        self.api.objects[path] = {**app, "status": {"applicationState": state}}
+
+
+@pytest.fixture
+def operator(tmp_path, monkeypatch):
+    """The step submits a SparkApplication through the stand-in API server; the driver runs in-process."""
+    if not CRDS.is_dir():
+        pytest.skip(f"no CRDs in {CRDS}")
+    with FakeApiServer() as api:
+        api.on_create = DriverOperator(api)
+        monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig")))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        monkeypatch.setenv("RELEARN_SPARK_SUBMIT", "operator")
+        monkeypatch.setenv("RELEARN_SPARK_APP_POLL_SECONDS", "0.05")
+        yield api
+
+
+def test_a_bad_batch_stops_the_step_with_a_readable_report(spark, tmp_path, world, operator):  # noqa: F811
+    """On the cluster's path: the validate step renders a SparkApplication whose driver writes the report."""
     root = _lake(tmp_path, world.transactions, world.labels)
     for breaks, _, _ in FAULTS:
         breaks(root, world.transactions)
@@ -111,3 +149,9 @@ def test_a_bad_batch_stops_the_step_with_a_readable_report(spark, tmp_path, worl
         assert words in text, words
     assert "at org.apache" not in text and "Py4J" not in text and "Traceback" not in text
     assert report_path.read_text() in text  # the Markdown report written for the UI, the same words
+    # The driver's report, through one SparkApplication: created (valid against the CRD), then read.
+    calls = [(r["method"], r["path"].split("/")[-1]) for r in operator.requests]
+    assert calls[0] == ("POST", "sparkapplications") and {m for m, _ in calls[1:]} == {"GET"}
+    assert operator.rejected == []
+    (app,) = operator.objects.values()
+    assert app["spec"]["arguments"][:2] == ["--task", "validate"]

@@ -127,7 +127,8 @@ def validate(
     except ValueError as exc:
         raise StepFailed(str(exc)) from None
     if data_engine == "spark":
-        report = spark_step.validate_spark(transactions_dir, Expectations(), begin, end)
+        scratch = f"{report_path}.spark.json"  # the SparkApplication's report, when one computes it
+        report = spark_step.validate_spark(transactions_dir, Expectations(), begin, end, scratch)
     else:
         transactions = io.read_transactions(transactions_dir)
         report = check(transactions, Expectations(), window_start=begin, window_end=end)

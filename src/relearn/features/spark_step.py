@@ -60,14 +60,25 @@ def choose_engine(engine: str, transactions_dir: str, settings: SparkSettings | 
     return chosen
 
 
-def validate_spark(transactions_dir: str, expectations, begin: datetime, end: datetime):
+def validate_spark(
+    transactions_dir: str, expectations, begin: datetime, end: datetime, scratch: str, local: bool = False
+):
     """The validate step's checks on Spark (relearn.data.validate_spark): the report.
 
+    With ``RELEARN_SPARK_SUBMIT=operator`` a SparkApplication's driver computes it and writes it as JSON
+    to ``scratch`` (a path it shares with the step); ``local``: in this process regardless (the driver).
     Raises :class:`~relearn.steps.StepFailed` when Spark itself fails (one readable line, not the JVM's).
     """
-    from relearn.data.validate_spark import validate_lake
+    from relearn.data.validate import ValidationReport
     from relearn.features.spark_session import SparkEngineError, first_line, spark_session
     from relearn.steps import StepFailed
+
+    if SparkSettings().submit == "operator" and not local:
+        arguments = ["--task", "validate", "--transactions", transactions_dir, "--report", scratch]
+        arguments += ["--start", begin.isoformat(), "--days", str((end - begin).days)]
+        _submit(arguments, "Validation")
+        return ValidationReport.model_validate_json(Path(scratch).read_text())
+    from relearn.data.validate_spark import validate_lake
 
     try:
         return validate_lake(spark_session(), transactions_dir, expectations, begin, end)
@@ -164,11 +175,6 @@ def submit_spark_work(
     The paths must be ones the driver reaches too (object storage in a cluster); the driver writes the
     summary next to the training set. Settings reach it as this step's ``RELEARN_*`` environment.
     """
-    from relearn.features import spark_application as sa
-    from relearn.features.spark_session import SparkEngineError
-    from relearn.steps import StepFailed
-
-    app_settings = sa.SparkApplicationSettings()
     summary_path = f"{training_set_path}.summary.json"
     arguments = [
         "--transactions",
@@ -180,6 +186,17 @@ def submit_spark_work(
     ]
     arguments += ["--start", begin.isoformat(), "--days", str((end - begin).days)]
     arguments += ["--label-maturity-days", str(label_maturity_days), "--summary", summary_path]
+    _submit(arguments, "Features", api_client, settings.home)
+    return json.loads(Path(summary_path).read_text())
+
+
+def _submit(arguments: list[str], what: str, api_client: Any = None, home: Any = None) -> None:
+    """Run the driver with ``arguments`` as a SparkApplication and wait for it (StepFailed if it fails)."""
+    from relearn.features import spark_application as sa
+    from relearn.features.spark_session import SparkEngineError
+    from relearn.steps import StepFailed
+
+    app_settings = sa.SparkApplicationSettings()
     # The step's settings reach the driver as env in the spec, which anyone who may read the application
     # reads: never a password or token (the driver needs none; its object-store keys come from the Secret).
     env = {
@@ -187,7 +204,8 @@ def submit_spark_work(
         for k, v in os.environ.items()
         if k.startswith("RELEARN_") and k != "RELEARN_SPARK_SUBMIT" and not SECRET_NAMES.search(k)
     }
-    env["RELEARN_HOME"] = str(settings.home)
+    if home is not None:
+        env["RELEARN_HOME"] = str(home)
     owner = {"name": os.environ.get("KFP_POD_NAME", ""), "uid": os.environ.get("KFP_POD_UID", "")}
     app = sa.render(
         uuid.uuid4().hex[:12],
@@ -200,8 +218,7 @@ def submit_spark_work(
     try:
         sa.submit_and_wait(app, app_settings, api_client)
     except SparkEngineError as exc:
-        raise StepFailed(f"Features on Spark failed: {exc}") from None
-    return json.loads(Path(summary_path).read_text())
+        raise StepFailed(f"{what} on Spark failed: {exc}") from None
 
 
 def _build(spark, transactions_dir, labels_dir, training_set_path, end, label_maturity_days, settings):
