@@ -167,3 +167,21 @@ def test_local_mode_starts_the_command_of_the_response(tmp_path):
         time.sleep(0.05)
     time.sleep(0.3)
     assert (tmp_path / "recalibrate").read_text() == "run" and not (tmp_path / "retrain").exists()
+
+
+def test_the_roc_auc_baseline_is_the_versions_first_predictions_until_they_hold_enough_frauds(tmp_path):
+    from relearn.monitoring.response import MIN_POSITIVES, roc_auc
+
+    rng = np.random.default_rng(8)
+    monitor, _ = _monitor(tmp_path, quality_window=1000)
+    rows = _traffic(rng, 1000, 0.004, 0.0, 0) + _traffic(rng, 3000, 0.01, 0.02, 1000)  # then concept drift
+    try:
+        _serve(monitor, rows)
+    finally:
+        monitor.conn.close()
+    labels = np.array([r[3] for r in rows])
+    n = int(np.flatnonzero(np.cumsum(labels) >= MIN_POSITIVES)[0]) + 1
+    assert n > 1000  # the first window held too few frauds: the baseline reaches past it
+    first = roc_auc(np.array([r[2] for r in rows[:n]]), labels[:n])
+    assert monitor.responder.auc_baseline["stable"] == first[0]
+    assert monitor.responder.auc_now["stable"][0] < first[0] - 0.1  # the newest window: the drift

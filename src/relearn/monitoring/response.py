@@ -43,6 +43,7 @@ RANGE_IQRS = 10.0  # margin beyond the reference's 0.1 % / 99.9 % quantiles, in 
 AUC_MARGIN = 0.05  # ROC-AUC's lower bound within this of the baseline: the model still ranks as well
 AUC_Z = 1.645  # one-sided 95 % lower bound
 MIN_POSITIVES = 10  # frauds needed for a ROC-AUC
+BASELINE_WINDOWS = 4  # a baseline may span up to this many quality windows to hold MIN_POSITIVES frauds
 
 
 @dataclass(frozen=True)
@@ -185,17 +186,22 @@ class Responder:
     def observe_quality(self, conn: sqlite3.Connection, track: str) -> float | None:
         """The track's rolling ROC-AUC now, and its baseline.
 
-        The baseline is the ROC-AUC of the first ``window`` matured predictions of the model version the
-        track serves now: as early, so as far from a drift, as the log allows; kept once that many matured.
+        The baseline is the ROC-AUC of the first matured predictions of the model version the track serves
+        now: as early, so as far from a drift, as the log allows. At least ``window`` of them, more (up to
+        ``BASELINE_WINDOWS`` x) until they hold ``MIN_POSITIVES`` frauds; kept once complete.
         """
         row = conn.execute(
             "SELECT version FROM predictions WHERE track = ? ORDER BY time DESC LIMIT 1", (track,)
         ).fetchone()
         version = row[0] if row else None
         if track not in self.auc_baseline or self._baseline_of.get(track) != version:
-            first = labelled_scores(conn, track, self.window, self.maturity_s, version, oldest=True)
-            base = roc_auc(*first)
-            if base is not None and len(first[0]) >= self.window:
+            scores, labels = labelled_scores(
+                conn, track, BASELINE_WINDOWS * self.window, self.maturity_s, version, oldest=True
+            )
+            enough = np.flatnonzero(np.cumsum(labels) >= MIN_POSITIVES)
+            n = max(self.window, int(enough[0]) + 1) if len(enough) else len(scores)
+            base = roc_auc(scores[:n], labels[:n])
+            if base is not None and len(scores) >= n:  # the first n matured, with enough frauds: kept
                 self.auc_baseline[track], self._baseline_of[track] = base[0], version
             elif base is not None:  # not all matured yet: provisional
                 self.auc_baseline[track] = base[0]
