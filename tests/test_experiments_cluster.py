@@ -99,7 +99,8 @@ def test_start_stop_promote_with_exact_calls_under_the_role(cluster: FakeApiServ
     assert calls(cluster) == [("GET", VS)]
 
     assert kubectl("start", "ab", "--arm", "7=50", "--arm", "v8=50", "--control", "7") == 0
-    assert calls(cluster) == [("GET", VS), ("GET", CM), ("PATCH", CM)]
+    # The InferenceService read: no canary runs on the traffic (else refused, see the end).
+    assert calls(cluster) == [("GET", VS), ("GET", ISVC), ("GET", CM), ("PATCH", CM)]
     store = json.loads(cluster.objects[CM]["data"]["experiments.json"])
     assert store["ab"]["split"] == {"7": 50, "v8": 50} and store["ab"]["status"] == "running"
     # What each transformer reads from its mount: the same salt and split, so the same arm per card.
@@ -111,7 +112,7 @@ def test_start_stop_promote_with_exact_calls_under_the_role(cluster: FakeApiServ
 
     # A second experiment over the same traffic: refused after reading, nothing patched.
     assert kubectl("start", "ab2", "--arm", "7=50", "--arm", "8=50", "--control", "7") == 2
-    assert calls(cluster) == [("GET", VS), ("GET", CM)]
+    assert calls(cluster) == [("GET", VS), ("GET", ISVC), ("GET", CM)]
 
     # Promote refuses a running experiment; once decided it starts version 8 as the canary.
     assert kubectl("promote", "ab") == 2
@@ -136,6 +137,12 @@ def test_start_stop_promote_with_exact_calls_under_the_role(cluster: FakeApiServ
     assert kubectl("promote", "ab") == 2
     assert "not promoted" in capsys.readouterr().err
     assert calls(cluster) == [("GET", CM), ("GET", ISVC)]
+
+    # ... and so is a new experiment over the traffic: the store is not even read.
+    assert kubectl("start", "ab3", "--arm", "7=50", "--arm", "8=50", "--control", "7") == 2
+    assert "canary 8 is running at 10%" in capsys.readouterr().err
+    assert calls(cluster) == [("GET", VS), ("GET", ISVC)]
+    assert "ab3" not in json.loads(cluster.objects[CM]["data"]["experiments.json"])
 
 
 def test_winner_of_refuses_without_a_winner() -> None:

@@ -155,3 +155,19 @@ def test_promote_starts_the_winner_as_the_canary_through_the_rollout_path(
     capsys.readouterr()
     assert run(build_parser().parse_args([*local, "promote", "ab"])) == 2, "a canary is running"
     assert "not promoted: canary 2 is still being analysed" in capsys.readouterr().err
+    # A new experiment over the traffic is refused while the canary runs (the local router's state says
+    # so), nothing written.
+    before = store.path.read_bytes()
+    argv = ["start", "ab2", "--arm", "1=50", "--arm", "2=50", "--control", "1", *PLAN]
+    assert run(build_parser().parse_args([*local, *argv])) == 2
+    assert "refused: canary 2 is running at 10% of the traffic" in capsys.readouterr().err
+    assert store.path.read_bytes() == before
+
+
+def test_the_plugins_own_help_names_the_experiment_commands(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # argparse would break update-bandit at its hyphen
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "experiment" in out and "update-bandit|promote" in out

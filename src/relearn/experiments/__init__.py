@@ -11,14 +11,16 @@ Submodules, imported explicitly (no import-time work here):
 * :mod:`~relearn.experiments.guardrails`: error rate, p99 latency and score drift limits that stop at once;
 * :mod:`~relearn.experiments.result`: the decision, its JSON for the audit trail, MLflow tags, the plot;
 * :mod:`~relearn.experiments.bandit`: Thompson sampling over delayed (matured) rewards;
+* :mod:`~relearn.experiments.bandit_live`: a bandit's arm shares from the joined history, into the store;
 * :mod:`~relearn.experiments.simulate`: many simulated experiments at once, for validity and power;
 * :mod:`~relearn.experiments.exporter`: Prometheus metrics per experiment and arm;
 * :mod:`~relearn.experiments.versions`: arms are model versions, checked in MLflow at start, tagged after;
 * :mod:`~relearn.experiments.routing`: the arm per row (transformer), sent as ``x-relearn-arm`` (router);
 * :mod:`~relearn.experiments.store`, :mod:`~relearn.experiments.cli`:
-  ``python -m relearn.experiments start|status|stop|list|analyze|promote|simulate`` on a local store (also
-  ``kubectl relearn experiment ...``);
+  ``python -m relearn.experiments start|status|stop|list|analyze|update-bandit|promote|simulate`` on a local
+  store (also ``kubectl relearn experiment ...``);
 * :mod:`~relearn.experiments.kube_store`: the store in the cluster (the ConfigMap the transformers mount)
   and the experiment router's routes checked at start;
-* :mod:`~relearn.experiments.promote`: the winner as the canary through :mod:`relearn.rollout.deploy`.
+* :mod:`~relearn.experiments.promote`: the winner as the canary through :mod:`relearn.rollout.deploy`, and
+  no experiment started while a canary runs.
 """

@@ -66,12 +66,43 @@ class Split:
         return dict(zip(self.arms, self.percents, strict=True))
 
 
-def assign(user_id: str | int, salt: str, split: Split) -> str:
+@dataclass(frozen=True)
+class Shares:
+    """A bandit's arm shares (non-negative floats summing to 1), on the same buckets as a :class:`Split`.
+
+    Arm i holds buckets ``[edges[i-1], edges[i])`` (an arm with share 0 holds none), so when the shares
+    change only the cards whose bucket lies between an old and a new edge move: at most the sum of the
+    edges' moves, over the bucket count, of all cards.
+    """
+
+    arms: tuple[str, ...]
+    shares: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.arms) < 2 or len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"shares need two or more distinct arms, got {list(self.arms)}")
+        if len(self.shares) != len(self.arms) or min(self.shares) < 0 or abs(sum(self.shares) - 1) > 1e-6:
+            raise ValueError(f"shares must be >= 0 and sum to 1, got {list(self.shares)}")
+
+    @classmethod
+    def of(cls, shares: Mapping[str, float]) -> Shares:
+        """Shares from ``{arm: share}`` (insertion order is the arm order)."""
+        return cls(tuple(shares), tuple(float(v) for v in shares.values()))
+
+    @property
+    def edges(self) -> np.ndarray:
+        """Upper bucket edge of each arm (rounded to a bucket; the last is ``BUCKETS``)."""
+        edges = np.rint(np.cumsum(self.shares) * BUCKETS).astype(np.int64)
+        edges[-1] = BUCKETS
+        return edges
+
+
+def assign(user_id: str | int, salt: str, split: Split | Shares) -> str:
     """The arm of one card."""
     return split.arms[int(np.searchsorted(split.edges, bucket(user_id, salt), side="right"))]
 
 
-def assign_many(user_ids: Iterable[str | int], salt: str, split: Split) -> np.ndarray:
+def assign_many(user_ids: Iterable[str | int], salt: str, split: Split | Shares) -> np.ndarray:
     """The arm of each card (object array of arm names)."""
     buckets = np.fromiter((bucket(u, salt) for u in user_ids), np.int64)
     return np.asarray(split.arms, dtype=object)[np.searchsorted(split.edges, buckets, side="right")]

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from relearn.experiments.assignment import BUCKETS, bucket
+from relearn.experiments.assignment import Shares, assign
 
 
 def prob_best(
@@ -104,10 +104,7 @@ class ThompsonRouter:
 
     def route(self, user_id: str | int, shares: dict[str, float]) -> str:
         """The card's arm under ``shares``: its salted bucket against the cumulative shares."""
-        edges = np.cumsum([shares[a] for a in self.arms]) * BUCKETS
-        return self.arms[
-            min(int(np.searchsorted(edges, bucket(user_id, self.salt), side="right")), len(self.arms) - 1)
-        ]
+        return assign(user_id, self.salt, Shares.of({a: shares[a] for a in self.arms}))
 
     def state(self) -> dict[str, Any]:
         """JSON-ready posterior counts (for the store and the metrics)."""

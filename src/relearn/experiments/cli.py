@@ -7,6 +7,8 @@ r"""``python -m relearn.experiments start|status|stop|list``: A/B experiments on
     python -m relearn.experiments list
     python -m relearn.experiments analyze ab1 --predictions joined.parquet --report-dir report/ab1
     python -m relearn.experiments promote ab1   # the winner as the canary, through the rollout path
+    python -m relearn.experiments start b1 --mode bandit --arm v7 --arm v8 --arm v9 --control v7
+    python -m relearn.experiments update-bandit b1 --history joined.parquet   # periodically: new shares
     python -m relearn.experiments simulate      # the README's figures: false positives, power, regret
 
 ``start`` prints the plan (minimum detectable effect, days to find the planned effect) from the traffic
@@ -31,11 +33,11 @@ from relearn.experiments.versions import arm_tags, check_versions, stop_tags, ta
 from relearn.settings import RelearnSettings
 
 
-def _arm(text: str) -> tuple[str, int]:
+def _arm(text: str) -> tuple[str, int | None]:
     name, sep, percent = text.partition("=")
-    if not sep or not name or not percent.isdigit():
-        raise argparse.ArgumentTypeError(f"expected VERSION=PERCENT, got {text!r}")
-    return name, int(percent)
+    if not name or (sep and not percent.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected VERSION=PERCENT (VERSION for a bandit), got {text!r}")
+    return name, int(percent) if sep else None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,7 +80,20 @@ def add_commands(p: argparse.ArgumentParser, dest: str) -> None:
     sub = p.add_subparsers(dest=dest, required=True)
     start = sub.add_parser("start", help="Start an experiment (prints its plan).")
     start.add_argument("name")
-    start.add_argument("--arm", type=_arm, action="append", required=True, help="VERSION=PERCENT, 2+ times.")
+    start.add_argument(
+        "--arm",
+        type=_arm,
+        action="append",
+        required=True,
+        help="VERSION=PERCENT, 2+ times; with --mode bandit VERSION (equal start) 3+ times.",
+    )
+    start.add_argument(
+        "--mode",
+        choices=("ab", "bandit"),
+        default="ab",
+        help="ab: a fixed split and the sequential test; bandit: Thompson sampling between 3+ versions on "
+        "the delayed reward (shares set by update-bandit).",
+    )
     start.add_argument(
         "--control", required=True, help="The arm the others are compared with (the champion)."
     )
@@ -115,6 +130,18 @@ def add_commands(p: argparse.ArgumentParser, dest: str) -> None:
     ana.add_argument(
         "--health", type=Path, help="JSON list of arm health (arm, requests, errors, p99_seconds, ...)."
     )
+    bandit = sub.add_parser(
+        "update-bandit", help="Recompute a bandit's arm shares from the delayed rewards; write them."
+    )
+    bandit.add_argument("name")
+    bandit.add_argument(
+        "--history",
+        type=Path,
+        required=True,
+        help="Predictions joined with chargebacks (.parquet or .csv), as for analyze.",
+    )
+    bandit.add_argument("--now", type=float, help="Epoch seconds of the update (default: the clock).")
+    bandit.add_argument("--seed", type=int, default=0, help="Seed of the posterior draws.")
     promote = sub.add_parser(
         "promote", help="Start the stopped experiment's winner as the canary (the rollout path)."
     )
@@ -131,6 +158,24 @@ def _read(path: Path) -> Any:
     import pandas as pd
 
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def _start_split(args: argparse.Namespace, settings: ExperimentSettings) -> tuple[dict[str, int], Any]:
+    """The starting split and, with --mode bandit, the bandit's parameters (refuses k < 3)."""
+    names = [a for a, _ in args.arm]
+    if len(set(names)) != len(names):
+        raise ValueError(f"arm names repeat: {names}")
+    if args.mode == "bandit":
+        from relearn.experiments.bandit_live import bandit_params, equal_percents
+
+        bandit = bandit_params(len(names), settings)
+        if all(p is None for _, p in args.arm):
+            return equal_percents(names), bandit
+    else:
+        bandit = None
+    if any(p is None for _, p in args.arm):
+        raise ValueError(f"give every arm its percent (VERSION=PERCENT), got {names}")
+    return dict(args.arm), bandit
 
 
 def _from_history(args: argparse.Namespace, settings: ExperimentSettings) -> None:
@@ -159,6 +204,8 @@ def _analyze(
     record = store.get(args.name)
     if record["status"] != "running":
         raise ValueError(f"experiment {args.name!r} is not running ({record['status']})")
+    if record.get("kind") == "bandit":
+        raise ValueError(f"experiment {args.name!r} is a bandit (cards move with its shares): update-bandit")
     if not record.get("plan"):
         raise ValueError(
             f"experiment {args.name!r} has no plan (start it with --cards-per-day ...): tau is unset"
@@ -201,6 +248,28 @@ def _tag(args: argparse.Namespace, tags: dict[str, dict[str, str]]) -> int:
     except MlflowException as err:
         print(f"recorded, but the model versions were not tagged: {err}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _update_bandit(args: argparse.Namespace, store: ExperimentStore, audit: Any, settings: Any) -> int:
+    """New arm shares from the matured rewards in the history, written to the store (transformers follow)."""
+    import time
+
+    from relearn.experiments.bandit_live import update
+
+    frame = _read(args.history)
+    now = args.now if args.now is not None else time.time()
+    record = store.set_shares(args.name, lambda r: update(r, frame, now, settings, seed=args.seed))
+    b = record["bandit"]
+    audit.append(
+        "experiment-bandit-update",
+        actor=getpass.getuser(),
+        experiment=args.name,
+        shares=record["shares"],
+        fallback=b["fallback"],
+    )
+    out = {"experiment": args.name, "shares": record["shares"], **{k: b[k] for k in ("caught", "missed")}}
+    print(json.dumps({**out, "fallback": b["fallback"], "reward_age_s": b["reward_age_s"]}, indent=2))
     return 0
 
 
@@ -251,13 +320,12 @@ def execute(args: argparse.Namespace, command: str) -> int:
     audit = AuditLog(args.audit_log or store.path.parent / "audit.jsonl")
     try:
         if command == "start":
-            split = dict(args.arm)
-            if len(split) != len(args.arm):
-                raise ValueError(f"arm names repeat: {[a for a, _ in args.arm]}")
+            split, bandit = _start_split(args, settings)
             the_plan: dict[str, Any] | None = None
             if args.history:
                 _from_history(args, settings)
-            if args.cards_per_day and args.base_loss and args.loss_sd and args.control in split:
+            planned = args.cards_per_day and args.base_loss and args.loss_sd and args.control in split
+            if bandit is None and planned:
                 # Sized for the slowest comparison: the control against the smallest other arm.
                 pair = split[args.control] + min(v for a, v in split.items() if a != args.control)
                 p = plan(
@@ -280,7 +348,13 @@ def execute(args: argparse.Namespace, command: str) -> int:
                 from relearn.experiments.kube_store import check_routes
 
                 check_routes(store.api_client, store.namespace, router, split)  # type: ignore[attr-defined]
-            record = store.start(args.name, split, control=args.control, traffic=args.traffic, plan=the_plan)
+            from relearn.experiments.promote import refuse_during_canary
+
+            opts = {k: getattr(args, k, None) for k in ("inference_service", "state")}
+            refuse_during_canary(store, cluster=bool(configmap), **opts)
+            record = store.start(
+                args.name, split, control=args.control, traffic=args.traffic, plan=the_plan, bandit=bandit
+            )
             audit.append(
                 "experiment-start", actor=getpass.getuser(), experiment=args.name, split=record["split"]
             )
@@ -291,6 +365,8 @@ def execute(args: argparse.Namespace, command: str) -> int:
             print(json.dumps(figures(sims=args.experiments, alpha=settings.alpha, seed=args.seed), indent=2))
         elif command == "analyze":
             return _analyze(args, store, audit, settings)
+        elif command == "update-bandit":
+            return _update_bandit(args, store, audit, settings)
         elif command == "promote":
             return _promote(args, store, audit)
         elif command == "status":

@@ -6,7 +6,10 @@ guardrail check; serving them is the caller's (``prometheus_client.start_http_se
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from functools import cache
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from relearn.experiments.guardrails import GuardrailCheck
 from relearn.experiments.result import Decision, Result
@@ -38,6 +41,18 @@ class ExperimentMetrics:
             **kw,
         )
         self.running = Gauge("relearn_experiment_running", "1 while the experiment runs, else 0.", exp, **kw)
+        self.fallback = Gauge(
+            "relearn_experiment_bandit_fallback",
+            "1 while a bandit routes everything to its control because its rewards are stale, else 0.",
+            exp,
+            **kw,
+        )
+        self.reward_age = Gauge(
+            "relearn_experiment_bandit_reward_age_seconds",
+            "Age of a bandit's newest matured reward at its last update.",
+            exp,
+            **kw,
+        )
         self.breaches = Counter(
             "relearn_experiment_guardrail_breaches", "Guardrail breaches seen.", (*arm, "guardrail"), **kw
         )
@@ -46,6 +61,23 @@ class ExperimentMetrics:
         """The routing shares now (a split's percents / 100, or the bandit's shares)."""
         for arm, share in shares.items():
             self.arm_share.labels(experiment, arm).set(share)
+
+    def update_routing(self, record: dict[str, Any] | None) -> None:
+        """The running experiment as the store holds it (None: none runs): its shares, and a bandit's state.
+
+        The previous experiment's series are removed, so a stopped experiment's shares do not linger.
+        """
+        for gauge in (self.arm_share, self.running, self.fallback, self.reward_age):
+            gauge.clear()
+        if record is None:
+            return
+        name = record["name"]
+        self.running.labels(name).set(1.0)
+        self.update_shares(name, record.get("shares") or {a: p / 100 for a, p in record["split"].items()})
+        bandit = record.get("bandit")
+        if bandit and "fallback" in bandit:  # updated at least once
+            self.fallback.labels(name).set(float(bandit["fallback"]))
+            self.reward_age.labels(name).set(bandit["reward_age_s"])
 
     def update_result(self, result: Result) -> None:
         """The latest look's numbers and whether the experiment still runs."""
@@ -68,3 +100,12 @@ class ExperimentMetrics:
         """Count each breach of a guardrail check."""
         for b in check.breaches:
             self.breaches.labels(experiment, b.arm, b.guardrail).inc()
+
+
+@cache
+def default_metrics() -> ExperimentMetrics:
+    """The experiment metrics in prometheus-client's default registry (the one a server's /metrics shows).
+
+    Created once per process: registering the same names twice in one registry is an error.
+    """
+    return ExperimentMetrics(REGISTRY)

@@ -33,19 +33,25 @@ class RunningExperiment:
         traffic: The traffic this server's requests belong to.
     """
 
-    def __init__(self, path: Path | str, traffic: str = "fraud") -> None:
+    def __init__(self, path: Path | str, traffic: str = "fraud", metrics: Any = None) -> None:
         self.path = Path(path)
         self.traffic = traffic
+        self.metrics = metrics  # an ExperimentMetrics: the routing shares, updated on every re-read
         self._stamp: tuple[int, int] | None = None
         self._current: tuple[str, str, Any] | None = None  # (name, salt, Split)
 
     def current(self) -> tuple[str, str, Any] | None:
-        """(name, salt, split) of the running experiment over the traffic, or None."""
-        from relearn.experiments.assignment import Split
+        """(name, salt, split) of the running experiment over the traffic, or None.
+
+        A bandit's split is its current :class:`relearn.experiments.assignment.Shares`.
+        """
+        from relearn.experiments.assignment import Shares, Split
 
         try:
             st = self.path.stat()
         except FileNotFoundError:
+            if self._stamp is not None and self.metrics is not None:
+                self.metrics.update_routing(None)
             self._stamp, self._current = None, None
             return None
         stamp = (st.st_mtime_ns, st.st_size)
@@ -55,10 +61,14 @@ class RunningExperiment:
                 for r in json.loads(self.path.read_text()).values()
                 if r["status"] == "running" and r["traffic"] == self.traffic
             ]
-            self._current = (
-                (running[0]["name"], running[0]["salt"], Split.of(running[0]["split"])) if running else None
-            )
+            self._current = None
+            if running:
+                r = running[0]
+                split = Shares.of(r["shares"]) if r.get("shares") else Split.of(r["split"])
+                self._current = (r["name"], r["salt"], split)
             self._stamp = stamp
+            if self.metrics is not None:
+                self.metrics.update_routing(running[0] if running else None)
         return self._current
 
     def arms(self, user_ids: Sequence[str]) -> tuple[str, Any] | None:

@@ -64,3 +64,15 @@ class ExperimentSettings(BaseSettings):
         description="Guardrail: two-sample KS statistic of an arm's scores against the control's (the "
         "detector's relearn_drift_score_divergence). Models differ by design, so this catches a broken one.",
     )
+    bandit_min_share: float = Field(
+        0.05,
+        ge=0,
+        lt=1 / 3,
+        description="A bandit's floor: every arm keeps at least this share, so a slow starter can recover.",
+    )
+    bandit_stale_days: float = Field(
+        3.0,
+        gt=0,
+        description="A bandit routes everything to its control (the champion) when its newest matured reward "
+        "is older than this: labels stopped flowing, the posterior would steer on old news.",
+    )

@@ -77,8 +77,13 @@ class ExperimentStore:
         control: str,
         traffic: str = "fraud",
         plan: Record | None = None,
+        bandit: Record | None = None,
     ) -> Record:
-        """Record a running experiment with a fresh salt; refuses bad input with nothing changed."""
+        """Record a running experiment with a fresh salt; refuses bad input with nothing changed.
+
+        With ``bandit`` (:func:`relearn.experiments.bandit_live.bandit_params`) the experiment is a bandit:
+        ``split`` is its starting split and its ``shares`` change with :meth:`set_shares`.
+        """
         checked = Split.of(split)
         if control not in checked.arms:
             raise ValueError(f"control {control!r} is not among the arms {list(checked.arms)}")
@@ -101,7 +106,10 @@ class ExperimentStore:
                 "reason": "",
                 "plan": plan,
                 "result": None,
+                "kind": "bandit" if bandit else "ab",
             }
+            if bandit:
+                data[name].update(bandit=bandit, shares={a: p / 100 for a, p in checked.as_dict().items()})
             return data[name]
 
         return self._change(add)
@@ -118,3 +126,14 @@ class ExperimentStore:
             return data[name]
 
         return self._change(end)
+
+    def set_shares(self, name: str, change: Callable[[Record], Record]) -> Record:
+        """Apply ``change(record) -> {"shares": ..., "bandit": ...}`` to a running bandit, under the lock."""
+
+        def apply(data: dict[str, Record]) -> Record:
+            if name not in data:
+                raise KeyError(f"no experiment {name!r} (known: {sorted(data)})")
+            data[name].update(change(data[name]))
+            return data[name]
+
+        return self._change(apply)

@@ -9,6 +9,8 @@ Installed as the console script ``kubectl-relearn``, so kubectl finds it as a pl
     kubectl relearn promote            # or: kubectl relearn rollback --reason "p99 too high"
     kubectl relearn history
     kubectl relearn experiment start ab1 --arm 7=50 --arm 8=50 --control 7   # also status|stop|list|analyze
+    kubectl relearn experiment promote ab1   # the winner as the canary
+    kubectl relearn experiment start b1 --mode bandit --arm 7 --arm 8 --arm 9 --control 7   # + update-bandit
 
 ``--backend kubernetes`` (default) patches the InferenceService / VirtualService through the API, exactly as
 ``kubectl patch isvc ... canaryTrafficPercent`` does; ``--backend local`` drives the local router's state
@@ -100,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     experiment = sub.add_parser(
         "experiment",
-        help="A/B experiments between model versions: start|status|stop|list|analyze|simulate",
+        help="A/B experiments and bandits between model versions: "
+        "start|status|stop|list|analyze|update-bandit|promote|simulate",
         description="The commands of `python -m relearn.experiments` on the same store; their own --store "
         "and --audit-log (default <RELEARN_HOME>/experiments/), not the rollout's.",
     )

@@ -91,9 +91,11 @@ class FraudTransformer(Model):
         """Open the streaming state and warm its connection up (a read changes nothing)."""
         self.state = open_state()
         self.state.read([Event("", 0, "", "")])
+        from relearn.experiments.exporter import default_metrics
         from relearn.experiments.store import default_store
 
-        self.experiment = RunningExperiment(default_store())
+        # The running experiment's arm shares (a bandit's change) go out on this server's /metrics.
+        self.experiment = RunningExperiment(default_store(), metrics=default_metrics())
         self.ready = True
         return self.ready
 
