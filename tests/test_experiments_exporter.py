@@ -36,8 +36,33 @@ def test_values_follow_the_result():
     assert 'relearn_experiment_effect{bound="estimate",experiment="ab1"} -0.3' in text
 
 
+BANDIT = {
+    "name": "b1",
+    "split": {"v7": 34, "v8": 33, "v9": 33},
+    "shares": {"v7": 1.0, "v8": 0.0, "v9": 0.0},
+    "bandit": {"fallback": True, "reward_age_s": 4 * 86400.0},
+}
+
+
+def test_routing_follows_the_running_experiment():
+    m = ExperimentMetrics()
+    m.update_routing({"name": "ab1", "split": {"v7": 70, "v8": 30}})
+    text = generate_latest(m.registry).decode()
+    assert 'relearn_experiment_arm_share{arm="v8",experiment="ab1"} 0.3' in text
+    m.update_routing(BANDIT)  # ab1 stopped, the bandit b1 runs and has fallen back to its control
+    text = generate_latest(m.registry).decode()
+    assert 'experiment="ab1"' not in text
+    assert 'relearn_experiment_arm_share{arm="v7",experiment="b1"} 1.0' in text
+    assert 'relearn_experiment_bandit_fallback{experiment="b1"} 1.0' in text
+    assert 'relearn_experiment_bandit_reward_age_seconds{experiment="b1"} 345600.0' in text
+    m.update_routing(None)
+    assert "relearn_experiment_arm_share{" not in generate_latest(m.registry).decode()
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian prometheus) not installed")
 def test_names_pass_promtool_lint():
-    _, text = exposition()
-    out = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
+    bandit = ExperimentMetrics()
+    bandit.update_routing(BANDIT)
+    for text in (exposition()[1], generate_latest(bandit.registry).decode()):
+        out = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr

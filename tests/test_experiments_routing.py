@@ -177,6 +177,14 @@ def test_every_card_sees_one_arm_across_replicas_and_the_log_keeps_it(
 
     answers = asyncio.run(rounds())
     assert all(len(a["predictions"]) == 40 for a in answers)
+    # The shares the transformers route by are on their /metrics (prometheus-client's default registry).
+    from prometheus_client import REGISTRY
+
+    share = {
+        a: REGISTRY.get_sample_value("relearn_experiment_arm_share", {"experiment": "ab", "arm": a})
+        for a in split
+    }
+    assert share == {"v1": 0.5, "v2": 0.5}
     assert all(sorted(a["model_version"].split(",")) == ["1", "2"] for a in answers)  # both arms per batch
     # Each inference's request (transaction ids) and response (model version) events share a ce-id.
     events = sink.wait_for(lambda e: len(e) - start >= 2 * 2 * 4, timeout=20)[start:]
