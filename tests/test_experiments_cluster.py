@@ -54,8 +54,8 @@ def _authorizer(role: dict):
 
 
 @pytest.fixture
-def cluster(settings, tmp_path: Path, monkeypatch):
-    docs = rendered("default", *ALL)
+def cluster(settings, tmp_path: Path, monkeypatch, request):
+    docs = rendered("default", *ALL, *getattr(request, "param", ()))  # param: more chart values
     (role,) = [r for r in objects(docs, "Role") if r["metadata"]["name"] == "relearn-experiments"]
     by_path = {}
     for doc in docs:
@@ -160,3 +160,31 @@ def test_winner_of_refuses_without_a_winner() -> None:
         "9": _result("9", Decision.WINNER, "9", -0.3),
     }
     assert winner_of(record) == "9", "the largest cut of the loss per card"
+
+
+@pytest.mark.parametrize("cluster", [("--set", "experiments.versions={7,8,9}")], indirect=True)
+def test_a_bandit_in_the_cluster_with_exact_calls(cluster: FakeApiServer, tmp_path, monkeypatch, capsys):
+    from test_experiments_bandit_live import DAY, T0, history
+
+    monkeypatch.setenv("RELEARN_EXPERIMENT_ALERT_BUDGET", "0.15")
+    assert (
+        kubectl("start", "b1", "--mode", "bandit", "--arm", "7", "--arm", "8", "--arm", "9", "--control", "7")
+        == 0
+    )
+    assert calls(cluster) == [("GET", VS), ("GET", ISVC), ("GET", CM), ("PATCH", CM)]
+    started = json.loads(cluster.objects[CM]["data"]["experiments.json"])["b1"]["started"]
+    h = history(recall={"7": 0.5, "8": 0.6, "9": 0.8})
+    h.assign(time=h["time"] - T0 + started).to_parquet(tmp_path / "joined.parquet")
+    now = str(started + 30 * DAY)
+    assert kubectl("update-bandit", "b1", "--history", str(tmp_path / "joined.parquet"), "--now", now) == 0
+    assert calls(cluster) == [("GET", CM), ("PATCH", CM)]  # one read-modify-write under the Role
+    stored = json.loads(cluster.objects[CM]["data"]["experiments.json"])["b1"]
+    assert stored["shares"]["9"] > 0.85 and min(stored["shares"].values()) >= 0.05 - 1e-3
+    # What each transformer reads from its mount: the bandit's shares.
+    mounted = tmp_path / "mount" / "experiments.json"
+    mounted.parent.mkdir()
+    mounted.write_text(cluster.objects[CM]["data"]["experiments.json"])
+    name, salt, shares = RunningExperiment(mounted).current()
+    assert (name, salt) == ("b1", stored["salt"])
+    assert dict(zip(shares.arms, shares.shares, strict=True)) == stored["shares"]
+    assert cluster.rejected == [] and cluster.forbidden == []
