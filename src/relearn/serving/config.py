@@ -9,12 +9,15 @@ from :class:`~relearn.settings.RelearnSettings` (``RELEARN_HOME``, ``RELEARN_MLF
 from __future__ import annotations
 
 import sys
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _CLI = {"cli_kebab_case": True, "cli_implicit_flags": True, "cli_hide_none_type": True, "extra": "ignore"}
+
+
+S = TypeVar("S", bound=BaseSettings)  # the settings class run_cli parses into
 
 
 class CommonServingSettings(BaseSettings):
@@ -93,16 +96,6 @@ class PredictorSettings(ModelServingSettings):
     namespace: str = Field("default", description="ce-namespace of logged events.")
     endpoint: str = Field("default", description="ce-endpoint of logged events: default or canary.")
 
-    def cli_cmd(self) -> None:
-        """Load the model and serve until interrupted."""
-        _strip_argv()
-        from relearn.serving import server
-        from relearn.serving.payload_log import payload_logger_for
-        from relearn.serving.predictor_model import FraudPredictor
-
-        payload_logger = payload_logger_for(self)
-        server.serve(FraudPredictor(self, payload_logger), self, payload_logger)
-
 
 class TransformerSettings(CommonServingSettings):
     """relearn transformer: raw transactions in; streaming features, model inputs, predictor call; scores out.
@@ -146,14 +139,6 @@ class TransformerSettings(CommonServingSettings):
         # gRPC would dial 443 for a bare host; KServe's predictor Service listens on 80 (h2c to the pod).
         return host if host.rpartition(":")[2].isdigit() else f"{host}:80"
 
-    def cli_cmd(self) -> None:
-        """Open the streaming state (RELEARN_STATE_*), connect to the predictor, serve until interrupted."""
-        _strip_argv()
-        from relearn.serving import server
-        from relearn.serving.transformer_model import FraudTransformer
-
-        server.serve(FraudTransformer(self), self)
-
 
 def kserve_args(argv: list[str], settings: type[BaseSettings]) -> list[str]:
     """Accept the options KServe's controller appends to a container (``--model_name``, ``--http_port``, …).
@@ -170,17 +155,17 @@ def kserve_args(argv: list[str], settings: type[BaseSettings]) -> list[str]:
     return out
 
 
-def run_cli(settings: type[BaseSettings], argv: list[str] | None = None) -> None:
-    """Parse ``argv`` (default: this process's args) into ``settings`` and run its ``cli_cmd``.
+def run_cli(settings: type[S], argv: list[str] | None = None) -> S:
+    """Parse ``argv`` (default: this process's args) into ``settings``; run its ``cli_cmd`` if it has one.
 
-    KServe's injected options are accepted (:func:`kserve_args`).
+    KServe's injected options are accepted (:func:`kserve_args`). ``--help`` prints and exits.
     """
     from pydantic_settings import CliApp
 
     args = sys.argv[1:] if argv is None else argv
-    CliApp.run(settings, cli_args=kserve_args(args, settings))
+    return CliApp.run(settings, cli_args=kserve_args(args, settings))
 
 
-def _strip_argv() -> None:
+def strip_argv() -> None:
     """kserve.model_server parses sys.argv when imported; our options are not its options."""
     del sys.argv[1:]

@@ -10,7 +10,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from relearn.logs import configure_logging
-from relearn.serving.config import _CLI, ModelServingSettings, _strip_argv, run_cli
+from relearn.serving.config import _CLI, ModelServingSettings, run_cli, strip_argv
 
 
 class ExplainerSettings(ModelServingSettings):
@@ -34,7 +34,7 @@ class ExplainerSettings(ModelServingSettings):
 
     def cli_cmd(self) -> None:
         """Load the model, open the streaming state, serve until interrupted."""
-        _strip_argv()
+        strip_argv()
         from relearn.serving import server
         from relearn.serving.explainer_model import FraudExplainer
 
