@@ -123,3 +123,55 @@ def update(
             "updated": now,
         },
     }
+
+
+def replay(
+    store_path: Any,
+    recall: dict[str, float],
+    *,
+    days: int = 60,
+    frauds_per_day: int = 300,
+    fraud_rate: float = 0.1,
+    cards: int = 50_000,
+    seed: int = 0,
+    settings: ExperimentSettings | None = None,
+) -> dict[str, float]:
+    """Regret of the live path on simulated traffic: store, daily ``update``, the transformers' routing.
+
+    Each day's transactions (fraud share ``fraud_rate``, cards drawn from ``cards``) go to the arm the
+    running experiment gives their card (:class:`relearn.experiments.routing.RunningExperiment`, as in a
+    transformer); an arm catches a fraud (scores it above every legitimate transaction) with its
+    ``recall``. After each day the joined history so far is fed to :func:`update` and the shares written
+    to the store. Regret: expected frauds missed beyond the best arm's, beside an equal split's.
+    """
+    from relearn.experiments.routing import RunningExperiment
+    from relearn.experiments.store import ExperimentStore
+
+    s = settings or ExperimentSettings(alert_budget=min(0.5, 1.5 * fraud_rate))
+    rng = np.random.default_rng(seed)
+    arms, best = list(recall), max(recall.values())
+    store, serving = ExperimentStore(store_path), RunningExperiment(store_path)
+    params = bandit_params(len(arms), s)
+    t0 = store.start("replay", equal_percents(arms), control=arms[0], bandit=params)["started"]
+    frames, regret, frauds = [], 0.0, 0
+    n = int(frauds_per_day / fraud_rate)
+    for day in range(days):
+        users = rng.integers(0, cards, n).astype(str)
+        _, assigned = serving.arms(users)
+        p = np.vectorize(recall.get)(assigned)
+        fraud = rng.random(n) < fraud_rate
+        hit = fraud & (rng.random(n) < p)
+        score = np.where(hit, rng.uniform(0.95, 1.0, n), rng.uniform(0.0, 0.9, n))
+        times = t0 + (day + np.sort(rng.random(n))) * DAY_S
+        frames.append(
+            pd.DataFrame(
+                {"arm": assigned, "user_id": users, "score": score, LABEL: fraud.astype(int), "time": times}
+            ).assign(amount=100.0)
+        )
+        regret += float(np.sum((best - p)[fraud]))
+        frauds += int(fraud.sum())
+        joined = pd.concat(frames, ignore_index=True)
+        now = t0 + (day + 1) * DAY_S
+        store.set_shares("replay", lambda r: update(r, joined, now, s, seed=seed + day))  # noqa: B023
+    equal = frauds * (best - float(np.mean(list(recall.values()))))
+    return {"thompson": regret, "equal_split": equal, "oracle": 0.0, "frauds": float(frauds)}
