@@ -151,7 +151,7 @@ transformer:
         # the transformer opens no Feast store). The shadow and canary share it: updates count once per id.
         {{- include "relearn.state.env" .ctx | nindent 8 }}
         {{- include "relearn.isvc.env" (dict "ctx" .ctx "prefix" "RELEARN_TRANSFORMER_" "name" .name "canary" .canary "logs" false) | nindent 8 }}
-        {{- if eq .role "fraud" }}{{ include "relearn.experiments.transformerEnv" .ctx | nindent 8 }}{{ end }}
+        {{- if eq .role "fraud" }}{{ with include "relearn.experiments.transformerEnv" .ctx | trim }}{{ . | nindent 8 }}{{ end }}{{ end }}
         {{- with $v.fraud.transformer.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -181,10 +181,10 @@ transformer:
       volumeMounts:
         - name: tmp
           mountPath: /tmp
-        {{- if eq .role "fraud" }}{{ include "relearn.experiments.transformerMounts" .ctx | nindent 8 }}{{ end }}
+        {{- if eq .role "fraud" }}{{ with include "relearn.experiments.transformerMounts" .ctx | trim }}{{ . | nindent 8 }}{{ end }}{{ end }}
   volumes:
     {{- include "relearn.tmpVolume" .ctx | nindent 4 }}
-    {{- if eq .role "fraud" }}{{ include "relearn.experiments.transformerVolumes" .ctx | nindent 4 }}{{ end }}
+    {{- if eq .role "fraud" }}{{ with include "relearn.experiments.transformerVolumes" .ctx | trim }}{{ . | nindent 4 }}{{ end }}{{ end }}
 {{- if and (eq .role "fraud") $v.fraud.explainer.enabled }}
 {{- /* KServe routes /v1/models/<m>:explain to the explainer (its own pods, the predictor's image). */}}
 explainer:
