@@ -179,6 +179,8 @@ def test_update_bandit_moves_the_transformers_routing_and_the_metrics(cli, tmp_p
         == 2
     )
     assert "is a bandit" in capsys.readouterr().err
+    assert run("list") == 0
+    assert capsys.readouterr().out == "b1\trunning\tfraud\tbandit v7=1.000 v8=0.000 v9=0.000\n"
     assert run("stop", "b1", "--reason", "done") == 0
     assert serving.arms(cards) is None
     assert "relearn_experiment_arm_share{" not in _exposition(metrics)

@@ -379,6 +379,8 @@ def execute(args: argparse.Namespace, command: str) -> int:
         else:
             for r in store.list():
                 split = " ".join(f"{a}={p}" for a, p in r["split"].items())
+                if r.get("shares"):  # a bandit: its current shares, not its starting split
+                    split = "bandit " + " ".join(f"{a}={p:.3f}" for a, p in r["shares"].items())
                 print(f"{r['name']}\t{r['status']}\t{r['traffic']}\t{split}")
     except (ValueError, KeyError) as err:
         print(f"refused: {err.args[0] if err.args else err}", file=sys.stderr)
