@@ -18,15 +18,12 @@ from typing import Any, TypeVar
 import pandas as pd
 from pydantic import BaseModel
 
+from relearn.errors import StepFailed
 from relearn.logs import configure_logging
 from relearn.settings import RelearnSettings
 
 log = logging.getLogger("relearn.steps")
 T = TypeVar("T")
-
-
-class StepFailed(Exception):
-    """Bad input data: the step stops the run with this readable message instead of a stack trace."""
 
 
 def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:

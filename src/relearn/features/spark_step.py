@@ -67,11 +67,11 @@ def validate_spark(
 
     With ``RELEARN_SPARK_SUBMIT=operator`` a SparkApplication's driver computes it and writes it as JSON
     to ``scratch`` (a path it shares with the step); ``local``: in this process regardless (the driver).
-    Raises :class:`~relearn.steps.StepFailed` when Spark itself fails (one readable line, not the JVM's).
+    Raises :class:`~relearn.errors.StepFailed` when Spark itself fails (one readable line, not the JVM's).
     """
     from relearn.data.validate import ValidationReport
+    from relearn.errors import StepFailed
     from relearn.features.spark_session import SparkEngineError, first_line, spark_session
-    from relearn.steps import StepFailed
 
     if SparkSettings().submit == "operator" and not local:
         arguments = ["--task", "validate", "--transactions", transactions_dir, "--report", scratch]
@@ -134,11 +134,11 @@ def spark_work(
     """Check the lake, write the entity tables, apply the Feast repo, write the training set (Spark's part).
 
     What the SparkApplication's driver runs too (relearn.features.spark_driver). Raises
-    :class:`~relearn.steps.StepFailed` with a readable report on a bad lake or a Spark error.
+    :class:`~relearn.errors.StepFailed` with a readable report on a bad lake or a Spark error.
     """
+    from relearn.errors import StepFailed
     from relearn.features import spark_lake
     from relearn.features.spark_session import SparkEngineError, first_line, spark_session
-    from relearn.steps import StepFailed
 
     try:
         spark = spark_session()
@@ -192,9 +192,9 @@ def submit_spark_work(
 
 def _submit(arguments: list[str], what: str, api_client: Any = None, home: Any = None) -> None:
     """Run the driver with ``arguments`` as a SparkApplication and wait for it (StepFailed if it fails)."""
+    from relearn.errors import StepFailed
     from relearn.features import spark_application as sa
     from relearn.features.spark_session import SparkEngineError
-    from relearn.steps import StepFailed
 
     app_settings = sa.SparkApplicationSettings()
     # The step's settings reach the driver as env in the spec, which anyone who may read the application
@@ -225,10 +225,10 @@ def _build(spark, transactions_dir, labels_dir, training_set_path, end, label_ma
     from pyspark.sql import functions as F  # noqa: N812
 
     from relearn.data.cardholders import ATTRIBUTES, UNKNOWN
+    from relearn.errors import StepFailed
     from relearn.features import spark_engine, spark_lake
     from relearn.features import store as feast_store
     from relearn.features.spec import LABEL, MODEL_INPUTS
-    from relearn.steps import StepFailed
 
     tx = spark_lake.read_lake(spark, transactions_dir, "transactions")  # read twice: cheaper than a cache
     labels = spark_lake.read_lake(spark, labels_dir, "labels").cache()

@@ -106,9 +106,9 @@ def run_deploy(
     """The KFP step: ``percent <= 0`` means the default share; writes the Markdown decision.
 
     Raises:
-        relearn.steps.StepFailed: The backend refused the rollout.
+        relearn.errors.StepFailed: The backend refused the rollout.
     """
-    from relearn.steps import StepFailed
+    from relearn.errors import StepFailed
 
     try:
         result = deploy(
