@@ -61,6 +61,14 @@ def test_a_page_starts_nothing_and_a_recalibration_runs_the_recalibrate_step(tmp
     ]
 
 
+def test_a_page_cancels_a_retraining_not_yet_started(tmp_path):
+    driver, procs = _driver(tmp_path)
+    driver.alert(0.0, {"kind": "drift", "track": "stable", "response": "retrain", "why": "covariate drift"})
+    assert driver.retrain_at is not None
+    driver.alert(0.0, {"kind": "drift", "track": "stable", "response": "page", "why": "data bug: nulls"})
+    assert driver.retrain_at is None and driver.phase.startswith("paged") and procs.started == []
+
+
 def test_retrain_is_the_default_response(tmp_path):
     driver, procs = _driver(tmp_path)
     driver.alert(0.0, {"kind": "drift", "track": "stable"})  # a detector without responses

@@ -67,6 +67,18 @@ def test_a_data_bug_pages_and_starts_nothing_even_later(tmp_path, scenario, chec
     assert actions.retrain == [] and actions.recalibrate == []
 
 
+def test_a_window_straddling_the_onset_of_nulls_already_pages(tmp_path):
+    reference, before, after = scenario_stream("data_bug_nulls")
+    rows = pd.concat([before.iloc[-270:], after.iloc[:30]])  # 30 rows after the onset, ~9 of them null
+    monitor, actions = _monitor(tmp_path, reference)
+    try:
+        record = _close(monitor, rows, 0)
+    finally:
+        monitor.conn.close()
+    assert record["violations"][0].startswith("null_fraction:merchant_category"), record
+    assert actions.retrain == []
+
+
 def test_covariate_shift_retrains(tmp_path):
     reference, _, after = scenario_stream("covariate_shift")
     monitor, actions = _monitor(tmp_path, reference)

@@ -538,8 +538,11 @@ class _Driver:
         self.alerts += 1
         sim = self.replay.sim_time
         self.timeline.add("alert", sim=sim, alert_kind=data.get("kind"), track=data.get("track"), data=data)
+        stable = data.get("track", "stable") == "stable"
+        if stable and data.get("response") == "page" and self.retraining is None:  # cancel a waiting retrain
+            self.retrain_at = None
         busy = self.retraining is not None or self.retrain_at is not None
-        if data.get("track", "stable") != "stable" or busy or sim is None:
+        if not stable or busy or sim is None:
             return
         self.response = data.get("response", "retrain")  # relearn.monitoring.response's choice
         if self.response == "page":  # a data bug: paged, never trained on
