@@ -232,8 +232,8 @@ class Responder:
             windows = sorted({i for i, _ in bugs})
             checks = sorted({v.split(" ", 1)[0] for _, v in bugs})
             return "page", (
-                f"data bug: window(s) {windows} of {track} failed data checks {checks}; "
-                "no training on broken data, page the data owners"
+                f"data bug: {len(windows)} window(s) of {track} since window {windows[0]} failed data checks "
+                f"{checks} (last: {bugs[-1][1]}); no training on broken data, page the data owners"
             )
         if kind in ("schedule", "volume"):
             return "retrain", f"{kind} trigger"
