@@ -165,6 +165,7 @@ class RecalibrateCommand(BaseSettings):
         env_prefix="RELEARN_RECALIBRATE_",
         cli_prog_name="python -m relearn.model.recalibrate",
         cli_kebab_case=True,
+        cli_hide_none_type=True,
     )
 
     inference_log: Path | None = Field(None, description="The drift detector's inference log (local mode).")
@@ -208,8 +209,13 @@ class RecalibrateCommand(BaseSettings):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m relearn.model.recalibrate``."""
-    CliApp.run(RecalibrateCommand, cli_args=argv)
+    """Entry point of ``python -m relearn.model.recalibrate``: invalid settings exit naming them."""
+    from pydantic import ValidationError
+
+    try:
+        CliApp.run(RecalibrateCommand, cli_args=argv)
+    except ValidationError as error:
+        raise SystemExit(f"not recalibrated, invalid settings: {error}") from None
 
 
 if __name__ == "__main__":
