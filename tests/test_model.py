@@ -392,8 +392,11 @@ def test_register_aliases_lineage_and_reference(trained, splits, tmp_path):
         assert tags[key] == value
     reference = pd.read_parquet(mlflow.artifacts.download_artifacts(tags["reference_run_uri"]))
     assert tags["reference_uri"].endswith(REFERENCE_ARTIFACT)
-    assert list(reference.columns) == [*MODEL_INPUTS, "score"] and len(reference) == 5000
+    assert list(reference.columns) == [*MODEL_INPUTS, "score", "is_fraud"] and len(reference) == 5000
     assert reference["score"].between(0, 1).all()
+    # The labels of the sampled rows: the detector's prior-shift test and recall baseline read them.
+    sampled = train_df.reset_index(drop=True)[LABEL].sample(n=5000, random_state=0).sort_index()
+    assert (reference["is_fraud"].to_numpy() == sampled.to_numpy()).all()
     stored = json.loads(Path(mlflow.artifacts.download_artifacts(tags["metrics_uri"])).read_text())
     assert stored == metrics
 

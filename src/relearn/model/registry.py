@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from relearn.features.spec import FEATURE_SERVICE, MODEL_INPUTS
+from relearn.features.spec import FEATURE_SERVICE, LABEL, MODEL_INPUTS
 from relearn.model.net import CONFIG_FILE, load_model, save_model, score
 from relearn.model.train import TrainResult
 from relearn.settings import RelearnSettings
@@ -31,6 +31,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 TORCH_ARTIFACT = "torch_model"
 REFERENCE_ARTIFACT = "reference/reference.parquet"
+REFERENCE_LABEL = "is_fraud"  # the labels column relearn.monitoring.detector reads (its LABEL)
 METRICS_ARTIFACT = "evaluation/metrics.json"
 REFERENCE_ROWS = 5000
 LINEAGE_KEYS = ("data_window", "feature_service", "git_sha", "pipeline_run_id")
@@ -123,7 +124,8 @@ def register(
 ) -> ModelVersionInfo:
     """Log the model as pyfunc in run ``run_id``, register it, tag lineage, and set aliases.
 
-    Also stores a reference sample of the training features (MODEL_INPUTS + ``score``) as
+    Also stores a reference sample of the training features (MODEL_INPUTS + ``score``, and the label as
+    ``is_fraud`` when ``train_sample`` has one) as
     ``reference/reference.parquet`` in the run for the drift detector, and the full evaluation
     ``metrics`` as ``evaluation/metrics.json``. The new version gets ``challenger``; it also becomes
     ``champion`` when the registered model has none yet.
@@ -156,6 +158,9 @@ def register(
         artifact_dir = _stage_artifact(source, threshold, workdir)
         net, preprocessor, _ = load_model(artifact_dir)
         reference = reference.assign(score=score(net, preprocessor, reference))
+        if LABEL in train_sample:  # the detector's prior-shift test and recall baseline read the labels
+            labels = train_sample[LABEL].reset_index(drop=True).loc[reference.index]
+            reference = reference.assign(**{REFERENCE_LABEL: labels.astype("int8").to_numpy()})
         example = inputs.head(5)
         example_scores = score(net, preprocessor, example)
         signature = infer_signature(
