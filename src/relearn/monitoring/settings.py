@@ -221,9 +221,19 @@ class DriftSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _triggers_possible(self) -> DriftSettings:
-        from relearn.monitoring.triggers import check_trigger_settings
+        """Refuse trigger settings that cannot work, naming the setting.
 
-        check_trigger_settings(self)
+        A schedule shorter than the cool-down would always be suppressed until the cool-down ends (the
+        interval would silently be the cool-down); a KFP recurring run takes at least 60 s.
+        """
+        interval = self.schedule_interval_s
+        if interval is not None and interval < self.cooldown_s:
+            raise ValueError(
+                f"schedule_interval_s ({interval:g}) must be at least cooldown_s ({self.cooldown_s:g}): "
+                "a schedule inside the cool-down would always be suppressed"
+            )
+        if interval is not None and self.trigger_mode == "cluster" and interval < 60:
+            raise ValueError(f"schedule_interval_s ({interval:g}) must be >= 60 for a KFP recurring run")
         return self
 
     def reference_file(self) -> Path | None:

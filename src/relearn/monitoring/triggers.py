@@ -37,24 +37,6 @@ SINCE_KEY = "triggers_since"  # state: when the detector first started (the sche
 REASONS = ("drift", "quality", "schedule", "volume")
 
 
-def check_trigger_settings(settings: DriftSettings) -> None:
-    """Refuse trigger settings that cannot work, naming the setting.
-
-    Raises:
-        ValueError: A schedule shorter than the cool-down (every scheduled trigger would be suppressed
-            until the cool-down ends: the interval would silently be the cool-down), or a schedule in
-            cluster mode without the compiled pipeline's path.
-    """
-    interval = settings.schedule_interval_s
-    if interval is not None and interval < settings.cooldown_s:
-        raise ValueError(
-            f"schedule_interval_s ({interval:g}) must be at least cooldown_s ({settings.cooldown_s:g}): "
-            "a schedule inside the cool-down would always be suppressed"
-        )
-    if interval is not None and settings.trigger_mode == "cluster" and interval < 60:
-        raise ValueError(f"schedule_interval_s ({interval:g}) must be >= 60 for a KFP recurring run")
-
-
 def labelled_since(conn: sqlite3.Connection, since: float, maturity_s: float) -> int:
     """Live predictions made after ``since`` whose label has matured (newest label time - ``maturity_s``)."""
     newest = conn.execute("SELECT MAX(label_time) FROM labels").fetchone()[0]
