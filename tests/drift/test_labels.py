@@ -206,6 +206,45 @@ def test_label_shift_shows_as_higher_fraud_prevalence_among_labelled_predictions
     assert alerter.last_fired is not None  # one incident (no webhook configured here)
 
 
+def test_prevalence_waits_for_enough_frauds(tmp_path):
+    """A few frauds in the first few dozen labels is not a prior shift (a demo run retrained on 3 in 57)."""
+    from relearn.monitoring.alerts import Alerter
+    from relearn.monitoring.detector import DriftTester
+    from relearn.monitoring.labels import parse_labels, store_labels
+    from relearn.monitoring.metrics import Metrics
+    from relearn.monitoring.monitor import Monitor
+    from relearn.monitoring.settings import DriftSettings
+
+    reference, before, _ = scenario_stream("label_shift")
+    chargebacks = scenario_labels("label_shift")
+    fraud = before["transaction_id"].isin(chargebacks["transaction_id"])
+    frame = pd.concat([before[fraud].head(9), before[~fraud].head(51)])
+    settings = DriftSettings(data_dir=tmp_path, quality_window=PHASE, reports=False)
+    alerter = Alerter(3600, None)
+    monitor = Monitor(settings, Metrics(), alerter)
+    monitor.tester = DriftTester(reference[[*MODEL_INPUTS, "score", "is_fraud"]])
+    monitor.reset_baseline()
+    rows = [
+        (tid, "stable", t.timestamp(), float(s))
+        for tid, t, s in zip(frame["transaction_id"], frame["event_timestamp"], frame["score"], strict=True)
+    ]
+    with monitor.conn:
+        monitor.conn.executemany(
+            "INSERT INTO predictions (transaction_id, track, time, score) VALUES (?, ?, ?, ?)", rows
+        )
+    late = chargebacks[chargebacks["transaction_id"].isin(frame["transaction_id"])]
+    records = [
+        {"transaction_id": r.transaction_id, "chargeback_timestamp": str(r.chargeback_timestamp)}
+        for r in late.itertuples()
+    ]
+    store_labels(monitor.conn, parse_labels(records))
+    verdict = monitor.update_quality()["stable"]
+    assert (verdict["n"], verdict["positives"]) == (60, 9)
+    # Against the reference's rate that is far below p_val, yet: no test and no incident under 10 frauds.
+    assert monitor.tester.prevalence_p_value(9, 60) < settings.p_val
+    assert "prevalence_p_value" not in verdict and verdict["reasons"] == [] and alerter.last_fired is None
+
+
 def test_label_shift_prevalence_incident_through_the_live_server(tmp_path, webhook):
     """Events, then chargebacks via ``POST /labels``: the prevalence incident after the onset, none before."""
     webhook_url, received = webhook

@@ -145,7 +145,9 @@ class DriftSettings(BaseSettings):
         3, ge=1, description="Consecutive label updates with a significant drop before it is an incident."
     )
     quality_min_positives: int = Field(
-        10, ge=1, description="Fewest frauds in the rolling window (and a label baseline) to test recall."
+        10,
+        ge=1,
+        description="Fewest frauds in the rolling window (and a label baseline) to test recall, prevalence.",
     )
     min_recall: float = Field(
         0.0, ge=0, le=1, description="Optional hard floor (off at 0): recall at budget below it is a drop."
