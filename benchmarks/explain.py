@@ -25,7 +25,8 @@ import httpx
 from pydantic import Field
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
-from benchmarks.serving import HOST, MODEL, PLATFORM_PY, ROOT, Server, free_port, prepare_home, sample_data
+from benchmarks.serving import prepare_home, sample_data
+from benchmarks.serving_proc import HOST, MODEL, PLATFORM_PY, ROOT, Server, free_port
 from relearn.data.schema import REQUEST_FIELDS
 
 

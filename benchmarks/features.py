@@ -36,20 +36,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 from benchmarks.features_state import RedisProcess, freshness, observe_latency, update_rate
-from benchmarks.serving import (
-    HOST,
-    MODEL,
-    PLATFORM_PY,
-    ROOT,
-    Server,
-    Target,
-    cpu_seconds,
-    free_port,
-    measure_grpc,
-    median,
-    prepare_home,
-    tensor_request,
-)
+from benchmarks.serving import prepare_home
+from benchmarks.serving_measure import Target, measure_grpc, tensor_request
+from benchmarks.serving_proc import HOST, MODEL, PLATFORM_PY, ROOT, Server, cpu_seconds, free_port
+from benchmarks.serving_report import median
 from benchmarks.table import Row, render, write_json
 
 warnings.filterwarnings("ignore", message='Field name "json" in "FeatureBenchSettings" shadows')

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.serving import HOST, MODEL, free_port
+from benchmarks.serving_proc import HOST, MODEL, free_port
 
 BATCH = 2000  # events per OnlineState.add call, as relearn.features.backfill sends them
 

@@ -24,16 +24,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +38,28 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
-from benchmarks.table import Row, render
+from benchmarks.serving_measure import (
+    Cell,
+    Target,
+    measure_grpc,
+    measure_rest,
+    tensor_request,
+    transaction_request,
+)
+from benchmarks.serving_proc import HOST, MODEL, PLATFORM_PY, ROOT, Server, free_port
+from benchmarks.serving_report import (
+    GOAL_BATCH,
+    GOAL_CONCURRENCY,
+    PROTOCOLS,
+    TARGETS,
+    cells_table,
+    ratio_rows,
+    summarize,
+)
+from benchmarks.table import render
 
-ROOT = Path(__file__).resolve().parents[1]
-PLATFORM_PY = sys.executable
 MLSERVER_BIN = ROOT / ".venv" / "mlserver" / "bin" / "mlserver"
-HOST = "127.0.0.1"
-MODEL = "relearn-fraud"
-TARGETS = ("predictor", "transformer", "kserve", "mlserver", "floor", "logging", "feast")
-PROTOCOLS = ("rest", "grpc")
 TRAIN_ARGS = ["--days", "24", "--users", "1000", "--merchants", "200", "--epochs", "3"]
-GOAL_BATCH, GOAL_CONCURRENCY = 1, 8
 
 warnings.filterwarnings("ignore", message='Field name "json" in "ServingBenchSettings" shadows')
 
@@ -93,312 +101,6 @@ class ServingBenchSettings(BaseSettings):
     def cli_cmd(self) -> None:
         """Runs the serving benchmark and prints the table."""
         run(self)
-
-
-# --------------------------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-@dataclass(eq=False)
-class Server:
-    """A server process we start (own session, so it and its children are stopped together)."""
-
-    name: str
-    cmd: list[str]
-    http_port: int | None = None
-    grpc_port: int | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: Path = ROOT
-    proc: subprocess.Popen | None = None
-    ready_s: float | None = None
-    log_path: Path | None = None
-
-    def start(self, logdir: Path) -> None:
-        self.log_path = logdir / f"{self.name}.log"
-        env = {**os.environ, **self.env}
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                self.cmd, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self._started = time.perf_counter()
-
-    def wait_ready(self, timeout: float = 180.0) -> float:
-        """Seconds from process start to ready (v2 REST /v2/health/ready, else gRPC ServerReady)."""
-        deadline = self._started + timeout
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
-            if self._is_ready():
-                self.ready_s = time.perf_counter() - self._started
-                return self.ready_s
-            time.sleep(0.02)
-        raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s: {self.tail()}")
-
-    def _is_ready(self) -> bool:
-        if self.http_port:
-            try:
-                url = f"http://{HOST}:{self.http_port}/v2/health/ready"
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-        import grpc
-        from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-        from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
-
-        try:
-            with grpc.insecure_channel(f"{HOST}:{self.grpc_port}") as channel:
-                return (
-                    pb_grpc.GRPCInferenceServiceStub(channel)
-                    .ServerReady(pb.ServerReadyRequest(), timeout=1)
-                    .ready
-                )
-        except grpc.RpcError:
-            return False
-
-    def pids(self) -> list[int]:
-        import psutil
-
-        if self.proc is None or self.proc.poll() is not None:
-            return []
-        try:
-            parent = psutil.Process(self.proc.pid)
-            return [parent.pid, *(c.pid for c in parent.children(recursive=True))]
-        except psutil.NoSuchProcess:
-            return []
-
-    def tail(self, chars: int = 1500) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path else ""
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # the group of the process we started
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of ``pids`` (from /proc/<pid>/stat, clock ticks)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / tick
-
-
-# --------------------------------------------------------------------------------------------- payloads
-
-
-def tensor_request(inputs: Any, batch: int, request_id: str = "bench") -> tuple[bytes, bytes]:
-    """(v2 JSON body, serialized gRPC ModelInferRequest) for ``batch`` rows of MODEL_INPUTS."""
-    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-
-    from relearn.features.spec import CATEGORICAL_INPUTS, NUMERIC_INPUTS
-    from relearn.serving.tensors import v2_json
-
-    rows = inputs.iloc[:batch]
-    numeric = np.nan_to_num(rows[list(NUMERIC_INPUTS)].to_numpy(np.float32), nan=0.0)
-    categorical = rows[list(CATEGORICAL_INPUTS)].astype(str).to_numpy()
-    body = v2_json(
-        [
-            ("numeric", "FP32", numeric.shape, numeric),
-            ("categorical", "BYTES", categorical.shape, categorical),
-        ],
-        request_id,
-    )
-    request = pb.ModelInferRequest(model_name=MODEL, id=request_id)
-    t = request.inputs.add(name="numeric", datatype="FP32", shape=list(numeric.shape))
-    t.contents.fp32_contents.extend(numeric.ravel().tolist())
-    t = request.inputs.add(name="categorical", datatype="BYTES", shape=list(categorical.shape))
-    t.contents.bytes_contents.extend(v.encode() for v in categorical.ravel())
-    return json.dumps(body).encode(), request.SerializeToString()
-
-
-def transaction_request(raw: Any, batch: int, request_id: str = "bench") -> tuple[bytes, bytes]:
-    """(v2 JSON body, serialized gRPC request) of ``batch`` raw transactions: one input per request field."""
-    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-
-    from relearn.data.schema import REQUEST_FIELDS
-
-    rows = raw.iloc[:batch]
-    inputs, request = [], pb.ModelInferRequest(model_name=MODEL, id=request_id)
-    for name in REQUEST_FIELDS:
-        column = rows[name]
-        t = request.inputs.add(name=name, shape=[batch])
-        if name == "amount":
-            values = column.astype(float).tolist()
-            inputs.append({"name": name, "datatype": "FP64", "shape": [batch], "data": values})
-            t.datatype = "FP64"
-            t.contents.fp64_contents.extend(values)
-        else:
-            if name == "event_timestamp":
-                values = [v.isoformat() for v in column]
-            else:
-                values = column.astype(str).tolist()
-            inputs.append({"name": name, "datatype": "BYTES", "shape": [batch], "data": values})
-            t.datatype = "BYTES"
-            t.contents.bytes_contents.extend(v.encode() for v in values)
-    body = {"id": request_id, "inputs": inputs}
-    return json.dumps(body).encode(), request.SerializeToString()
-
-
-WRK_SCRIPT = """
-local f = assert(io.open("{body}", "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %d %d %d %d %d %d %d %d\\n", summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(99), latency.mean, latency.max))
-end
-"""
-
-
-# --------------------------------------------------------------------------------------------- targets
-
-
-@dataclass(eq=False)
-class Target:
-    """Something to load: servers (whose CPU counts), ports, and the request kind it takes."""
-
-    name: str
-    servers: list[Server]
-    http_port: int | None
-    grpc_port: int | None
-    model: str = MODEL
-    payload: str = "tensor"  # or "transactions"
-    helpers: list[Server] = field(default_factory=list)  # started with the target, CPU not counted
-    cells: str = "all"  # or "goal": only batch 1, concurrency 8; "batches": every batch at concurrency 8
-
-
-@dataclass
-class Cell:
-    target: str
-    protocol: str
-    batch: int
-    concurrency: int
-    round: int
-    requests: int = 0
-    errors: int = 0
-    rps: float = 0.0
-    rows_per_s: float = 0.0
-    p50_ms: float = float("nan")
-    p99_ms: float = float("nan")
-    cpu_us_per_req: float = float("nan")
-    note: str = ""
-
-
-def measure_rest(target: Target, batch: int, concurrency: int, duration: float, work: Path, rnd: int) -> Cell:
-    body_path = work / f"{target.payload}-{batch}.json"
-    script = work / f"{target.payload}-{batch}.lua"
-    if not script.exists():
-        script.write_text(WRK_SCRIPT.replace("{body}", str(body_path)))
-    url = f"http://{HOST}:{target.http_port}/v2/models/{target.model}/infer"
-    threads = min(2, concurrency)
-    cmd = [
-        "wrk",
-        "-t",
-        str(threads),
-        "-c",
-        str(concurrency),
-        "-d",
-        f"{duration}s",
-        "--latency",
-        "-s",
-        str(script),
-    ]
-    pids = [p for s in target.servers for p in s.pids()]
-    cpu0 = cpu_seconds(pids)
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=duration + 30, check=False)
-    cpu1 = cpu_seconds(pids)
-    cell = Cell(target.name, "rest", batch, concurrency, rnd)
-    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT")), None)
-    if line is None:
-        cell.note = f"wrk failed: {(out.stderr + out.stdout).strip()[:200]}"
-        return cell
-    requests, duration_us, socket_errors, status_errors, p50, p99, _mean, _max = map(float, line.split()[1:])
-    ok = requests - status_errors
-    cell.requests, cell.errors = int(requests), int(socket_errors + status_errors)
-    cell.rps = ok / (duration_us / 1e6)
-    cell.rows_per_s = cell.rps * batch
-    cell.p50_ms, cell.p99_ms = p50 / 1000, p99 / 1000
-    cell.cpu_us_per_req = (cpu1 - cpu0) * 1e6 / max(requests, 1)
-    return cell
-
-
-def measure_grpc(target: Target, batch: int, concurrency: int, duration: float, work: Path, rnd: int) -> Cell:
-    payload = work / f"{target.payload}-{batch}.bin"
-    processes = 1 if concurrency == 1 else 2
-    per_process = [
-        concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)
-    ]
-    outs = [work / f"grpc-{target.name}-{batch}-{concurrency}-{i}.json" for i in range(processes)]
-    procs = []
-    for i, m in enumerate(per_process):
-        cmd = [
-            PLATFORM_PY, "-m", "benchmarks.serving_loadgen", "--target", f"{HOST}:{target.grpc_port}",
-            "--payload", str(payload), "--concurrency", str(m), "--duration", str(duration),
-            "--out", str(outs[i]),
-        ]  # fmt: skip
-        procs.append(
-            subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        )
-    cell = Cell(target.name, "grpc", batch, concurrency, rnd)
-    try:
-        for proc in procs:  # each says "ready" after connecting and warming up
-            line = proc.stdout.readline().strip()
-            if line != "ready":
-                raise RuntimeError(f"load generator did not start: {line!r}")
-        pids = [p for s in target.servers for p in s.pids()]
-        start_at = time.time() + 0.05
-        for proc in procs:
-            proc.stdin.write(f"{start_at}\n")
-            proc.stdin.flush()
-        time.sleep(max(0.0, start_at - time.time()))
-        cpu0 = cpu_seconds(pids)
-        time.sleep(max(0.0, start_at + duration - time.time()))
-        cpu1 = cpu_seconds(pids)
-        for proc in procs:
-            proc.wait(timeout=duration + 30)
-    except Exception as error:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        cell.note = f"loadgen failed: {error}"[:200]
-        return cell
-    latencies, requests, errors, first_error = [], 0, 0, ""
-    for out in outs:
-        result = json.loads(out.read_text())
-        latencies += result["latencies_us"]
-        requests += result["requests"]
-        errors += result["errors"]
-        first_error = first_error or result["first_error"]
-    cell.requests, cell.errors, cell.note = requests, errors, first_error
-    cell.rps = len(latencies) / duration
-    cell.rows_per_s = cell.rps * batch
-    if latencies:
-        cell.p50_ms, cell.p99_ms = (float(x) / 1000 for x in np.percentile(latencies, [50, 99]))
-    cell.cpu_us_per_req = (cpu1 - cpu0) * 1e6 / max(requests, 1)
-    return cell
 
 
 # --------------------------------------------------------------------------------------------- setup
@@ -541,140 +243,6 @@ def feast_fetch(store: Any, raw: Any, rounds: int, calls: int = 300) -> dict[str
                     break
             results[name].append(float(np.percentile(times, 99)) * 1000)
     return results
-
-
-# --------------------------------------------------------------------------------------------- report
-
-
-def median(values: list[float]) -> float:
-    values = [v for v in values if v == v]
-    return statistics.median(values) if values else float("nan")
-
-
-def summarize(cells: list[Cell]) -> dict[tuple[str, str, int, int], dict[str, float]]:
-    groups: dict[tuple[str, str, int, int], list[Cell]] = {}
-    for c in cells:
-        groups.setdefault((c.target, c.protocol, c.batch, c.concurrency), []).append(c)
-    out = {}
-    for key, group in groups.items():
-        good = [c for c in group if c.requests and c.errors <= 0.01 * c.requests]
-        out[key] = {
-            "rounds": len(good),
-            "rps": median([c.rps for c in good]),
-            "rows_per_s": median([c.rows_per_s for c in good]),
-            "p50_ms": median([c.p50_ms for c in good]),
-            "p99_ms": median([c.p99_ms for c in good]),
-            "cpu_us_per_req": median([c.cpu_us_per_req for c in good]),
-            "errors": sum(c.errors for c in group),
-            "note": next((c.note for c in group if c.note), ""),
-        }
-    return out
-
-
-def fmt(value: float, digits: int = 3) -> str:
-    if value != value:
-        return "-"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.{digits}g}"
-
-
-def cells_table(medians: dict[tuple[str, str, int, int], dict[str, float]]) -> str:
-    header = (
-        "target",
-        "proto",
-        "batch",
-        "conc",
-        "req/s",
-        "rows/s",
-        "p50 ms",
-        "p99 ms",
-        "CPU us/req",
-        "rounds",
-        "errors",
-    )
-    lines = [header]
-    for (target, protocol, batch, conc), m in sorted(
-        medians.items(), key=lambda kv: (TARGETS.index(kv[0][0]), kv[0][1:])
-    ):
-        lines.append((
-            target, protocol, str(batch), str(conc), fmt(m["rps"]), fmt(m["rows_per_s"]), fmt(m["p50_ms"]),
-            fmt(m["p99_ms"]), fmt(m["cpu_us_per_req"]), str(m["rounds"]),
-            str(m["errors"]) + (f" ({m['note'][:60]})" if m["note"] else ""),
-        ))  # fmt: skip
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = [
-        "  ".join(
-            c.rjust(w) if 1 < i < 10 else c.ljust(w)
-            for i, (c, w) in enumerate(zip(line, widths, strict=True))
-        ).rstrip()
-        for line in lines
-    ]
-    text.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(text)
-
-
-def ratio_rows(medians: dict, startup: dict[str, float], feast: dict[str, list[float]] | None) -> list[Row]:
-    """Ratios and goals as benchmarks.table rows (ours vs baselines at batch 1, c = 8; p99 vs floor)."""
-    rows: list[Row] = []
-
-    def get(
-        target: str, protocol: str, key: str, batch: int = GOAL_BATCH, conc: int = GOAL_CONCURRENCY
-    ) -> float:
-        return medians.get((target, protocol, batch, conc), {}).get(key, float("nan"))
-
-    def add(what: str, value: float, aim: str, ok: bool | None, size: str = "") -> None:
-        if value != value:  # not measured (a target left out with --only, or failed)
-            return
-        met = ok
-        rows.append(
-            Row(
-                what,
-                size=size,
-                ratio="-" if value != value else f"{value:.2f}x",
-                aim=aim,
-                ok=met,
-                value=value,
-            )
-        )
-
-    for protocol in PROTOCOLS:
-        ours = get("predictor", protocol, "rps")
-        size = f"{protocol} b{GOAL_BATCH} c{GOAL_CONCURRENCY}"
-        ratio = ours / get("mlserver", protocol, "rps")
-        add("predictor vs MLServer throughput", ratio, ">= 1.5x", ratio >= 1.5, size)
-        ratio = ours / get("kserve", protocol, "rps")
-        add("predictor vs default KServe throughput", ratio, ">= 2x", ratio >= 2.0, size)
-        ratio = get("predictor", protocol, "p99_ms") / get("floor", protocol, "p99_ms")
-        add("predictor p99 / floor p99", ratio, "<= 3x", ratio <= 3.0, size)
-        ratio = get("transformer", protocol, "p99_ms") / get("floor", protocol, "p99_ms")
-        add("transformer path p99 / floor p99", ratio, "", None, size)
-        for batch in sorted({b for t, p, b, c in medians if t == "logging" and p == protocol}):
-            # Logging on vs off, same batch and concurrency: throughput and p99 within 5 % (the issue's aim).
-            at = f"{protocol} b{batch} c{GOAL_CONCURRENCY}"
-            kept = get("logging", protocol, "rps", batch) / get("predictor", protocol, "rps", batch)
-            add("payload logging on / off: throughput", kept, ">= 0.95x", kept >= 0.95, at)
-            p99 = get("predictor", protocol, "p99_ms", batch) / get("logging", protocol, "p99_ms", batch)
-            add("payload logging on / off: p99 (off / on)", p99, ">= 0.95x", p99 >= 0.95, at)
-        cpu = get("predictor", protocol, "cpu_us_per_req") / get("kserve", protocol, "cpu_us_per_req")
-        add("predictor vs default KServe CPU/req", cpu, "", None, size)
-    if feast:
-        ours, plain = median(feast["relearn"]), median(feast["plain"])
-        fresh = median(feast["fresh_store"])
-        for what, value, aim in (
-            ("Feast fetch p99, relearn path (online_features)", ours, "<= 2 ms"),
-            ("Feast get_online_features p99 (long-lived store)", plain, ""),
-            ("Feast get_online_features p99 (new store/request)", fresh, ""),
-        ):
-            ok = (value <= 2.0 if value == value else None) if aim else None
-            rows.append(Row(what, size="1 entity", throughput=f"{value:.2f} ms", aim=aim, ok=ok, value=value))
-        # The goal's baseline is calling FeatureStore.get_online_features per request (a new store each
-        # time); the long-lived store's raw call is what online_features itself wraps (shown, no aim).
-        add("new-store-per-request p99 / relearn p99", fresh / ours, ">= 3x", fresh / ours >= 3.0, "1 entity")
-        add("long-lived store raw p99 / relearn fetch p99", plain / ours, "", None, "1 entity")
-    for name, seconds in startup.items():
-        rows.append(Row(f"start -> ready: {name}", seconds=seconds, value=seconds))
-    return rows
 
 
 # --------------------------------------------------------------------------------------------- run
