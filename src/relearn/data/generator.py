@@ -12,186 +12,45 @@ stream of its own, so a scenario can never change what happens before its onset.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from relearn.data import cardholders, scenarios
+from relearn.data.frames import mix64, to_frames
+from relearn.data.generator_config import GeneratedData, GeneratorConfig
 from relearn.data.rows import Rows, concat, take
 from relearn.data.schema import (
-    CHANNELS,
     COUNTRIES,
-    CURRENCIES,
-    FRAUD_PATTERNS,
-    LABEL_SCHEMA,
     MERCHANT_CATEGORIES,
-    TRANSACTION_SCHEMA,
+)
+from relearn.data.world_params import (
+    ACCOUNT_TAKEOVER_MEAN_BURST,
+    ATO_CATEGORIES,
+    ATTACKER_COUNTRY_P,
+    CARD_TESTING_MEAN_BURST,
+    CAT,
+    CAT_CHANNELS,
+    CAT_MEDIAN,
+    CAT_SHARE,
+    CAT_SIGMA,
+    CH,
+    COMPROMISED_CATEGORIES,
+    COMPROMISED_MAX_SHARE,
+    CUR,
+    DAY_OF_WEEK_VOLUME,
+    DAY_US,
+    FRAUD_MIX,
+    FX,
+    HOME_COUNTRY_P,
+    HOME_CURRENCY,
+    HOUR_P,
+    HOUR_US,
+    PATTERN,
+    TRAVEL_COUNTRY_P,
 )
 
 log = logging.getLogger("relearn.data.generator")
-
-HOUR_US = 3_600_000_000
-DAY_US = 24 * HOUR_US
-
-CAT = {name: i for i, name in enumerate(MERCHANT_CATEGORIES)}
-CH = {name: i for i, name in enumerate(CHANNELS)}
-CUR = {name: i for i, name in enumerate(CURRENCIES)}
-PATTERN = {name: i for i, name in enumerate(FRAUD_PATTERNS)}
-
-# category: (share of everyday spending, median amount in EUR, log-sd, channel mix pos/contactless/ecom/atm)
-CATEGORY_PROFILE: dict[str, tuple[float, float, float, tuple[float, float, float, float]]] = {
-    "grocery": (0.22, 40.0, 0.6, (0.35, 0.60, 0.05, 0.0)),
-    "restaurants": (0.13, 30.0, 0.5, (0.30, 0.65, 0.05, 0.0)),
-    "fuel": (0.07, 60.0, 0.35, (0.50, 0.50, 0.0, 0.0)),
-    "transport": (0.08, 12.0, 0.6, (0.10, 0.50, 0.40, 0.0)),
-    "travel": (0.025, 400.0, 0.8, (0.20, 0.05, 0.75, 0.0)),
-    "electronics": (0.03, 250.0, 0.8, (0.30, 0.15, 0.55, 0.0)),
-    "fashion": (0.07, 70.0, 0.6, (0.35, 0.30, 0.35, 0.0)),
-    "digital_goods": (0.08, 15.0, 0.7, (0.0, 0.0, 1.0, 0.0)),
-    "gambling": (0.015, 50.0, 0.9, (0.05, 0.0, 0.95, 0.0)),
-    "pharmacy": (0.05, 25.0, 0.5, (0.40, 0.55, 0.05, 0.0)),
-    "utilities": (0.03, 90.0, 0.5, (0.0, 0.0, 1.0, 0.0)),
-    "entertainment": (0.05, 35.0, 0.6, (0.30, 0.30, 0.40, 0.0)),
-    "cash_withdrawal": (0.05, 100.0, 0.5, (0.0, 0.0, 0.0, 1.0)),
-}
-_PROFILE = [CATEGORY_PROFILE[c] for c in MERCHANT_CATEGORIES]
-CAT_SHARE = np.array([p[0] for p in _PROFILE])
-CAT_MEDIAN = np.array([p[1] for p in _PROFILE])
-CAT_SIGMA = np.array([p[2] for p in _PROFILE])
-CAT_CHANNELS = np.array([p[3] for p in _PROFILE])
-
-# Units of each currency per EUR, so one amount model serves every currency.
-FX = np.array([{"EUR": 1.0, "GBP": 0.85, "USD": 1.1, "PLN": 4.3, "SEK": 11.0}[c] for c in CURRENCIES])
-HOME_CURRENCY = {"DE": "EUR", "FR": "EUR", "NL": "EUR", "ES": "EUR", "IT": "EUR", "GB": "GBP", "PL": "PLN"}
-HOME_CURRENCY |= {"SE": "SEK"}  # everything else (US, BR, NG, RU, CN) pays in USD
-_HOME_WEIGHT = {"DE": 24, "FR": 16, "GB": 14, "NL": 7, "ES": 10, "IT": 10, "PL": 7, "SE": 5, "US": 5}
-HOME_COUNTRY_P = np.array([_HOME_WEIGHT.get(c, 0.5) for c in COUNTRIES], dtype=float)
-TRAVEL_COUNTRY_P = np.array([_HOME_WEIGHT.get(c, 0.0) for c in COUNTRIES], dtype=float)
-# Where fraudsters operate from; account takeovers show up in one of these, never at home.
-ATTACKER_COUNTRY_P = np.array(
-    [{"US": 15, "GB": 5, "BR": 20, "NG": 20, "RU": 20, "CN": 20}.get(c, 0) for c in COUNTRIES], dtype=float
-)
-
-# Relative activity per hour (UTC): quiet nights, lunch bump, evening peak; weekends start later.
-WEEKDAY_HOURS = [
-    .25, .15, .1, .08, .08, .15, .35, .7, .9, .9, 1, 1.1,  # 00-11 h
-    1.3, 1.1, 1, 1, 1.1, 1.3, 1.6, 1.7, 1.5, 1.1, .7, .45,  # 12-23 h
-]  # fmt: skip
-WEEKEND_HOURS = [
-    .45, .3, .2, .12, .1, .1, .15, .3, .55, .8, 1, 1.2,  # 00-11 h
-    1.3, 1.3, 1.3, 1.3, 1.3, 1.4, 1.5, 1.6, 1.5, 1.2, .9, .65,  # 12-23 h
-]  # fmt: skip
-HOUR_P = np.array([WEEKDAY_HOURS, WEEKEND_HOURS])
-DAY_OF_WEEK_VOLUME = np.array([0.95, 0.95, 1.0, 1.0, 1.15, 1.1, 0.8])  # Monday .. Sunday
-
-# Share of fraud rows per base pattern, and pattern parameters.
-FRAUD_MIX = {"card_testing": 0.3, "account_takeover": 0.35, "compromised_merchant": 0.35}
-CARD_TESTING_MEAN_BURST = 9.0  # 3 + Poisson(6) attempts
-ACCOUNT_TAKEOVER_MEAN_BURST = 4.0  # 2 + Poisson(2) purchases
-ATO_CATEGORIES = {
-    "electronics": 0.4,
-    "travel": 0.15,
-    "fashion": 0.15,
-    "gambling": 0.15,
-    "digital_goods": 0.15,
-}
-COMPROMISED_CATEGORIES = ("restaurants", "fuel", "fashion", "electronics", "entertainment", "grocery")
-COMPROMISED_MAX_SHARE = 0.3  # at most this share of a compromised merchant's transactions are fraud
-
-
-class GeneratorConfig(BaseModel):
-    """What to simulate. Same config (seed included) → identical data."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    start: datetime = Field(datetime(2024, 1, 1, tzinfo=UTC), description="First day, midnight UTC.")
-    days: int = Field(28, ge=1, le=3660, description="Number of days to simulate.")
-    n_users: int = Field(2_500, ge=10, description="Number of card holders.")
-    n_merchants: int = Field(400, ge=len(MERCHANT_CATEGORIES), description="Number of merchants.")
-    mean_daily_transactions: float = Field(2.5, gt=0, description="Average transactions per user and day.")
-    seed: int = Field(0, ge=0, description="Random seed.")
-    fraud_rate: float = Field(0.01, gt=0, lt=0.2, description="Target share of fraudulent transactions.")
-    scenario: str = Field("none", description="Drift scenario, one of relearn.data.scenarios.SCENARIOS.")
-    onset: datetime | None = Field(None, description="When the scenario starts; default mid-window.")
-    chargeback_probability: float = Field(0.9, ge=0, le=1, description="Share of fraud charged back.")
-    chargeback_median_days: float = Field(7.0, gt=0, description="Median chargeback delay (lognormal).")
-    chargeback_sigma: float = Field(0.7, gt=0, description="Log-sd of the chargeback delay.")
-    chargeback_max_days: float = Field(
-        60.0, ge=1, description="Chargebacks arrive within 1 to this many days."
-    )
-    disparity: str = Field(
-        "", description="Plant a group disparity (fairness tests): 'attribute=group', e.g. 'age_band=65+'."
-    )
-
-    @field_validator("start", "onset")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-    @field_validator("scenario")
-    @classmethod
-    def _known_scenario(cls, value: str) -> str:
-        if value not in scenarios.SCENARIOS:
-            raise ValueError(f"unknown scenario {value!r}; choose one of {sorted(scenarios.SCENARIOS)}")
-        return value
-
-    @field_validator("disparity")
-    @classmethod
-    def _known_group(cls, value: str) -> str:
-        cardholders.parse_disparity(value)
-        return value
-
-    @model_validator(mode="after")
-    def _check_times(self) -> GeneratorConfig:
-        if self.start != self.start.replace(hour=0, minute=0, second=0, microsecond=0):
-            raise ValueError("start must be midnight UTC (partitions and seasonality are per UTC day)")
-        if self.onset is not None and not self.start <= self.onset <= self.end:
-            raise ValueError(f"onset {self.onset} is outside [{self.start}, {self.end}]")
-        return self
-
-    @property
-    def end(self) -> datetime:
-        """End of the window (exclusive)."""
-        return self.start + timedelta(days=self.days)
-
-    @property
-    def onset_time(self) -> datetime:
-        """The scenario onset, defaulting to the middle day of the window."""
-        return self.onset or self.start + timedelta(days=self.days // 2)
-
-
-@dataclass(frozen=True)
-class GeneratedData:
-    """Transactions and chargeback labels, both sorted by time, and the card holders.
-
-    ``cardholders`` (CARDHOLDER_SCHEMA) holds attributes measured for fairness, never model inputs.
-    """
-
-    transactions: pd.DataFrame
-    labels: pd.DataFrame
-    config: GeneratorConfig
-    cardholders: pd.DataFrame | None = None
-
-    @property
-    def onset(self) -> pd.Timestamp:
-        """When the scenario started (mid-window by default; irrelevant for ``none``)."""
-        return pd.Timestamp(self.config.onset_time)
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser: a bijection on uint64, so distinct inputs give distinct, random-looking ids."""
-    x = x.astype(np.uint64, copy=True)
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
 
 
 def choose(probs: np.ndarray, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -259,7 +118,7 @@ class World:
         merchant = choose(self.cat_merchant_p, cat, rng.random(len(cat)))
         if user is not None:
             # The favourite is a fixed hash of (user, category), so it is the same merchant every time.
-            h = _mix64(
+            h = mix64(
                 user.astype(np.uint64) * np.uint64(64) + cat.astype(np.uint64) + np.uint64(self.config.seed)
             )
             fav = self.by_cat[
@@ -439,64 +298,6 @@ class World:
         rows["cb_delay"][hit] = self.chargeback_delays(rng, len(hit))
 
 
-def _lookup(domain: tuple[str, ...], codes: np.ndarray) -> np.ndarray:
-    """Codes to strings; code -1 (the appended last entry) becomes None."""
-    return np.array([*domain, None], dtype=object)[codes]
-
-
-def _hex_ids(keys: np.ndarray, seed: int, prefix: str, width: int = 16) -> np.ndarray:
-    """Deterministic, unique (bijective) and order-free string ids from integer keys."""
-    mixed = _mix64(keys.astype(np.uint64) ^ _mix64(np.array([seed + 1], dtype=np.uint64)))
-    return np.array([f"{prefix}{x:016x}"[: len(prefix) + width] for x in mixed.tolist()], dtype=object)
-
-
-def _to_frames(rows: Rows, config: GeneratorConfig, id_ts: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Sort by time, assign ids and turn codes into the schema's columns."""
-    n = len(id_ts)
-    # Ids depend on the start day and the row's position in ``id_ts`` order: a scenario appends rows only
-    # after its onset, so every earlier row keeps its position and id.
-    position = np.empty(n, dtype=np.uint64)
-    position[np.argsort(id_ts, kind="stable")] = np.arange(n, dtype=np.uint64)
-    order = np.argsort(rows["ts"], kind="stable")
-    rows = take(rows, order)
-    key = position[order] + (np.uint64(int(config.start.timestamp()) // 86_400) << np.uint64(32))
-    tx_id = _hex_ids(key, config.seed, "tx_")
-    codes, inverse = np.unique(rows["device"], return_inverse=True)
-    device = _hex_ids(codes, config.seed + 7919, "dev_", width=12)[inverse]
-    ts = pd.DatetimeIndex(rows["ts"].astype("datetime64[us]")).tz_localize("UTC")
-    users = cardholders.user_ids(config.n_users)
-    merchants = np.array([f"m{i:05d}" for i in range(config.n_merchants)], dtype=object)
-    transactions = pd.DataFrame(
-        {
-            "transaction_id": tx_id,
-            "event_timestamp": ts,
-            "user_id": users[rows["user"]],
-            "merchant_id": merchants[rows["merchant"]],
-            "amount": rows["amount"].astype(np.float64),
-            "currency": _lookup(CURRENCIES, rows["currency"]),
-            "merchant_category": _lookup(MERCHANT_CATEGORIES, rows["category"]),
-            "channel": _lookup(CHANNELS, rows["channel"]),
-            "country": _lookup(COUNTRIES, rows["country"]),
-            "device_id": device,
-            "is_fraud": rows["pattern"] > 0,
-            "fraud_pattern": _lookup(FRAUD_PATTERNS, rows["pattern"]),
-        },
-        columns=TRANSACTION_SCHEMA.names,
-    )
-    charged = np.flatnonzero(rows["cb_delay"] >= 0)
-    cb_ts = (rows["ts"][charged] + rows["cb_delay"][charged]).astype("datetime64[us]")
-    labels = pd.DataFrame(
-        {
-            "transaction_id": tx_id[charged],
-            "chargeback_timestamp": pd.DatetimeIndex(cb_ts).tz_localize("UTC"),
-            "is_fraud": np.ones(len(charged), dtype=bool),
-        },
-        columns=LABEL_SCHEMA.names,
-    )
-    labels = labels.sort_values("chargeback_timestamp", kind="stable", ignore_index=True)
-    return transactions, labels
-
-
 def generate(config: GeneratorConfig | None = None) -> GeneratedData:
     """Simulate ``config.days`` days of card transactions and their chargebacks.
 
@@ -542,7 +343,7 @@ def generate(config: GeneratorConfig | None = None) -> GeneratedData:
     holders = cardholders.draw(world, CAT_CHANNELS, holder_rng)
     id_ts = rows["ts"].copy()  # ids follow the undisguised times: a planted disparity keeps every row's id
     cardholders.disguise_fraud(world, rows, holders, config.disparity, holder_rng)
-    transactions, labels = _to_frames(rows, config, id_ts)
+    transactions, labels = to_frames(rows, config, id_ts)
     log.info(
         "generated transactions",
         extra={

@@ -57,7 +57,9 @@ def cache_key(spec: dict, *code: Path) -> str:
 def world_key(settings: DemoSettings) -> str:
     """What decides the world's content: the settings and the code that simulates it."""
     package = Path(__file__).resolve().parents[1]
-    code = [package / "data" / "generator.py", package / "data" / "scenarios.py", Path(__file__)]
+    simulation = ("generator", "generator_config", "world_params", "scenarios", "cardholders", "rows")
+    simulation += ("frames", "schema")
+    code = [*(package / "data" / f"{name}.py" for name in simulation), Path(__file__)]
     return cache_key({f: getattr(settings, f) for f in WORLD_FIELDS}, *code)
 
 
