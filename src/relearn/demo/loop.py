@@ -16,41 +16,30 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
-import shutil
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pandas as pd
 
-from relearn.demo.controller import controller_command, inference_log
+from relearn.demo.pipeline import child_env, first_champion, pipeline_argv, pipeline_summary, redis_state
 from relearn.demo.replay import Replay, failed
 from relearn.demo.respond import AlertWebhook, recalibrate_argv
+from relearn.demo.services import Stack, alias_version, start_predictor, start_stack
 from relearn.demo.settings import DemoSettings
 from relearn.demo.stack import (
-    Child,
     Processes,
-    StackError,
-    free_port,
     left_running,
-    prometheus_config,
-    start_state_redis,
-    write_targets,
 )
-from relearn.demo.world import START, World, build, cache_key
+from relearn.demo.world import World, build
 from relearn.logs import progress_bar
 
 log = logging.getLogger(__name__)
-MODEL = "relearn-fraud"
-SHADOW_SERVICE = f"{MODEL}-shadow"
 
 
 @dataclass
@@ -68,252 +57,6 @@ class Timeline:
     def first(self, kind: str) -> dict[str, Any] | None:
         """The first event of a kind."""
         return next((e for e in self.events if e["kind"] == kind), None)
-
-
-# ------------------------------------------------------------------------------------------ pipeline
-def _options(**options: Any) -> list[str]:
-    """``--kebab-name value`` pairs."""
-    return [x for name, value in options.items() for x in (f"--{name.replace('_', '-')}", str(value))]
-
-
-def pipeline_argv(
-    settings: DemoSettings, source: Path, start: pd.Timestamp, days: int, home: Path
-) -> list[str]:
-    """``python -m pipelines.run`` on the data lake window ``[start, start + days)``; summary to JSON."""
-    options = _options(
-        source=source,
-        start=start.isoformat(),
-        days=days,
-        seed=settings.seed,
-        label_maturity_days=round(settings.label_maturity_days),
-        alert_budget=settings.alert_budget,
-        max_slice_regression=settings.max_slice_regression,
-        # A short recent window: keep 75 % of it (the oldest part, by time) for training, so the rows of
-        # a new pattern reach the training split and not only validation and test.
-        val_fraction=0.1,
-        test_fraction=0.15,
-        pipeline_root=home / "pipeline_runs",
-        summary_json=home / "pipeline_runs" / f"summary-{start:%Y%m%dT%H%M}.json",
-        log_level="WARNING",
-    )
-    return [sys.executable, "-m", "pipelines.run", *options]
-
-
-def pipeline_summary(argv: list[str], returncode: int, log_path: Path) -> dict[str, Any]:
-    """The run's summary, or an ``error`` naming the log."""
-    summary = Path(argv[argv.index("--summary-json") + 1])
-    if returncode != 0 or not summary.exists():
-        return {"error": f"training pipeline failed (exit {returncode}); see {log_path}"}
-    return json.loads(summary.read_text())
-
-
-def _env(home: Path) -> dict[str, str]:
-    return {**os.environ, "RELEARN_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-
-
-def redis_state(settings: DemoSettings, procs: Processes, home: Path, lake: Path) -> None:
-    """The streaming state on a real Redis: started, then bootstrapped from the lake up to the live start.
-
-    The first champion's run (or its cached copy) filled the embedded state; Redis starts empty, so the
-    backfill command adds the history's events (idempotent by transaction id), as an operator would.
-    """
-    start_state_redis(procs, home, settings.redis_server, settings.state_appendfsync)
-    until = START + timedelta(days=settings.history_days)
-    argv = [sys.executable, "-m", "relearn.features.backfill", "--transactions", str(lake)]
-    argv += ["--labels", str(lake), "--until", until.isoformat()]
-    with (home / "logs" / "state-bootstrap.log").open("w") as out:
-        done = subprocess.run(argv, stdout=out, stderr=out, env=procs.env, check=False)
-    if done.returncode != 0:
-        raise StackError(f"state bootstrap failed (exit {done.returncode}); see {out.name}")
-
-
-def first_champion(settings: DemoSettings, world: World, home: Path, show: bool) -> dict[str, Any]:
-    """Train the first champion on the history, or restore it (MLflow, Feast repo) from the cache."""
-    argv = pipeline_argv(settings, world.source, pd.Timestamp(START), settings.history_days, home)
-    package = Path(__file__).resolve().parents[1]
-    code = [*package.glob("model/*.py"), *package.glob("features/*.py"), package / "steps.py"]
-    cache = settings.home.resolve() / "champions" / cache_key({"world": world.key, "argv": argv}, *code)
-    if home.exists():
-        shutil.rmtree(home)
-    if (cache / "summary.json").exists():
-        shutil.copytree(cache, home)  # same absolute paths as when it was trained: URIs stay valid
-        return json.loads((cache / "summary.json").read_text())
-    (home / "logs").mkdir(parents=True)
-    log_path = home / "logs" / "train-champion.log"
-    with log_path.open("w") as out:  # in the foreground: its progress bar shows, Ctrl-C reaches it
-        done = subprocess.run(argv, stdout=out, stderr=None if show else out, env=_env(home), check=False)
-    summary = pipeline_summary(argv, done.returncode, log_path)
-    if "error" in summary:
-        raise StackError(summary["error"])
-    (home / "summary.json").write_text(json.dumps(summary))
-    shutil.copytree(home, cache)
-    return summary
-
-
-# ---------------------------------------------------------------------------------------------- stack
-@dataclass
-class Stack:
-    """Ports and processes of the local stack."""
-
-    procs: Processes
-    home: Path
-    ports: dict[str, int]
-    targets: dict[str, int] = field(default_factory=dict)
-
-    def url(self, name: str) -> str:
-        """``http://127.0.0.1:<port>`` of a named port."""
-        return f"http://127.0.0.1:{self.ports[name]}"
-
-    @property
-    def state(self) -> Path:
-        """The local router's state file (the rollout backend)."""
-        return self.home / "rollout" / "state.json"
-
-    def scrape(self, name: str, port: int) -> None:
-        """Add a Prometheus scrape target."""
-        self.targets[name] = port
-        write_targets(self.home / "prometheus" / "targets.json", self.targets)
-
-
-def start_predictor(stack: Stack, version: str, wait: bool = True) -> tuple[Child, str, str]:
-    """A predictor of ``models:/relearn-fraud/<version>`` logging to the detector: ``(child, rest, grpc)``."""
-    http, grpc_port = free_port(), free_port()
-    child = stack.procs.start(
-        f"predictor-v{version}",
-        [sys.executable, "-m", "relearn.serving.predictor"],
-        ports=(http, grpc_port),
-        RELEARN_PREDICTOR_HOST="127.0.0.1",
-        RELEARN_PREDICTOR_HTTP_PORT=str(http),
-        RELEARN_PREDICTOR_GRPC_PORT=str(grpc_port),
-        RELEARN_PREDICTOR_MODEL_URI=f"models:/{MODEL}/{version}",
-        RELEARN_PREDICTOR_LOG_SINK_URL=stack.url("detector") + "/",
-        RELEARN_PREDICTOR_LOG_QUEUE_SIZE="2000",
-        RELEARN_PREDICTOR_LOG_LEVEL="WARNING",
-    )
-    rest = f"http://127.0.0.1:{http}"
-    if wait:
-        stack.procs.wait_http(child, f"{rest}/v2/health/ready")
-    stack.scrape(f"predictor-v{version}", http)
-    return child, rest, f"127.0.0.1:{grpc_port}"
-
-
-def start_stack(
-    settings: DemoSettings, home: Path, wall_per_day: float, procs: Processes, lake: Path | None = None
-) -> Stack:
-    """MLflow server, drift detector, predictor (champion), router, transformer, Prometheus, controller.
-
-    All start at once (each finds the others by port) and the function returns when all are ready.
-    """
-    from relearn.rollout.router import LocalBackend
-
-    names = ("mlflow", "detector", "router_rest", "router_grpc", "transformer_http", "transformer_grpc")
-    names += ("feed",)
-    stack = Stack(procs, home, {name: free_port() for name in (*names, "prometheus", "webhook")})
-    port = stack.ports
-    (home / "prometheus").mkdir(parents=True, exist_ok=True)
-    stack.state.parent.mkdir(parents=True, exist_ok=True)
-    # The detector's environment has mlflow-skinny (no SQL store): it reads the registry over HTTP, as in a
-    # cluster, from an MLflow server on the demo's SQLite database.
-    store = f"sqlite:///{home / 'mlflow.db'}"
-    mlflow = procs.start(
-        "mlflow",
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--workers", "1",
-         *_options(host="127.0.0.1", port=port["mlflow"], backend_store_uri=store)],
-        ports=(port["mlflow"],),
-    )  # fmt: skip
-    detector = procs.start(
-        "drift-detector",
-        [str(settings.drift_python.absolute()), "-m", "relearn.monitoring.server"],
-        ports=(port["detector"],),
-        RELEARN_DRIFT_PORT=str(port["detector"]),
-        RELEARN_DRIFT_DATA_DIR=str(home / "drift"),
-        RELEARN_DRIFT_MLFLOW_TRACKING_URI=stack.url("mlflow"),
-        RELEARN_DRIFT_MODEL_NAME=MODEL,
-        RELEARN_DRIFT_REFERENCE_POLL_S="3",
-        RELEARN_DRIFT_WINDOW_SIZE=str(settings.window_size),
-        RELEARN_DRIFT_QUALITY_WINDOW=str(settings.quality_window),
-        RELEARN_DRIFT_ALERT_BUDGET=str(settings.alert_budget),
-        RELEARN_DRIFT_LABEL_MATURITY_S=str(settings.label_maturity_days * wall_per_day),
-        RELEARN_DRIFT_WEBHOOK_URL=f"http://127.0.0.1:{port['webhook']}/",
-        RELEARN_DRIFT_COOLDOWN_S=str(2 * wall_per_day),
-        RELEARN_DRIFT_SHADOW_SERVICE=SHADOW_SERVICE,
-        RELEARN_DRIFT_SQLITE_SYNCHRONOUS="NORMAL",
-        RELEARN_DRIFT_REPORTS="false",
-        RELEARN_DRIFT_LOG_LEVEL="WARNING",
-        # Training/serving skew: served vectors against the world's lake, every 20 s.
-        **(
-            {"RELEARN_DRIFT_SKEW_LAKE_DIR": str(lake), "RELEARN_DRIFT_SKEW_INTERVAL_SECONDS": "20"}
-            if lake
-            else {}
-        ),
-    )
-    champion = _alias_version("champion", home)
-    predictor, rest, grpc_target = start_predictor(stack, champion, wait=False)
-    LocalBackend(stack.state).register(champion, rest=rest, grpc=grpc_target)  # the first one is stable
-    router = procs.start(
-        "router",
-        [sys.executable, "-m", "relearn.rollout.router", *_options(
-            state=stack.state, seed=settings.seed, rest_port=port["router_rest"],
-            grpc_port=port["router_grpc"])],
-        ports=(port["router_rest"], port["router_grpc"]),
-    )  # fmt: skip
-    feed = procs.start(
-        "feature-feed",
-        [sys.executable, "-m", "relearn.features.feed", "--port", str(port["feed"])],
-        ports=(port["feed"],),
-    )
-    transformer = procs.start(
-        "transformer",
-        [sys.executable, "-m", "relearn.serving.transformer"],
-        ports=(port["transformer_http"], port["transformer_grpc"]),
-        RELEARN_TRANSFORMER_HOST="127.0.0.1",
-        RELEARN_TRANSFORMER_HTTP_PORT=str(port["transformer_http"]),
-        RELEARN_TRANSFORMER_GRPC_PORT=str(port["transformer_grpc"]),
-        RELEARN_TRANSFORMER_PREDICTOR_HOST=f"127.0.0.1:{port['router_grpc']}",
-        # One machine runs the retraining pipeline (its state bootstrap included) beside serving: give the
-        # state's lock more than the default second before a request is refused (in a cluster they do not
-        # share cores).
-        RELEARN_TRANSFORMER_FEATURE_TIMEOUT_SECONDS="3",
-        RELEARN_TRANSFORMER_LOG_LEVEL="WARNING",
-    )
-    stack.scrape("drift-detector", port["detector"])
-    stack.scrape("transformer", port["transformer_http"])
-    stack.scrape("feature-feed", port["feed"])
-    prometheus_config(home / "prometheus" / "prometheus.yml", home / "prometheus" / "targets.json")
-    prometheus = procs.start(
-        "prometheus",
-        [settings.prometheus, f"--config.file={home / 'prometheus' / 'prometheus.yml'}",
-         f"--storage.tsdb.path={home / 'prometheus' / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port['prometheus']}", "--log.level=warn"],
-        ports=(port["prometheus"],),
-    )  # fmt: skip
-    for child, url in (
-        (mlflow, stack.url("mlflow") + "/health"),
-        (predictor, rest + "/v2/health/ready"),
-        (router, stack.url("router_rest") + "/v2/health/ready"),
-        (transformer, stack.url("transformer_http") + "/v2/health/ready"),
-        (feed, stack.url("feed") + "/healthz"),
-        (prometheus, stack.url("prometheus") + "/-/ready"),
-        (detector, stack.url("detector") + "/ready"),
-    ):
-        procs.wait_http(child, url, timeout=180)
-    argv, env = controller_command(settings, wall_per_day, _options(
-        backend="local", state=stack.state, prometheus_url=stack.url("prometheus"),
-        interval_seconds=settings.analysis_interval_seconds, window=settings.analysis_window,
-        detector_url=stack.url("detector"), audit_log=home / "rollout" / "audit.jsonl",
-        inference_log=inference_log(home)))  # fmt: skip
-    procs.start("rollout-controller", argv, **env)
-    return stack
-
-
-def _alias_version(alias: str, home: Path) -> str:
-    from relearn.model.registry import get_alias_version
-    from relearn.settings import RelearnSettings
-
-    version = get_alias_version(RelearnSettings(home=home), alias)
-    if version is None:
-        raise StackError(f"no model version holds the alias {alias!r}")
-    return str(version)
 
 
 # ----------------------------------------------------------------------------------------------- loop
@@ -387,7 +130,7 @@ def run(settings: DemoSettings) -> Outcome:
     timeline.add("champion", version=champion_before, headline=summary.get("headline"))
     served_per_day = len(world.stream) / settings.live_days
     wall_per_day = served_per_day / settings.rate
-    procs = Processes(home / "logs", _env(home))
+    procs = Processes(home / "logs", child_env(home))
     try:
         if settings.state == "redis":
             redis_state(settings, procs, home, world.source)
@@ -462,7 +205,7 @@ def run(settings: DemoSettings) -> Outcome:
             log.error("replay failed", exc_info=crashed[0])
         timeline.add("feature-skew", **_skew(stack.url("detector")))
         audit = _read_audit(home / "rollout" / "audit.jsonl")
-        champion_after = _alias_version("champion", home)
+        champion_after = alias_version("champion", home)
         left = stack.procs.stop_all()
         running = left_running(stack.procs.children)
         webhook.shutdown()
