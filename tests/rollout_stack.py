@@ -37,7 +37,8 @@ from relearn.rollout.controller import (
     ShadowSource,
     step,
 )
-from relearn.rollout.router import ROUTE_HEADER, LocalBackend
+from relearn.rollout.local_backend import LocalBackend
+from relearn.rollout.router import ROUTE_HEADER
 from relearn.rollout.shadow import ShadowSettings
 from relearn.serving.metrics import SHADOW_SUFFIX
 from serving_stack import PYTHON, Server, free_port

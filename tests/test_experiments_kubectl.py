@@ -132,7 +132,7 @@ def test_promote_starts_the_winner_as_the_canary_through_the_rollout_path(
 ):
     from relearn.rollout.audit import AuditLog
     from relearn.rollout.controller import ControllerSettings
-    from relearn.rollout.router import LocalBackend
+    from relearn.rollout.local_backend import LocalBackend
 
     state = tmp_path / "router-state.json"
     backend = LocalBackend(state)

@@ -22,7 +22,8 @@ from relearn.experiments.assignment import Split, assign
 from relearn.experiments.routing import ARM_HEADER, RunningExperiment
 from relearn.experiments.store import ExperimentStore
 from relearn.features.spec import CATEGORICAL_INPUTS, NUMERIC_INPUTS
-from relearn.rollout.router import ROUTE_HEADER, LocalBackend
+from relearn.rollout.local_backend import LocalBackend
+from relearn.rollout.router import ROUTE_HEADER
 from rollout_stack import CATEGORIES, MODEL, make_artifacts
 from serving_stack import EventSink, Server, free_port, stop_process, wait_until
 

@@ -11,7 +11,7 @@ import pytest
 
 from relearn.rollout.audit import AuditLog
 from relearn.rollout.cli import build_parser, run
-from relearn.rollout.router import LocalBackend
+from relearn.rollout.local_backend import LocalBackend
 
 
 def _cli(tmp: Path, *argv: str) -> int:

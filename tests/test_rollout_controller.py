@@ -34,8 +34,8 @@ from relearn.rollout.controller import (
     shadow_source,
     step,
 )
+from relearn.rollout.local_backend import LocalBackend, RouterState
 from relearn.rollout.prometheus import QUERIES, render
-from relearn.rollout.router import LocalBackend, RouterState
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 TICK = 0.1  # seconds between two batches of simulated requests

@@ -12,7 +12,7 @@ from relearn.rollout.audit import AuditLog
 from relearn.rollout.backend import RolloutError
 from relearn.rollout.controller import ControllerSettings
 from relearn.rollout.deploy import deploy, run_deploy
-from relearn.rollout.router import LocalBackend
+from relearn.rollout.local_backend import LocalBackend
 from relearn.steps import StepFailed
 
 

@@ -19,7 +19,8 @@ import pytest
 
 from relearn.rollout.backend import RolloutBackend, RolloutError, RolloutState
 from relearn.rollout.echo import v2_pb2
-from relearn.rollout.router import ROUTE_HEADER, LocalBackend
+from relearn.rollout.local_backend import LocalBackend
+from relearn.rollout.router import ROUTE_HEADER
 from relearn.serving.metrics import shadow_host, track_of
 
 N = 300

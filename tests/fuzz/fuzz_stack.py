@@ -104,7 +104,7 @@ class FuzzStack:
         )
 
     def _router(self) -> Process:
-        from relearn.rollout.router import LocalBackend
+        from relearn.rollout.local_backend import LocalBackend
 
         state = self.tmp / "router-state.json"
         LocalBackend(state).register("1", rest=self.predictor.url, grpc=self.predictor.grpc_target)

@@ -21,7 +21,8 @@ import grpc
 
 from rehearsal import kserve
 from rehearsal.cluster import Cluster
-from relearn.rollout.router import Endpoint, Router, RouterState, grpc_handler
+from relearn.rollout.local_backend import Endpoint, RouterState
+from relearn.rollout.router import Router, grpc_handler
 
 
 def _template(isvc: dict[str, Any]) -> str:

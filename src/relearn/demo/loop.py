@@ -248,7 +248,7 @@ class _Driver:
         world: World,
         home: Path,
     ) -> None:
-        from relearn.rollout.router import LocalBackend
+        from relearn.rollout.local_backend import LocalBackend
 
         self.settings, self.stack, self.timeline = settings, stack, timeline
         self.replay, self.world, self.home = replay, world, home

@@ -82,7 +82,7 @@ def start_stack(
 
     All start at once (each finds the others by port) and the function returns when all are ready.
     """
-    from relearn.rollout.router import LocalBackend
+    from relearn.rollout.local_backend import LocalBackend
 
     names = ("mlflow", "detector", "router_rest", "router_grpc", "transformer_http", "transformer_grpc")
     names += ("feed",)

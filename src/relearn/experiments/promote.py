@@ -91,7 +91,7 @@ def refuse_during_canary(
         isvc = inference_service or rollout.inference_service
         backend = KubernetesBackend(store.namespace, isvc, api_client=store.api_client)
     else:
-        from relearn.rollout.router import LocalBackend
+        from relearn.rollout.local_backend import LocalBackend
 
         backend = LocalBackend(state or rollout.state or rollout_dir() / "state.json")
     now = backend.state()

@@ -6,6 +6,7 @@ from typing import Any
 
 from relearn.rollout.audit import rollout_dir
 from relearn.rollout.backend import KubernetesBackend, RolloutBackend
+from relearn.rollout.local_backend import LocalBackend
 
 
 def make_backend(cfg: Any) -> RolloutBackend:
@@ -15,8 +16,6 @@ def make_backend(cfg: Any) -> RolloutBackend:
     model_name.
     """
     if cfg.backend == "local":
-        from relearn.rollout.router import LocalBackend  # lazily: the router pulls in the serving side
-
         return LocalBackend(cfg.state or rollout_dir() / "state.json")
     return KubernetesBackend(
         cfg.namespace,
