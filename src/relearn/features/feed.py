@@ -128,20 +128,24 @@ def create_app(state: OnlineState, settings: FeedSettings) -> Any:
 
     @app.post("/transactions")
     async def transactions(body: list[dict[str, Any]]) -> dict[str, int]:
+        """Unscored transactions into the state (a JSON list, once per transaction_id); 400 names a field."""
         events = parse(transaction_events, body)
         return await apply("transaction", len(events), lambda: state.ingest(events))
 
     @app.post("/chargebacks")
     async def chargebacks(body: list[dict[str, Any]]) -> dict[str, int]:
+        """Chargebacks into the merchants' state (by received time; once per transaction_id)."""
         items = parse(chargeback_items, body)
         return await apply("chargeback", len(items), lambda: state.add_chargebacks(items))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
+        """Liveness."""
         return {"status": "ok"}
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
+        """Prometheus metrics of the feed."""
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
     return app

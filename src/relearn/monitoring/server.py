@@ -200,6 +200,7 @@ def create_app(settings: DriftSettings) -> Any:
         await send(_EMPTY)
 
     async def labels(request: Request) -> Response:
+        """Chargebacks (JSON list: transaction_id, chargeback_timestamp) joined to the predictions: 202."""
         try:
             records = loads(await request.body(), "bad_labels", "labels body")
             parsed = parse_labels(records)
@@ -218,18 +219,22 @@ def create_app(settings: DriftSettings) -> Any:
         return JSONResponse({"received": len(parsed), "joined": len(lags)}, status_code=202)
 
     async def metrics_endpoint(request: Request) -> Response:
+        """Prometheus metrics of the detector."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> Response:
+        """Liveness."""
         return PlainTextResponse("ok")
 
     async def ready(request: Request) -> Response:
+        """Readiness: 503 until a reference is loaded; then its model version."""
         monitor: Monitor = state["monitor"]
         if monitor.tester is None:
             return JSONResponse({"ready": False, "error": monitor.error}, status_code=503)
         return JSONResponse({"ready": True, "reference": monitor.tester.version})
 
     async def status(request: Request) -> Response:
+        """Windows, drift p-values, quality and estimates per track, as JSON (the demo polls it)."""
         monitor: Monitor = state["monitor"]
         return JSONResponse(
             _finite(

@@ -50,9 +50,11 @@ async def serve(name: str, host: str, rest_port: int, grpc_port: int, fail: bool
     counts = {"rest": 0, "grpc": 0, "rest_mirror": 0, "grpc_mirror": 0}
 
     async def ready(request: Request) -> JSONResponse:
+        """v2 readiness and liveness."""
         return JSONResponse({"ready": True} if "ready" in request.url.path else {"live": True})
 
     async def infer(request: Request) -> JSONResponse:
+        """v2 infer: answers with this server's name (or 500 when told to fail), counting mirrored calls."""
         counts["rest"] += 1
         counts["rest_mirror"] += track_of(request.headers) == "mirror"
         body = await request.json()
@@ -64,6 +66,7 @@ async def serve(name: str, host: str, rest_port: int, grpc_port: int, fail: bool
         )
 
     async def count(request: Request) -> JSONResponse:
+        """Calls received so far, REST and gRPC, direct and mirrored."""
         return JSONResponse(counts)
 
     app = Starlette(

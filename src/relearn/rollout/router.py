@@ -144,6 +144,7 @@ def rest_app(router: Router, timeout: float = 30.0) -> Any:
             await client.request(method, url, headers=headers, content=body)
 
     async def proxy(request: Request) -> Response:
+        """Any path and method to the chosen upstream (stable, canary or an experiment's arm); mirrored."""
         route, primary, mirror = router.choose(request.headers.get(ARM_HEADER))
         body = await request.body()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
