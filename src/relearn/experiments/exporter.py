@@ -20,41 +20,54 @@ class ExperimentMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        arm, exp = ("experiment", "arm"), ("experiment",)
         kw = {"registry": self.registry}
         self.arm_share = Gauge(
-            "relearn_experiment_arm_share", "Share of traffic routed to the arm (0-1).", arm, **kw
+            "relearn_experiment_arm_share",
+            "Share of traffic routed to the arm (0-1).",
+            ("experiment", "arm"),
+            **kw,
         )
         self.arm_cards = Gauge(
-            "relearn_experiment_arm_cards", "Cards of the arm counted by the test.", arm, **kw
+            "relearn_experiment_arm_cards",
+            "Cards of the arm counted by the test.",
+            ("experiment", "arm"),
+            **kw,
         )
         self.arm_loss = Gauge(
-            "relearn_experiment_arm_loss_per_card", "The arm's loss per card (currency units).", arm, **kw
+            "relearn_experiment_arm_loss_per_card",
+            "The arm's loss per card (currency units).",
+            ("experiment", "arm"),
+            **kw,
         )
         self.p_value = Gauge(
-            "relearn_experiment_p_value", "Always-valid p-value of the latest look.", exp, **kw
+            "relearn_experiment_p_value", "Always-valid p-value of the latest look.", ("experiment",), **kw
         )
         self.effect = Gauge(
             "relearn_experiment_effect",
             "Treatment minus control loss per card, and its bounds.",
-            (*exp, "bound"),
+            ("experiment", "bound"),
             **kw,
         )
-        self.running = Gauge("relearn_experiment_running", "1 while the experiment runs, else 0.", exp, **kw)
+        self.running = Gauge(
+            "relearn_experiment_running", "1 while the experiment runs, else 0.", ("experiment",), **kw
+        )
         self.fallback = Gauge(
             "relearn_experiment_bandit_fallback",
             "1 while a bandit routes everything to its control because its rewards are stale, else 0.",
-            exp,
+            ("experiment",),
             **kw,
         )
         self.reward_age = Gauge(
             "relearn_experiment_bandit_reward_age_seconds",
             "Age of a bandit's newest matured reward at its last update.",
-            exp,
+            ("experiment",),
             **kw,
         )
         self.breaches = Counter(
-            "relearn_experiment_guardrail_breaches", "Guardrail breaches seen.", (*arm, "guardrail"), **kw
+            "relearn_experiment_guardrail_breaches",
+            "Guardrail breaches seen.",
+            ("experiment", "arm", "guardrail"),
+            **kw,
         )
 
     def update_shares(self, experiment: str, shares: dict[str, float]) -> None:
