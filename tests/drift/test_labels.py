@@ -166,64 +166,27 @@ def test_concept_drift_lowers_rolling_quality_and_raises_one_alert(tmp_path, web
     assert f'relearn_drift_triggers_total{{result="suppressed"}} {float(incidents - 1)}' in metrics
 
 
-def test_label_shift_shows_as_higher_fraud_prevalence_among_labelled_predictions(tmp_path):
-    """The monitor's quality update: prevalence of the joined labels vs the reference's (``is_fraud``)."""
+def _label_monitor(tmp_path, reference):
+    """A monitor on the label_shift reference (with its labels), no webhook; and its alerter."""
     from relearn.monitoring.alerts import Alerter
     from relearn.monitoring.detector import DriftTester
-    from relearn.monitoring.labels import parse_labels, store_labels
     from relearn.monitoring.metrics import Metrics
     from relearn.monitoring.monitor import Monitor
     from relearn.monitoring.settings import DriftSettings
 
-    reference, before, after = scenario_stream("label_shift")
-    chargebacks = scenario_labels("label_shift")
-    settings = DriftSettings(data_dir=tmp_path, quality_window=PHASE, reports=False)
     alerter = Alerter(3600, None)
-    monitor = Monitor(settings, Metrics(), alerter)
+    monitor = Monitor(
+        DriftSettings(data_dir=tmp_path, quality_window=PHASE, reports=False), Metrics(), alerter
+    )
     monitor.tester = DriftTester(reference[[*MODEL_INPUTS, "score", "is_fraud"]])
     monitor.reset_baseline()
-    verdicts = []
-    for frame in (before.iloc[-PHASE:], after.iloc[:PHASE]):
-        rows = [
-            (tid, "stable", t.timestamp(), float(s))
-            for tid, t, s in zip(
-                frame["transaction_id"], frame["event_timestamp"], frame["score"], strict=True
-            )
-        ]
-        with monitor.conn:
-            monitor.conn.executemany(
-                "INSERT INTO predictions (transaction_id, track, time, score) VALUES (?, ?, ?, ?)", rows
-            )
-        late = chargebacks[chargebacks["transaction_id"].isin(frame["transaction_id"])]
-        records = [
-            {"transaction_id": r.transaction_id, "chargeback_timestamp": str(r.chargeback_timestamp)}
-            for r in late.itertuples()
-        ]
-        store_labels(monitor.conn, parse_labels(records))
-        verdicts.append(monitor.update_quality()["stable"])
-    assert "prevalence" not in verdicts[0]["reasons"] and verdicts[0]["prevalence_p_value"] > 0.05
-    assert "prevalence" in verdicts[1]["reasons"] and verdicts[1]["prevalence_p_value"] < 1e-4
-    assert alerter.last_fired is not None  # one incident (no webhook configured here)
+    return monitor, alerter
 
 
-def test_prevalence_waits_for_enough_frauds(tmp_path):
-    """A few frauds in the first few dozen labels is not a prior shift (a demo run retrained on 3 in 57)."""
-    from relearn.monitoring.alerts import Alerter
-    from relearn.monitoring.detector import DriftTester
+def _served_and_labelled(monitor, frame, chargebacks) -> dict:
+    """Store ``frame`` as stable predictions with the chargebacks among them; the quality update's verdict."""
     from relearn.monitoring.labels import parse_labels, store_labels
-    from relearn.monitoring.metrics import Metrics
-    from relearn.monitoring.monitor import Monitor
-    from relearn.monitoring.settings import DriftSettings
 
-    reference, before, _ = scenario_stream("label_shift")
-    chargebacks = scenario_labels("label_shift")
-    fraud = before["transaction_id"].isin(chargebacks["transaction_id"])
-    frame = pd.concat([before[fraud].head(9), before[~fraud].head(51)])
-    settings = DriftSettings(data_dir=tmp_path, quality_window=PHASE, reports=False)
-    alerter = Alerter(3600, None)
-    monitor = Monitor(settings, Metrics(), alerter)
-    monitor.tester = DriftTester(reference[[*MODEL_INPUTS, "score", "is_fraud"]])
-    monitor.reset_baseline()
     rows = [
         (tid, "stable", t.timestamp(), float(s))
         for tid, t, s in zip(frame["transaction_id"], frame["event_timestamp"], frame["score"], strict=True)
@@ -238,10 +201,35 @@ def test_prevalence_waits_for_enough_frauds(tmp_path):
         for r in late.itertuples()
     ]
     store_labels(monitor.conn, parse_labels(records))
-    verdict = monitor.update_quality()["stable"]
+    return monitor.update_quality()["stable"]
+
+
+def test_label_shift_shows_as_higher_fraud_prevalence_among_labelled_predictions(tmp_path):
+    """The monitor's quality update: prevalence of the joined labels vs the reference's (``is_fraud``)."""
+    reference, before, after = scenario_stream("label_shift")
+    chargebacks = scenario_labels("label_shift")
+    monitor, alerter = _label_monitor(tmp_path, reference)
+    verdicts = [
+        _served_and_labelled(monitor, frame, chargebacks)
+        for frame in (before.iloc[-PHASE:], after.iloc[:PHASE])
+    ]
+    assert "prevalence" not in verdicts[0]["reasons"] and verdicts[0]["prevalence_p_value"] > 0.05
+    assert "prevalence" in verdicts[1]["reasons"] and verdicts[1]["prevalence_p_value"] < 1e-4
+    assert alerter.last_fired is not None  # one incident (no webhook configured here)
+
+
+def test_prevalence_waits_for_enough_frauds(tmp_path):
+    """A few frauds in the first few dozen labels is not a prior shift (a demo run retrained on 3 in 57)."""
+    reference, before, _ = scenario_stream("label_shift")
+    chargebacks = scenario_labels("label_shift")
+    fraud = before["transaction_id"].isin(chargebacks["transaction_id"])
+    monitor, alerter = _label_monitor(tmp_path, reference)
+    verdict = _served_and_labelled(
+        monitor, pd.concat([before[fraud].head(9), before[~fraud].head(51)]), chargebacks
+    )
     assert (verdict["n"], verdict["positives"]) == (60, 9)
     # Against the reference's rate that is far below p_val, yet: no test and no incident under 10 frauds.
-    assert monitor.tester.prevalence_p_value(9, 60) < settings.p_val
+    assert monitor.tester.prevalence_p_value(9, 60) < monitor.settings.p_val
     assert "prevalence_p_value" not in verdict and verdict["reasons"] == [] and alerter.last_fired is None
 
 
