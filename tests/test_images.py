@@ -53,7 +53,11 @@ CHART_BIN = ROOT / ".venv" / "chart" / "bin"
 # The venv built from each requirement file an image installs (Makefile: $(PLATFORM)/.ready, $(DRIFT)/.ready),
 # and what else that venv installs: .venv/platform adds requirements/dev.txt.
 VENVS = {
-    "requirements/platform.txt": (ROOT / ".venv" / "platform", ["requirements/dev.txt"]),
+    # dev.txt (tests, lint) and docs.txt (make docs) go into the platform venv beside the image's pins.
+    "requirements/platform.txt": (
+        ROOT / ".venv" / "platform",
+        ["requirements/dev.txt", "requirements/docs.txt"],
+    ),
     "requirements/drift.txt": (ROOT / ".venv" / "drift", []),
 }
 OWNER = "relearn"  # the project's GitHub owner (Chart.yaml home): its release registry is ghcr.io/relearn
