@@ -46,6 +46,12 @@ class World:
     end: datetime
 
 
+# The modules of relearn.data whose code decides what the generator simulates.
+SIMULATION = (
+    "generator", "generator_config", "world_params", "frames", "rows", "scenarios", "cardholders", "schema",
+)  # fmt: skip
+
+
 def cache_key(spec: dict, *code: Path) -> str:
     """A short hash of ``spec`` and the source files whose change invalidates a cached result."""
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode())
@@ -56,10 +62,8 @@ def cache_key(spec: dict, *code: Path) -> str:
 
 def world_key(settings: DemoSettings) -> str:
     """What decides the world's content: the settings and the code that simulates it."""
-    package = Path(__file__).resolve().parents[1]
-    simulation = ("generator", "generator_config", "world_params", "scenarios", "cardholders", "rows")
-    simulation += ("frames", "schema")
-    code = [*(package / "data" / f"{name}.py" for name in simulation), Path(__file__)]
+    data = Path(__file__).resolve().parents[1] / "data"
+    code = [*(data / f"{name}.py" for name in SIMULATION), Path(__file__)]
     return cache_key({f: getattr(settings, f) for f in WORLD_FIELDS}, *code)
 
 

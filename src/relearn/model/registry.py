@@ -22,6 +22,7 @@ from mlflow.pyfunc import PythonModel
 from relearn.features.spec import FEATURE_SERVICE, LABEL, MODEL_INPUTS
 from relearn.model.net import CONFIG_FILE, load_model, save_model, score
 from relearn.model.train import TrainResult
+from relearn.monitoring.detector import LABEL as REFERENCE_LABEL
 from relearn.settings import RelearnSettings
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 TORCH_ARTIFACT = "torch_model"
 REFERENCE_ARTIFACT = "reference/reference.parquet"
-REFERENCE_LABEL = "is_fraud"  # the labels column relearn.monitoring.detector reads (its LABEL)
 METRICS_ARTIFACT = "evaluation/metrics.json"
 REFERENCE_ROWS = 5000
 LINEAGE_KEYS = ("data_window", "feature_service", "git_sha", "pipeline_run_id")
