@@ -3,12 +3,8 @@ recurring run the cluster mode creates (exact API calls), and impossible setting
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
-
 import pytest
+from kfp_stand_in import KfpApi, kfp_stand_in
 from prometheus_client import generate_latest
 from pydantic import ValidationError
 
@@ -116,45 +112,13 @@ def test_the_server_refuses_an_impossible_schedule_and_starts_nothing(tmp_path, 
     assert started == [] and not (tmp_path / "d").exists()
 
 
-class _KfpApi(BaseHTTPRequestHandler):
-    calls: ClassVar[list[tuple[str, str, dict]]] = []
-    existing: ClassVar[list[dict]] = []
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else {}
-        self.calls.append((self.command, self.path.split("?")[0], body))
-        reply: dict = {}
-        if self.path.startswith("/apis/v2beta1/experiments"):
-            reply = {"experiments": [{"experiment_id": "exp-1", "display_name": "Default"}]}
-        elif self.path.startswith("/apis/v2beta1/recurringruns") and self.command == "GET":
-            reply = {"recurringRuns": self.existing}  # the proto's json_name (kfp_server_api's attribute_map)
-        elif self.path.startswith("/apis/v2beta1/recurringruns") and self.command == "POST":
-            reply = {"recurring_run_id": "rr-7", "display_name": body.get("display_name")}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_DELETE = _answer  # noqa: N815 (http.server's names)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 def test_cluster_schedule_is_one_kfp_recurring_run(tmp_path):
     from pipelines.compile import compile_all
 
     (package,) = compile_all(tmp_path)
-    _KfpApi.calls, _KfpApi.existing = [], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _KfpApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host = f"http://127.0.0.1:{server.server_port}"
-    try:
+    with kfp_stand_in([{"experiment_id": "exp-1", "display_name": "Default"}]) as host:
         assert ensure_recurring_run(host, str(package), 86400) == "rr-7"
-        posts = [(p, b) for m, p, b in _KfpApi.calls if m == "POST"]
+        posts = [(p, b) for m, p, b in KfpApi.calls if m == "POST"]
         assert [p for p, _ in posts] == ["/apis/v2beta1/recurringruns"]
         body = posts[0][1]
         assert body["display_name"] == RECURRING_RUN and body["experiment_id"] == "exp-1"
@@ -162,17 +126,14 @@ def test_cluster_schedule_is_one_kfp_recurring_run(tmp_path):
         assert body["max_concurrency"] == 1 and body["no_catchup"] is True and body["mode"] == "ENABLE"
         assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "relearn-train"
         # A restarted detector finds it and creates no second one; another interval replaces it.
-        _KfpApi.calls = []
-        _KfpApi.existing = [{"recurring_run_id": "rr-7", "display_name": RECURRING_RUN,
+        KfpApi.calls = []
+        KfpApi.recurring = [{"recurring_run_id": "rr-7", "display_name": RECURRING_RUN,
                              "trigger": {"periodic_schedule": {"interval_second": "86400"}}}]  # fmt: skip
         assert ensure_recurring_run(host, str(package), 86400) == "rr-7"
-        assert [m for m, _, _ in _KfpApi.calls if m != "GET"] == []
-        _KfpApi.calls = []
+        assert [m for m, _, _ in KfpApi.calls if m != "GET"] == []
+        KfpApi.calls = []
         ensure_recurring_run(host, str(package), 3600)
-        assert [(m, p) for m, p, _ in _KfpApi.calls if m != "GET"] == [
+        assert [(m, p) for m, p, _ in KfpApi.calls if m != "GET"] == [
             ("DELETE", "/apis/v2beta1/recurringruns/rr-7"),
             ("POST", "/apis/v2beta1/recurringruns"),
         ]
-    finally:
-        server.shutdown()
-        server.server_close()
