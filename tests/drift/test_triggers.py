@@ -3,6 +3,10 @@ recurring run the cluster mode creates (exact API calls), and impossible setting
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
 from kfp_stand_in import KfpApi, kfp_stand_in
 from prometheus_client import generate_latest
@@ -101,15 +105,14 @@ def test_impossible_trigger_settings_are_refused_by_name(tmp_path, options, name
         DriftSettings(data_dir=tmp_path, **options)
 
 
-def test_the_server_refuses_an_impossible_schedule_and_starts_nothing(tmp_path, monkeypatch):
-    from relearn.monitoring import server
-
-    started = []
-    monkeypatch.setattr(server, "create_app", started.append)
+def test_the_server_refuses_an_impossible_schedule_and_starts_nothing(tmp_path):
+    """The real server process: exits naming the setting, before it opens its data dir or a port."""
     argv = ["--data-dir", str(tmp_path / "d"), "--schedule-interval-s", "60", "--cooldown-s", "3600"]
-    with pytest.raises(SystemExit, match=r"schedule_interval_s \(60\) must be at least cooldown_s \(3600\)"):
-        server.main(argv)
-    assert started == [] and not (tmp_path / "d").exists()
+    command = [sys.executable, "-m", "relearn.monitoring.server", *argv]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert re.search(r"schedule_interval_s \(60\) must be at least cooldown_s \(3600\)", done.stderr)
+    assert not (tmp_path / "d").exists()
 
 
 def test_cluster_schedule_is_one_kfp_recurring_run(tmp_path):
