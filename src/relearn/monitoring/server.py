@@ -260,7 +260,7 @@ def create_app(settings: DriftSettings) -> Any:
         ``version``: only that shadow version's predictions; ``threshold``: the decision threshold of the
         agreement (0.5); ``key``: ``ce_id`` or ``transaction_id`` (the join); ``limit``: newest events read.
         """
-        from relearn.rollout.shadow import comparison_of, events_from_log
+        from relearn.monitoring.comparison import comparison_of, events_from_log
 
         params = request.query_params
         try:
