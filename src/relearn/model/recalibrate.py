@@ -188,7 +188,7 @@ class RecalibrateCommand(BaseSettings):
 
     def cli_cmd(self) -> None:
         """Recalibrate and print the summary."""
-        from relearn.rollout.backtest import DetectorRows, LogFile
+        from relearn.monitoring.served import DetectorRows, LogFile
 
         rows = LogFile(self.inference_log) if self.inference_log else DetectorRows(str(self.detector_url))
         traffic = labelled_traffic(rows, self.since, self.maturity_seconds, self.limit)

@@ -1,8 +1,9 @@
 """What the inference log served and which of it has matured labels: the rows a canary's backtest scores.
 
-Read by :class:`relearn.rollout.backtest.Backtest` from the log file (local mode) or through the drift
-detector's ``GET /v1/backtest/labels`` and ``GET /v1/backtest/inputs`` (a cluster, where the log sits on the
-detector's ReadWriteOnce volume). Both paths call these functions, so they return the same rows.
+Read by :class:`relearn.rollout.backtest.Backtest` and :mod:`relearn.model.recalibrate` from the log file
+(:class:`LogFile`, local mode) or through the drift detector's ``GET /v1/backtest/labels`` and
+``GET /v1/backtest/inputs`` (:class:`DetectorRows`, a cluster, where the log sits on the detector's
+ReadWriteOnce volume). Both paths call these functions, so they return the same rows.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from relearn.events import REQUEST_TYPE
 from relearn.features.spec import MODEL_INPUTS
@@ -76,3 +77,57 @@ def served_inputs(
 def open_read_only(path: Path | str) -> sqlite3.Connection:
     """The log at ``path``, read-only (the detector keeps writing it)."""
     return sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+
+
+class ServedRows(Protocol):
+    """Where a backtest or a recalibration reads the log: :class:`LogFile` or :class:`DetectorRows`."""
+
+    def labels(self, since: float, maturity_s: float, limit: int) -> dict[str, int]:
+        """:func:`relearn.monitoring.labelled`."""
+        ...
+
+    def inputs(self, since: float, after: int) -> tuple[dict[str, dict[str, Any]], int, bool]:
+        """:func:`relearn.monitoring.served_inputs` (one page)."""
+        ...
+
+
+class LogFile:
+    """The inference log file itself (local mode: the controller runs beside the detector)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def labels(self, since: float, maturity_s: float, limit: int) -> dict[str, int]:  # noqa: D102
+        conn = open_read_only(self.path)
+        try:
+            return labelled(conn, since, maturity_s, limit)
+        finally:
+            conn.close()
+
+    def inputs(self, since: float, after: int) -> tuple[dict[str, dict[str, Any]], int, bool]:  # noqa: D102
+        conn = open_read_only(self.path)
+        try:
+            return served_inputs(conn, since, after)
+        finally:
+            conn.close()
+
+
+class DetectorRows:
+    """The same rows through the drift detector's ``GET /v1/backtest/labels|inputs`` (a cluster)."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self.url, self.timeout = url.rstrip("/"), timeout
+
+    def _get(self, what: str, **params: Any) -> dict[str, Any]:
+        import httpx
+
+        resp = httpx.get(f"{self.url}/v1/backtest/{what}", params=params, timeout=self.timeout)
+        resp.raise_for_status()
+        return resp.json()
+
+    def labels(self, since: float, maturity_s: float, limit: int) -> dict[str, int]:  # noqa: D102
+        return self._get("labels", since=since, maturity_seconds=maturity_s, limit=limit)["labels"]
+
+    def inputs(self, since: float, after: int) -> tuple[dict[str, dict[str, Any]], int, bool]:  # noqa: D102
+        page = self._get("inputs", since=since, after=after)
+        return page["inputs"], int(page["after"]), bool(page["more"])

@@ -21,72 +21,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from relearn.features.spec import MODEL_INPUTS
-from relearn.monitoring import served
+from relearn.monitoring.served import DetectorRows, LogFile, ServedRows
 from relearn.rollout.analysis import AnalysisSettings, Evidence, Verdict
 
 log = logging.getLogger(__name__)
 
 SOURCE = "backtest"
-
-
-class ServedRows(Protocol):
-    """Where the backtest reads the inference log: :class:`LogFile` or :class:`DetectorRows`."""
-
-    def labels(self, since: float, maturity_s: float, limit: int) -> dict[str, int]:
-        """:func:`relearn.monitoring.served.labelled`."""
-        ...
-
-    def inputs(self, since: float, after: int) -> tuple[dict[str, dict[str, Any]], int, bool]:
-        """:func:`relearn.monitoring.served.served_inputs` (one page)."""
-        ...
-
-
-class LogFile:
-    """The inference log file itself (local mode: the controller runs beside the detector)."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-
-    def labels(self, since: float, maturity_s: float, limit: int) -> dict[str, int]:  # noqa: D102
-        conn = served.open_read_only(self.path)
-        try:
-            return served.labelled(conn, since, maturity_s, limit)
-        finally:
-            conn.close()
-
-    def inputs(self, since: float, after: int) -> tuple[dict[str, dict[str, Any]], int, bool]:  # noqa: D102
-        conn = served.open_read_only(self.path)
-        try:
-            return served.served_inputs(conn, since, after)
-        finally:
-            conn.close()
-
-
-class DetectorRows:
-    """The same rows through the drift detector's ``GET /v1/backtest/labels|inputs`` (a cluster)."""
-
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        self.url, self.timeout = url.rstrip("/"), timeout
-
-    def _get(self, what: str, **params: Any) -> dict[str, Any]:
-        import httpx
-
-        resp = httpx.get(f"{self.url}/v1/backtest/{what}", params=params, timeout=self.timeout)
-        resp.raise_for_status()
-        return resp.json()
-
-    def labels(self, since: float, maturity_s: float, limit: int) -> dict[str, int]:  # noqa: D102
-        return self._get("labels", since=since, maturity_seconds=maturity_s, limit=limit)["labels"]
-
-    def inputs(self, since: float, after: int) -> tuple[dict[str, dict[str, Any]], int, bool]:  # noqa: D102
-        page = self._get("inputs", since=since, after=after)
-        return page["inputs"], int(page["after"]), bool(page["more"])
+__all__ = ["SOURCE", "Backtest", "DetectorRows", "LogFile", "ServedRows"]  # the rows re-exported
 
 
 class Backtest:
