@@ -8,7 +8,6 @@ what the stream added, it only fills in what is missing (the pipeline's features
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from datetime import datetime
@@ -17,8 +16,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 from tqdm import tqdm
 
+from relearn import commands
+from relearn.commands import Command, command_config
 from relearn.features.state import Event, OnlineState, StateSettings, open_state
 from relearn.features.transforms import epoch_us
 from relearn.features.windows import HORIZON_US, MERCHANT_RETENTION_US
@@ -121,27 +123,43 @@ def _lake_root(path: Path, kind: str) -> Path:
     return path.parent if path.name == kind and not (path / kind).is_dir() else path
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Bootstrap the configured state (``RELEARN_STATE_*``) from day-partitioned Parquet."""
-    from relearn.data import io
+_LAKE = "The lake (holding {0}/) or its {0}/ folder."
 
-    parser = argparse.ArgumentParser(prog="python -m relearn.features.backfill", description=__doc__)
-    lake = "the lake (holding {0}/) or its {0}/ folder"
-    parser.add_argument("--transactions", type=Path, required=True, help=lake.format("transactions"))
-    parser.add_argument("--labels", type=Path, required=True, help=lake.format("labels"))
-    parser.add_argument("--until", required=True, help="ISO-8601 time: events before it are added.")
-    parser.add_argument("--batch", type=int, default=2000, help="Events per round trip.")
-    args = parser.parse_args(argv)
-    until = pd.Timestamp(args.until)
-    until = until.tz_localize("UTC") if until.tzinfo is None else until
-    transactions = io.read_transactions(_lake_root(args.transactions, "transactions"), end=until)
-    if transactions.empty:  # a wrong folder or time must not pass as "bootstrapped, 0 events"
-        parser.error(f"no transactions before {until.isoformat()} under {args.transactions}")
-    labels = io.read_labels(_lake_root(args.labels, "labels"))
-    summary = bootstrap_configured(
-        transactions, labels, until.to_pydatetime(), args.batch, progress=sys.stderr.isatty()
-    )
-    print(summary)
+
+class BackfillCommand(Command):
+    """Bootstrap the configured state (RELEARN_STATE_*) from the day-partitioned Parquet lake."""
+
+    model_config = command_config("python -m relearn.features.backfill", "RELEARN_BACKFILL_")
+
+    transactions: Path = Field(description=_LAKE.format("transactions"))
+    labels: Path = Field(description=_LAKE.format("labels"))
+    until: datetime = Field(description="ISO-8601 time (UTC if naive): events before it are added.")
+    batch: int = Field(2000, ge=1, description="Events per round trip.")
+
+    def cli_cmd(self) -> None:
+        """Add what the state lacks; exit 2 when the lake holds no transactions before ``until``."""
+        from relearn.data import io
+
+        self.start_logging()
+        until = pd.Timestamp(self.until)
+        until = until.tz_localize("UTC") if until.tzinfo is None else until
+        transactions = io.read_transactions(_lake_root(self.transactions, "transactions"), end=until)
+        if transactions.empty:  # a wrong folder or time must not pass as "bootstrapped, 0 events"
+            print(
+                f"backfill: no transactions before {until.isoformat()} under {self.transactions}",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        labels = io.read_labels(_lake_root(self.labels, "labels"))
+        summary = bootstrap_configured(
+            transactions, labels, until.to_pydatetime(), self.batch, progress=sys.stderr.isatty()
+        )
+        print(summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m relearn.features.backfill``: 0 once the state holds the lake's events."""
+    commands.run(BackfillCommand, argv, "backfill")
     return 0
 
 

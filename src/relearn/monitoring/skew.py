@@ -28,7 +28,6 @@ numpy/pandas/pyarrow only: it runs in the platform and the drift environment ali
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sqlite3
@@ -37,12 +36,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from pydantic import Field, PrivateAttr
 
+from relearn import commands
+from relearn.commands import Command, command_config
 from relearn.data import io
 from relearn.data.schema import TRANSACTION_SCHEMA
 from relearn.events import REQUEST_TYPE
@@ -55,7 +57,8 @@ from relearn.monitoring.payloads import ID_FIELD, Rejected, request_features
 log = logging.getLogger("relearn.monitoring.skew")  # not __main__ under python -m
 
 RTOL, ATOL = 1e-5, 1e-6  # float32 rounding of the served vector; see the module docstring
-TRACKS = ("stable", "canary", "shadow", "all")  # the events table's tracks (from the CloudEvent headers)
+# The events table's tracks (from the CloudEvent headers).
+Track = Literal["stable", "canary", "shadow", "all"]
 # How long after its transaction a chargeback may arrive (card schemes: 120 days): how far back the lake
 # is searched for the transaction (its merchant) of a chargeback received in a window.
 CHARGEBACK_DAYS = 120.0
@@ -347,44 +350,50 @@ def format_table(result: SkewResult) -> str:
     return "\n".join(lines)
 
 
+class SkewCommand(Command):
+    """Compare served model inputs (the detector's inference log) with their recomputation from the lake.
+
+    Exit 1 on skew, 2 when nothing was compared. Options also read RELEARN_SKEW_<OPTION>.
+    """
+
+    model_config = command_config("python -m relearn.monitoring.skew", "RELEARN_SKEW_")
+
+    log: Path = Field(description="Inference log (inference-log.sqlite3).")
+    transactions: Path = Field(description="Lake root holding transactions/.")
+    labels: Path | None = Field(None, description="Lake root holding labels/ (default: --transactions).")
+    sample: int = Field(2000, ge=1, description="Newest served rows compared.")
+    track: Literal["stable", "canary", "shadow", "all"] = Field(
+        "stable", description="Track of the requests."
+    )
+    max_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Tolerated share of differing rows per input (0: the parity promise; float32 rounding "
+        "is already tolerated per value).",
+    )
+    chargeback_days: float = Field(CHARGEBACK_DAYS, gt=0, description="Longest chargeback delay.")
+    json_output: bool = Field(False, alias="json", description="Print the result as JSON.")
+    _exit_code: int = PrivateAttr(0)
+
+    def cli_cmd(self) -> None:
+        """Run the check once and print it; the exit status is left on the command."""
+        self.start_logging()
+        try:
+            options = {"sample": self.sample, "track": self.track, "chargeback_days": self.chargeback_days}
+            result = check(self.log, self.transactions, self.labels, **options)
+        except FileNotFoundError as error:
+            print(f"skew: {error}", file=sys.stderr)
+            self._exit_code = 2
+            return
+        _log_result(result, self.max_ratio)
+        print(json.dumps(result.to_dict(), indent=2) if self.json_output else format_table(result))
+        self._exit_code = 2 if not result.rows else 1 if result.skewed(self.max_ratio) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command: exit 0 without skew, 1 when a ratio exceeds ``--max-ratio``, 2 when nothing compared."""
-    parser = argparse.ArgumentParser(
-        prog="python -m relearn.monitoring.skew",
-        description="Compare served model inputs (the drift detector's inference log) with their offline "
-        "recomputation from the lake; exit 1 on skew.",
-    )
-    parser.add_argument("--log", type=Path, required=True, help="Inference log (inference-log.sqlite3).")
-    parser.add_argument("--transactions", type=Path, required=True, help="Lake root holding transactions/.")
-    parser.add_argument("--labels", type=Path, help="Lake root holding labels/ (default: --transactions).")
-    parser.add_argument("--sample", type=int, default=2000, help="Newest served rows compared (2000).")
-    parser.add_argument("--track", choices=TRACKS, default="stable", help="Track of the requests (stable).")
-    parser.add_argument(
-        "--max-ratio",
-        type=float,
-        default=0.0,
-        help="Tolerated share of differing rows per input (0: the parity promise; float32 rounding is "
-        "already tolerated per value).",
-    )
-    parser.add_argument(
-        "--chargeback-days", type=float, default=CHARGEBACK_DAYS, help="Longest chargeback delay (120)."
-    )
-    parser.add_argument("--json", action="store_true", help="Print the result as JSON.")
-    args = parser.parse_args(argv)
-    from relearn.logs import configure_logging
-
-    configure_logging("INFO")
-    try:
-        options = {"sample": args.sample, "track": args.track, "chargeback_days": args.chargeback_days}
-        result = check(args.log, args.transactions, args.labels, **options)
-    except FileNotFoundError as error:
-        print(f"skew: {error}", file=sys.stderr)
-        return 2
-    _log_result(result, args.max_ratio)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
-    if not result.rows:
-        return 2
-    return 1 if result.skewed(args.max_ratio) else 0
+    return commands.run(SkewCommand, argv, "skew check")._exit_code
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ One iteration is :func:`step`, so tests drive it directly::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import threading
@@ -41,7 +40,8 @@ from typing import Any, Literal, Protocol
 import httpx
 from pydantic import Field
 
-from relearn.logs import configure_logging
+from relearn import commands
+from relearn.commands import Command, command_config
 from relearn.rollout.analysis import Action, AnalysisSettings, Decision, decide
 from relearn.rollout.audit import AuditLog, audit_log_for
 from relearn.rollout.backend import RolloutBackend, RolloutError, RolloutState
@@ -361,32 +361,32 @@ def run(
     return decisions
 
 
+class ControllerCommand(ControllerSettings, Command):
+    """Automated canary analysis: step, promote or roll back the canary from Prometheus metrics.
+
+    Every option is also an environment variable RELEARN_ROLLOUT_<OPTION>.
+    """
+
+    model_config = command_config("relearn-rollout-controller", "RELEARN_ROLLOUT_")
+
+    once: bool = Field(False, description="Run one analysis iteration and exit.")
+    max_iterations: int | None = Field(None, ge=1, description="Stop after this many iterations.")
+
+    def cli_cmd(self) -> None:
+        """Analyse every ``interval_seconds`` until SIGTERM/SIGINT; print each decision."""
+        self.start_logging()  # JSON lines: every decision with its action, version and reason
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        settings = ControllerSettings(**self.model_dump(exclude={"once", "max_iterations", "log_level"}))
+        decisions = run(settings, max_iterations=1 if self.once else self.max_iterations, stop=stop)
+        for decision in decisions:
+            print(decision.summary(), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m relearn.rollout.controller``: options override the RELEARN_ROLLOUT_* environment."""
-    fields = ControllerSettings.model_fields
-    parser = argparse.ArgumentParser(
-        prog="relearn-rollout-controller",
-        description="Automated canary analysis: step, promote or roll back the canary from Prometheus "
-        "metrics. Every option can be set as RELEARN_ROLLOUT_<OPTION>.",
-    )
-    for name in (
-        "backend", "namespace", "inference_service", "virtual_service", "shadow_service", "model_name",
-        "state", "audit_log", "prometheus_url", "interval_seconds", "window", "shadow_log", "detector_url",
-        "inference_log",
-    ):  # fmt: skip
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=fields[name].description)
-    parser.add_argument("--once", action="store_true", help="run one analysis iteration and exit")
-    parser.add_argument("--max-iterations", type=int, help="stop after this many iterations")
-    args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    settings = ControllerSettings(**overrides)
-    configure_logging()  # JSON lines: every decision with its action, version and reason
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    decisions = run(settings, max_iterations=1 if args.once else args.max_iterations, stop=stop)
-    for decision in decisions:
-        print(decision.summary(), flush=True)
+    commands.run(ControllerCommand, argv, "rollout controller")
 
 
 if __name__ == "__main__":

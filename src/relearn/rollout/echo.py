@@ -10,13 +10,17 @@ them came marked as mirrored (``rest_mirror``, ``grpc_mirror``: :func:`relearn.s
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import importlib.util
 import signal
 from pathlib import Path
 from typing import Any
+
+from pydantic import Field
+
+from relearn import commands
+from relearn.commands import Command, command_config
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -119,18 +123,26 @@ async def serve(name: str, host: str, rest_port: int, grpc_port: int, fail: bool
         await grpc_server.stop(grace=1)
 
 
+class EchoCommand(Command):
+    """A stand-in model server (tests): answers v2 REST and gRPC with its own name."""
+
+    model_config = command_config("python -m relearn.rollout.echo", "RELEARN_ECHO_")
+
+    name: str = Field(description="The name every answer carries.")
+    host: str = Field("127.0.0.1", description="Listen address.")
+    rest_port: int = Field(ge=0, le=65535, description="v2 REST port.")
+    grpc_port: int = Field(ge=0, le=65535, description="v2 gRPC port.")
+    fail: bool = Field(False, description="Every inference fails (500 / INTERNAL).")
+
+    def cli_cmd(self) -> None:
+        """Serve until interrupted."""
+        self.start_logging()
+        asyncio.run(serve(self.name, self.host, self.rest_port, self.grpc_port, self.fail))
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m relearn.rollout.echo``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m relearn.rollout.echo", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--rest-port", type=int, required=True)
-    parser.add_argument("--grpc-port", type=int, required=True)
-    parser.add_argument("--fail", action="store_true", help="every inference fails (500 / INTERNAL)")
-    args = parser.parse_args(argv)
-    asyncio.run(serve(args.name, args.host, args.rest_port, args.grpc_port, args.fail))
+    commands.run(EchoCommand, argv, "echo server")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ of a running router without restarting it::
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -38,6 +37,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
+from relearn import commands
+from relearn.commands import Command, command_config
 from relearn.experiments.routing import ARM_HEADER, model_version
 from relearn.rollout.local_backend import Endpoint, RouterState
 from relearn.serving.metrics import shadow_host
@@ -291,29 +294,36 @@ async def serve(state_path: Path, host: str, rest_port: int, grpc_port: int, see
             await ch.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m relearn.rollout.router``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m relearn.rollout.router", description=__doc__.split("\n")[0]
+class RouterCommand(Command):
+    """The local rollout router: v2 REST and gRPC, split as `kubectl relearn --backend local` says.
+
+    Every option is also an environment variable RELEARN_ROUTER_<OPTION>.
+    """
+
+    model_config = command_config("python -m relearn.rollout.router", "RELEARN_ROUTER_")
+
+    state: Path | None = Field(
+        None,
+        description="State file that `kubectl relearn --backend local` writes (default: "
+        "<RELEARN_HOME>/rollout/state.json, as there).",
     )
-    parser.add_argument(
-        "--state",
-        type=Path,
-        default=None,
-        help="state file that `kubectl relearn --backend local` writes "
-        "(default: <RELEARN_HOME>/rollout/state.json, as there)",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback)")
-    parser.add_argument("--rest-port", type=int, default=8084, help="v2 REST port (default: 8084)")
-    parser.add_argument("--grpc-port", type=int, default=8085, help="v2 gRPC port (default: 8085)")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the route choices (tests)")
-    args = parser.parse_args(argv)
-    if args.state is None:
+    host: str = Field("127.0.0.1", description="Listen address (loopback).")
+    rest_port: int = Field(8084, ge=0, le=65535, description="v2 REST port.")
+    grpc_port: int = Field(8085, ge=0, le=65535, description="v2 gRPC port.")
+    seed: int | None = Field(None, description="Seed of the route choices (tests).")
+
+    def cli_cmd(self) -> None:
+        """Route until interrupted."""
         from relearn.rollout.audit import rollout_dir
 
-        args.state = rollout_dir() / "state.json"
-    logging.basicConfig(level=logging.INFO)
-    asyncio.run(serve(args.state, args.host, args.rest_port, args.grpc_port, args.seed))
+        self.start_logging()
+        state = self.state or rollout_dir() / "state.json"
+        asyncio.run(serve(state, self.host, self.rest_port, self.grpc_port, self.seed))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m relearn.rollout.router``."""
+    commands.run(RouterCommand, argv, "router")
 
 
 if __name__ == "__main__":
