@@ -21,6 +21,6 @@ Submodules, imported explicitly (no import-time work here):
   store (also ``kubectl relearn experiment ...``);
 * :mod:`~relearn.experiments.kube_store`: the store in the cluster (the ConfigMap the transformers mount)
   and the experiment router's routes checked at start;
-* :mod:`~relearn.experiments.promote`: the winner as the canary through :mod:`relearn.rollout.deploy`, and
-  no experiment started while a canary runs.
+* :mod:`~relearn.experiments.promote`: the winner as the canary through :mod:`relearn.rollout.deploy`;
+* :mod:`~relearn.experiments.exclusion`: an experiment or a canary over the traffic, never both.
 """

@@ -348,7 +348,7 @@ def execute(args: argparse.Namespace, command: str) -> int:
                 from relearn.experiments.kube_store import check_routes
 
                 check_routes(store.api_client, store.namespace, router, split)  # type: ignore[attr-defined]
-            from relearn.experiments.promote import refuse_during_canary
+            from relearn.experiments.exclusion import refuse_during_canary
 
             opts = {k: getattr(args, k, None) for k in ("inference_service", "state")}
             refuse_during_canary(store, cluster=bool(configmap), **opts)

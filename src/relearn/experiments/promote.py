@@ -66,37 +66,3 @@ def promote(
 
         set_alias(RelearnSettings(), "challenger", version)
     return result
-
-
-def refuse_during_canary(
-    store: Any, *, cluster: bool, inference_service: str | None = None, state: Any = None
-) -> None:
-    """Refuse to start an experiment while a canary runs on the traffic the store governs.
-
-    The cluster's store (a :class:`relearn.experiments.kube_store.ConfigMapStore`) governs the fraud
-    InferenceService in its namespace (``inference_service``, else RELEARN_ROLLOUT_INFERENCE_SERVICE); the
-    local store the local router (``state``, else RELEARN_ROLLOUT_STATE, else ``<RELEARN_HOME>/rollout/``).
-
-    Raises:
-        ValueError: naming the canary and how to end it (nothing was changed).
-    """
-    from relearn.rollout.audit import rollout_dir
-    from relearn.rollout.controller import ControllerSettings
-
-    rollout = ControllerSettings()
-    backend: Any
-    if cluster:
-        from relearn.rollout.backend import KubernetesBackend
-
-        isvc = inference_service or rollout.inference_service
-        backend = KubernetesBackend(store.namespace, isvc, api_client=store.api_client)
-    else:
-        from relearn.rollout.local_backend import LocalBackend
-
-        backend = LocalBackend(state or rollout.state or rollout_dir() / "state.json")
-    now = backend.state()
-    if now.canary is not None:
-        raise ValueError(
-            f"canary {now.canary} is running at {now.canary_percent}% of the traffic: an experiment would "
-            "split the same requests; promote or roll it back first (kubectl relearn promote|rollback)"
-        )

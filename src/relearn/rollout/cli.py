@@ -157,6 +157,11 @@ def run(args: argparse.Namespace, backend: RolloutBackend | None = None) -> int:
         if args.command == "register":
             state, action = _register(backend, args), "register"
         elif args.command == "canary" and args.action == "start":
+            from relearn.experiments.exclusion import running_experiment
+
+            busy = running_experiment(backend)  # one test in production at a time
+            if busy:
+                raise RolloutError(f"refused: {busy}")
             state, action = backend.start_canary(args.version, args.percent), "canary-start"
         elif args.command == "canary":
             state, action = backend.set_canary_percent(args.percent), "canary-step"

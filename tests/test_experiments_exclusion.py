@@ -1,0 +1,113 @@
+"""One test in production at a time over the fraud traffic: no canary starts while an experiment runs, no
+experiment while a canary (or a shadow) runs — refused with a clear message and nothing changed, through
+``kubectl relearn`` and the pipeline's deploy step, locally (the router's state file, the store file) and in
+the cluster (the loopback API server holding the chart's objects: only reads on a refusal, under the
+rendered Roles)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kube_api import FakeApiServer
+from relearn.experiments.store import ExperimentStore, default_store
+from relearn.rollout.cli import build_parser, run
+from relearn.rollout.controller import ControllerSettings
+from relearn.rollout.deploy import deploy
+from relearn.rollout.local_backend import LocalBackend
+from test_chart import objects, rendered
+from test_experiments_chart import ALL
+from test_experiments_cluster import CM, ISVC, NS, _authorizer, calls, cluster, kubectl  # noqa: F401
+
+ARMS = ["--arm", "1=50", "--arm", "2=50", "--control", "1"]
+
+
+def _local(tmp_path):
+    """The local router with versions 1 (stable) and 2 and 3, and the plugin's local options."""
+    state = tmp_path / "router-state.json"
+    backend = LocalBackend(state)
+    for version in ("1", "2", "3"):
+        backend.register(version, rest=f"http://127.0.0.1:{version}")
+    return state, backend, ["--backend", "local", "--state", str(state)]
+
+
+def test_no_canary_while_an_experiment_runs_locally(settings, tmp_path, capsys) -> None:
+    state, backend, local = _local(tmp_path)
+    store = ExperimentStore(default_store())  # the store under RELEARN_HOME, as the transformer reads it
+    store.start("ab", {"1": 50, "2": 50}, control="1")
+    before = state.read_bytes()
+    audit = settings.home / "rollout" / "audit.jsonl"
+
+    assert run(build_parser().parse_args([*local, "canary", "start", "3", "--percent", "10"])) == 1
+    err = capsys.readouterr().err
+    assert (
+        "refused: experiment 'ab' (ab) is running over traffic 'fraud'" in err and "experiment stop ab" in err
+    )
+    # The pipeline's deploy step skips the canary with the same reason.
+    cfg = ControllerSettings(backend="local", state=state)
+    done = deploy("3", gate_passed=True, rollout_mode="canary", settings=cfg)
+    assert (done.action, done.reason.split(":")[0]) == (
+        "skipped",
+        "experiment 'ab' (ab) is running over traffic 'fraud'",
+    )
+    assert state.read_bytes() == before and not audit.exists(), "nothing changed, nothing recorded"
+
+    # A shadow only mirrors: allowed. Once the experiment stops, the canary starts.
+    assert deploy("3", gate_passed=True, rollout_mode="shadow", settings=cfg).action == "shadow"
+    backend.stop_shadow()
+    store.stop("ab", "decided")
+    assert run(build_parser().parse_args([*local, "canary", "start", "3", "--percent", "10"])) == 0
+    assert backend.state().canary == "3"
+
+
+def test_no_experiment_while_a_canary_or_a_shadow_runs_locally(settings, tmp_path, capsys) -> None:
+    _, backend, local = _local(tmp_path)
+    start = [*local, "experiment", "--no-registry", "start", "ab", *ARMS]
+    backend.start_shadow("2", 50.0)
+    assert run(build_parser().parse_args(start)) == 2
+    assert "refused: shadow 2 is mirroring the traffic and becomes a canary" in capsys.readouterr().err
+    backend.stop_shadow()
+    backend.start_canary("3", 10)
+    assert run(build_parser().parse_args(start)) == 2
+    assert "refused: canary 3 is running at 10% of the traffic" in capsys.readouterr().err
+    assert not default_store().exists(), "nothing written"
+    backend.rollback()
+    assert run(build_parser().parse_args(start)) == 0
+
+
+def kubectl_rollout(*argv: str) -> int:
+    return run(build_parser().parse_args(["--backend", "kubernetes", "-n", NS, *argv]))
+
+
+@pytest.mark.parametrize("cluster", [("--set", "kubeflow.enabled=true")], indirect=True)
+def test_no_canary_while_an_experiment_runs_in_the_cluster(cluster: FakeApiServer, monkeypatch, capsys):  # noqa: F811
+    docs = rendered("default", *ALL, "--set", "kubeflow.enabled=true")
+    (env,) = [d for d in objects(docs, "ConfigMap") if d["metadata"]["name"] == "relearn-pipeline-env"]
+    (deploy_role,) = [r for r in objects(docs, "Role") if r["metadata"]["name"] == "relearn-pipeline-deploy"]
+    # The deploy step's environment, as the chart renders it for the KFP run pods.
+    monkeypatch.setenv("RELEARN_EXPERIMENT_CONFIGMAP", env["data"]["RELEARN_EXPERIMENT_CONFIGMAP"])
+    assert kubectl("start", "ab", "--arm", "7=50", "--arm", "8=50", "--control", "7") == 0
+    calls(cluster)
+    isvc = json.dumps(cluster.objects[ISVC], sort_keys=True)
+
+    # An operator's canary start: the store is read, nothing else.
+    assert kubectl_rollout("canary", "start", "8", "--percent", "10") == 1
+    assert "refused: experiment 'ab' (ab) is running" in capsys.readouterr().err
+    assert calls(cluster) == [("GET", CM)]
+    # The pipeline's deploy step under its own rendered Role: one read of the store, a skip.
+    cluster.authorize = _authorizer(deploy_role)
+    cfg = ControllerSettings(backend="kubernetes", namespace=NS, inference_service="relearn-fraud")
+    done = deploy("8", gate_passed=True, rollout_mode="canary", settings=cfg)
+    assert done.action == "skipped" and "experiment 'ab' (ab) is running" in done.reason
+    assert calls(cluster) == [("GET", CM)]
+    assert json.dumps(cluster.objects[ISVC], sort_keys=True) == isvc
+    assert cluster.forbidden == [] and cluster.rejected == []
+
+    # Experiment stopped: the same step starts the canary (the Role allows exactly these calls).
+    data = json.loads(cluster.objects[CM]["data"]["experiments.json"])
+    data["ab"]["status"] = "stopped"
+    cluster.objects[CM]["data"]["experiments.json"] = json.dumps(data)
+    assert deploy("8", gate_passed=True, rollout_mode="canary", settings=cfg).action == "canary"
+    assert calls(cluster) == [("GET", CM), ("GET", ISVC), ("GET", ISVC), ("PATCH", ISVC), ("GET", ISVC)]
+    assert cluster.forbidden == []
