@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib.util
-import signal
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from relearn import commands
+from relearn import commands, listeners
 from relearn.commands import Command, command_config
 
 SERVICE = "inference.GRPCInferenceService"
@@ -42,7 +41,6 @@ def v2_pb2() -> Any:
 async def serve(name: str, host: str, rest_port: int, grpc_port: int, fail: bool) -> None:
     """Serve until SIGINT/SIGTERM."""
     import grpc
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -108,19 +106,9 @@ async def serve(name: str, host: str, rest_port: int, grpc_port: int, fail: bool
         "ServerReady": unary(server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
         "ModelInfer": unary(model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
     }
-    grpc_server = grpc.aio.server()
-    grpc_server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    grpc_server.add_insecure_port(f"{host}:{grpc_port}")
-    await grpc_server.start()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=rest_port, log_level="warning", lifespan="off")
-    )
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: None)  # uvicorn captures it while serving, then re-raises here
-    try:
-        await server.serve()
-    finally:
-        await grpc_server.stop(grace=1)
+    generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
+    grpc_server = listeners.grpc_listener(host, grpc_port, [generic])
+    await listeners.serve(app, grpc_server, host=host, rest_port=rest_port, grace_seconds=1.0)
 
 
 class EchoCommand(Command):

@@ -33,13 +33,12 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from relearn import commands
+from relearn import commands, listeners
 from relearn.commands import Command, command_config
 from relearn.experiments.routing import ARM_HEADER, model_version
 from relearn.rollout.local_backend import Endpoint, RouterState
@@ -263,35 +262,31 @@ def grpc_handler(router: Router, timeout: float = 30.0) -> Any:
     return handler
 
 
-async def serve(state_path: Path, host: str, rest_port: int, grpc_port: int, seed: int | None = None) -> None:
+async def serve(
+    state_path: Path,
+    host: str,
+    rest_port: int,
+    grpc_port: int,
+    seed: int | None = None,
+    grace_seconds: float = 1.0,
+) -> None:
     """Run the REST and gRPC listeners until SIGINT/SIGTERM."""
-    import grpc
-    import uvicorn
-
     router = Router(state_path, seed=seed)
     app = rest_app(router)
     handler = grpc_handler(router)
-    grpc_server = grpc.aio.server()
-    grpc_server.add_generic_rpc_handlers((handler,))
-    grpc_server.add_insecure_port(f"{host}:{grpc_port}")
-    await grpc_server.start()
-    config = uvicorn.Config(app, host=host, port=rest_port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        # uvicorn captures the signal while serving and re-raises it to this handler afterwards.
-        signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
-    log.info("router listening", extra={"rest": rest_port, "grpc": grpc_port})
-    try:
-        await server.serve()
-    finally:
-        await grpc_server.stop(grace=1)
+
+    async def close() -> None:
         for task in list(router.mirrors):
             task.cancel()
         await app.state.client.aclose()
         for ch in handler.channels.values():
             await ch.close()
+
+    log.info("router listening", extra={"rest": rest_port, "grpc": grpc_port})
+    grpc_server = listeners.grpc_listener(host, grpc_port, [handler])
+    await listeners.serve(
+        app, grpc_server, host=host, rest_port=rest_port, grace_seconds=grace_seconds, cleanups=[close]
+    )
 
 
 class RouterCommand(Command):
@@ -311,6 +306,7 @@ class RouterCommand(Command):
     rest_port: int = Field(8084, ge=0, le=65535, description="v2 REST port.")
     grpc_port: int = Field(8085, ge=0, le=65535, description="v2 gRPC port.")
     seed: int | None = Field(None, description="Seed of the route choices (tests).")
+    grace_seconds: float = Field(1.0, ge=0, description="Time calls in flight get to finish on SIGTERM.")
 
     def cli_cmd(self) -> None:
         """Route until interrupted."""
@@ -318,7 +314,7 @@ class RouterCommand(Command):
 
         self.start_logging()
         state = self.state or rollout_dir() / "state.json"
-        asyncio.run(serve(state, self.host, self.rest_port, self.grpc_port, self.seed))
+        asyncio.run(serve(state, self.host, self.rest_port, self.grpc_port, self.seed, self.grace_seconds))
 
 
 def main(argv: list[str] | None = None) -> None:
