@@ -1,15 +1,16 @@
 """The bandit on real traffic: arm shares recomputed from the joined history, written to the store.
 
-``kubectl relearn experiment update-bandit NAME --history joined.parquet`` (run periodically, e.g. daily by
-a CronJob or the operator) reads the same predictions joined with chargebacks that ``analyze`` reads, counts
-per arm the frauds caught and missed at the arm's own alert budget among the rows whose labels matured
-(``label_maturity_days`` after the transaction: never earlier, so arms whose frauds are charged back first
-are not favoured), and sets each arm's share to its posterior probability of being the best (Thompson
-sampling, :func:`relearn.experiments.bandit.prob_best`) with the floor ``bandit_min_share``. When the newest
-matured reward is older than ``bandit_stale_days`` (labels stopped flowing), every card goes to the control
-(the champion) until rewards come back. The transformers read the shares from the store and map each card's
-salted bucket onto the cumulative shares (:class:`relearn.experiments.assignment.Shares`): a card keeps its
-arm while the shares stay, and a change moves only the cards between an old and a new edge.
+``kubectl relearn experiment update-bandit NAME --history joined.parquet`` (run periodically; in the cluster
+the chart's CronJob runs ``update-bandit --detector URL`` on every running bandit, the history read from the
+drift detector by :func:`detector_history`) reads the same predictions joined with chargebacks that
+``analyze`` reads, counts per arm the frauds caught and missed at the arm's own alert budget among the rows
+whose labels matured (``label_maturity_days`` after the transaction: never earlier, so arms whose frauds are
+charged back first are not favoured), and sets each arm's share to its posterior probability of being the best
+(Thompson sampling, :func:`relearn.experiments.bandit.prob_best`) with the floor ``bandit_min_share``. When
+the newest matured reward is older than ``bandit_stale_days`` (labels stopped flowing), every card goes to the
+control (the champion) until rewards come back. The transformers read the shares from the store and map each
+card's salted bucket onto the cumulative shares (:class:`relearn.experiments.assignment.Shares`): a card keeps
+its arm while the shares stay, and a change moves only the cards between an old and a new edge.
 """
 
 from __future__ import annotations
@@ -82,6 +83,30 @@ def rewards(
         if (fraud & matured).any():
             newest = max(newest, float(rows["time"].to_numpy(np.float64)[fraud & matured].max()))
     return caught, missed, (newest + maturity_s if newest > -math.inf else None)
+
+
+def detector_history(url: str, since: float, timeout: float = 30.0) -> pd.DataFrame:
+    """The joined history from the drift detector's ``GET /v1/experiments/rewards`` (the cluster's source).
+
+    Every live prediction scored since ``since`` with its model version (the arm), score, event time and
+    label (1 once its chargeback came in), read page by page. ``amount`` is 0: the bandit's reward is a
+    fraud caught or missed at the budget, which does not depend on it.
+    """
+    import httpx
+
+    rows: list[list[Any]] = []
+    after, more = 0, True
+    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout) as client:
+        while more:
+            resp = client.get("/v1/experiments/rewards", params={"since": since, "after": after})
+            resp.raise_for_status()
+            page = resp.json()
+            rows += page["rows"]
+            after, more = int(page["after"]), bool(page["more"])
+    frame = pd.DataFrame(rows, columns=["arm", "score", "time", LABEL])
+    return frame.astype({"arm": str, "score": np.float64, "time": np.float64, LABEL: np.int64}).assign(
+        amount=0.0
+    )
 
 
 def update(

@@ -9,6 +9,7 @@ r"""``python -m relearn.experiments start|status|stop|list``: A/B experiments on
     python -m relearn.experiments promote ab1   # the winner as the canary, through the rollout path
     python -m relearn.experiments start b1 --mode bandit --arm v7 --arm v8 --arm v9 --control v7
     python -m relearn.experiments update-bandit b1 --history joined.parquet   # periodically: new shares
+    python -m relearn.experiments update-bandit --detector http://drift:8080  # every bandit (CronJob)
     python -m relearn.experiments simulate      # the README's figures: false positives, power, regret
 
 ``start`` prints the plan (minimum detectable effect, days to find the planned effect) from the traffic
@@ -133,12 +134,15 @@ def add_commands(p: argparse.ArgumentParser, dest: str) -> None:
     bandit = sub.add_parser(
         "update-bandit", help="Recompute a bandit's arm shares from the delayed rewards; write them."
     )
-    bandit.add_argument("name")
-    bandit.add_argument(
-        "--history",
-        type=Path,
-        required=True,
-        help="Predictions joined with chargebacks (.parquet or .csv), as for analyze.",
+    bandit.add_argument("name", nargs="?", help="The bandit (default: every running bandit).")
+    source = bandit.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--history", type=Path, help="Predictions joined with chargebacks (.parquet or .csv), as for analyze."
+    )
+    source.add_argument(
+        "--detector",
+        help="The drift detector's URL: read the joined history from its GET /v1/experiments/rewards "
+        "(the cluster's source; the chart's CronJob passes it).",
     )
     bandit.add_argument("--now", type=float, help="Epoch seconds of the update (default: the clock).")
     bandit.add_argument("--seed", type=int, default=0, help="Seed of the posterior draws.")
@@ -252,24 +256,42 @@ def _tag(args: argparse.Namespace, tags: dict[str, dict[str, str]]) -> int:
 
 
 def _update_bandit(args: argparse.Namespace, store: ExperimentStore, audit: Any, settings: Any) -> int:
-    """New arm shares from the matured rewards in the history, written to the store (transformers follow)."""
+    """New arm shares from the matured rewards in the history, written to the store (transformers follow).
+
+    Without a name every running bandit is updated (the CronJob's call); none running is not an error.
+    """
     import time
 
-    from relearn.experiments.bandit_live import update
+    from relearn.experiments.bandit_live import detector_history, update
+    from relearn.experiments.routing import model_version
 
-    frame = _read(args.history)
-    now = args.now if args.now is not None else time.time()
-    record = store.set_shares(args.name, lambda r: update(r, frame, now, settings, seed=args.seed))
-    b = record["bandit"]
-    audit.append(
-        "experiment-bandit-update",
-        actor=getpass.getuser(),
-        experiment=args.name,
-        shares=record["shares"],
-        fallback=b["fallback"],
+    names = (
+        [args.name]
+        if args.name
+        else [r["name"] for r in store.list() if r["status"] == "running" and r.get("kind") == "bandit"]
     )
-    out = {"experiment": args.name, "shares": record["shares"], **{k: b[k] for k in ("caught", "missed")}}
-    print(json.dumps({**out, "fallback": b["fallback"], "reward_age_s": b["reward_age_s"]}, indent=2))
+    now = args.now if args.now is not None else time.time()
+    out = []
+    for name in names:
+        record = store.get(name)
+        if args.history:
+            frame = _read(args.history)
+        else:  # the detector names the model version that scored: map it onto the record's arm names
+            frame = detector_history(args.detector, since=record["started"])
+            arms = {model_version(a): a for a in record["split"]}
+            frame = frame.assign(arm=frame["arm"].map(arms)).dropna(subset=["arm"])
+        record = store.set_shares(name, lambda r: update(r, frame, now, settings, seed=args.seed))  # noqa: B023
+        b = record["bandit"]
+        audit.append(
+            "experiment-bandit-update",
+            actor=getpass.getuser(),
+            experiment=name,
+            shares=record["shares"],
+            fallback=b["fallback"],
+        )
+        counts = {k: b[k] for k in ("caught", "missed", "fallback", "reward_age_s")}
+        out.append({"experiment": name, "shares": record["shares"], **counts})
+    print(json.dumps(out[0] if args.name else out, indent=2))
     return 0
 
 

@@ -3,7 +3,8 @@
 Read by :class:`relearn.rollout.backtest.Backtest` and :mod:`relearn.model.recalibrate` from the log file
 (:class:`LogFile`, local mode) or through the drift detector's ``GET /v1/backtest/labels`` and
 ``GET /v1/backtest/inputs`` (:class:`DetectorRows`, a cluster, where the log sits on the detector's
-ReadWriteOnce volume). Both paths call these functions, so they return the same rows.
+ReadWriteOnce volume). Both paths call these functions, so they return the same rows. :func:`rewards` is a
+bandit's reward history, served as ``GET /v1/experiments/rewards`` to its update CronJob.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from relearn.monitoring.payloads import ID_FIELD, Rejected, request_features
 
 LIVE_TRACKS = ("stable", "canary")  # the shadow's mirrored requests are the same transactions again
 PAGE = 5000
+REWARDS_PAGE = 50_000  # four numbers a row
 
 
 def labelled(conn: sqlite3.Connection, since: float, maturity_s: float, limit: int) -> dict[str, int]:
@@ -72,6 +74,28 @@ def served_inputs(
             if all(not isinstance(v, float) or math.isfinite(v) for v in values.values()):
                 inputs[str(key)] = values
     return inputs, after, len(rows) == limit
+
+
+def rewards(
+    conn: sqlite3.Connection, since: float, after: int, limit: int = REWARDS_PAGE
+) -> tuple[list[list[Any]], int, bool]:
+    """A bandit's reward history: live predictions scored since ``since``, after log row ``after``.
+
+    Each row is ``[model version, score, time, label]`` (label 1 when the chargeback came in), in the
+    order the detector stored them; rows without a model version are left out (no arm to credit).
+
+    Returns:
+        The rows, the row to continue after, and whether more rows may follow.
+    """
+    rows = conn.execute(
+        "SELECT p.rowid, p.version, p.score, p.time, COALESCE(l.is_fraud, 0) FROM predictions p "
+        "LEFT JOIN labels l ON l.transaction_id = p.transaction_id "
+        "WHERE p.rowid > ? AND p.time >= ? AND p.version IS NOT NULL "
+        f"AND p.track IN ({','.join('?' * len(LIVE_TRACKS))}) ORDER BY p.rowid LIMIT ?",
+        (after, since, *LIVE_TRACKS, limit),
+    ).fetchall()
+    out = [[str(version), float(score), float(t), int(label)] for _, version, score, t, label in rows]
+    return out, (rows[-1][0] if rows else after), len(rows) == limit
 
 
 def open_read_only(path: Path | str) -> sqlite3.Connection:
