@@ -4,7 +4,8 @@ Routes: ``POST /`` (and any other path: the sink KServe's logger posts to), ``PO
 ``GET /metrics``, ``GET /healthz``, ``GET /ready``, ``GET /status``, ``GET /v1/shadow`` (the shadow
 comparison of :mod:`relearn.rollout.shadow` over the log) and ``GET /v1/backtest/labels|inputs`` (the rows
 of a canary's backtest, :mod:`relearn.monitoring.served`): for the rollout controller, which cannot open the
-log on the detector's ReadWriteOnce volume.
+log on the detector's ReadWriteOnce volume; ``GET /v1/experiments/rewards`` (a bandit's reward history, for
+its update CronJob).
 
 The sink is a bare ASGI handler in front of Starlette (no request/response objects, no routing, no
 middleware): it reads the CloudEvent attributes from the raw headers (binary mode, KServe's), the JSON
@@ -309,6 +310,32 @@ def create_app(settings: DriftSettings) -> Any:
 
         return JSONResponse(await asyncio.to_thread(compute))
 
+    async def rewards(request: Request) -> Response:
+        """A bandit's reward history (:func:`relearn.monitoring.served.rewards`), for its update CronJob.
+
+        ``GET /v1/experiments/rewards?since=&after=&limit=`` → ``{"rows": [[version, score, time, label],
+        ...], "after": row, "more": …}``: live predictions scored since ``since``, paged by log row.
+        """
+        params = request.query_params
+        try:
+            since = float(params.get("since", 0))
+            after = int(params.get("after", 0))
+            limit = int(params.get("limit", served.REWARDS_PAGE))
+            if not math.isfinite(since) or limit < 1 or after < 0:
+                raise ValueError(f"since {since}, limit {limit}, after {after}")
+        except (ValueError, OverflowError) as error:
+            return JSONResponse({"error": "bad_query", "detail": str(error)}, status_code=400)
+
+        def compute() -> dict[str, Any]:
+            conn = served.open_read_only(db)
+            try:
+                rows, last, more = served.rewards(conn, since, after, min(limit, served.REWARDS_PAGE))
+            finally:
+                conn.close()
+            return {"rows": rows, "after": last, "more": more}
+
+        return JSONResponse(await asyncio.to_thread(compute))
+
     routes = [
         Route("/labels", labels, methods=["POST"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -318,6 +345,7 @@ def create_app(settings: DriftSettings) -> Any:
         Route("/v1/shadow", shadow, methods=["GET"]),
         Route("/v1/backtest/labels", backtest, methods=["GET"]),
         Route("/v1/backtest/inputs", backtest, methods=["GET"]),
+        Route("/v1/experiments/rewards", rewards, methods=["GET"]),
     ]
 
     async def http_error(request: Request, exc: Any) -> Response:
