@@ -169,9 +169,10 @@ def run_pandas(lake: Path, out: Path) -> None:
 
 
 def run_spark(lake: Path, out: Path) -> None:
-    from relearn.features import spark_engine, spark_lake
+    from relearn.data import spark_lake
+    from relearn.data.spark_session import spark_session
+    from relearn.features import spark_engine
     from relearn.features import store as feast_store
-    from relearn.features.spark_session import spark_session
     from relearn.settings import RelearnSettings
 
     spark = spark_session()

@@ -24,8 +24,8 @@ from crds import CRDS, crd_errors
 from kube_api import FakeApiServer
 from relearn import steps
 from relearn.data import generator
+from relearn.data.spark_session import spark_available
 from relearn.features import spark_application as sa
-from relearn.features.spark_session import spark_available
 from test_spark_parity import DAYS, START, _lake, mismatches
 
 APPS = "/apis/sparkoperator.k8s.io/v1beta2/namespaces/kubeflow/sparkapplications"

@@ -17,8 +17,8 @@ import pytest
 from crds import in_ci
 from relearn import steps
 from relearn.data import generator, io
+from relearn.data.spark_session import SparkSettings, spark_available
 from relearn.features import store as fstore
-from relearn.features.spark_session import SparkSettings, spark_available
 from relearn.features.transforms import entity_feature_tables
 from relearn.features.windows import HOUR_US, WINDOWS
 from test_features import world as edge_world
@@ -35,7 +35,7 @@ def spark():
         if in_ci():
             pytest.fail("pyspark or Java missing: `make setup` installs both")
         pytest.skip("pyspark or Java missing: `make setup` installs both")
-    from relearn.features.spark_session import spark_session
+    from relearn.data.spark_session import spark_session
 
     session = spark_session(SparkSettings(master="local[2]", shuffle_partitions=2, driver_memory="1g"))
     yield session

@@ -1,5 +1,5 @@
 {{/*
-The Spark path's settings as env var name: value (relearn.features.spark_session.SparkSettings,
+The Spark path's settings as env var name: value (relearn.data.spark_session.SparkSettings,
 relearn.features.spark_application.SparkApplicationSettings) for the KFP run pods (relearn-pipeline-env):
 the validate and features steps read them, and with spark.operator.enabled render their SparkApplication
 from them. Every key always (empty when unset): the compiled pipeline maps each one (pipelines/train.py

@@ -25,12 +25,11 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F  # noqa: N812 (Spark's convention)
 from pyspark.sql import types as T  # noqa: N812
 
-from relearn.data import contract
+from relearn.data import contract, spark_lake
 from relearn.data import expectations as ex
+from relearn.data.spark_lake import ORDER
+from relearn.data.spark_session import readable_errors
 from relearn.data.validate import Checks, ValidationReport, run_checks, utc
-from relearn.features import spark_lake
-from relearn.features.spark_engine import ORDER
-from relearn.features.spark_session import readable_errors
 
 log = logging.getLogger("relearn.data.validate_spark")
 

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from relearn.features.spark_session import SparkEngineError
+from relearn.data.spark_session import SparkEngineError
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ from pyspark.sql import functions as F  # noqa: N812 (Spark's convention)
 from pyspark.sql import types as T  # noqa: N812
 
 from relearn.data import contract
+from relearn.data.spark_lake import ORDER
 from relearn.features.spec import (
     CATEGORICAL_INPUTS,
     FEATURE_SERVICE,
@@ -42,7 +43,6 @@ from relearn.features.spec import (
 from relearn.features.transforms import model_inputs
 from relearn.features.windows import US, WINDOWS, chargeback_rate, mean_std
 
-ORDER = "_order"  # position of a row in the input: breaks ties of one entity's events at one instant
 VALID = "_valid"  # the row holds to the data contract, so it is part of its entities' histories
 _NEVER = np.iinfo(np.int64).max
 

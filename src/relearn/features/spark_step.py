@@ -20,7 +20,7 @@ from typing import Any, Literal
 import pyarrow.parquet as pq
 
 from relearn.data import io
-from relearn.features.spark_session import SparkSettings, spark_available
+from relearn.data.spark_session import SparkSettings, spark_available
 
 log = logging.getLogger("relearn.features.spark")
 
@@ -69,9 +69,9 @@ def validate_spark(
     to ``scratch`` (a path it shares with the step); ``local``: in this process regardless (the driver).
     Raises :class:`~relearn.errors.StepFailed` when Spark itself fails (one readable line, not the JVM's).
     """
+    from relearn.data.spark_session import SparkEngineError, first_line, spark_session
     from relearn.data.validate import ValidationReport
     from relearn.errors import StepFailed
-    from relearn.features.spark_session import SparkEngineError, first_line, spark_session
 
     if SparkSettings().submit == "operator" and not local:
         arguments = ["--task", "validate", "--transactions", transactions_dir, "--report", scratch]
@@ -136,9 +136,9 @@ def spark_work(
     What the SparkApplication's driver runs too (relearn.features.spark_driver). Raises
     :class:`~relearn.errors.StepFailed` with a readable report on a bad lake or a Spark error.
     """
+    from relearn.data import spark_lake
+    from relearn.data.spark_session import SparkEngineError, first_line, spark_session
     from relearn.errors import StepFailed
-    from relearn.features import spark_lake
-    from relearn.features.spark_session import SparkEngineError, first_line, spark_session
 
     try:
         spark = spark_session()
@@ -192,9 +192,9 @@ def submit_spark_work(
 
 def _submit(arguments: list[str], what: str, api_client: Any = None, home: Any = None) -> None:
     """Run the driver with ``arguments`` as a SparkApplication and wait for it (StepFailed if it fails)."""
+    from relearn.data.spark_session import SparkEngineError
     from relearn.errors import StepFailed
     from relearn.features import spark_application as sa
-    from relearn.features.spark_session import SparkEngineError
 
     app_settings = sa.SparkApplicationSettings()
     # The step's settings reach the driver as env in the spec, which anyone who may read the application
@@ -224,9 +224,10 @@ def _submit(arguments: list[str], what: str, api_client: Any = None, home: Any =
 def _build(spark, transactions_dir, labels_dir, training_set_path, end, label_maturity_days, settings):
     from pyspark.sql import functions as F  # noqa: N812
 
+    from relearn.data import spark_lake
     from relearn.data.cardholders import ATTRIBUTES, UNKNOWN
     from relearn.errors import StepFailed
-    from relearn.features import spark_engine, spark_lake
+    from relearn.features import spark_engine
     from relearn.features import store as feast_store
     from relearn.features.spec import LABEL, MODEL_INPUTS
 

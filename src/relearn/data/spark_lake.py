@@ -23,7 +23,6 @@ from pyspark.sql import types as T  # noqa: N812
 
 from relearn.data import io
 from relearn.data.schema import LABEL_SCHEMA, TRANSACTION_SCHEMA
-from relearn.features.spark_engine import ORDER
 
 _SCHEMAS = {
     "transactions": (TRANSACTION_SCHEMA, "event_timestamp"),
@@ -35,6 +34,7 @@ _SPARK_TYPES = {
     pa.bool_(): T.BooleanType(),
     pa.timestamp("us", tz="UTC"): T.TimestampType(),
 }
+ORDER = "_order"  # position of a row in the input: breaks ties of one entity's events at one instant
 SHOWN = 10  # problems of one kind listed in a report; the rest are counted
 
 

@@ -1,4 +1,4 @@
-"""The Spark session of the features step, its settings, and JVM errors turned into readable ones.
+"""The Spark session of the data engine (validate and features steps), its settings, and readable JVM errors.
 
 Local mode by default (``local[*]`` in this process's JVM, pyspark from PyPI, Java from Debian); a cluster
 sets ``RELEARN_SPARK_MASTER`` (the Spark Operator's driver does it through its own ``spark-submit``).
