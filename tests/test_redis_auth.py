@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import yaml
 
 from crds import CRDS, crd_errors
 from rehearsal.kubelet import expand
+from relearn.demo.stack import free_port
 from relearn.features import store as fstore
 from relearn.settings import RelearnSettings
 from test_chart import _tool, needs_helm, objects, rendered
@@ -42,12 +42,6 @@ needs_redis = pytest.mark.skipif(
     shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
     reason="redis-server missing: `make setup` installs Debian's redis-server",
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _deployment(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -89,7 +83,7 @@ class RenderedRedis:
 
     def __init__(self, deployment: dict[str, Any], data: Path, primary_port: int | None = None) -> None:
         (self.container,) = deployment["spec"]["template"]["spec"]["containers"]
-        self.port = _free_port()
+        self.port = free_port()
         self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **_env(self.container)}
         argv = [*self.container.get("command", ["redis-server"]), *self.container["args"]]
         self.argv = [

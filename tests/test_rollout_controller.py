@@ -11,7 +11,6 @@ over the HTTP API with 5 s rate windows.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -22,6 +21,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from relearn.demo.stack import free_port
 from relearn.rollout.analysis import Action
 from relearn.rollout.audit import AuditLog
 from relearn.rollout.backend import RolloutState
@@ -40,12 +40,6 @@ from relearn.rollout.prometheus import QUERIES, render
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 TICK = 0.1  # seconds between two batches of simulated requests
 PER_TICK = 20  # requests per tick (200 requests/s in all)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Traffic:
@@ -103,7 +97,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prome
         pytest.skip("prometheus binary not installed")
     tmp = tmp_path_factory.mktemp("prometheus")
     traffic = Traffic()
-    metrics_port, prom_port = _free_port(), _free_port()
+    metrics_port, prom_port = free_port(), free_port()
     server, server_thread = start_http_server(metrics_port, addr="127.0.0.1", registry=traffic.registry)
     driver = threading.Thread(target=traffic.run, daemon=True)
     driver.start()
@@ -326,7 +320,7 @@ def test_mirrored_failures_stay_out_of_the_canary_windows(prometheus, registry, 
 
 def test_no_canary_is_idle_and_unreachable_prometheus_holds(tmp_path: Path) -> None:
     cfg, backend = _local(tmp_path, "1", "2")
-    dead = Prometheus(f"http://127.0.0.1:{_free_port()}", timeout=0.5)
+    dead = Prometheus(f"http://127.0.0.1:{free_port()}", timeout=0.5)
 
     class Untouchable:
         def promote(self, version: str) -> None:
@@ -345,7 +339,7 @@ def test_no_canary_is_idle_and_unreachable_prometheus_holds(tmp_path: Path) -> N
 
 def test_shadow_gate_holds_while_the_detector_is_unreachable(tmp_path: Path) -> None:
     """The shadow comparison comes from the detector's ``GET /v1/shadow``: no answer, no move."""
-    dead_detector = f"http://127.0.0.1:{_free_port()}"
+    dead_detector = f"http://127.0.0.1:{free_port()}"
     cfg, backend = _local(tmp_path, "1", "2", detector_url=dead_detector, detector_timeout_seconds=0.5)
     backend.start_shadow("2", 100)
     source = shadow_source(cfg)
@@ -410,7 +404,7 @@ def test_run_moves_a_shadow_to_canary_from_the_detectors_log(tmp_path: Path) -> 
     conn.close()
     cfg, backend = _local(tmp_path, "1", "2", shadow_log=db)
     backend.start_shadow("2", 100)
-    dead = Prometheus(f"http://127.0.0.1:{_free_port()}", timeout=0.5)
+    dead = Prometheus(f"http://127.0.0.1:{free_port()}", timeout=0.5)
 
     (decision,) = run(cfg, prometheus=dead, registry=object(), max_iterations=1)  # type: ignore[arg-type]
 
@@ -435,7 +429,7 @@ def test_run_pins_the_stable_revision_once_its_alias_exists(settings, tmp_path: 
 
     path = f"{ISVC}/relearn-fraud"
     cfg = ControllerSettings(namespace=NS, audit_log=tmp_path / "audit.jsonl", interval_seconds=0)
-    dead = Prometheus(f"http://127.0.0.1:{_free_port()}", timeout=0.5)
+    dead = Prometheus(f"http://127.0.0.1:{free_port()}", timeout=0.5)
     registry = MlflowRegistry(settings)
     uri = settings.tracking_uri()
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

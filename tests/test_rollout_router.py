@@ -5,7 +5,6 @@ Weights are changed at run time through the LocalBackend's state file; the route
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import grpc
 import httpx
 import pytest
 
+from relearn.demo.stack import free_port
 from relearn.rollout.backend import RolloutBackend, RolloutError, RolloutState
 from relearn.rollout.echo import v2_pb2
 from relearn.rollout.local_backend import LocalBackend
@@ -26,12 +26,6 @@ from relearn.serving.metrics import shadow_host, track_of
 N = 300
 # Weighted random per request: 4 standard deviations of a binomial share, in percentage points.
 TOL = lambda p: 4 * 100 * (p * (1 - p) / N) ** 0.5  # noqa: E731
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
@@ -57,13 +51,13 @@ class Stack:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.rest: dict[str, str] = {}
         for name in ("stable", "canary", "shadow", "broken"):
-            rest, grpc_port = _port(), _port()
+            rest, grpc_port = free_port(), free_port()
             args = ["--name", name, "--rest-port", str(rest), "--grpc-port", str(grpc_port)]
             args += ["--fail"] if name == "broken" else []
             self.procs.append(subprocess.Popen([sys.executable, "-m", "relearn.rollout.echo", *args]))
             self.rest[name] = f"http://127.0.0.1:{rest}"
             self.backend.register(name, rest=self.rest[name], grpc=f"127.0.0.1:{grpc_port}")
-        rest, grpc_port = _port(), _port()
+        rest, grpc_port = free_port(), free_port()
         cmd = [sys.executable, "-m", "relearn.rollout.router", "--state", str(self.state), "--seed", "7"]
         cmd += ["--rest-port", str(rest), "--grpc-port", str(grpc_port)]
         self.procs.append(subprocess.Popen(cmd))

@@ -6,7 +6,6 @@ import functools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import pandas as pd
 import pytest
 
 from relearn.data.generator import GeneratorConfig
+from relearn.demo.stack import free_port
 from relearn.features.spec import MODEL_INPUTS
 from relearn.monitoring.simulate import model_input_stream, time_ordered, toy_scores
 
@@ -54,12 +54,6 @@ def scenario_labels(scenario: str) -> pd.DataFrame:
     """The chargebacks of :func:`scenario_stream`'s world (``transaction_id, chargeback_timestamp``)."""
     scenario_stream(scenario)
     return _LABELS[scenario]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get_json(url: str, timeout: float = 5.0) -> dict:
