@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from relearn.settings import RelearnSettings
-from relearn.steps import splits, tracking
+from relearn.training import splits, tracking
 
 
 def evaluate(

@@ -9,7 +9,7 @@ snapshot, not a time series: one file, ``<root>/cardholders/part-0.parquet``, re
 from __future__ import annotations
 
 import logging
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -169,3 +169,10 @@ def read_cardholders(root: str | Path) -> pd.DataFrame:
         pq.read_table(path, schema=CARDHOLDER_SCHEMA) if path.is_file() else CARDHOLDER_SCHEMA.empty_table()
     )
     return table.to_pandas()
+
+
+def window(start: str, days: int) -> tuple[datetime, datetime]:
+    """The data window ``[start, start + days)`` in UTC."""
+    begin = datetime.fromisoformat(start)
+    begin = begin.replace(tzinfo=UTC) if begin.tzinfo is None else begin.astimezone(UTC)
+    return begin, begin + timedelta(days=days)

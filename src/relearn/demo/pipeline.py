@@ -90,7 +90,12 @@ def first_champion(settings: DemoSettings, world: World, home: Path, show: bool)
     """Train the first champion on the history, or restore it (MLflow, Feast repo) from the cache."""
     argv = pipeline_argv(settings, world.source, pd.Timestamp(START), settings.history_days, home)
     package = Path(__file__).resolve().parents[1]
-    code = [*package.glob("model/*.py"), *package.glob("features/*.py"), package / "steps.py"]
+    code = [
+        *package.glob("model/*.py"),
+        *package.glob("features/*.py"),
+        package / "steps.py",
+        package / "training.py",
+    ]
     cache = settings.home.resolve() / "champions" / cache_key({"world": world.key, "argv": argv}, *code)
     if home.exists():
         shutil.rmtree(home)

@@ -45,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f"--{n.replace('_', '-')}" for n in needed if getattr(args, n) is None]
     if missing:
         cli.error(f"--task {args.task} needs {' '.join(missing)}")
+    from relearn.data.io import window
     from relearn.errors import StepFailed
     from relearn.features.spark_step import spark_work, validate_spark
     from relearn.logs import configure_logging
     from relearn.settings import RelearnSettings
-    from relearn.steps import window
 
     configure_logging()
     begin, end = window(args.start, args.days)
