@@ -23,4 +23,7 @@ Submodules, imported explicitly (no import-time work here):
   and the experiment router's routes checked at start;
 * :mod:`~relearn.experiments.promote`: the winner as the canary through :mod:`relearn.rollout.deploy`;
 * :mod:`~relearn.experiments.exclusion`: an experiment or a canary over the traffic, never both.
+
+Layer: experiments, beside :mod:`relearn.rollout` (test in production; the two may import each other);
+imports serving, model, monitoring, features, data and the base modules, never the demo.
 """
