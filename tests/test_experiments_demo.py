@@ -36,7 +36,7 @@ def replayed(noise: dict[str, float], cards: int, days: int, seed: int, salt: st
             "transaction_id": [f"tx-{seed}-{i}" for i in range(n)],
             "user_id": user,
             "amount": rng.lognormal(4.5, 0.3, n),
-            "event_timestamp": when,
+            "event_timestamp": when.as_unit("us"),  # as the demo's world reads back from Parquet
             "code": 0,
             "score": fraud + rng.normal(0, 1, n) * sd,
             "model_version": arm,
