@@ -135,3 +135,45 @@ def test_the_rewards_endpoint_refuses_bad_queries(detector):
     for query in ("since=nan", "limit=0", "after=-1", "after=soon"):
         resp = httpx.get(f"{url}/v1/experiments/rewards?{query}")
         assert resp.status_code == 400 and resp.json()["error"] == "bad_query", query
+
+
+def test_the_charts_cronjob_updates_the_store_configmap_under_its_role(detector, tmp_path, monkeypatch):
+    """The rendered CronJob's own command line, against the loopback API server holding the chart's store
+    ConfigMap under the rendered bandit-update Role, and the real detector: exactly one read-modify-write."""
+    from kube_api import FakeApiServer
+    from relearn.experiments.bandit_live import bandit_params
+    from relearn.experiments.kube_store import ConfigMapStore
+    from test_chart import NAMESPACE, objects, rendered
+    from test_experiments_chart import ALL, BANDIT, bandit_update_argv
+    from test_experiments_cluster import CM, _authorizer
+
+    db, url = detector
+    docs = rendered("default", *ALL)
+    (cm,) = [d for d in objects(docs, "ConfigMap") if d["metadata"]["name"] == "relearn-fraud-experiments"]
+    (role,) = [r for r in objects(docs, "Role") if r["metadata"]["name"] == BANDIT]
+    monkeypatch.setenv("RELEARN_EXPERIMENT_ALERT_BUDGET", "0.15")
+    with FakeApiServer({CM: cm}, authorize=_authorizer(role)) as api:
+        monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig", token="alice")))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        store = ConfigMapStore(f"{NAMESPACE}/relearn-fraud-experiments")
+        params = bandit_params(3, ExperimentSettings())
+        store.start("b1", {"v7": 34, "v8": 33, "v9": 33}, control="v7", bandit=params)
+        # A bandit started 30 days ago, whose traffic the detector logged since.
+        started = time.time() - 30 * DAY
+        data = json.loads(api.objects[CM]["data"]["experiments.json"])
+        data["b1"]["started"] = started
+        api.objects[CM]["data"]["experiments.json"] = json.dumps(data)
+        h = history(seed=1)
+        log_history(db, h.assign(time=h["time"] - T0 + started))
+        api.requests.clear()
+
+        argv = bandit_update_argv(docs)[3:]
+        argv[argv.index("--detector") + 1] = url  # the Service's in-cluster name, on loopback here
+        argv[argv.index("--audit-log") + 1] = str(tmp_path / "audit.jsonl")  # the pod's /tmp emptyDir
+        assert main(argv) == 0
+        assert [(r["method"], r["path"].split("?")[0]) for r in api.requests] == [("GET", CM)] * 3 + [
+            ("PATCH", CM)
+        ]
+        assert api.forbidden == [] and api.rejected == []
+        stored = json.loads(api.objects[CM]["data"]["experiments.json"])["b1"]
+        assert stored["shares"]["v9"] > 0.85 and not stored["bandit"]["fallback"]

@@ -7,11 +7,12 @@ from __future__ import annotations
 import copy
 
 import pytest
+import yaml
 
 from crds import CRDS, crd_errors
 from relearn.experiments.routing import ARM_HEADER
 from relearn.serving.config import TransformerSettings
-from test_chart import HELM, NAMESPACE, _run, needs_helm, objects, rendered
+from test_chart import HELM, K8S_VERSION, NAMESPACE, _run, _tool, needs_helm, objects, rendered
 
 ON = ("--set", "experiments.enabled=true", "--set", "experiments.versions={7,8}")
 # One render for every test here (helm costs ~1.5 s a run): arms, the shadow, and one operator.
@@ -131,3 +132,79 @@ def test_values_schema_refuses_bad_experiment_values() -> None:
         [HELM, "template", "relearn", "charts/relearn", "-n", NAMESPACE, "--set", "experiments.versions={v7}"]
     )
     assert out.returncode != 0 and "/experiments/versions/0" in out.stderr, out.stderr
+
+
+BANDIT = "relearn-bandit-update"
+
+
+def bandit_update_argv(docs: list[dict]) -> list[str]:
+    """The command line the kubelet runs for the rendered bandit-update CronJob (command + args)."""
+    (cron,) = [d for d in objects(docs, "CronJob") if d["metadata"]["name"] == BANDIT]
+    (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return [*container["command"], *container["args"]]
+
+
+@needs_helm
+def test_bandit_update_cronjob_runs_the_cli_on_the_detector_under_its_own_role(tmp_path) -> None:
+    from relearn.experiments.cli import parser
+
+    docs = _docs()
+    (cron,) = [d for d in objects(docs, "CronJob") if d["metadata"]["name"] == BANDIT]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["schedule"] == "17 * * * *"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    # The command is the experiments CLI's: it parses, names the update, the store and the detector.
+    argv = bandit_update_argv(docs)
+    assert argv[:3] == ["python", "-m", "relearn.experiments"]
+    args = parser().parse_args(argv[3:])
+    (drift,) = [s for s in objects(docs, "Service") if s["metadata"]["name"] == "relearn-drift-detector"]
+    port = drift["spec"]["ports"][0]["port"]
+    assert (args.command, args.name, args.history) == ("update-bandit", None, None)
+    assert args.detector == f"http://relearn-drift-detector.{NAMESPACE}.svc.cluster.local:{port}/"
+    assert args.configmap == f"{NAMESPACE}/relearn-fraud-experiments"
+    assert _named("ConfigMap", "relearn-fraud-experiments")["metadata"]["namespace"] == NAMESPACE
+    # Its own identity, token mounted in this pod only, allowed get and patch on the store and nothing else.
+    sa = _named("ServiceAccount", BANDIT)
+    assert pod["serviceAccountName"] == BANDIT and pod["automountServiceAccountToken"] is True
+    assert sa["automountServiceAccountToken"] is False
+    role, binding = _named("Role", BANDIT), _named("RoleBinding", BANDIT)
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["relearn-fraud-experiments"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    assert binding["roleRef"]["name"] == BANDIT
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": BANDIT, "namespace": NAMESPACE}]
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"] and pod["securityContext"]["runAsNonRoot"]
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), "the audit trail's folder"
+    # Strict Kubernetes schemas for the four objects (the chart's scenarios do not render them).
+    validate = _tool("kubernetes-validate")
+    if validate is None:
+        pytest.skip("kubernetes-validate missing: run .ci/install-tools.sh")
+    files = []
+    for doc in (cron, sa, role, binding):
+        files.append(tmp_path / f"{doc['kind']}.yaml")
+        files[-1].write_text(yaml.safe_dump(doc))
+    out = _run([validate, "--strict", "--quiet", "-k", K8S_VERSION, *map(str, files)])
+    assert out.returncode == 0 and "ERROR" not in out.stdout, out.stdout + out.stderr
+    broken = copy.deepcopy(cron)
+    broken["spec"]["concurrencyPolicyy"] = broken["spec"].pop("concurrencyPolicy")
+    files[0].write_text(yaml.safe_dump(broken))
+    assert _run([validate, "--strict", "--quiet", "-k", K8S_VERSION, str(files[0])]).returncode != 0
+
+
+@needs_helm
+def test_no_bandit_update_without_the_detector_or_when_off() -> None:
+    for off in ("experiments.bandit.enabled=false", "driftDetector.enabled=false"):
+        docs = rendered("default", *ON, "--set", off)
+        assert not [d for d in docs if d["metadata"]["name"] == BANDIT], off
+    out = _run(
+        [HELM, "template", "relearn", "charts/relearn", *ON, "--set", "experiments.bandit.schedule=hourly"]
+    )
+    assert out.returncode != 0 and "/experiments/bandit/schedule" in out.stderr, out.stderr

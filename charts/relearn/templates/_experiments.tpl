@@ -48,3 +48,10 @@ to the fraud predictor (KServe canary untouched).
     name: {{ include "relearn.experiments.configMap" . }}
 {{- end }}
 {{- end -}}
+
+{{/* The bandits' update CronJob and its RBAC: with experiments, bandit.enabled and the drift detector. */}}
+{{- define "relearn.experiments.banditUpdate" -}}
+{{- if and .Values.experiments.enabled .Values.experiments.bandit.enabled .Values.driftDetector.enabled -}}
+true
+{{- end -}}
+{{- end -}}
