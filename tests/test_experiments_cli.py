@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from relearn.experiments.cli import main
@@ -95,3 +96,34 @@ def test_simulate_prints_the_figures(capsys):
     assert figures["power_minus_10pct"]["days"] == 28 and figures["power_minus_10pct"]["found"] >= 0.75
     regret = figures["bandit_regret_frauds"]
     assert regret["oracle"] == 0 < regret["thompson"] <= regret["equal_split"] / 2
+
+
+@pytest.mark.parametrize("grace", ["120", "0"])
+def test_analyze_leaves_out_the_rows_scored_while_replicas_refresh(
+    home, tmp_path, monkeypatch, capsys, grace
+):
+    """A replica routes by the new store only once the kubelet refreshed its ConfigMap: rows scored within
+    RELEARN_EXPERIMENT_REFRESH_GRACE_SECONDS of the start (here: by the champion, for cards of any arm) are
+    not credited to an arm."""
+    from test_experiments_analysis import traffic
+
+    monkeypatch.setenv("RELEARN_EXPERIMENT_REFRESH_GRACE_SECONDS", grace)
+    monkeypatch.setenv("RELEARN_EXPERIMENT_MIN_UNITS", "100")
+    assert main([*home, "start", "ab1", "--arm", "v7=50", "--arm", "v8=50", "--control", "v7", *PLAN]) == 0
+    started = ExperimentStore(tmp_path / "s.json").get("ab1")["started"]
+    settled = traffic({"v7": 0.5, "v8": 0.5}, seed=3, cards=2000, days=21)
+    settled["time"] += started + 121.0
+    early = settled.head(300).assign(arm="v7", time=started + 30.0, user_id=lambda f: "early-" + f["user_id"])
+    pd.concat([early, settled]).to_parquet(tmp_path / "joined.parquet")
+    capsys.readouterr()
+    argv = [
+        "analyze",
+        "ab1",
+        "--predictions",
+        str(tmp_path / "joined.parquet"),
+        "--report-dir",
+        str(tmp_path),
+    ]
+    assert main([*home, *argv]) == 0
+    counted = json.loads(capsys.readouterr().out)["v8"]["arms"]["v7"]["transactions"]
+    assert counted == int((settled["arm"] == "v7").sum()) + (300 if grace == "0" else 0)

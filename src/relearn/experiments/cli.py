@@ -215,6 +215,8 @@ def _analyze(
             f"experiment {args.name!r} has no plan (start it with --cards-per-day ...): tau is unset"
         )
     frame = _read(args.predictions)
+    settling = frame["time"].between(record["started"], record["started"] + settings.refresh_grace_seconds)
+    frame = frame[~settling]  # replicas may still route by the old store: no arm to credit
     unknown = sorted(set(frame["arm"].astype(str)) - set(record["split"]))
     if unknown:
         raise ValueError(f"predictions name arms outside the experiment: {unknown}")

@@ -51,6 +51,13 @@ class ExperimentSettings(BaseSettings):
     label_maturity_days: float = Field(
         7.0, ge=0, description="Days after a card's window before its chargebacks count as complete."
     )
+    refresh_grace_seconds: float = Field(
+        120.0,
+        ge=0,
+        description="Rows scored this soon after an experiment's start are not analysed: in the cluster a "
+        "replica routes by the store once the kubelet has refreshed its mounted ConfigMap (its sync period, "
+        "1 minute by default, plus the watch's delay), so a card may be answered by the champion before.",
+    )
     min_units: int = Field(
         500, ge=2, description="Cards per arm before the test looks (variance estimates need a burn-in)."
     )
