@@ -53,9 +53,12 @@ def test_no_canary_while_an_experiment_runs_locally(settings, tmp_path, capsys) 
     )
     assert state.read_bytes() == before and not audit.exists(), "nothing changed, nothing recorded"
 
-    # A shadow only mirrors: allowed. Once the experiment stops, the canary starts.
-    assert deploy("3", gate_passed=True, rollout_mode="shadow", settings=cfg).action == "shadow"
-    backend.stop_shadow()
+    # Nor a shadow: the controller turns a shadow that agrees into a canary.
+    assert run(build_parser().parse_args([*local, "shadow", "start", "3", "--percent", "50"])) == 1
+    assert "refused: experiment 'ab' (ab) is running" in capsys.readouterr().err
+    assert deploy("3", gate_passed=True, rollout_mode="shadow", settings=cfg).action == "skipped"
+    assert state.read_bytes() == before and not audit.exists(), "nothing changed, nothing recorded"
+    # Once the experiment stops, the canary starts.
     store.stop("ab", "decided")
     assert run(build_parser().parse_args([*local, "canary", "start", "3", "--percent", "10"])) == 0
     assert backend.state().canary == "3"

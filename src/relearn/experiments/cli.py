@@ -267,18 +267,15 @@ def _update_bandit(args: argparse.Namespace, store: ExperimentStore, audit: Any,
     from relearn.experiments.bandit_live import detector_history, update
     from relearn.experiments.routing import model_version
 
-    names = (
-        [args.name]
-        if args.name
-        else [r["name"] for r in store.list() if r["status"] == "running" and r.get("kind") == "bandit"]
-    )
+    listed = {} if args.name else {r["name"]: r for r in store.list()}
+    running = [n for n, r in listed.items() if r["status"] == "running" and r.get("kind") == "bandit"]
     now = args.now if args.now is not None else time.time()
     out = []
-    for name in names:
-        record = store.get(name)
+    for name in [args.name] if args.name else running:
         if args.history:
             frame = _read(args.history)
         else:  # the detector names the model version that scored: map it onto the record's arm names
+            record = listed.get(name) or store.get(name)
             frame = detector_history(args.detector, since=record["started"])
             arms = {model_version(a): a for a in record["split"]}
             frame = frame.assign(arm=frame["arm"].map(arms)).dropna(subset=["arm"])

@@ -3,8 +3,8 @@
 An experiment and a canary both split the same requests between model versions: a card the experiment
 assigns to its control could be answered by the canary, and neither comparison would mean what it says. So
 ``experiment start`` is refused while a canary (or a shadow, which the controller turns into a canary once
-it agrees) runs, and a canary start (``kubectl relearn canary start``, the pipeline's deploy step) is
-refused while an experiment runs. Both checks only read; a refusal changes nothing.
+it agrees) runs, and a canary or shadow start (``kubectl relearn canary|shadow start``, the pipeline's
+deploy step) is refused while an experiment runs. Both checks only read; a refusal changes nothing.
 
 Which store governs which traffic: locally the store under RELEARN_HOME (RELEARN_EXPERIMENT_STORE) and the
 local router's state beside it; in the cluster the store's ConfigMap (RELEARN_EXPERIMENT_CONFIGMAP, which
@@ -79,7 +79,7 @@ def governing_store(backend: Any) -> ExperimentStore | None:
 
 
 def running_experiment(backend: Any) -> str | None:
-    """Why a canary may not start on ``backend`` now (a running experiment, named), else None."""
+    """Why a canary or shadow may not start on ``backend`` now (a running experiment, named), else None."""
     store = governing_store(backend)
     running = [r for r in store.list() if r["status"] == "running"] if store else []
     if not running:
@@ -87,6 +87,7 @@ def running_experiment(backend: Any) -> str | None:
     r = running[0]
     return (
         f"experiment {r['name']!r} ({r.get('kind', 'ab')}) is running over traffic {r['traffic']!r}: a "
-        "canary would split the same requests; stop it first (kubectl relearn experiment stop "
+        "canary (or a shadow, which becomes one) would split the same requests; stop it first (kubectl "
+        "relearn experiment stop "
         f"{r['name']} --reason ...) or promote its winner"
     )

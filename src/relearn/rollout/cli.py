@@ -123,6 +123,15 @@ def _register(backend: Any, args: argparse.Namespace) -> Any:
     return backend.state()
 
 
+def _refuse_during_experiment(backend: Any) -> None:
+    """One test in production at a time: no canary or shadow (it becomes a canary) during an experiment."""
+    from relearn.experiments.exclusion import running_experiment
+
+    busy = running_experiment(backend)
+    if busy:
+        raise RolloutError(f"refused: {busy}")
+
+
 def run(args: argparse.Namespace, backend: RolloutBackend | None = None) -> int:
     """Execute one parsed command; returns the exit status."""
     if args.command == "experiment":
@@ -154,14 +163,11 @@ def run(args: argparse.Namespace, backend: RolloutBackend | None = None) -> int:
                 )
             _print(args, {"state": state.to_dict(), "last_decisions": last}, text)
             return 0
+        if args.command in ("canary", "shadow") and args.action == "start":
+            _refuse_during_experiment(backend)
         if args.command == "register":
             state, action = _register(backend, args), "register"
         elif args.command == "canary" and args.action == "start":
-            from relearn.experiments.exclusion import running_experiment
-
-            busy = running_experiment(backend)  # one test in production at a time
-            if busy:
-                raise RolloutError(f"refused: {busy}")
             state, action = backend.start_canary(args.version, args.percent), "canary-start"
         elif args.command == "canary":
             state, action = backend.set_canary_percent(args.percent), "canary-step"

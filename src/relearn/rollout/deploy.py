@@ -58,7 +58,7 @@ def deploy(
         audit: The audit trail (default: ``settings.audit_log``).
 
     Returns:
-        The action taken. A running canary, a canary while an experiment runs over the traffic
+        The action taken. A running canary, a canary or shadow while an experiment runs over the traffic
         (:mod:`relearn.experiments.exclusion`) or a version that already serves as stable is skipped.
 
     Raises:
@@ -75,12 +75,11 @@ def deploy(
     settings = settings or ControllerSettings()
     backend = backend or make_backend(settings)
     audit = audit or audit_log_for(settings.audit_log)
-    if rollout_mode == "canary":  # one test in production at a time: read before anything changes
-        from relearn.experiments.exclusion import running_experiment
+    from relearn.experiments.exclusion import running_experiment
 
-        busy = running_experiment(backend)
-        if busy:
-            return DeployResult("skipped", busy, version)
+    busy = running_experiment(backend)  # one test in production at a time: read before anything changes
+    if busy:
+        return DeployResult("skipped", busy, version)
     state = backend.state()
     if state.stable == version:
         return DeployResult("skipped", f"version {version} already serves the stable traffic", version)
