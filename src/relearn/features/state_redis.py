@@ -7,13 +7,13 @@ Keys (``{prefix}`` from the settings; ``{id}`` is a hash tag, so one entity's ke
 * ``c:{id}`` — the merchant's chargebacks, member = ``transaction_id``, score = received time µs;
 * ``…:ids`` beside each — transaction ids seen (HSETNX is the idempotency check).
 
-A script adds its event only if the id is new, drops events older than the window plus lateness, and
-reads — atomically, since Redis runs one script at a time. A call sends every script of a batch (users and
-merchants) in one pipeline per shard, by SHA (loaded once; again after a NOSCRIPT, e.g. a restarted
-server): one round trip per shard. :meth:`RedisBackend.windows_async` is the same on redis.asyncio
-clients, for the transformer's event loop (no thread hop, no blocked loop). Times travel as decimal
-strings (µs since the epoch exceed Lua's default number formatting). Entities are spread over the shards by
-CRC32 of the key. Durability is Redis's: its append-only file is written before the reply
+A script (:mod:`relearn.features.state_redis_scripts`) adds its event only if the id is new, drops events
+older than the window plus lateness, and reads — atomically, since Redis runs one script at a time. A call
+sends every script of a batch (users and merchants) in one pipeline per shard, by SHA (loaded once; again
+after a NOSCRIPT, e.g. a restarted server): one round trip per shard. :meth:`RedisBackend.windows_async` is
+the same on redis.asyncio clients, for the transformer's event loop (no thread hop, no blocked loop). Times
+travel as decimal strings (µs since the epoch exceed Lua's default number formatting). Entities are spread
+over the shards by CRC32 of the key. Durability is Redis's: its append-only file is written before the reply
 (``appendfsync everysec``, the chart's default, or ``always``), so an acknowledged update survives a kill -9
 of the server.
 """
@@ -26,137 +26,13 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
 from relearn.features.state_events import Bounds, Event, MerchantWindow, Mode, UserWindow, encode_user
+from relearn.features.state_redis_scripts import SOURCES, decode_windows, member, merchant_window, user_window
 
-_PRUNE = """
-local function prune(events, ids, before, keep_last, tid_of)
-  local cut = before
-  if keep_last then
-    local newest = redis.call('ZREVRANGEBYSCORE', events, '(' .. before, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
-    if #newest == 0 then return end
-    cut = newest[2]
-  end
-  local old = redis.call('ZRANGEBYSCORE', events, '-inf', '(' .. cut)
-  for _, member in ipairs(old) do redis.call('HDEL', ids, tid_of(member)) end
-  if #old > 0 then redis.call('ZREMRANGEBYSCORE', events, '-inf', '(' .. cut) end
-end
-"""
-
-# KEYS: events, ids. ARGV: mode (read, add, observe = add then read), tid, t, member, window from,
-# last from, prune before, expiry seconds. Returns the window decoded here (times as integers, amounts as
-# exact decimal strings or 'nan', merchants) and the last event {time, country, device} or {}: the client
-# parses no JSON.
-_USER = (
-    _PRUNE
-    + """
-if ARGV[1] ~= 'read' then
-  if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 1 then
-    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-  end
-  prune(KEYS[1], KEYS[2], ARGV[7], true, function(m) return cjson.decode(m)[1] end)
-  redis.call('EXPIRE', KEYS[1], ARGV[8]); redis.call('EXPIRE', KEYS[2], ARGV[8])
-  if ARGV[1] == 'add' then return 0 end
-end
-local function text(v) if v == cjson.null then return '' end return v end
-local window = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[5], '(' .. ARGV[3], 'WITHSCORES')
-local times, amounts, merchants, e = {}, {}, {}, nil
-for i = 1, #window, 2 do
-  e = cjson.decode(window[i])
-  times[#times + 1] = tonumber(window[i + 1])
-  amounts[#amounts + 1] = e[2] == cjson.null and 'nan' or string.format('%.17g', e[2])
-  merchants[#merchants + 1] = text(e[3])
-end
-local last = {}
-if e then
-  last = {times[#times], text(e[4]), text(e[5])}  -- the window's newest is the newest in the horizon
-else
-  local newest = redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. ARGV[3], ARGV[6], 'WITHSCORES', 'LIMIT', 0, 1)
-  if #newest > 0 then
-    e = cjson.decode(newest[1])
-    last = {tonumber(newest[2]), text(e[4]), text(e[5])}
-  end
-end
-return {times, amounts, merchants, last}
-"""
-)
-
-# KEYS: transactions, ids, chargebacks, chargeback ids. ARGV: mode, tid, t, member, mean from, 24 h from,
-# 30 d from, prune before, expiry seconds. Returns the amount sums as strings: Lua numbers would be
-# truncated to integers in the reply.
-_MERCHANT = (
-    _PRUNE
-    + """
-local function tid_of(m) return string.match(m, '^(.*)\\31[^\\31]*$') end
-if ARGV[1] ~= 'read' then
-  if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 1 then
-    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-  end
-  prune(KEYS[1], KEYS[2], ARGV[8], false, tid_of)
-  prune(KEYS[3], KEYS[4], ARGV[8], false, function(m) return m end)
-  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[9]) end
-  if ARGV[1] == 'add' then return 0 end
-end
-local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[5], '(' .. ARGV[3])
-local n, s, ss, centre = 0, 0.0, 0.0, nil
-for _, m in ipairs(members) do
-  local amount = tonumber(string.match(m, '\\31([^\\31]*)$'))
-  if amount then
-    if centre == nil then centre = amount end
-    local x = amount - centre
-    n = n + 1; s = s + x; ss = ss + x * x
-  end
-end
-local before = '(' .. ARGV[3]
-return {n, string.format('%.17g', s), string.format('%.17g', ss), string.format('%.17g', centre or 0),
-        redis.call('ZCOUNT', KEYS[1], ARGV[6], before), redis.call('ZCOUNT', KEYS[1], ARGV[7], before),
-        redis.call('ZCOUNT', KEYS[3], ARGV[7], before)}
-"""
-)
-
-# KEYS: chargebacks, ids. ARGV: tid, received µs, expiry seconds. Returns 1 if new.
-_CHARGEBACK = """
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[3]); redis.call('EXPIRE', KEYS[2], ARGV[3])
-return 1
-"""
-
-# Bootstrap: many events per script call (the per-call cost dominates an add). KEYS: each event's keys as
-# in _USER (2) or _MERCHANT (4); ARGV: expiry, then per event tid, t, member, prune before. Each entity is
-# pruned once, at its latest bound: what pruning after every event ends with, as the bound only moves on.
-_ADD_MANY = (
-    _PRUNE
-    + """
-local per, kind = tonumber(ARGV[2]), ARGV[3]
-local latest = {}
-for i = 0, #KEYS / per - 1 do
-  local k, a = i * per, 4 + i * 4
-  if redis.call('HSETNX', KEYS[k + 2], ARGV[a], ARGV[a + 1]) == 1 then
-    redis.call('ZADD', KEYS[k + 1], ARGV[a + 1], ARGV[a + 2])
-  end
-  local seen = latest[KEYS[k + 1]]
-  if seen == nil or tonumber(ARGV[a + 3]) > tonumber(ARGV[seen[2]]) then latest[KEYS[k + 1]] = {k, a + 3} end
-end
-local function user_tid(m) return cjson.decode(m)[1] end
-local function merchant_tid(m) return string.match(m, '^(.*)\\31[^\\31]*$') end
-for _, at in pairs(latest) do
-  local k, before = at[1], ARGV[at[2]]
-  if kind == 'u' then
-    prune(KEYS[k + 1], KEYS[k + 2], before, true, user_tid)
-  else
-    prune(KEYS[k + 1], KEYS[k + 2], before, false, merchant_tid)
-    prune(KEYS[k + 3], KEYS[k + 4], before, false, function(m) return m end)
-  end
-  for j = 1, per do redis.call('EXPIRE', KEYS[k + j], ARGV[1]) end
-end
-return 0
-"""
-)
 ADD_CHUNK = 200  # events per script call: a call blocks the server (~1-2 ms), serving waits behind it
 
 # Idle entities expire on the wall clock once nothing of them can be in a window any more.
@@ -178,7 +54,7 @@ class RedisBackend:
         self._async: list[redis.asyncio.Redis] = []  # created in the event loop that uses them
         self._loop: asyncio.AbstractEventLoop | None = None
         # Called by SHA: redis-py's Script objects ask SCRIPT EXISTS before every pipeline (a round trip).
-        self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in _SOURCES.items()}
+        self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in SOURCES.items()}
 
     def _shard(self, key: str) -> int:
         return zlib.crc32(key.encode()) % len(self.shards) if len(self.shards) > 1 else 0
@@ -206,7 +82,7 @@ class RedisBackend:
         replies = pipe.execute(raise_on_error=False)
         if missing := [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]:
             # A NOSCRIPT call did not run: loading the scripts and running it again is exact.
-            for source in _SOURCES.values():
+            for source in SOURCES.values():
                 client.script_load(source)
             for i, value in zip(missing, self._pipeline(client, [calls[i] for i in missing]), strict=True):
                 replies[i] = value
@@ -235,7 +111,7 @@ class RedisBackend:
             pipe.execute_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
         replies = await pipe.execute(raise_on_error=False)
         if missing := [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]:
-            for source in _SOURCES.values():
+            for source in SOURCES.values():
                 await client.script_load(source)
             rerun = await self._pipeline_async(client, [calls[i] for i in missing])
             for i, value in zip(missing, rerun, strict=True):
@@ -256,7 +132,7 @@ class RedisBackend:
             mode,
             e.transaction_id,
             str(e.time_us),
-            _member(e),
+            member(e),
             str(b.merchant_mean_from),
             str(b.merchant_24h_from),
             str(b.merchant_30d_from),
@@ -276,7 +152,7 @@ class RedisBackend:
         if mode == "add":
             self._stream(self._add_many(events))
             return [], []
-        return _windows(self._run(self._both(events, mode)), len(events), mode)
+        return decode_windows(self._run(self._both(events, mode)), len(events), mode)
 
     def _stream(self, calls: Iterator[tuple[int, Call]]) -> None:
         """Send each ``(shard, call)`` as soon as it is built, then read the replies.
@@ -303,7 +179,7 @@ class RedisBackend:
                     except redis.ResponseError as exc:  # the connection stays in step: keep reading
                         replies.append(exc)
                 if missing := [c for c, r in zip(sent, replies, strict=True) if isinstance(r, NoScriptError)]:
-                    for source in _SOURCES.values():  # a NOSCRIPT call did not run: rerun is exact
+                    for source in SOURCES.values():  # a NOSCRIPT call did not run: rerun is exact
                         self.shards[shard].script_load(source)
                     self._pipeline(self.shards[shard], missing)
                 _checked([r for r in replies if not isinstance(r, NoScriptError)])
@@ -331,26 +207,26 @@ class RedisBackend:
                         args += [e.transaction_id, str(e.time_us), encode_user(e), str(b.prune_user)]
                     else:
                         keys += self._keys("m", e.merchant_id) + self._keys("c", e.merchant_id)
-                        args += [e.transaction_id, str(e.time_us), _member(e), str(b.prune_merchant)]
+                        args += [e.transaction_id, str(e.time_us), member(e), str(b.prune_merchant)]
                 yield shard, ("add_many", "", keys, args)
 
     async def windows_async(
         self, events: list[Event], mode: Mode
     ) -> tuple[list[UserWindow], list[MerchantWindow]]:
         """See :class:`relearn.features.state.Backend`."""
-        return _windows(await self._run_async(self._both(events, mode)), len(events), mode)
+        return decode_windows(await self._run_async(self._both(events, mode)), len(events), mode)
 
     def users(self, events: list[Event], mode: Mode) -> list[UserWindow]:
         """See :class:`relearn.features.state.Backend`."""
         calls = [self._user_call(e, Bounds.at(e.time_us, self.lateness_us), mode) for e in events]
         results = self._run(calls)
-        return [] if mode == "add" else [_user_window(r) for r in results]
+        return [] if mode == "add" else [user_window(r) for r in results]
 
     def merchants(self, events: list[Event], mode: Mode) -> list[MerchantWindow]:
         """See :class:`relearn.features.state.Backend`."""
         calls = [self._merchant_call(e, Bounds.at(e.time_us, self.lateness_us), mode) for e in events]
         results = self._run(calls)
-        return [] if mode == "add" else [_merchant_window(r) for r in results]
+        return [] if mode == "add" else [merchant_window(r) for r in results]
 
     def chargebacks(self, items: list[tuple[str, str, int]]) -> int:
         """See :class:`relearn.features.state.Backend`."""
@@ -369,45 +245,8 @@ class RedisBackend:
 Call = tuple[str, str, list[str], list[str]]  # (script, entity, keys, args)
 
 
-def _member(e: Event) -> str:
-    """A merchant's transaction as stored: the id, unit separator (0x1f), the amount's exact repr or ""."""
-    return f"{e.transaction_id}\x1f{'' if e.amount is None else repr(float(e.amount))}"
-
-
 def _checked(replies: list[Any]) -> list[Any]:
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
     return replies
-
-
-def _windows(results: list[Any], n: int, mode: Mode) -> tuple[list[UserWindow], list[MerchantWindow]]:
-    if mode == "add":
-        return [], []
-    return [_user_window(r) for r in results[:n]], [_merchant_window(r) for r in results[n:]]
-
-
-def _user_window(reply: list[Any]) -> UserWindow:
-    times, amounts, merchants, last = reply
-    return UserWindow(
-        times=np.array(times, dtype=np.int64),
-        amounts=np.array([float(a) for a in amounts], dtype=np.float64),
-        merchants=[m.decode() for m in merchants],
-        last=(int(last[0]), last[1].decode(), last[2].decode()) if last else None,
-    )
-
-
-def _merchant_window(reply: list[Any]) -> MerchantWindow:
-    n, s, ss, centre, c24, c30, cb = reply
-    return MerchantWindow(
-        n=int(n),
-        s=float(s),
-        ss=float(ss),
-        centre=float(centre),
-        count_24h=int(c24),
-        count_30d=int(c30),
-        chargebacks_30d=int(cb),
-    )
-
-
-_SOURCES = {"user": _USER, "merchant": _MERCHANT, "chargeback": _CHARGEBACK, "add_many": _ADD_MANY}
