@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from relearn.data.schema import CATEGORICAL_DOMAINS
+from relearn.errors import InvalidRequest
 
 AMOUNT_MIN_EXCLUSIVE = 0.0
 # Major units, about EUR 50,000 in each currency: one number for all would refuse an ordinary
@@ -77,7 +78,7 @@ CHARGEBACK: tuple[Rule, ...] = (
 )
 
 
-class Violation(ValueError):
+class Violation(InvalidRequest, ValueError):
     """A record breaks the contract: its ``row`` in the batch, the ``field`` and the rule's ``message``."""
 
     def __init__(self, row: int, field: str, message: str) -> None:

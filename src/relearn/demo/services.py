@@ -22,11 +22,12 @@ from relearn.demo.stack import (
     prometheus_config,
     write_targets,
 )
+from relearn.routing import SHADOW_SUFFIX
 
 log = logging.getLogger(__name__)
 
 MODEL = "relearn-fraud"
-SHADOW_SERVICE = f"{MODEL}-shadow"
+SHADOW_SERVICE = f"{MODEL}{SHADOW_SUFFIX}"
 
 
 @dataclass

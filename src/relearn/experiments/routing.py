@@ -16,17 +16,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ARM_HEADER = "x-relearn-arm"  # the experiment arm of a call (transformer → router)
-EXPERIMENT_HEADER = "x-relearn-experiment"  # its experiment's name, for the upstream's logs
+# The headers and arm → version rule are the routing protocol's (re-exported for this package's callers).
+from relearn.routing import ARM_HEADER as ARM_HEADER
+from relearn.routing import EXPERIMENT_HEADER as EXPERIMENT_HEADER
+from relearn.routing import model_version as model_version
 
 
-def model_version(arm: str) -> str:
-    """The model version an arm names: ``"7"`` and ``"v7"`` are version 7; other names are kept."""
-    return arm[1:] if arm[:1] == "v" and arm[1:].isdigit() else arm
+def running_experiment() -> RunningExperiment:
+    """The transformer's arm assigner (its default ``arm_assigner``): the store's running experiment.
+
+    The running experiment's arm shares (a bandit's change) go out on the server's /metrics.
+    """
+    from relearn.experiments.exporter import default_metrics
+    from relearn.experiments.store import default_store
+
+    return RunningExperiment(default_store(), metrics=default_metrics())
 
 
 class RunningExperiment:
     """The running experiment over one traffic, re-read from the store file when it changes (one stat).
+
+    A :class:`relearn.routing.ArmAssigner`: the transformer calls :meth:`arms` on every batch.
 
     Args:
         path: The experiment store (:class:`relearn.experiments.store.ExperimentStore`'s JSON file).

@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relearn.errors import InvalidRequest
 from relearn.features.spec import ENTITY_DEFAULTS, MERCHANT_FEATURES, USER_FEATURES
 from relearn.features.state_events import Backend, Event, MerchantWindow, UserWindow
 from relearn.features.windows import (
@@ -62,11 +63,11 @@ class StateSettings(BaseSettings):
     )
 
 
-class Rejected(ValueError):
+class Rejected(InvalidRequest, ValueError):
     """An event the state refuses (too late, from the future, malformed); the message names the field."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(message, code=reason)
         self.reason = reason
 
 

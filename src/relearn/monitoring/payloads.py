@@ -15,10 +15,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from relearn.errors import InvalidRequest
 from relearn.events import EVENT_TYPES, REQUEST_TYPE, RESPONSE_TYPE
 from relearn.features.spec import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS
+from relearn.routing import TRACKS as TRACKS  # the roles of logged predictions (re-exported)
 
-TRACKS = ("stable", "canary", "shadow")
 RAW_FIELDS = ("amount", "merchant_category", "channel", "country", "currency")
 ID_FIELD = "transaction_id"
 _NUMERIC = frozenset(NUMERIC_INPUTS)
@@ -31,13 +32,12 @@ STRUCTURED = "application/cloudevents+json"  # structured content mode, JSON eve
 BATCH = "application/cloudevents-batch+json"  # batched content mode
 
 
-class Rejected(ValueError):
-    """An event the sink refuses (4xx); ``reason`` is a bounded label for the rejected counter."""
+class Rejected(InvalidRequest, ValueError):
+    """An event the sink refuses (4xx); ``reason`` (its ``code``) labels the rejected counter."""
 
     def __init__(self, reason: str, detail: str, status: int = 400) -> None:
-        super().__init__(detail)
+        super().__init__(detail, code=reason, status=status)
         self.reason = reason
-        self.status = status
 
 
 @dataclass(frozen=True)

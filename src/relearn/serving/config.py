@@ -117,6 +117,11 @@ class TransformerSettings(CommonServingSettings):
         description="host:port for arm-marked calls of an A/B experiment (the chart's experiment router, an "
         "Istio VirtualService on x-relearn-arm); default: predictor_host (the local router routes by arm).",
     )
+    arm_assigner: str = Field(
+        "relearn.experiments.routing:running_experiment",
+        description="module:function building the A/B experiment's arm assigner at load "
+        "(relearn.routing.ArmAssigner); empty: no experiments.",
+    )
     threshold: float | None = Field(
         None,
         ge=0.0,

@@ -34,16 +34,17 @@ from typing import Any
 
 import numpy as np
 from kserve import InferRequest
-from kserve.errors import InvalidInput
 
+from relearn.errors import outcome_of
 from relearn.features.spec import MERCHANT_FEATURES, USER_FEATURES
 from relearn.features.state import open_state
 from relearn.features.transforms import model_input_arrays
 from relearn.model.explain import explain_rows
 from relearn.serving.config import TransformerSettings
+from relearn.serving.errors import InvalidInput, Unavailable
 from relearn.serving.metrics import REQUESTS, ROWS, STAGE_SECONDS, child, track_of
 from relearn.serving.predictor_model import FraudPredictor
-from relearn.serving.transformer_model import FraudTransformer, unavailable
+from relearn.serving.transformer_model import FraudTransformer
 
 log = logging.getLogger(__name__)
 METHOD = "integrated_gradients"
@@ -87,11 +88,8 @@ class FraudExplainer(FraudPredictor):
             numeric, categorical, ids = self._inputs(payload)
             top = _top(payload, self.settings.top)
             found = explain_rows(self.net, numeric, self._codes(categorical), categorical, top)
-        except InvalidInput:
-            child(REQUESTS, labels[0], "invalid", *labels[1:]).inc()
-            raise
-        except Exception:
-            child(REQUESTS, labels[0], "error", *labels[1:]).inc()
+        except Exception as exc:
+            child(REQUESTS, labels[0], outcome_of(exc), *labels[1:]).inc()
             raise
         child(STAGE_SECONDS, labels[0], "explain", *labels[1:]).observe(time.perf_counter() - start)
         child(REQUESTS, labels[0], "ok", *labels[1:]).inc()
@@ -121,7 +119,7 @@ class FraudExplainer(FraudPredictor):
             rows = self.state.read(events)
         except Exception as exc:
             log.warning("streaming state unavailable", extra={"reason": f"{type(exc).__name__}: {exc}"})
-            raise unavailable(f"feature state unavailable: read failed: {type(exc).__name__}") from None
+            raise Unavailable(f"feature state unavailable: read failed: {type(exc).__name__}") from None
         for name in (*USER_FEATURES, *MERCHANT_FEATURES):
             if name in _TEXT_FEATURES:
                 columns[name] = np.array([row[name] or "" for row in rows], dtype=object)

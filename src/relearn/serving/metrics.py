@@ -6,22 +6,23 @@ exports.
 
 ``track`` separates live traffic (``primary``) from requests mirrored to a shadow (``mirror``), so a version
 that was a shadow and becomes a canary does not carry its mirrored requests into the canary's analysis
-window. A request is a mirror the way Istio marks it: Envoy inserts ``-shadow`` into the Host /
-``:authority`` of mirrored requests (``svc:80`` becomes ``svc-shadow:80``); the local router does the same.
+window. A request is a mirror the way Istio marks it (:func:`relearn.routing.track_of`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+# The routing protocol's names, re-exported where callers found them before relearn.routing existed.
+from relearn.routing import SHADOW_SUFFIX as SHADOW_SUFFIX
+from relearn.routing import shadow_host as shadow_host
+from relearn.routing import track_of as track_of
+
 STAGES = ("feature_fetch", "transform", "predict")
 OUTCOMES = ("ok", "invalid", "unavailable", "error")
-TRACKS = ("primary", "mirror")
-SHADOW_SUFFIX = "-shadow"
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 STAGE_SECONDS = Histogram(
@@ -74,26 +75,3 @@ def child(metric: Any, *values: str) -> Any:
     bounded, so the hot path keeps the children.
     """
     return metric.labels(*values)
-
-
-def _split_port(host: str) -> tuple[str, str]:
-    """``(name, ":port" or "")`` of a Host value (an IPv6 literal keeps its brackets)."""
-    name, sep, port = host.rpartition(":")
-    return (name, sep + port) if sep and port.isdigit() else (host, "")
-
-
-def shadow_host(host: str) -> str:
-    """The Host / ``:authority`` Envoy gives a mirrored request: ``-shadow`` before the port, if any."""
-    name, port = _split_port(host)
-    return f"{name}{SHADOW_SUFFIX}{port}"
-
-
-def track_of(headers: Mapping[str, str] | None) -> str:
-    """``mirror`` for a request sent to a shadow host (see :func:`shadow_host`), else ``primary``.
-
-    REST servers read the Host header. Python gRPC servers do not expose ``:authority``, so the local router
-    also sends a mirrored call's authority as ``host`` metadata, which they do see.
-    """
-    headers = headers or {}
-    host = headers.get("host") or headers.get(":authority") or ""
-    return "mirror" if _split_port(host)[0].endswith(SHADOW_SUFFIX) else "primary"

@@ -36,7 +36,9 @@ from typing import Any
 import orjson
 
 from relearn.events import REQUEST_TYPE, RESPONSE_TYPE, binary_headers
-from relearn.serving.metrics import LOG_DROPPED, LOG_QUEUE_DEPTH, LOG_SENT, SHADOW_SUFFIX, track_of
+from relearn.routing import ROUTE_HEADER as ROUTE_HEADER  # re-exported: the router imports it from here
+from relearn.routing import SHADOW_SUFFIX, track_of
+from relearn.serving.metrics import LOG_DROPPED, LOG_QUEUE_DEPTH, LOG_SENT
 from relearn.serving.sink_http import SinkConnection, SinkError
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,6 @@ Body = dict[str, Any] | Callable[[], dict[str, Any]]
 Route = tuple[str | None, str | None]  # (inference_service, endpoint) overrides of one event
 _Event = tuple[str, str, float, Body, str | None, str | None]
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
-ROUTE_HEADER = "x-relearn-route"  # the local router's route of a request (stable, canary)
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,7 @@ def event_route(headers: Mapping[str, str] | None, inference_service: str) -> Ro
     In a cluster each role has its own pods and logger settings: the shadow is an InferenceService of
     its own and the canary's logger says ``ce-endpoint: canary``. Locally one process per version plays
     every role in turn, so the request tells: a mirrored one (Envoy's ``-shadow`` host, see
-    :func:`relearn.serving.metrics.track_of`) belongs to ``<inference_service>-shadow``, one the local
+    :func:`relearn.routing.track_of`) belongs to ``<inference_service>-shadow``, one the local
     router sent on its canary route (``x-relearn-route: canary``) to the canary endpoint.
     """
     headers = headers or {}

@@ -20,13 +20,14 @@ import numpy as np
 import pandas as pd
 import torch
 from kserve import InferRequest, InferResponse, Model
-from kserve.errors import InvalidInput
 
+from relearn.errors import outcome_of
 from relearn.features.spec import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS
 from relearn.model.net import CONFIG_FILE, load_model, predict_logits
 from relearn.model.registry import TORCH_ARTIFACT
 from relearn.serving import tensors
 from relearn.serving.config import PredictorSettings
+from relearn.serving.errors import InvalidInput
 from relearn.serving.metrics import REQUESTS, ROWS, STAGE_SECONDS, track_of
 from relearn.serving.payload_log import LoggerConfig, PayloadLogger, event_route
 from relearn.settings import RelearnSettings
@@ -137,11 +138,8 @@ class FraudPredictor(Model):
             start = time.perf_counter()
             scores = self.score_arrays(numeric, categorical)
             STAGE_SECONDS.labels(stage="predict", **labels).observe(time.perf_counter() - start)
-        except InvalidInput:
-            REQUESTS.labels(outcome="invalid", **labels).inc()
-            raise
-        except Exception:
-            REQUESTS.labels(outcome="error", **labels).inc()
+        except Exception as exc:
+            REQUESTS.labels(outcome=outcome_of(exc), **labels).inc()
             raise
         decisions = scores >= self.threshold
         REQUESTS.labels(outcome="ok", **labels).inc()

@@ -14,6 +14,7 @@ import signal
 from concurrent import futures
 from typing import Any
 
+from relearn.errors import InvalidRequest, NotFound, RelearnError, grpc_abort, rest_handler
 from relearn.serving.config import CommonServingSettings
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,12 @@ def strict_handlers(servicer: Any) -> Any:
     from google.protobuf.message import DecodeError
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
-    def wrap(method: Any, request_type: Any) -> Any:
+    def wrap(method: Any, request_type: Any, name: str) -> Any:
         async def handler(raw: bytes, context: Any) -> Any:
             try:
                 request = request_type.FromString(raw)
             except DecodeError as exc:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"malformed {request_type.__name__}: {exc}"
-                )
+                await grpc_abort(context, InvalidRequest(f"malformed {request_type.__name__}: {exc}"), name)
             return await method(request, context)
 
         return handler
@@ -51,7 +50,7 @@ def strict_handlers(servicer: Any) -> Any:
         request_type = getattr(pb, f"{name}Request")
         response_type = getattr(pb, f"{name}Response")
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            wrap(getattr(servicer, name), request_type),
+            wrap(getattr(servicer, name), request_type, name),
             request_deserializer=None,
             response_serializer=response_type.SerializeToString,
         )
@@ -92,8 +91,6 @@ async def bad_request(request: Any, exc: Any) -> Any:
 
     FastAPI's default answer is a 422 that echoes the input, which fails on ``NaN`` (a 500).
     """
-    from starlette.responses import JSONResponse
-
     first = (exc.errors() or [{}])[0]
     if first.get("type") == "json_invalid":  # its loc is (body, offset): say so rather than "1: ..."
         offset, reason = first["loc"][-1], first.get("ctx", {}).get("error", first.get("msg"))
@@ -101,51 +98,56 @@ async def bad_request(request: Any, exc: Any) -> Any:
     else:
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         message = f"{where}: {first.get('msg', 'invalid request')}"
-    log.warning("bad request", extra={"path": request.url.path, "error": message})
-    return JSONResponse({"error": message}, status_code=400)
+    return await rest_handler(request, InvalidRequest(message))
 
 
-def _client_error(status: int) -> Any:
-    """A handler answering ``status`` ``{"error": ...}``, logged as one WARNING line without traceback."""
-    from starlette.responses import JSONResponse
+def as_relearn(error: BaseException) -> RelearnError | None:
+    """The error model's view of an exception: a relearn error, or KServe's client errors mapped to one.
 
-    async def handler(request: Any, exc: Exception) -> Any:
-        log.warning("client error", extra={"path": request.url.path, "status": status, "error": str(exc)})
-        return JSONResponse({"error": str(exc)}, status_code=status)
+    KServe raises its ``InvalidInput`` (request decoding) and ``ModelNotFound`` itself; anything else is
+    left to KServe's handlers.
+    """
+    from kserve.errors import InvalidInput, ModelNotFound
 
-    return handler
+    if isinstance(error, RelearnError):
+        return error
+    if isinstance(error, InvalidInput):
+        return InvalidRequest(str(error))
+    if isinstance(error, ModelNotFound):
+        return NotFound(str(error))
+    return None
 
 
 def _quiet_client_errors(app: Any) -> None:
-    """Bad input and unknown models: after KServe's own handlers, which these replace."""
+    """Relearn's errors and KServe's client errors: after KServe's own handlers, which these replace."""
     from kserve.errors import InvalidInput, ModelNotFound
 
-    app.add_exception_handler(InvalidInput, _client_error(400))
-    app.add_exception_handler(ModelNotFound, _client_error(404))
+    async def kserve_error(request: Any, exc: Exception) -> Any:
+        return await rest_handler(request, as_relearn(exc))
+
+    app.add_exception_handler(RelearnError, rest_handler)
+    app.add_exception_handler(InvalidInput, kserve_error)
+    app.add_exception_handler(ModelNotFound, kserve_error)
 
 
 def client_error_interceptor() -> Any:
-    """KServe's exception-to-status interceptor, a client's error logged as one WARNING line.
+    """KServe's exception-to-status interceptor, relearn's errors mapped by :func:`relearn.errors.grpc_abort`.
 
     KServe logs bad input and unknown models at ERROR with a traceback, and turns an abort a handler already
     made (:func:`strict_handlers`) into an ERROR "Internal server error" log; the abort passes through here.
     """
     import grpc
-    from kserve.errors import InvalidInput, ModelNotFound
     from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
-
-    codes = {InvalidInput: grpc.StatusCode.INVALID_ARGUMENT, ModelNotFound: grpc.StatusCode.NOT_FOUND}
 
     class ClientErrors(ExceptionToStatusInterceptor):
         async def handle_exception(self, ex: Exception, request: Any, context: Any, method: str) -> None:
             if isinstance(ex, grpc.aio.AbortError):
                 raise ex
-            code = next((c for kind, c in codes.items() if isinstance(ex, kind)), None)
-            if code is None:
+            error = as_relearn(ex)
+            if error is None:
                 await super().handle_exception(ex, request, context, method)
                 return
-            log.warning("client error", extra={"method": method, "code": code.name, "error": str(ex)})
-            await context.abort(code, str(ex))
+            await grpc_abort(context, error, method)
 
     return ClientErrors()
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import socket
 from urllib.parse import urlsplit
 
+from relearn.errors import Unavailable
+
 _CLOSED = "connection closed by the sink"
 
 
-class SinkError(Exception):
+class SinkError(Unavailable):
     """The sink refused an event or the connection failed."""
 
 

@@ -55,8 +55,9 @@ def requested_outputs(request: Any, available: list[str]) -> tuple[list[str], li
     Raises:
         InvalidInput: A requested output the model does not have, named.
     """
-    from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import RequestedOutput
+
+    from relearn.serving.errors import InvalidInput
 
     wanted = request.request_outputs or []
     if unknown := [o.name for o in wanted if o.name not in available]:

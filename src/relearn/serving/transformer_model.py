@@ -32,17 +32,18 @@ from typing import Any
 import grpc
 import numpy as np
 from kserve import InferRequest, InferResponse, Model
-from kserve.errors import InvalidInput, ServerNotReady
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
 from relearn.data import contract
 from relearn.data.schema import REQUEST_FIELDS
-from relearn.experiments.routing import ARM_HEADER, EXPERIMENT_HEADER, RunningExperiment
+from relearn.errors import outcome_of
 from relearn.features.spec import MERCHANT_FEATURES, USER_FEATURES
 from relearn.features.state import Event, Rejected, open_state
 from relearn.features.transforms import cold_start, model_input_arrays
+from relearn.routing import ARM_HEADER, EXPERIMENT_HEADER, ArmAssigner, load_assigner
 from relearn.serving import tensors
 from relearn.serving.config import TransformerSettings
+from relearn.serving.errors import InvalidInput, Unavailable
 from relearn.serving.metrics import (
     COLD_START,
     FEATURE_FALLBACK,
@@ -56,18 +57,6 @@ from relearn.serving.metrics import (
 
 log = logging.getLogger(__name__)
 
-
-def unavailable(detail: str) -> ServerNotReady:
-    """A ServerNotReady (503 / UNAVAILABLE) that KServe's gRPC interceptor can report.
-
-    KServe 0.21's interceptor reads ``ex.reason``, which ServerNotReady lacks; without it a gRPC client gets
-    UNKNOWN (AttributeError) instead of UNAVAILABLE.
-    """
-    error = ServerNotReady(detail)
-    error.reason = str(error)
-    return error
-
-
 NUMERIC_FIELDS = ("amount",)
 TEXT_FIELDS = tuple(f for f in REQUEST_FIELDS if f not in NUMERIC_FIELDS)
 _TEXT_FEATURES = ("user_last_country", "user_last_device")
@@ -75,52 +64,43 @@ _NUMBER_FEATURES = tuple(f for f in (*USER_FEATURES, *MERCHANT_FEATURES) if f no
 
 
 class FraudTransformer(Model):
-    """Feature enrichment in front of the predictor; decision at the configured (or registered) threshold."""
+    """Feature enrichment in front of the predictor; decision at the configured (or registered) threshold.
 
-    def __init__(self, settings: TransformerSettings) -> None:
+    Args:
+        settings: The transformer's settings.
+        experiment: The A/B experiment's arm assigner; default: built at load by ``settings.arm_assigner``.
+    """
+
+    def __init__(self, settings: TransformerSettings, experiment: ArmAssigner | None = None) -> None:
         super().__init__(settings.model_name)
         self.settings = settings
         self.state: Any = None
-        self.channel: Any = None
-        self.stub: Any = None
-        self.arm_stub: Any = None  # arm-marked calls: the experiment router (cluster) or the predictor host
+        self.stubs: dict[str, Any] = {}  # by host, created lazily: a channel needs the server's event loop
         self.version = "unknown"  # the predictor's, learnt from its responses
-        self.experiment: RunningExperiment | None = None  # read from the experiment store at load
+        self.experiment = experiment
 
     def load(self) -> bool:
         """Open the streaming state and warm its connection up (a read changes nothing)."""
         self.state = open_state()
         self.state.read([Event("", 0, "", "")])
-        from relearn.experiments.exporter import default_metrics
-        from relearn.experiments.store import default_store
-
-        # The running experiment's arm shares (a bandit's change) go out on this server's /metrics.
-        self.experiment = RunningExperiment(default_store(), metrics=default_metrics())
+        if self.experiment is None:
+            self.experiment = load_assigner(self.settings.arm_assigner)
         self.ready = True
         return self.ready
 
-    def _stub(self) -> Any:
-        if self.stub is None:  # created lazily: needs the server's event loop
-            from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
-
-            self.channel = grpc.aio.insecure_channel(self.settings.predictor_host)
-            self.stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(self.channel)
-        return self.stub
-
-    def _arm_stub(self) -> Any:
-        """The stub for arm-marked calls: ``experiment_host``, else the predictor host.
+    def _stub(self, arm_marked: bool) -> Any:
+        """The predictor's stub; for arm-marked calls ``experiment_host``'s, when it is set.
 
         In the cluster the experiment router (an Istio VirtualService on x-relearn-arm); locally the
         predictor host is the local router, which routes by the same header.
         """
-        if not self.settings.experiment_host:
-            return self._stub()
-        if self.arm_stub is None:
+        host = (arm_marked and self.settings.experiment_host) or self.settings.predictor_host
+        if host not in self.stubs:
             from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 
-            channel = grpc.aio.insecure_channel(self.settings.experiment_host)
-            self.arm_stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
-        return self.arm_stub
+            channel = grpc.aio.insecure_channel(host)
+            self.stubs[host] = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
+        return self.stubs[host]
 
     def get_input_types(self) -> list[dict[str, Any]]:
         """One v2 input per request field."""
@@ -157,14 +137,8 @@ class FraudTransformer(Model):
             scores, decisions, version, rows_of = await self._score_arms(
                 columns["user_id"], numeric, categorical, ids, event_id, track
             )
-        except InvalidInput:
-            child(REQUESTS, "transformer", "invalid", version, track).inc()
-            raise
-        except ServerNotReady:
-            child(REQUESTS, "transformer", "unavailable", version, track).inc()
-            raise
-        except Exception:
-            child(REQUESTS, "transformer", "error", version, track).inc()
+        except Exception as exc:
+            child(REQUESTS, "transformer", outcome_of(exc), version, track).inc()
             raise
         if len(rows_of) == 1:  # a batch split over arms keeps the last single version for error labels
             self.version = version
@@ -176,7 +150,12 @@ class FraudTransformer(Model):
             child(REQUESTS, "transformer", "ok", arm_version, track).inc()
             child(ROWS, "transformer", arm_version, track).inc(rows)
         if is_v2:
-            return self._v2_response(payload, event_id, ids, scores, decisions, version)
+            values = {
+                tensors.TRANSACTION_ID: ("BYTES", ids),
+                tensors.SCORE: ("FP32", scores),
+                tensors.DECISION: ("BOOL", decisions),
+            }
+            return tensors.v2_response(payload, self.name, version, event_id, values)
         return {
             "predictions": [
                 {"transaction_id": t, "score": float(s), "decision": bool(d)}
@@ -204,7 +183,7 @@ class FraudTransformer(Model):
             if self.settings.feature_fallback:
                 child(FEATURE_FALLBACK, self.version).inc(len(events))
                 return time.perf_counter() - start  # no entity features: cold-start defaults
-            raise unavailable(f"feature state unavailable: update and read {reason}") from None
+            raise Unavailable(f"feature state unavailable: update and read {reason}") from None
         for name in _NUMBER_FEATURES:
             columns[name] = np.array([row[name] for row in rows], dtype=np.float64)  # None: NaN
         for name in _TEXT_FEATURES:
@@ -284,14 +263,13 @@ class FraudTransformer(Model):
         )
         start = time.perf_counter()
         try:
-            stub = self._arm_stub() if metadata else self._stub()
-            response = await stub.ModelInfer(
+            response = await self._stub(bool(metadata)).ModelInfer(
                 request, timeout=self.settings.predictor_timeout_seconds, metadata=metadata or None
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidInput(f"predictor rejected the inputs: {exc.details()}") from None
-            raise unavailable(f"predictor unavailable: {exc.code().name}: {exc.details()}") from None
+            raise Unavailable(f"predictor unavailable: {exc.code().name}: {exc.details()}") from None
         version = response.model_version or self.version
         elapsed = time.perf_counter() - start
         child(STAGE_SECONDS, "transformer", "predict", version, track).observe(elapsed)
@@ -303,22 +281,6 @@ class FraudTransformer(Model):
             raw = response.raw_output_contents[names.index(tensors.DECISION)]
             decisions = np.frombuffer(raw, dtype=np.bool_)
         return scores, decisions, version
-
-    def _v2_response(
-        self,
-        request: InferRequest,
-        event_id: str,
-        ids: np.ndarray,
-        scores: np.ndarray,
-        decisions: np.ndarray,
-        version: str,
-    ) -> InferResponse:
-        values = {
-            tensors.TRANSACTION_ID: ("BYTES", ids),
-            tensors.SCORE: ("FP32", scores),
-            tensors.DECISION: ("BOOL", decisions),
-        }
-        return tensors.v2_response(request, self.name, version, event_id, values)
 
     def _check(self, fields: dict[str, list], n: int) -> tuple[list[Event], dict[str, Any]]:
         """Validate the request's fields (one list per field); the state's events and the model's columns."""
