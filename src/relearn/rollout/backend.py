@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from relearn import kube
+from relearn.routing import SHADOW_SUFFIX
 
 ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 VS_GROUP, VS_VERSION, VS_PLURAL = "networking.istio.io", "v1", "virtualservices"
@@ -216,7 +217,7 @@ class KubernetesBackend:
         self.namespace = namespace
         self.isvc = inference_service
         self.vs = virtual_service
-        self.shadow_isvc = shadow_service or f"{inference_service}-shadow"
+        self.shadow_isvc = shadow_service or f"{inference_service}{SHADOW_SUFFIX}"
         self.model_name = model_name
         self.route_name = route_name
         self.api = client.CustomObjectsApi(api_client or kube.api_client())

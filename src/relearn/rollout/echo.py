@@ -4,7 +4,7 @@
 ``/v2/health/ready``, ``/v2/models/{model}/infer`` and ``inference.GRPCInferenceService`` (ServerLive,
 ServerReady, ModelInfer). Every inference answers one BYTES output ``server`` holding the name, and
 ``GET /count`` returns how many inference requests arrived per protocol (``rest``, ``grpc``) and how many of
-them came marked as mirrored (``rest_mirror``, ``grpc_mirror``: :func:`relearn.serving.metrics.track_of`).
+them came marked as mirrored (``rest_mirror``, ``grpc_mirror``: :func:`relearn.routing.track_of`).
 ``--fail`` makes every inference fail (500 / INTERNAL): a broken shadow or canary.
 """
 
@@ -46,7 +46,7 @@ async def serve(name: str, host: str, rest_port: int, grpc_port: int, fail: bool
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from relearn.serving.metrics import track_of
+    from relearn.routing import track_of
 
     pb = v2_pb2()
     counts = {"rest": 0, "grpc": 0, "rest_mirror": 0, "grpc_mirror": 0}

@@ -9,7 +9,7 @@ The same semantics as KServe + Istio in a cluster:
   (Istio ``mirror`` + ``mirrorPercentage``). Like Envoy, the router inserts ``-shadow`` into the mirrored
   Host (``host:port`` → ``host-shadow:port``); gRPC mirrors carry that authority as ``host`` metadata
   (Python gRPC servers do not expose ``:authority``), so the servers count mirrored requests apart
-  (:func:`relearn.serving.metrics.track_of`);
+  (:func:`relearn.routing.track_of`);
 * a route whose upstream cannot be reached answers 503 (REST) / UNAVAILABLE (gRPC), as Envoy does;
 * a request marked ``x-relearn-arm`` (an A/B experiment's arm, see :mod:`relearn.experiments.routing`)
   goes to that arm's model version on route ``experiment/<arm>``.
@@ -40,10 +40,8 @@ from pydantic import Field
 
 from relearn import commands, listeners
 from relearn.commands import Command, command_config
-from relearn.experiments.routing import ARM_HEADER, model_version
 from relearn.rollout.local_backend import Endpoint, RouterState
-from relearn.serving.metrics import shadow_host
-from relearn.serving.payload_log import ROUTE_HEADER
+from relearn.routing import ARM_HEADER, ROUTE_HEADER, model_version, shadow_host
 
 log = logging.getLogger(__name__)
 
