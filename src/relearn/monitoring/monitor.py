@@ -22,6 +22,9 @@ A request whose response never comes (KServe logs responses on 200 only) counts 
 Per track it keeps the open window in memory and its first sequence number (of a response) in the
 ``state`` table; after a restart it re-reads the log from the earliest of them, and the requests of a
 bounded stretch before it, so windows resume where they were and nothing accepted is skipped.
+
+Closing a full window (test, metrics, report, incident) is :mod:`relearn.monitoring.window_close`'s, the
+label side :mod:`relearn.monitoring.quality_watch`'s: both are mixed into :class:`Monitor`.
 """
 
 from __future__ import annotations
@@ -34,12 +37,11 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from relearn.events import REQUEST_TYPE
 from relearn.monitoring import store
 from relearn.monitoring.alerts import Alerter
-from relearn.monitoring.detector import SCORE, DriftTester, WindowResult
+from relearn.monitoring.detector import DriftTester
 from relearn.monitoring.estimate import WindowEstimates
 from relearn.monitoring.metrics import Metrics
 from relearn.monitoring.payloads import ID_FIELD, TRACKS, Rejected, parse_response, request_features
@@ -48,10 +50,10 @@ from relearn.monitoring.quality import (
     Quality,
 )
 from relearn.monitoring.quality_watch import QualityWatch
-from relearn.monitoring.report import write_report
 from relearn.monitoring.response import Responder
 from relearn.monitoring.settings import DriftSettings
 from relearn.monitoring.triggers import Triggers
+from relearn.monitoring.window_close import WindowCloser
 from relearn.monitoring.windows import Pending, Window
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,6 @@ PENDING_LOOKBACK = 5000
 # (a promotion the poll every reference_poll_s has not seen yet).
 CHAMPION_RECHECK_S = 5.0
 FILE_REFERENCE = "file"  # the version of a reference read from a file: tracks come from the headers
-COMPARED_TRACKS = ("canary", "shadow")  # score divergence against the last stable window
 
 
 def _epoch(text: str, default: float) -> float:
@@ -75,7 +76,7 @@ def _epoch(text: str, default: float) -> float:
         return default
 
 
-class Monitor(QualityWatch):
+class Monitor(QualityWatch, WindowCloser):
     """Consumes the log in a background thread; ``results`` keeps the verdict of every closed window."""
 
     def __init__(self, settings: DriftSettings, metrics: Metrics, alerter: Alerter) -> None:
@@ -305,99 +306,6 @@ class Monitor(QualityWatch):
                     "VALUES (?, ?, ?, ?, ?)",
                     predictions,
                 )
-
-    def _maybe_close(self, track: str, seq: int, t: float, predictions: list[Any]) -> None:
-        window = self.windows[track]
-        s = self.settings
-        if s.window_seconds is not None:
-            full = window.start_time is not None and t - window.start_time >= s.window_seconds
-        else:
-            full = len(window.rows) >= s.window_size
-        if not full:
-            return
-        self._close(track, window)
-        self._save(predictions)  # the boundary is persisted: make the pairs before it durable too
-        predictions.clear()
-        window.rows, window.scores, window.versions, window.ids = [], [], [], []
-        window.start_seq, window.start_time = seq + 1, None
-        window.index += 1
-        store.set_state(
-            self.conn,
-            [(f"window_start:{track}", str(window.start_seq)), (f"window_index:{track}", str(window.index))],
-        )
-
-    def _close(self, track: str, window: Window) -> None:
-        assert self.tester is not None
-        frame = pd.DataFrame(window.rows)
-        scores = np.asarray(window.scores, dtype=np.float64)
-        result = self.tester.test(frame, scores)
-        m = self.metrics
-        m.windows.labels(track).inc()
-        m.window_size.labels(track).set(result.size)
-        for name, p in result.p_values.items():
-            m.p_value.labels(track, name).set(p)
-        if result.feature_drift:
-            m.detected.labels(track, "features").inc()
-        if result.score_drift:
-            m.detected.labels(track, SCORE).inc()
-        divergence = self._score_divergence(track, scores)
-        record = {
-            "index": window.index,
-            "start_seq": window.start_seq,
-            "size": result.size,
-            "drift": result.is_drift,
-            "drifted": result.drifted,
-            "p_values": result.p_values,
-        }
-        if divergence is not None:
-            record["score_divergence"] = divergence
-        if violations := self.responder.observe(self.tester, track, window.index, result, frame):
-            record["violations"] = violations
-        self.estimates.close(
-            self.conn, m, self.tester.reference, track, record, scores, window.versions, window.ids
-        )
-        self.results[track].append(record)
-        del self.results[track][:-1000]
-        if self.settings.reports:
-            self._report(track, window, result, frame, scores)
-        if result.is_drift or violations:
-            log.info("drift on %s window %d: %s %s", track, window.index, result.drifted, violations)
-            self._incident(
-                {"kind": "drift", "track": track, "window": window.index, "drifted": result.drifted}
-                | ({"violations": violations} if violations else {})
-            )
-
-    def _score_divergence(self, track: str, scores: np.ndarray) -> float | None:
-        """Export a canary/shadow window's score divergence from the last closed stable window.
-
-        A closed stable window's scores become the comparison; a canary/shadow window's two-sample KS
-        statistic against them (in [0, 1]) is exported as ``relearn_drift_score_divergence{track}``.
-
-        Nothing is exported until a stable window with scores has closed (after a restart too), nor for a
-        window without scores: the gauge keeps its last value.
-        """
-        scores = scores[np.isfinite(scores)]
-        if not len(scores):
-            return None
-        if track == "stable":
-            self.stable_scores = scores.copy()
-            return None
-        if track not in COMPARED_TRACKS or self.stable_scores is None:
-            return None
-        from scipy.stats import ks_2samp
-
-        statistic = float(ks_2samp(scores, self.stable_scores).statistic)
-        self.metrics.score_divergence.labels(track).set(statistic)
-        return statistic
-
-    def _report(
-        self, track: str, window: Window, result: WindowResult, frame: pd.DataFrame, scores: np.ndarray
-    ) -> None:
-        assert self.tester is not None
-        if len(scores):
-            frame = frame.assign(**{SCORE: np.resize(scores, len(frame))})
-        path = self.settings.data_dir / "reports" / track / f"window-{window.index:06d}.html"
-        write_report(path, track, window.index, result, self.tester.reference, frame)
 
     def _incident(self, data: dict[str, Any]) -> None:
         data = self.responder.decide(data)  # response (retrain, recalibrate, page) and why
