@@ -11,9 +11,12 @@ from kfp import compiler
 from pydantic import Field
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
-from pipelines.train import PIPELINE_NAME, train_pipeline
+from pipelines import recalibrate, train
 
-PIPELINES = {PIPELINE_NAME: train_pipeline}
+PIPELINES = {
+    train.PIPELINE_NAME: train.train_pipeline,
+    recalibrate.PIPELINE_NAME: recalibrate.recalibrate_pipeline,
+}
 
 
 def compile_all(out: Path) -> list[Path]:

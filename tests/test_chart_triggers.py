@@ -54,3 +54,27 @@ def test_impossible_trigger_values_are_refused_by_name(value: str, message: str)
     ]
     out = _run(cmd)
     assert out.returncode != 0 and message in out.stderr, out.stderr
+
+
+@needs_helm
+def test_a_cluster_detector_can_start_a_recalibration_that_reads_it_back(monkeypatch) -> None:
+    """Prior shift in a cluster (pipelines/recalibrate.py): the detector knows its own Service URL for the
+    run's recalibrate step, and its NetworkPolicy admits the KFP run pods to that port."""
+    from rehearsal.netpol import Pod, allowed
+
+    from relearn.monitoring.settings import DriftSettings
+    from relearn.monitoring.trigger import recalibrate_action
+
+    docs = rendered("kubeflow")
+    (detector,) = [d for d in objects(docs, "Deployment") if d["metadata"]["name"].endswith("drift-detector")]
+    for name, value in container_env(detector["spec"]["template"]["spec"]["containers"][0]).items():
+        if isinstance(value, str):
+            monkeypatch.setenv(name, value)
+    drift = DriftSettings()
+    (service,) = [s for s in objects(docs, "Service") if s["metadata"]["name"].endswith("drift-detector")]
+    (port,) = [p["port"] for p in service["spec"]["ports"]]
+    host = f"{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+    assert drift.service_url == f"http://{host}:{port}/" and recalibrate_action(drift) is not None
+    pod = Pod(NAMESPACE, detector["spec"]["template"]["metadata"]["labels"])
+    assert allowed(docs, Pod("kubeflow", {}), pod, drift.port)  # kubeflow.runNamespace's default
+    assert not allowed(docs, Pod("elsewhere", {}), pod, drift.port)

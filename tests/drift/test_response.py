@@ -161,7 +161,7 @@ def test_local_mode_starts_the_command_of_the_response(tmp_path):
     import sys
     import time
 
-    from relearn.monitoring.server import _recalibrate, _retrain
+    from relearn.monitoring.trigger import recalibrate_action, retrain_action
 
     def command(name: str) -> str:
         script = f"open({str(tmp_path / name)!r}, 'a').write('run')"
@@ -171,7 +171,7 @@ def test_local_mode_starts_the_command_of_the_response(tmp_path):
         data_dir=tmp_path, trigger_mode="local", local_command=command("retrain"),
         recalibrate_command=command("recalibrate"), cooldown_s=0,
     )  # fmt: skip
-    alerter = Alerter(0, None, _retrain(settings), recalibrate=_recalibrate(settings))
+    alerter = Alerter(0, None, retrain_action(settings), recalibrate=recalibrate_action(settings))
     for response in ("page", "recalibrate"):
         assert alerter.incident({"kind": "quality", "response": response})
     deadline = time.monotonic() + 20

@@ -10,7 +10,8 @@ import pytest
 from kfp_stand_in import KfpApi, kfp_stand_in
 
 from pipelines.compile import compile_all
-from relearn.monitoring.trigger import submit_kfp_run
+from relearn.monitoring.settings import DriftSettings
+from relearn.monitoring.trigger import recalibrate_action, submit_kfp_run
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def kfp_api():
 
 def test_cluster_trigger_submits_the_compiled_pipeline_through_the_kfp_api(kfp_api, tmp_path):
     host, calls = kfp_api
-    (package,) = compile_all(tmp_path)
+    (package,) = (p for p in compile_all(tmp_path) if p.stem == "relearn-train")
 
     run_id = submit_kfp_run(host, str(package), {"days": 14, "scenario": "none"})
 
@@ -43,3 +44,36 @@ def test_cluster_trigger_submits_the_compiled_pipeline_through_the_kfp_api(kfp_a
     executors = kubernetes["deploymentSpec"]["executors"]
     assert all(e["configMapAsEnv"][0]["configMapName"] == "relearn-pipeline-env" for e in executors.values())
     assert run["runtime_config"]["parameters"] == {"days": 14, "scenario": "none"}
+
+
+def test_a_prior_shift_in_cluster_mode_runs_the_recalibration_pipeline_reading_this_detector(
+    kfp_api, tmp_path
+):
+    """The response ``recalibrate`` (relearn.monitoring.response) in a cluster: one KFP run of the compiled
+    relearn-recalibrate pipeline (recalibrate → deploy, both wired to the release's settings), told where to
+    read the labelled rows back (this detector's service URL) and with this detector's label maturity."""
+    host, calls = kfp_api
+    (package,) = (p for p in compile_all(tmp_path) if p.stem == "relearn-recalibrate")
+    detector = "http://relearn-drift-detector.fraud.svc.cluster.local:8090/"
+    options = {"trigger_mode": "cluster", "kfp_host": host, "data_dir": tmp_path}
+    options |= {"recalibrate_package": str(package), "service_url": detector, "label_maturity_s": 86400.0}
+    settings = DriftSettings(**options)
+
+    recalibrate_action(settings)({"kind": "quality", "response": "recalibrate"})
+
+    (run,) = [body for method, path, body in calls if (method, path) == ("POST", "/apis/v2beta1/runs")]
+    assert run["display_name"] == "relearn-recalibrate (quality)"
+    spec = run["pipeline_spec"]["pipeline_spec"]
+    assert spec["pipelineInfo"]["name"] == "relearn-recalibrate"
+    assert set(spec["root"]["dag"]["tasks"]) == {"recalibrate", "deploy"}
+    kubernetes = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]
+    executors = kubernetes["deploymentSpec"]["executors"]
+    assert len(executors) == 2
+    assert all(e["configMapAsEnv"][0]["configMapName"] == "relearn-pipeline-env" for e in executors.values())
+    assert run["runtime_config"]["parameters"] == {"detector_url": detector, "maturity_seconds": 86400.0}
+
+
+def test_without_its_service_url_a_cluster_detector_starts_no_recalibration(kfp_api, tmp_path):
+    host, calls = kfp_api
+    settings = DriftSettings(trigger_mode="cluster", kfp_host=host, data_dir=tmp_path)
+    assert recalibrate_action(settings) is None and calls == []

@@ -158,6 +158,36 @@ def recalibrate(
     }
 
 
+def run_step(
+    detector_url: str,
+    maturity_seconds: float,
+    alert_budget: float,
+    min_rows: int,
+    min_frauds: int,
+    decision_path: str,
+) -> tuple[str, bool]:
+    """The pipeline step (``relearn-recalibrate`` in a cluster): re-fit on the detector's labelled rows.
+
+    Too few labels is a decision, not a failure: the step says why in its Markdown and reports
+    ``passed=False``, so the deploy step starts nothing and the run ends green with the reason.
+
+    Returns:
+        The new version (empty when not recalibrated) and whether one was registered.
+    """
+    from relearn.monitoring.served import DetectorRows
+
+    traffic = labelled_traffic(DetectorRows(detector_url), 0.0, maturity_seconds, 5000)
+    try:
+        summary = recalibrate(
+            RelearnSettings(), traffic, alert_budget=alert_budget, min_rows=min_rows, min_frauds=min_frauds
+        )
+    except RecalibrationError as error:
+        Path(decision_path).write_text(f"# Not recalibrated\n\n{error}\n")
+        return "", False
+    Path(decision_path).write_text(f"# Recalibrated\n\n{summary['headline']}\n")
+    return str(summary["model_version"]), True
+
+
 class RecalibrateCommand(BaseSettings):
     """Re-fit the champion's threshold to the alert budget on recent labelled traffic; register it."""
 

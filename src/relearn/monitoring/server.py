@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from relearn.monitoring import served, store
+from relearn.monitoring import served, store, trigger
 from relearn.monitoring.alerts import Alerter
 from relearn.monitoring.labels import parse_labels, store_labels
 from relearn.monitoring.metrics import Metrics
@@ -60,29 +60,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
-
-
-def _retrain(settings: DriftSettings) -> Any:
-    if settings.trigger_mode == "local":
-        from relearn.monitoring.trigger import run_local
-
-        return lambda data: run_local(settings.local_command)
-    if settings.trigger_mode == "cluster":
-        from relearn.monitoring.trigger import submit_kfp_run
-
-        return lambda data: submit_kfp_run(
-            settings.kfp_host, settings.kfp_package, reason=str(data.get("kind", "drift"))
-        )
-    return None
-
-
-def _recalibrate(settings: DriftSettings) -> Any:
-    """Local mode: ``recalibrate_command`` on a label-shift incident (else the incident is posted only)."""
-    if settings.trigger_mode == "local" and settings.recalibrate_command:
-        from relearn.monitoring.trigger import run_local
-
-        return lambda data: run_local(str(settings.recalibrate_command))
-    return None
 
 
 def _skew_job(settings: DriftSettings, metrics: Metrics, db: Path) -> Any:
@@ -128,7 +105,10 @@ def create_app(settings: DriftSettings) -> Any:
         )
         state["labels_conn"] = store.connect(db, settings.sqlite_synchronous)
         alerter = Alerter(
-            settings.cooldown_s, settings.webhook_url, _retrain(settings), recalibrate=_recalibrate(settings)
+            settings.cooldown_s,
+            settings.webhook_url,
+            trigger.retrain_action(settings),
+            recalibrate=trigger.recalibrate_action(settings),
         )
         state["monitor"] = Monitor(settings, metrics, alerter)
         state["monitor"].start()

@@ -187,6 +187,16 @@ class DriftSettings(BaseSettings):
         description="Local-mode command a label-shift incident starts (e.g. .venv/platform/bin/python -m "
         "relearn.model.recalibrate --inference-log ...); unset: the incident is posted, nothing started.",
     )
+    recalibrate_package: str = Field(
+        "/opt/relearn/pipelines/relearn-recalibrate.yaml",
+        description="Compiled recalibration pipeline a label-shift incident runs (cluster mode; the drift "
+        "image compiles it at build).",
+    )
+    service_url: str | None = Field(
+        None,
+        description="This detector's in-cluster URL, which the recalibration step reads labelled rows from "
+        "(cluster mode; the chart sets it). Unset: a label-shift incident is posted, nothing started.",
+    )
     # Training/serving skew (relearn.monitoring.skew): off unless both are set.
     skew_lake_dir: Path | None = Field(
         None,

@@ -11,15 +11,25 @@ import json
 import logging
 import shlex
 import subprocess
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relearn.monitoring.settings import DriftSettings
+
+Action = Callable[[dict[str, Any]], Any]  # what an incident starts, given the incident
 
 log = logging.getLogger(__name__)
 
 
 def submit_kfp_run(
-    host: str | None, package_path: str, arguments: dict[str, Any] | None = None, reason: str = "drift"
+    host: str | None,
+    package_path: str,
+    arguments: dict[str, Any] | None = None,
+    reason: str = "drift",
+    action: str = "retrain",
 ) -> str:
-    """Start a run of the compiled training pipeline through the KFP API (cluster mode).
+    """Start a run of a compiled pipeline (training, or recalibration) through the KFP API (cluster mode).
 
     Returns:
         The run id.
@@ -27,7 +37,7 @@ def submit_kfp_run(
     import kfp  # lazily: only the cluster mode needs it
 
     run = kfp.Client(host=host).create_run_from_pipeline_package(
-        package_path, arguments=arguments or {}, run_name=f"relearn-retrain ({reason})"
+        package_path, arguments=arguments or {}, run_name=f"relearn-{action} ({reason})"
     )
     return str(run.run_id)
 
@@ -77,3 +87,35 @@ def run_local(command: str, extra_args: list[str] | None = None) -> subprocess.P
     argv = shlex.split(command) + list(extra_args or [])
     log.info("starting local retraining: %s", argv)
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def retrain_action(settings: DriftSettings) -> Action | None:
+    """What a ``retrain`` incident starts: the local pipeline, a KFP run of the training pipeline, or none."""
+    if settings.trigger_mode == "local":
+        return lambda data: run_local(settings.local_command)
+    if settings.trigger_mode == "cluster":
+        return lambda data: submit_kfp_run(
+            settings.kfp_host, settings.kfp_package, reason=str(data.get("kind", "drift"))
+        )
+    return None
+
+
+def recalibrate_action(settings: DriftSettings) -> Action | None:
+    """What a ``recalibrate`` incident (prior shift) starts; None: the incident is posted, nothing started.
+
+    Local mode: ``recalibrate_command``. Cluster mode: a KFP run of the compiled recalibration pipeline
+    (``pipelines/recalibrate.py``), whose step reads the labelled rows back from this detector at
+    ``service_url`` (its log is on the detector's own volume) with the detector's label maturity.
+    """
+    if settings.trigger_mode == "local" and settings.recalibrate_command:
+        return lambda data: run_local(str(settings.recalibrate_command))
+    if settings.trigger_mode == "cluster" and settings.service_url:
+        arguments = {"detector_url": settings.service_url, "maturity_seconds": settings.label_maturity_s}
+        return lambda data: submit_kfp_run(
+            settings.kfp_host,
+            settings.recalibrate_package,
+            arguments,
+            reason=str(data.get("kind", "quality")),
+            action="recalibrate",
+        )
+    return None
