@@ -68,7 +68,7 @@ def _skew_job(settings: DriftSettings, metrics: Metrics, db: Path) -> Any:
         if settings.skew_lake_dir is not None or settings.skew_interval_seconds is not None:
             log.warning("skew check off: set both skew_lake_dir and skew_interval_seconds")
         return None
-    from relearn.monitoring.skew import SkewJob, SkewMetrics
+    from relearn.monitoring.skew_job import SkewJob, SkewMetrics
 
     return SkewJob(
         db,

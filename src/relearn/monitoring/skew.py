@@ -16,13 +16,10 @@ than pandas (~1e-12 relative), so one float32 rounding step may differ: values c
 ``rtol=1e-5`` (~80 float32 ulps) plus ``atol=1e-6`` (a z-score of ~0 computed as 1e-12 on one side). A
 changed definition (a count off by one, another window, a chargeback counted early) is far above that.
 
-In the drift detector the check runs periodically when ``RELEARN_DRIFT_SKEW_LAKE_DIR`` (a lake root with
-``transactions/`` and ``labels/``, in the cluster a mounted volume of the lake the pipeline ingests from)
-and ``RELEARN_DRIFT_SKEW_INTERVAL_SECONDS`` are set, and exports on its ``/metrics``:
-``relearn_feature_skew_ratio{track,feature}`` (share of compared rows that differ),
-``relearn_feature_skew_max_abs_difference{track,feature}`` (numeric inputs only),
-``relearn_feature_skew_rows{track}``, ``relearn_feature_skew_unmatched_rows{track}``,
-``relearn_feature_skew_last_check_timestamp_seconds{track}`` and ``relearn_feature_skew_check_errors_total``.
+In the drift detector the check runs periodically (:mod:`relearn.monitoring.skew_job`, its gauges
+``relearn_feature_skew_*``) when ``RELEARN_DRIFT_SKEW_LAKE_DIR`` (a lake root with ``transactions/`` and
+``labels/``, in the cluster a mounted volume of the lake the pipeline ingests from) and
+``RELEARN_DRIFT_SKEW_INTERVAL_SECONDS`` are set.
 numpy/pandas/pyarrow only: it runs in the platform and the drift environment alike.
 """
 
@@ -51,7 +48,6 @@ from relearn.events import REQUEST_TYPE
 from relearn.features.spec import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS
 from relearn.features.transforms import entity_feature_tables, model_inputs
 from relearn.features.windows import WINDOWS
-from relearn.monitoring.jobs import PeriodicJob
 from relearn.monitoring.payloads import ID_FIELD, Rejected, request_features
 
 log = logging.getLogger("relearn.monitoring.skew")  # not __main__ under python -m
@@ -249,50 +245,8 @@ def check(
     return result
 
 
-class SkewMetrics:
-    """The ``relearn_feature_skew_*`` gauges on a registry (the detector's own)."""
-
-    def __init__(self, registry: Any) -> None:
-        from prometheus_client import Counter, Gauge
-
-        def gauge(name: str, doc: str, labels: tuple[str, ...] = ("track",)) -> Gauge:
-            return Gauge(name, doc, list(labels), registry=registry)
-
-        self.ratio = gauge(
-            "relearn_feature_skew_ratio",
-            "Share of sampled served rows whose model input differs from its offline recomputation.",
-            ("track", "feature"),
-        )
-        self.max_abs = gauge(
-            "relearn_feature_skew_max_abs_difference",
-            "Largest |served - offline| of a numeric model input in the last sample.",
-            ("track", "feature"),
-        )
-        self.rows = gauge("relearn_feature_skew_rows", "Served rows compared in the last check.")
-        self.unmatched = gauge(
-            "relearn_feature_skew_unmatched_rows", "Sampled rows whose transaction is not (yet) in the lake."
-        )
-        self.last = gauge(
-            "relearn_feature_skew_last_check_timestamp_seconds", "Unix time of the last completed check."
-        )
-        self.errors = Counter(
-            "relearn_feature_skew_check_errors",
-            "Skew checks that failed (log or lake unreadable).",
-            registry=registry,
-        )
-
-    def update(self, result: SkewResult) -> None:
-        """Export one check's result."""
-        for name, ratio in result.ratios.items():
-            self.ratio.labels(result.track, name).set(ratio)
-        for name, diff in result.max_abs_difference.items():
-            self.max_abs.labels(result.track, name).set(diff)
-        self.rows.labels(result.track).set(result.rows)
-        self.unmatched.labels(result.track).set(result.unmatched)
-        self.last.labels(result.track).set(result.checked_at)
-
-
-def _log_result(result: SkewResult, max_ratio: float) -> None:
+def log_result(result: SkewResult, max_ratio: float) -> None:
+    """One structured log line per check (the detector's periodic job and the command alike)."""
     log.info(
         "feature skew checked",
         extra={
@@ -304,32 +258,6 @@ def _log_result(result: SkewResult, max_ratio: float) -> None:
             "worst_ratio": max(result.ratios.values()) if result.rows else None,
         },
     )
-
-
-class SkewJob(PeriodicJob):
-    """Runs :func:`check` every ``interval_s`` in a daemon thread and exports the result."""
-
-    def __init__(
-        self, log_path: Path, lake_dir: Path, interval_s: float, metrics: SkewMetrics, **options: Any
-    ) -> None:
-        super().__init__("feature-skew", interval_s)
-        self.args = (log_path, lake_dir, lake_dir)
-        self.options = options
-        self.metrics = metrics
-        self.last: SkewResult | None = None
-
-    def run_once(self) -> SkewResult | None:
-        """One check, exported and logged (none before the first event: there is nothing to sample)."""
-        if Path(self.args[0]).is_file():
-            self.last = check(*self.args, **self.options)
-            self.metrics.update(self.last)
-            _log_result(self.last, 0.0)
-        return self.last
-
-    def on_error(self) -> None:
-        """The lake is being rewritten, a volume is gone: counted, and the next interval tries again."""
-        self.metrics.errors.inc()
-        log.exception("feature skew check failed")
 
 
 def format_table(result: SkewResult) -> str:
@@ -386,7 +314,7 @@ class SkewCommand(Command):
             print(f"skew: {error}", file=sys.stderr)
             self._exit_code = 2
             return
-        _log_result(result, self.max_ratio)
+        log_result(result, self.max_ratio)
         print(json.dumps(result.to_dict(), indent=2) if self.json_output else format_table(result))
         self._exit_code = 2 if not result.rows else 1 if result.skewed(self.max_ratio) else 0
 
