@@ -20,7 +20,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -300,6 +301,45 @@ def wait_until(predicate, timeout: float, what: str, procs: list[subprocess.Pope
             pass
         time.sleep(0.2)
     raise TimeoutError(what)
+
+
+@contextmanager
+def detector_over(data_dir: Path) -> Iterator[str]:
+    """A drift detector process on loopback over the inference log in ``data_dir``: its URL.
+
+    Its reference is a constant frame (these tests read the log's rows, not drift); stopped on exit.
+    """
+    import pandas as pd
+
+    from relearn.features.spec import CATEGORICAL_INPUTS, NUMERIC_INPUTS
+
+    frame = pd.DataFrame(np.ones((10, len(NUMERIC_INPUTS))), columns=list(NUMERIC_INPUTS))
+    frame.assign(**dict(zip(CATEGORICAL_INPUTS, CATEGORIES, strict=True)), score=0.1).to_parquet(
+        data_dir / "reference.parquet"
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "RELEARN_DRIFT_HOST": "127.0.0.1",
+        "RELEARN_DRIFT_PORT": str(port),
+        "RELEARN_DRIFT_DATA_DIR": str(data_dir),
+        "RELEARN_DRIFT_REFERENCE_PATH": str(data_dir / "reference.parquet"),
+        "RELEARN_DRIFT_REPORTS": "false",
+    }
+    with (data_dir / "detector.log").open("w") as log:
+        proc = subprocess.Popen(
+            [str(DRIFT_PYTHON), "-m", "relearn.monitoring.server"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{url}/ready", timeout=1).status_code == 200, 120, "detector", [proc])
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 class Stack:

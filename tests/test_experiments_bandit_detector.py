@@ -5,8 +5,6 @@ inference log, the real schema) instead of a local file, and writes the new shar
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +18,10 @@ from relearn.experiments.bandit_live import detector_history, update
 from relearn.experiments.cli import main
 from relearn.experiments.settings import ExperimentSettings
 from relearn.experiments.store import ExperimentStore
-from relearn.features.spec import CATEGORICAL_INPUTS, LABEL, NUMERIC_INPUTS
+from relearn.features.spec import LABEL
 from relearn.monitoring import served
 from relearn.monitoring.store import connect
-from rollout_stack import CATEGORIES, DRIFT_PYTHON, wait_until
-from serving_stack import free_port
+from rollout_stack import DRIFT_PYTHON, detector_over
 from test_experiments_bandit_live import DAY, T0, history
 
 pytestmark = pytest.mark.skipif(not DRIFT_PYTHON.exists(), reason="the detector's venv: make setup")
@@ -35,32 +32,8 @@ def detector(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """A drift detector process on loopback over an inference log in ``tmp_path``: (log, url)."""
     db = tmp_path / "inference-log.sqlite3"
     connect(db).close()
-    frame = pd.DataFrame(np.ones((10, len(NUMERIC_INPUTS))), columns=list(NUMERIC_INPUTS))
-    frame.assign(**dict(zip(CATEGORICAL_INPUTS, CATEGORIES, strict=True)), score=0.1).to_parquet(
-        tmp_path / "reference.parquet"
-    )
-    port = free_port()
-    env = {
-        **os.environ,
-        "RELEARN_DRIFT_HOST": "127.0.0.1",
-        "RELEARN_DRIFT_PORT": str(port),
-        "RELEARN_DRIFT_DATA_DIR": str(tmp_path),
-        "RELEARN_DRIFT_REFERENCE_PATH": str(tmp_path / "reference.parquet"),
-        "RELEARN_DRIFT_REPORTS": "false",
-    }
-    proc = subprocess.Popen(
-        [str(DRIFT_PYTHON), "-m", "relearn.monitoring.server"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "detector.log").open("w"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{url}/ready", timeout=1).status_code == 200, 120, "detector", [proc])
+    with detector_over(tmp_path) as url:
         yield db, url
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def log_history(db: Path, h: pd.DataFrame) -> None:

@@ -116,14 +116,8 @@ def test_analyze_leaves_out_the_rows_scored_while_replicas_refresh(
     early = settled.head(300).assign(arm="v7", time=started + 30.0, user_id=lambda f: "early-" + f["user_id"])
     pd.concat([early, settled]).to_parquet(tmp_path / "joined.parquet")
     capsys.readouterr()
-    argv = [
-        "analyze",
-        "ab1",
-        "--predictions",
-        str(tmp_path / "joined.parquet"),
-        "--report-dir",
-        str(tmp_path),
-    ]
+    monkeypatch.chdir(tmp_path)  # the report folder "r"
+    argv = ["analyze", "ab1", "--predictions", str(tmp_path / "joined.parquet"), "--report-dir", "r"]
     assert main([*home, *argv]) == 0
     counted = json.loads(capsys.readouterr().out)["v8"]["arms"]["v7"]["transactions"]
     assert counted == int((settled["arm"] == "v7").sum()) + (300 if grace == "0" else 0)

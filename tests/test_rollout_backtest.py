@@ -11,13 +11,10 @@ cannot open the detector's volume), so both paths must give the same evidence.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,8 +25,7 @@ from relearn.model.net import load_model, score
 from relearn.monitoring.store import connect
 from relearn.rollout.analysis import AnalysisSettings, Verdict
 from relearn.rollout.backtest import Backtest, DetectorRows, LogFile
-from rollout_stack import CATEGORIES, DRIFT_PYTHON, make_artifacts, wait_until
-from serving_stack import free_port
+from rollout_stack import CATEGORIES, detector_over, make_artifacts
 
 
 @pytest.fixture(params=["file", "detector"])
@@ -40,32 +36,8 @@ def rows(request, tmp_path: Path) -> Iterator[tuple[Path, LogFile | DetectorRows
         yield db, LogFile(db)
         return
     connect(db).close()
-    frame = pd.DataFrame(np.ones((10, len(NUMERIC_INPUTS))), columns=list(NUMERIC_INPUTS))
-    frame.assign(**dict(zip(CATEGORICAL_INPUTS, CATEGORIES, strict=True)), score=0.1).to_parquet(
-        tmp_path / "reference.parquet"
-    )
-    port = free_port()
-    env = {
-        **os.environ,
-        "RELEARN_DRIFT_HOST": "127.0.0.1",
-        "RELEARN_DRIFT_PORT": str(port),
-        "RELEARN_DRIFT_DATA_DIR": str(tmp_path),
-        "RELEARN_DRIFT_REFERENCE_PATH": str(tmp_path / "reference.parquet"),
-        "RELEARN_DRIFT_REPORTS": "false",
-    }
-    proc = subprocess.Popen(
-        [str(DRIFT_PYTHON), "-m", "relearn.monitoring.server"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "detector.log").open("w"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{url}/ready", timeout=1).status_code == 200, 120, "detector", [proc])
+    with detector_over(tmp_path) as url:
         yield db, DetectorRows(url)
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 @pytest.fixture
