@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from relearn.errors import InvalidRequest, RelearnError, Unavailable, rest_handler
 from relearn.monitoring import served, store, trigger
 from relearn.monitoring.alerts import Alerter
 from relearn.monitoring.labels import parse_labels, store_labels
@@ -126,14 +127,16 @@ def create_app(settings: DriftSettings) -> Any:
 
     def reject(error: Rejected) -> JSONResponse:
         metrics.rejected.labels(error.reason).inc()
-        return JSONResponse({"error": error.reason, "detail": str(error)}, status_code=error.status)
+        return JSONResponse(error.body(), status_code=error.status)
 
     ingested: dict[tuple[str, str], Any] = {}
 
-    async def answer(send: Any, status: int, payload: dict[str, str]) -> None:
-        body = json.dumps(payload).encode()
+    async def answer(send: Any, error: RelearnError) -> None:
+        """The sink's error answer (it has no Starlette response): the error model's status and body."""
+        metrics.rejected.labels(error.code or "error").inc()
+        body = json.dumps(error.body()).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     def _event(part: tuple[Any, bytes], where: str) -> Event:
@@ -161,14 +164,12 @@ def create_app(settings: DriftSettings) -> Any:
             parts = http_events(headers.get("content-type", ""), headers, b"".join(chunks))
             events = [_event(part, f"event {i}: " if len(parts) > 1 else "") for i, part in enumerate(parts)]
         except Rejected as error:
-            metrics.rejected.labels(error.reason).inc()
-            await answer(send, error.status, {"error": error.reason, "detail": str(error)})
+            await answer(send, error)
             return
         try:  # a batch is all or nothing: every event is checked before any is stored, in one transaction
             await state["log"].append_many(events)
         except sqlite3.Error as error:
-            metrics.rejected.labels("storage_error").inc()
-            await answer(send, 503, {"error": "storage_error", "detail": str(error)})
+            await answer(send, Unavailable(str(error), code="storage_error"))
             return
         for event in events:
             counter = ingested.get((event.track, event.type))
@@ -251,7 +252,7 @@ def create_app(settings: DriftSettings) -> Any:
             if key not in ("ce_id", "transaction_id") or limit < 1:
                 raise ValueError(f"bad key {key!r} or limit {limit}")
         except ValueError as error:
-            return JSONResponse({"error": "bad_query", "detail": str(error)}, status_code=400)
+            raise InvalidRequest(str(error), code="bad_query") from None
         version = params.get("version")
 
         def compute() -> dict[str, Any]:
@@ -276,7 +277,7 @@ def create_app(settings: DriftSettings) -> Any:
             if not all(map(math.isfinite, (since, maturity))) or limit < 1 or after < 0 or maturity < 0:
                 raise ValueError(f"since {since}, maturity_seconds {maturity}, limit {limit}, after {after}")
         except (ValueError, OverflowError) as error:
-            return JSONResponse({"error": "bad_query", "detail": str(error)}, status_code=400)
+            raise InvalidRequest(str(error), code="bad_query") from None
 
         def compute() -> dict[str, Any]:
             conn = served.open_read_only(db)
@@ -304,7 +305,7 @@ def create_app(settings: DriftSettings) -> Any:
             if not math.isfinite(since) or limit < 1 or after < 0:
                 raise ValueError(f"since {since}, limit {limit}, after {after}")
         except (ValueError, OverflowError) as error:
-            return JSONResponse({"error": "bad_query", "detail": str(error)}, status_code=400)
+            raise InvalidRequest(str(error), code="bad_query") from None
 
         def compute() -> dict[str, Any]:
             conn = served.open_read_only(db)
@@ -330,11 +331,12 @@ def create_app(settings: DriftSettings) -> Any:
 
     async def http_error(request: Request, exc: Any) -> Response:
         """Unknown routes and methods answer JSON like every other error here, not plain text."""
-        reason = exc.detail.lower().replace(" ", "_")
-        detail = f"{exc.detail}: {request.method} {request.url.path}"
-        return JSONResponse({"error": reason, "detail": detail}, exc.status_code, headers=exc.headers)
+        code = exc.detail.lower().replace(" ", "_")
+        error = RelearnError(f"{exc.detail}: {request.method} {request.url.path}", code=code)
+        return JSONResponse(error.body(), exc.status_code, headers=exc.headers)
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    handlers = {HTTPException: http_error, RelearnError: rest_handler}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.state.metrics = metrics
 
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
