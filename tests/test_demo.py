@@ -93,7 +93,7 @@ def test_a_retrained_challenger_is_promoted_by_the_controller(demo):
 
 
 def test_quality_recovers_after_the_promotion(demo):
-    from relearn.demo.report import OLD_ON_AFTER
+    from relearn.demo.report_facts import OLD_ON_AFTER
 
     _, summary, _ = demo
     q = summary["quality"]
