@@ -105,6 +105,9 @@ def test_the_loop_and_report_hooks_start_and_report_the_experiment(tmp_path) -> 
     live, live_labels = replayed({"1": 1.0, "2": 0.1}, 6000, 14, seed=2)
     live["event_timestamp"] += 10 * DAY
     live_labels["chargeback_timestamp"] += 10 * DAY
+    # While the challenger's predictor starts (two stream days here) the champion answers every card.
+    starting = live["event_timestamp"] < T0 + 12 * DAY
+    live.loc[starting, "model_version"] = "1"
     stream = pd.concat([history, live], ignore_index=True)
     record = Record(len(stream))
     record.code[:], record.score[:], record.version[:] = 0, stream["score"], stream["model_version"]
@@ -112,7 +115,7 @@ def test_the_loop_and_report_hooks_start_and_report_the_experiment(tmp_path) -> 
         stream=stream.drop(columns=["code", "score", "model_version"]),
         labels=pd.concat([labels, live_labels], ignore_index=True),
     )
-    replay = SimpleNamespace(record=record, position=len(history), sim_time=T0 + 10 * DAY)
+    replay = SimpleNamespace(record=record, position=len(history), sim_time=T0 + 12 * DAY)
     driver = SimpleNamespace(
         replay=replay,
         world=world,
@@ -120,11 +123,16 @@ def test_the_loop_and_report_hooks_start_and_report_the_experiment(tmp_path) -> 
         backend=SimpleNamespace(state=lambda: SimpleNamespace(stable="1")),
     )
     timeline = Timeline()
-    timeline.add("experiment-start", sim=replay.sim_time, **experiment.start_in_demo(driver, "2"))
+    # The loop stamps the event with the retraining's end; the arms route from the store's write.
+    timeline.add("experiment-start", sim=T0 + 10 * DAY, **experiment.start_in_demo(driver, "2"))
+    assert timeline.first("experiment-start")["since"] == (T0 + 12 * DAY).isoformat()
     assert timeline.first("experiment-start")["split"] == {"1": 50, "2": 50}
     timeline.add("replay-end", sim=T0 + 24 * DAY)
     records = pd.concat([world.stream, record.frame()], axis=1)
     outcome = SimpleNamespace(timeline=timeline, records=records, world=world, home=tmp_path)
     page = experiment.report_section(outcome, tmp_path / "report")
     assert "A/B experiment" in page and "winner v2" in page, page[:300]
+    routed = live[~starting]  # only the cards' answers once the arms route count
+    cards = routed.loc[routed["model_version"] == "1", "user_id"].nunique()
+    assert f"<td>v1 (control)</td><td>{cards}</td>" in page
     assert experiment.report_section(SimpleNamespace(timeline=Timeline()), tmp_path) == ""

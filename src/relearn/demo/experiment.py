@@ -194,11 +194,11 @@ def start_in_demo(driver: Any, challenger: str) -> dict[str, Any]:
         [world.stream.iloc[:n].reset_index(drop=True), replay.record.frame().iloc[:n]], axis=1
     )
     history = joined(records, world.labels, until=replay.sim_time)
-    return {
-        "champion": champion,
-        "challenger": challenger,
-        **start(driver.home, str(champion), challenger, history),
-    }
+    started = start(driver.home, str(champion), challenger, history)
+    # The stream ran on while the challenger's predictor started: the arms route from now, not from the
+    # retraining's end (the first run credited 16 stream hours of the champion's answers to both arms).
+    now = replay.sim_time
+    return {"champion": champion, "challenger": challenger, "since": now and now.isoformat(), **started}
 
 
 def report_section(outcome: Any, out: Path) -> str:
@@ -212,7 +212,7 @@ def report_section(outcome: Any, out: Path) -> str:
         end = outcome.timeline.first("replay-end") or {}
         until = pd.Timestamp(end["sim"]) if end.get("sim") else None
         frame = joined(outcome.records, outcome.world.labels, until=until)
-        since = pd.Timestamp(begun["sim"]).timestamp()
+        since = pd.Timestamp(begun.get("since") or begun["sim"]).timestamp()
         return section(finish(outcome.home, frame, since, out))
     except Exception as exc:  # the report must still be written; say what failed
         return f"<h2>A/B experiment</h2><p>analysis failed: {html.escape(repr(exc))}</p>"
