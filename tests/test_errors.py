@@ -138,3 +138,39 @@ def test_one_grpc_helper_aborts_with_the_errors_code_and_message() -> None:
 
     got = asyncio.run(calls())
     assert got == [(getattr(grpc.StatusCode, code), str(error)) for error, _, code, _, _ in CASES]
+
+
+# Exception classes not yet under RelearnError, in files other engineers own (rollout: helper C; checks.py,
+# model/recalibrate.py: helper A); the set only shrinks (test_pending_roots_still_exist).
+PENDING_ROOTS = {
+    "rollout/backend.py:RolloutError",
+    "rollout/prometheus.py:PrometheusError",
+    "checks.py:CheckFailed",
+    "model/recalibrate.py:RecalibrationError",
+}
+_BUILTIN = {"Exception", "ValueError", "RuntimeError", "KeyError", "TypeError", "OSError", "LookupError"}
+_OURS = {"RelearnError", "InvalidRequest", "Unavailable", "NotFound", "StepFailed"}
+
+
+def _roots() -> set[str]:
+    """``path:Class`` of every exception class in src/relearn whose bases are builtins only."""
+    import ast
+    from pathlib import Path
+
+    src = Path(errors.__file__).parent
+    found = set()
+    for path in src.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
+                if bases & _BUILTIN and not bases - _BUILTIN:
+                    found.add(f"{path.relative_to(src)}:{node.name}")
+    return found
+
+
+def test_every_relearn_exception_derives_from_relearn_error() -> None:
+    assert _roots() - PENDING_ROOTS == {"errors.py:RelearnError"}
+
+
+def test_pending_roots_still_exist() -> None:
+    assert _roots() >= PENDING_ROOTS, f"moved under RelearnError: delete {PENDING_ROOTS - _roots()}"

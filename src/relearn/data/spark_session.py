@@ -17,6 +17,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relearn.errors import RelearnError
+
 T = TypeVar("T")
 
 
@@ -42,7 +44,7 @@ class SparkSettings(BaseSettings):
     auto_rows: int = Field(2_000_000, ge=0, description="--data-engine auto: Spark from this many rows.")
 
 
-class SparkEngineError(RuntimeError):
+class SparkEngineError(RelearnError, RuntimeError):
     """Spark failed: the first line of the JVM's message, without its stack trace."""
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from relearn.errors import RelearnError
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
@@ -34,7 +36,7 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-class StackError(RuntimeError):
+class StackError(RelearnError, RuntimeError):
     """A child exited early or did not become ready; the message names its log."""
 
 

@@ -32,6 +32,7 @@ import pandas as pd
 from pydantic import Field
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
+from relearn.errors import RelearnError
 from relearn.model.train import Shard, TrainParams, TrainResult, shard_bounds, split_points, train_shard
 from relearn.settings import RelearnSettings
 
@@ -41,7 +42,7 @@ BACKENDS = ("auto", "local", "pytorchjob")
 MODEL_ARTIFACT = "trained_model"  # where rank 0 logs the artifact when the step cannot read its files
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(RelearnError, RuntimeError):
     """The training processes (torchrun or the PyTorchJob) did not finish successfully."""
 
 

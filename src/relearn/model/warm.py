@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from relearn.errors import InvalidRequest
 from relearn.features.spec import CATEGORICAL_INPUTS, FEATURE_SERVICE, LABEL, NUMERIC_INPUTS
 from relearn.model.net import FraudNet, Preprocessor, signed_log1p
 from relearn.model.train import TrainParams
@@ -39,7 +40,7 @@ GENERATION_TAG, TRAIN_END_TAG = "warm_generation", "train_end"
 LINEAGE_TAGS = (MODE_TAG, REASON_TAG, FROM_TAG, GENERATION_TAG, TRAIN_END_TAG)
 
 
-class WarmStartRefused(ValueError):
+class WarmStartRefused(InvalidRequest, ValueError):
     """``train_mode=warm`` with a champion that cannot be fine-tuned: the message names the setting."""
 
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from relearn.data import schema
 from relearn.data.schema import CATEGORICAL_DOMAINS
+from relearn.errors import InvalidRequest
 from relearn.features.spec import LABEL, MERCHANT_FEATURES, MODEL_INPUTS, USER_FEATURES
 
 # What a case is made of: the request, the card's and merchant's state before it, and the fields a model
@@ -42,7 +43,7 @@ FILTER_FIELDS = frozenset(CASE_FIELDS) | frozenset(MODEL_INPUTS)
 SUITE = "suite.yaml"
 
 
-class SuiteError(ValueError):
+class SuiteError(InvalidRequest, ValueError):
     """A suite file that cannot be used; the message names the file and the entry."""
 
 
