@@ -25,13 +25,14 @@ import pandas as pd
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
+from relearn.errors import RelearnError
 from relearn.features.spec import MODEL_INPUTS
 from relearn.settings import ALERT_BUDGET, RelearnSettings
 
 log = logging.getLogger(__name__)
 
 
-class RecalibrationError(RuntimeError):
+class RecalibrationError(RelearnError, RuntimeError):
     """Recalibration is not possible (no champion, too few labelled rows): nothing was registered."""
 
 
