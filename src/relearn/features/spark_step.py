@@ -246,7 +246,7 @@ def _build(spark, transactions_dir, labels_dir, training_set_path, end, label_ma
     holders = io.read_cardholders(transactions_dir)  # one row per card holder: small
     names = list(ATTRIBUTES)
     frame = frame.join(F.broadcast(spark.createDataFrame(holders[["user_id", *names]])), "user_id", "left")
-    frame = frame.fillna(UNKNOWN, subset=names).orderBy("event_timestamp", spark_engine.ORDER)
+    frame = frame.fillna(UNKNOWN, subset=names).orderBy("event_timestamp", spark_lake.ORDER)
     # The pandas path's columns: training columns, model inputs, label, then the holders' attributes.
     columns = [c for c in feast_store.TRAINING_COLUMNS if c in frame.columns]
     frame = frame.select(*columns, *MODEL_INPUTS, LABEL, *names).cache()
