@@ -150,6 +150,35 @@ def update(
     }
 
 
+def update_bandits(
+    store: Any,
+    name: str | None,
+    history: pd.DataFrame | None,
+    detector: str | None,
+    now: float,
+    settings: ExperimentSettings,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Update bandit ``name`` (None: every running bandit) from ``history`` or the ``detector``'s URL.
+
+    Returns the records written to ``store`` (an :class:`relearn.experiments.store.ExperimentStore`).
+    """
+    from relearn.experiments.routing import model_version
+
+    listed = {} if name else {r["name"]: r for r in store.list()}  # one read of the store for all
+    running = [n for n, r in listed.items() if r["status"] == "running" and r.get("kind") == "bandit"]
+    out = []
+    for bandit in [name] if name else running:
+        frame = history
+        if frame is None:  # the detector names the model version that scored: map it onto the arm names
+            record = listed.get(bandit) or store.get(bandit)
+            frame = detector_history(str(detector), since=record["started"])
+            arms = {model_version(a): a for a in record["split"]}
+            frame = frame.assign(arm=frame["arm"].map(arms)).dropna(subset=["arm"])
+        out.append(store.set_shares(bandit, lambda r: update(r, frame, now, settings, seed=seed)))  # noqa: B023
+    return out
+
+
 def replay(
     store_path: Any,
     recall: dict[str, float],

@@ -258,38 +258,28 @@ def _tag(args: argparse.Namespace, tags: dict[str, dict[str, str]]) -> int:
 
 
 def _update_bandit(args: argparse.Namespace, store: ExperimentStore, audit: Any, settings: Any) -> int:
-    """New arm shares from the matured rewards in the history, written to the store (transformers follow).
+    """New arm shares from the matured rewards, written to the store (transformers follow).
 
     Without a name every running bandit is updated (the CronJob's call); none running is not an error.
     """
     import time
 
-    from relearn.experiments.bandit_live import detector_history, update
-    from relearn.experiments.routing import model_version
+    from relearn.experiments.bandit_live import update_bandits
 
-    listed = {} if args.name else {r["name"]: r for r in store.list()}
-    running = [n for n, r in listed.items() if r["status"] == "running" and r.get("kind") == "bandit"]
     now = args.now if args.now is not None else time.time()
+    history = _read(args.history) if args.history else None
     out = []
-    for name in [args.name] if args.name else running:
-        if args.history:
-            frame = _read(args.history)
-        else:  # the detector names the model version that scored: map it onto the record's arm names
-            record = listed.get(name) or store.get(name)
-            frame = detector_history(args.detector, since=record["started"])
-            arms = {model_version(a): a for a in record["split"]}
-            frame = frame.assign(arm=frame["arm"].map(arms)).dropna(subset=["arm"])
-        record = store.set_shares(name, lambda r: update(r, frame, now, settings, seed=args.seed))  # noqa: B023
+    for record in update_bandits(store, args.name, history, args.detector, now, settings, args.seed):
         b = record["bandit"]
         audit.append(
             "experiment-bandit-update",
             actor=getpass.getuser(),
-            experiment=name,
+            experiment=record["name"],
             shares=record["shares"],
             fallback=b["fallback"],
         )
         counts = {k: b[k] for k in ("caught", "missed", "fallback", "reward_age_s")}
-        out.append({"experiment": name, "shares": record["shares"], **counts})
+        out.append({"experiment": record["name"], "shares": record["shares"], **counts})
     print(json.dumps(out[0] if args.name else out, indent=2))
     return 0
 
