@@ -61,7 +61,6 @@ def test_a_cluster_detector_can_start_a_recalibration_that_reads_it_back(monkeyp
     """Prior shift in a cluster (pipelines/recalibrate.py): the detector knows its own Service URL for the
     run's recalibrate step, and its NetworkPolicy admits the KFP run pods to that port."""
     from rehearsal.netpol import Pod, allowed
-
     from relearn.monitoring.settings import DriftSettings
     from relearn.monitoring.trigger import recalibrate_action
 
