@@ -2,7 +2,7 @@
 
 Routes: ``POST /`` (and any other path: the sink KServe's logger posts to), ``POST /labels``,
 ``GET /metrics``, ``GET /healthz``, ``GET /ready``, ``GET /status``, ``GET /v1/shadow`` (the shadow
-comparison of :mod:`relearn.rollout.shadow` over the log) and ``GET /v1/backtest/labels|inputs`` (the rows
+comparison, :mod:`relearn.monitoring.comparison`) and ``GET /v1/backtest/labels|inputs`` (the rows
 of a canary's backtest, :mod:`relearn.monitoring.served`): for the rollout controller, which cannot open the
 log on the detector's ReadWriteOnce volume; ``GET /v1/experiments/rewards`` (a bandit's reward history, for
 its update CronJob).
