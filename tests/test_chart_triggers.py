@@ -77,3 +77,24 @@ def test_a_cluster_detector_can_start_a_recalibration_that_reads_it_back(monkeyp
     pod = Pod(NAMESPACE, detector["spec"]["template"]["metadata"]["labels"])
     assert allowed(docs, Pod("kubeflow", {}), pod, drift.port)  # kubeflow.runNamespace's default
     assert not allowed(docs, Pod("elsewhere", {}), pod, drift.port)
+
+
+@needs_helm
+def test_the_schedule_runner_reaches_the_detector_and_defaults_to_its_own_clock(monkeypatch) -> None:
+    from relearn.monitoring.settings import DriftSettings
+
+    for runner in ("detector", "kfp"):
+        sets = ["--set", "driftDetector.retraining.scheduleSeconds=86400"]
+        if runner == "kfp":
+            sets += ["--set", "driftDetector.retraining.scheduleRunner=kfp"]
+        docs = rendered("kubeflow", *sets)
+        (detector,) = [
+            d for d in objects(docs, "Deployment") if d["metadata"]["name"].endswith("drift-detector")
+        ]
+        for name, value in container_env(detector["spec"]["template"]["spec"]["containers"][0]).items():
+            if isinstance(value, str):
+                monkeypatch.setenv(name, value)
+        assert DriftSettings().schedule_runner == runner
+    out = _run([HELM, "template", "relearn", str(CHART), "-n", NAMESPACE, "--set",
+                "driftDetector.retraining.scheduleRunner=cron"])  # fmt: skip
+    assert out.returncode != 0 and "scheduleRunner" in out.stderr

@@ -69,6 +69,38 @@ def test_a_drift_trigger_restarts_the_schedule_and_shares_the_cooldown(tmp_path,
     assert _counter(monitor, "drift", "fired") == 1
 
 
+def test_in_a_cluster_the_detectors_clock_starts_one_kfp_run_per_due_schedule_within_the_cooldown(
+    tmp_path, webhook
+):
+    """The default cluster schedule (schedule_runner=detector): a due schedule is an incident whose action
+    is one KFP run of the training pipeline, so it shares the cool-down with drift and is counted; the
+    detector creates no recurring run (KFP would fire that on its own)."""
+    from pipelines.compile import compile_all
+    from relearn.monitoring.trigger import retrain_action
+
+    url, _ = webhook
+    (package,) = (p for p in compile_all(tmp_path) if p.stem == "relearn-train")
+    now = [1_000_000.0]
+    with kfp_stand_in([{"experiment_id": "exp-1", "display_name": "Default"}]) as host:
+        options = {"trigger_mode": "cluster", "kfp_host": host, "kfp_package": str(package)}
+        options |= {"data_dir": tmp_path, "reports": False, "cooldown_s": HOUR}
+        settings = DriftSettings(**options, schedule_interval_s=6 * HOUR)
+        alerter = Alerter(settings.cooldown_s, url, retrain_action(settings), clock=lambda: now[0])
+        monitor = Monitor(settings, Metrics(), alerter)
+        monitor.triggers.clock = lambda: now[0]
+        monitor.triggers.check()  # the origin
+        now[0] += 5 * HOUR
+        monitor._incident({"kind": "drift", "track": "stable", "drifted": ["log_amount"]})  # run 1
+        now[0] += 5 * HOUR + 30 * 60  # 10.5 h: 6 h after the start, but only 5.5 h after the drift run
+        assert monitor.triggers.check() is None
+        now[0] += 30 * 60 + CHECK_S  # 6 h after the drift run
+        assert monitor.triggers.check() == "schedule"  # run 2
+        runs = [b for m, p, b in KfpApi.calls if (m, p) == ("POST", "/apis/v2beta1/runs")]
+    assert [r["display_name"] for r in runs] == ["relearn-retrain (drift)", "relearn-retrain (schedule)"]
+    assert not [p for m, p, _ in KfpApi.calls if "recurringruns" in p]
+    assert _counter(monitor, "schedule", "fired") == 1 and _counter(monitor, "drift", "fired") == 1
+
+
 def test_volume_counts_matured_labelled_predictions_since_the_last_trigger(tmp_path):
     now = [1_000_000.0]
     monitor, runs = _monitor(tmp_path, None, now, volume_labels=300, label_maturity_s=HOUR)
@@ -118,7 +150,7 @@ def test_the_server_refuses_an_impossible_schedule_and_starts_nothing(tmp_path):
 def test_cluster_schedule_is_one_kfp_recurring_run(tmp_path):
     from pipelines.compile import compile_all
 
-    (package,) = compile_all(tmp_path)
+    (package,) = (p for p in compile_all(tmp_path) if p.stem == "relearn-train")
     with kfp_stand_in([{"experiment_id": "exp-1", "display_name": "Default"}]) as host:
         assert ensure_recurring_run(host, str(package), 86400) == "rr-7"
         posts = [(p, b) for m, p, b in KfpApi.calls if m == "POST"]

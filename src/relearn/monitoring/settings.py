@@ -176,6 +176,13 @@ class DriftSettings(BaseSettings):
         description="Retrain at least this often (seconds since the last trigger); off when unset. Local "
         "mode: the monitor's own clock; cluster mode: a KFP recurring run the detector creates.",
     )
+    schedule_runner: Literal["detector", "kfp"] = Field(
+        "detector",
+        description="Who keeps the schedule in cluster mode: the detector's own clock (default: each due "
+        "schedule is an incident, so it shares the cool-down, a data bug's page and the trigger metric, and "
+        "starts one KFP run) or a KFP recurring run the detector creates (visible in the Kubeflow UI, but "
+        "KFP fires it regardless of the cool-down and of a page, and it is not counted).",
+    )
     volume_labels: int | None = Field(
         None,
         ge=1,
@@ -244,7 +251,8 @@ class DriftSettings(BaseSettings):
                 f"schedule_interval_s ({interval:g}) must be at least cooldown_s ({self.cooldown_s:g}): "
                 "a schedule inside the cool-down would always be suppressed"
             )
-        if interval is not None and self.trigger_mode == "cluster" and interval < 60:
+        kfp_schedule = self.trigger_mode == "cluster" and self.schedule_runner == "kfp"
+        if interval is not None and kfp_schedule and interval < 60:
             raise ValueError(f"schedule_interval_s ({interval:g}) must be >= 60 for a KFP recurring run")
         return self
 

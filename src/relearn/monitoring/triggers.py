@@ -4,10 +4,12 @@ Both raise incidents through the monitor's :class:`~relearn.monitoring.alerts.Al
 cool-down (one trigger per episode, whatever raised it), the webhook, the audit record (``kind`` is the
 reason) and the ``relearn_drift_retrain_triggers_total{reason}`` counter:
 
-* **schedule** (``schedule_interval_s``): in local mode the monitor's own clock raises one when that long
-  has passed since the last trigger (or since the detector first started); in cluster mode KFP runs the
-  schedule, as a recurring run of the compiled pipeline the detector creates once
-  (:func:`relearn.monitoring.trigger.ensure_recurring_run`, ``max_concurrency=1``, ``no_catchup``).
+* **schedule** (``schedule_interval_s``): the monitor's own clock raises one when that long has passed
+  since the last trigger (or since the detector first started), in local and cluster mode alike (in a
+  cluster the incident starts one KFP run, like a drift trigger). With ``schedule_runner=kfp`` the cluster's
+  schedule is instead a KFP recurring run of the compiled pipeline the detector creates once
+  (:func:`relearn.monitoring.trigger.ensure_recurring_run`, ``max_concurrency=1``, ``no_catchup``), which
+  KFP fires on its own: no cool-down, no page, not counted.
 * **volume** (``volume_labels``): once that many live predictions have matured labels (served before the
   newest chargeback minus ``label_maturity_s``, a missing chargeback meaning legitimate) since the last
   trigger.
@@ -85,13 +87,14 @@ class Triggers:
         if now < self._next_check:
             return None
         self._next_check = now + CHECK_S
-        if s.trigger_mode == "cluster" and s.schedule_interval_s is not None and not self._recurring_done:
+        kfp_schedule = s.trigger_mode == "cluster" and s.schedule_runner == "kfp"
+        if kfp_schedule and s.schedule_interval_s is not None and not self._recurring_done:
             self._recurring()
         since = self.since()
         if self.alerter.cooling():
             return None
-        local_schedule = s.schedule_interval_s is not None and s.trigger_mode != "cluster"
-        if local_schedule and now - since >= s.schedule_interval_s:
+        own_schedule = s.schedule_interval_s is not None and not kfp_schedule
+        if own_schedule and now - since >= s.schedule_interval_s:
             self.raise_incident(
                 {"kind": "schedule", "track": "stable", "interval_s": s.schedule_interval_s, "since": since}
             )
