@@ -15,15 +15,14 @@ import pytest
 
 from crds import CRDS, crd_errors
 from kube_api import MERGE, FakeApiServer
-from relearn.rollout.backend import (
+from relearn.errors import RelearnError, outcome_of
+from relearn.rollout.backend import RolloutBackend, RolloutError, RolloutState
+from relearn.rollout.kubernetes_backend import (
     ANN_CANARY,
     ANN_SHADOW,
     ANN_STABLE,
     ANN_STABLE_URI,
     KubernetesBackend,
-    RolloutBackend,
-    RolloutError,
-    RolloutState,
 )
 
 NS = "fraud"
@@ -165,6 +164,20 @@ def test_canary_start_sends_the_documented_merge_patch(
     assert api.rejected == []
     with pytest.raises(RolloutError):
         backend.start_canary("3", 10)
+
+
+def test_a_refused_action_is_a_conflict_in_the_error_model(backend: KubernetesBackend) -> None:
+    """Callers catching RuntimeError still catch it; servers answer it 409 / FAILED_PRECONDITION."""
+    with pytest.raises(RolloutError) as refused:
+        backend.promote()
+    error = refused.value
+    assert isinstance(error, RelearnError) and isinstance(error, RuntimeError)
+    assert (error.status, error.grpc_code, outcome_of(error), error.body()) == (
+        409,
+        "FAILED_PRECONDITION",
+        "invalid",
+        {"error": "no canary to promote"},
+    )
 
 
 def test_step_promote_sends_null_to_remove_the_field(api: FakeApiServer, backend: KubernetesBackend) -> None:

@@ -35,7 +35,7 @@ from relearn.rollout.controller import (
     step,
 )
 from relearn.rollout.local_backend import LocalBackend, RouterState
-from relearn.rollout.prometheus import QUERIES, render
+from relearn.rollout.prometheus import QUERIES, PrometheusError, render
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 TICK = 0.1  # seconds between two batches of simulated requests
@@ -330,6 +330,10 @@ def test_no_canary_is_idle_and_unreachable_prometheus_holds(tmp_path: Path) -> N
 
     assert step(backend, dead, Untouchable(), cfg).action is Action.HOLD
     assert AuditLog(cfg.audit_log).entries() == [], "idle iterations are not audited"
+    with pytest.raises(PrometheusError) as unreachable:  # the error model's: 503, retry later
+        dead.query("up")
+    failed = unreachable.value
+    assert isinstance(failed, RuntimeError) and (failed.status, failed.grpc_code) == (503, "UNAVAILABLE")
     backend.start_canary("2", 10)
     decision = step(backend, dead, Untouchable(), cfg)
     assert decision.action is Action.HOLD and "no metrics" in decision.reason
@@ -424,7 +428,7 @@ def test_run_pins_the_stable_revision_once_its_alias_exists(settings, tmp_path: 
     from mlflow import MlflowClient
 
     from kube_api import MERGE, FakeApiServer
-    from relearn.rollout.backend import ANN_CANARY, ANN_STABLE, ANN_STABLE_URI, KubernetesBackend
+    from relearn.rollout.kubernetes_backend import ANN_CANARY, ANN_STABLE, ANN_STABLE_URI, KubernetesBackend
     from test_rollout_backend import ISVC, NS, _container, isvc
 
     path = f"{ISVC}/relearn-fraud"

@@ -37,7 +37,7 @@ def refuse_during_canary(
     rollout = ControllerSettings()
     backend: Any
     if cluster:
-        from relearn.rollout.backend import KubernetesBackend
+        from relearn.rollout.kubernetes_backend import KubernetesBackend
 
         isvc = inference_service or rollout.inference_service
         backend = KubernetesBackend(store.namespace, isvc, api_client=store.api_client)
@@ -64,7 +64,7 @@ def governing_store(backend: Any) -> ExperimentStore | None:
     The Kubernetes backend reads the ConfigMap named by RELEARN_EXPERIMENT_CONFIGMAP with its own API
     client (unset: experiments are not installed, nothing to check); any other backend the local store.
     """
-    from relearn.rollout.backend import KubernetesBackend
+    from relearn.rollout.kubernetes_backend import KubernetesBackend
 
     settings = ExperimentSettings()
     if isinstance(backend, KubernetesBackend):

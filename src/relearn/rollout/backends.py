@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from relearn.rollout.audit import rollout_dir
-from relearn.rollout.backend import KubernetesBackend, RolloutBackend
+from relearn.rollout.backend import RolloutBackend
+from relearn.rollout.kubernetes_backend import KubernetesBackend
 from relearn.rollout.local_backend import LocalBackend
 
 

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from relearn.errors import Unavailable
 from relearn.rollout.analysis import Snapshot
 
 
@@ -48,8 +49,8 @@ QUERIES: dict[str, str] = {
 }
 
 
-class PrometheusError(RuntimeError):
-    """Prometheus could not answer a query (unreachable, bad query, error status)."""
+class PrometheusError(Unavailable, RuntimeError):
+    """Prometheus could not answer a query (unreachable, bad query, error status): 503, retry later."""
 
 
 class Prometheus:
