@@ -207,6 +207,22 @@ def test_the_katib_experiment_validates_and_its_trials_run_the_train_code(traini
     assert curve == [(int(e["epoch"]), pytest.approx(e["val_pr_auc"], abs=1e-6)) for e in here.history]
 
 
+def test_katib_render_prints_the_experiment_and_refuses_bad_options(capsys):
+    """The command base: ``render`` prints experiment()'s object; a bad option exits 2 naming it."""
+    import yaml
+
+    katib.main(["render", "--image", "img:1", "--training-set", "s3://b/t", "--trials", "4", "--parallel=2"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    expected = katib.experiment(
+        tuning.SearchSpace(), name="relearn-tune", namespace="kubeflow-user-example-com", image="img:1",
+        training_set="s3://b/t", trials=4, parallel=2,
+    )  # fmt: skip
+    assert printed == expected
+    with pytest.raises(SystemExit) as refused:
+        katib.main(["trial", "--training-set", "t.parquet", "--dropout", "1.5"])
+    assert refused.value.code == 2 and "trial.dropout" in capsys.readouterr().err
+
+
 def test_make_tune_reads_the_newest_pipeline_runs_training_set(tmp_path):
     with pytest.raises(SystemExit, match="run `make train` or pass --training-set"):
         tuning.newest_training_set(tmp_path)

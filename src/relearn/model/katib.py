@@ -17,8 +17,10 @@ import sys
 from typing import Any
 
 from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, CliApp, CliSubCommand, SettingsConfigDict, get_subcommand
+from pydantic_settings import CliSubCommand, get_subcommand
 
+from relearn import commands
+from relearn.commands import Command, command_config
 from relearn.model.tuning import SearchSpace, parse_hidden
 
 API_VERSION, KIND = "kubeflow.org/v1beta1", "Experiment"
@@ -234,22 +236,23 @@ def run_trial(trial: Trial, out: Any = None) -> float:
     return result.best_val_pr_auc
 
 
-class KatibCli(BaseSettings):
+class KatibCli(Command):
     """Katib for relearn: render the tuning Experiment, or run one of its trials."""
 
-    model_config = SettingsConfigDict(cli_prog_name="python -m relearn.model.katib", cli_kebab_case=True)
+    model_config = command_config("python -m relearn.model.katib", "RELEARN_KATIB_")
 
-    render: CliSubCommand[Render]
-    trial: CliSubCommand[Trial]
+    render: CliSubCommand[Render] = Field(description="Print the Experiment as YAML.")
+    trial: CliSubCommand[Trial] = Field(description="Run one trial (what the trial Jobs start).")
 
     def cli_cmd(self) -> None:
-        """Run the chosen subcommand."""
+        """Run the chosen subcommand (its output on stdout, the JSON logs on stderr)."""
+        self.start_logging()
         get_subcommand(self).cli_cmd()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m relearn.model.katib``."""
-    CliApp.run(KatibCli, cli_args=argv)
+    """``python -m relearn.model.katib``: exit 2 naming a bad option before anything runs."""
+    commands.run(KatibCli, argv, "katib")
 
 
 if __name__ == "__main__":
