@@ -14,6 +14,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
+import pytest
 from drift_events import v1_request
 
 from conftest import Server, scenario_labels, scenario_stream
@@ -267,3 +268,31 @@ def test_label_shift_prevalence_incident_through_the_live_server(tmp_path, webho
     assert q_after["prevalence_p_value"] < 1e-4 and "prevalence" in q_after["reasons"]
     assert len(alerts_after) == 1 and alerts_after[0]["type"] == ALERT_TYPE
     assert alerts_after[0]["data"]["kind"] == "quality" and "prevalence" in alerts_after[0]["data"]["reasons"]
+
+
+def test_the_labels_command_loads_files_into_the_detectors_log(tmp_path, monkeypatch, capsys) -> None:
+    """``python -m relearn.monitoring.labels FILE...``: each file stored, its joins counted; no file: 2."""
+    from relearn.monitoring.labels import main
+    from relearn.monitoring.store import connect
+
+    monkeypatch.setenv("RELEARN_DRIFT_DATA_DIR", str(tmp_path / "drift"))
+    conn = connect(tmp_path / "drift" / "inference-log.sqlite3")
+    with conn:
+        conn.execute(
+            "INSERT INTO predictions (transaction_id, track, time, score) VALUES ('t1', 'stable', 0, 0.9)"
+        )
+    csv, records = tmp_path / "late.csv", tmp_path / "later.json"
+    csv.write_text("transaction_id,chargeback_timestamp\nt1,2026-01-02T00:00:00Z\nt9,2026-01-03T00:00:00Z\n")
+    records.write_text(
+        json.dumps([{"transaction_id": "t2", "chargeback_timestamp": "2026-01-04", "is_fraud": 0}])
+    )
+    assert main([str(csv), str(records)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{csv}: 1 labels joined to predictions",
+        f"{records}: 0 labels joined to predictions",
+    ]
+    stored = conn.execute("SELECT transaction_id, is_fraud, label_time FROM labels ORDER BY transaction_id")
+    assert stored.fetchall() == [("t1", 1, 1767312000.0), ("t2", 0, 1767484800.0), ("t9", 1, 1767398400.0)]
+    with pytest.raises(SystemExit) as usage:
+        main([])
+    assert usage.value.code == 2

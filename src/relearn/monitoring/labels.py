@@ -8,14 +8,17 @@ detector's database; the running detector picks them up on its next quality upda
 from __future__ import annotations
 
 import sqlite3
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import Field
+from pydantic_settings import CliPositionalArg
 
+from relearn import commands
+from relearn.commands import Command, command_config
 from relearn.monitoring.payloads import Rejected
 
 
@@ -69,20 +72,32 @@ def read_file(path: Path) -> list[dict[str, Any]]:
     return frame.to_dict("records")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Load label files into the detector's database (``RELEARN_DRIFT_DATA_DIR``)."""
-    from relearn.monitoring.settings import DriftSettings
-    from relearn.monitoring.store import connect
+class LabelsCommand(Command):
+    """Load delayed labels into the drift detector's database (RELEARN_DRIFT_DATA_DIR)."""
 
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
-        print("usage: python -m relearn.monitoring.labels FILE... (Parquet, JSON or CSV)")
-        return 0
-    settings = DriftSettings()
-    conn = connect(settings.data_dir / "inference-log.sqlite3", settings.sqlite_synchronous)
-    for name in args:
-        lags = store_labels(conn, parse_labels(read_file(Path(name))))
-        print(f"{name}: {len(lags)} labels joined to predictions")
+    model_config = command_config("python -m relearn.monitoring.labels", "RELEARN_LABELS_")
+
+    file: CliPositionalArg[list[Path]] = Field(
+        description="Label files: Parquet, JSON (records) or CSV with transaction_id, chargeback_timestamp"
+        " and optionally is_fraud."
+    )
+
+    def cli_cmd(self) -> None:
+        """Store each file's labels and print how many joined a prediction."""
+        from relearn.monitoring.settings import DriftSettings
+        from relearn.monitoring.store import connect
+
+        self.start_logging()
+        settings = DriftSettings()
+        conn = connect(settings.data_dir / "inference-log.sqlite3", settings.sqlite_synchronous)
+        for path in self.file:
+            lags = store_labels(conn, parse_labels(read_file(path)))
+            print(f"{path}: {len(lags)} labels joined to predictions")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m relearn.monitoring.labels FILE...``: 0 once the files are stored, 2 without a file."""
+    commands.run(LabelsCommand, argv, "labels")
     return 0
 
 
