@@ -95,8 +95,10 @@ class _Detector:
             return
         now = time.time()
         for track, records in (status.get("windows") or {}).items():
-            for record in records:
-                self.windows.setdefault((track, record["index"]), {**record, "track": track, "wall": now})
+            for record in records:  # updated in place: ``realized`` joins a window once its labels mature
+                seen = self.windows.get((track, record["index"]))
+                wall = seen["wall"] if seen else now
+                self.windows[(track, record["index"])] = {**record, "track": track, "wall": wall}
         stable = (status.get("quality") or {}).get("stable")
         if stable:
             self.quality.append({"wall": now, **stable})

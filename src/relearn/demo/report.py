@@ -81,6 +81,12 @@ def evidence_lines(s: dict[str, Any]) -> list[str]:
     ev = s.get("promotion_evidence")
     lines = response_lines(s.get("responses", []))
     lines += [f"training gate: {s['gate']}"] if s.get("gate") else []
+    est = s.get("recall_estimate_mae") or {}
+    if est.get("windows"):
+        lines.append(
+            f"label-free recall estimate: mean absolute error {est['mae']:.3f} over {est['windows']} windows "
+            f"whose chargebacks matured (estimate - realized {est['bias']:+.3f} on average)"
+        )
     return lines + ([f"promotion evidence: {ev['source']} {ev['verdict']}: {ev['detail']}"] if ev else [])
 
 

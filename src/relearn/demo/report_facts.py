@@ -117,6 +117,29 @@ def old_champion_on(outcome: Outcome, frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(score=model.predict(inputs)["score"].to_numpy())
 
 
+def recall_estimates(outcome: Outcome) -> list[tuple[float, float, float | None]]:
+    """Per closed stable window: (wall time, recall at budget estimated from its scores, realized or None).
+
+    The detector estimates each window's recall before any label (relearn.monitoring.estimate) and adds the
+    realized value once the window's chargebacks matured; several model versions in one window count by
+    their share of its predictions.
+    """
+    out = []
+    for w in outcome.windows:
+        estimate = {v: e for v, e in (w.get("estimate") or {}).items() if e.get("recall") is not None}
+        if w["track"] != "stable" or not estimate:
+            continue
+        weights = {v: e["n"] for v, e in estimate.items()}
+        total = sum(weights.values()) or 1
+        est = sum(e["recall"] * weights[v] for v, e in estimate.items()) / total
+        real = {v: r for v, r in (w.get("realized") or {}).items() if r.get("recall") is not None}
+        realized = None
+        if real and set(real) <= set(weights):
+            realized = sum(r["recall"] * weights[v] for v, r in real.items()) / sum(weights[v] for v in real)
+        out.append((w["wall"], est, realized))
+    return out
+
+
 def summary(outcome: Outcome) -> dict[str, Any]:
     """The numbers the report and the terminal table show (and the tests assert on)."""
     records = outcome.records
@@ -151,8 +174,21 @@ def summary(outcome: Outcome) -> dict[str, Any]:
         "promotion_evidence": next(
             (e.get("evidence") for e in outcome.audit if e["action"] == "promote"), None
         ),
+        "recall_estimate_mae": _mae(recall_estimates(outcome)),
         "drift_windows": len(drifted),
         "windows": len([w for w in outcome.windows if w["track"] == "stable"]),
         "ports_left_open": outcome.ports_left_open,
         "interrupted": outcome.interrupted,
     }
+
+
+def _mae(pairs: list[tuple[float, float, float | None]]) -> dict[str, Any]:
+    """Error of the label-free recall estimate over the windows whose labels matured.
+
+    Mean absolute, and mean signed (estimate - realized; > 0 overstates, as under concept drift).
+    """
+    diffs = [est - real for _, est, real in pairs if real is not None]
+    if not diffs:
+        return {"windows": 0, "mae": None, "bias": None}
+    mae, bias = float(np.mean(np.abs(diffs))), float(np.mean(diffs))
+    return {"windows": len(diffs), "mae": round(mae, 4), "bias": round(bias, 4)}

@@ -13,7 +13,7 @@ import numpy as np
 
 from relearn.demo.loop import Outcome
 from relearn.demo.replay import failed, refused
-from relearn.demo.report_facts import milestones, quality
+from relearn.demo.report_facts import milestones, quality, recall_estimates
 from relearn.model.report import pyplot, save_figure
 
 MARKERS = {  # timeline kind → (label, colour) drawn as vertical lines
@@ -111,6 +111,14 @@ def plot_quality(outcome: Outcome, path: Path) -> Path:
             color="gray",
             label="recall, drift detector (chargebacks so far)",
         )
+    pairs = recall_estimates(outcome)
+    if pairs:
+        ax.plot([t - start for t, _, _ in pairs], [e for _, e, _ in pairs], "^", color="tab:green", ms=4,
+                label="recall, estimated from the scores (no labels)")  # fmt: skip
+        done = [(t - start, r) for t, _, r in pairs if r is not None]
+        if done:
+            ax.plot(*zip(*done, strict=True), "v", color="tab:red", ms=4,
+                    label="recall, realized once the window's chargebacks matured")  # fmt: skip
     ax.set_ylim(0, 1)
     ax.set_ylabel("quality")
     ax.set_xlabel("seconds since the replay started")
