@@ -208,3 +208,21 @@ def test_no_bandit_update_without_the_detector_or_when_off() -> None:
         [HELM, "template", "relearn", "charts/relearn", *ON, "--set", "experiments.bandit.schedule=hourly"]
     )
     assert out.returncode != 0 and "/experiments/bandit/schedule" in out.stderr, out.stderr
+
+
+@needs_helm
+def test_bandit_update_objects_pass_checkov(tmp_path) -> None:
+    """checkov (kubernetes) on the CronJob and its RBAC, which the chart's scenarios do not render."""
+    import json
+
+    checkov = _tool("checkov")
+    if checkov is None:
+        pytest.skip("checkov missing: run .ci/install-tools.sh")
+    docs = [d for d in _docs() if d["metadata"]["name"] == BANDIT]
+    assert sorted(d["kind"] for d in docs) == ["CronJob", "Role", "RoleBinding", "ServiceAccount"]
+    (tmp_path / "bandit.yaml").write_text(yaml.safe_dump_all(docs))
+    env = {"BC_SKIP_MAPPING": "TRUE", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = _run([checkov, "-d", str(tmp_path), "--framework", "kubernetes", "-o", "json", "--quiet"], env=env)
+    report = json.loads(out.stdout)
+    summary = report["summary"] if isinstance(report, dict) else report[0]["summary"]
+    assert summary["failed"] == 0 and summary["resource_count"] == 4, out.stdout[-4000:]
