@@ -116,6 +116,17 @@ def test_rendered_application_validates_and_typos_fail() -> None:
     assert any("Sometimes" in e for e in crd_errors(typo))
 
 
+def test_the_driver_refuses_a_task_without_its_outputs(capsys) -> None:
+    """Exit 2 naming the missing flags, before Spark starts (the operator reports it as the app's failure)."""
+    from relearn.features import spark_driver
+
+    lake = ["--transactions", "s3a://lake/tx", "--start", "2024-03-01", "--days", "3"]
+    for task, missing in (("features", "--labels --training-set --summary"), ("validate", "--report")):
+        with pytest.raises(SystemExit) as refused:
+            spark_driver.main(["--task", task, *lake])
+        assert refused.value.code == 2 and f"--task {task} needs {missing}" in capsys.readouterr().err
+
+
 @pytest.fixture
 def operator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A fake API server with the stand-in operator, reached through a kubeconfig like kubectl would."""

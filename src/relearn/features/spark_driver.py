@@ -7,59 +7,74 @@ writes the training set, then the summary as JSON (``--summary``) for the step t
 application; a bad lake ends it with the readable report on stderr and exit code 1, which the operator
 reports as the application's failure. ``--task validate`` runs the validate step's checks over the lake
 (relearn.data.validate_spark) and writes the report as JSON (``--report``), failing checks included: the
-step decides (exit 1 only when Spark itself fails).
+step decides (exit 1 only when Spark itself fails). The flags are relearn's command base
+(:mod:`relearn.commands`): a bad option, or a task without its output flags, exits 2 before Spark starts.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PrivateAttr, model_validator
+
+from relearn import commands
+from relearn.commands import Command, command_config
+
+# What each task writes besides the lake it reads: the flags it cannot run without.
+NEEDED = {"features": ("labels", "training_set", "summary"), "validate": ("report",)}
 
 
-def parser() -> argparse.ArgumentParser:
-    """The driver's command line (what the SparkApplication's ``arguments`` hold)."""
-    parser = argparse.ArgumentParser(
-        prog="relearn.features.spark_driver", description=__doc__.splitlines()[0]
+class DriverCommand(Command):
+    """The features step's SparkApplication driver: the features (default) or validate task over a lake."""
+
+    model_config = command_config("relearn.features.spark_driver", "RELEARN_SPARK_DRIVER_")
+
+    task: Literal["features", "validate"] = Field("features", description="What to run.")
+    transactions: str = Field(description="Transactions lake root (day partitions).")
+    labels: str | None = Field(None, description="Labels (chargebacks) lake root (features).")
+    training_set: str | None = Field(
+        None, description="Where the training set's Parquet file goes (features)."
     )
-    parser.add_argument("--task", choices=("features", "validate"), default="features", help="What to run.")
-    parser.add_argument("--transactions", required=True, help="Transactions lake root (day partitions).")
-    parser.add_argument("--labels", help="Labels (chargebacks) lake root (features).")
-    parser.add_argument("--training-set", help="Where the training set's Parquet file goes (features).")
-    parser.add_argument("--start", required=True, help="Window start, ISO-8601 (UTC if naive).")
-    parser.add_argument("--days", type=int, required=True, help="Window length in days.")
-    parser.add_argument(
-        "--label-maturity-days", type=int, default=10, help="Newest days kept out of training."
-    )
-    parser.add_argument("--summary", help="Where the step's summary (JSON) goes (features).")
-    parser.add_argument("--report", help="Where the validation report (JSON) goes (validate).")
-    return parser
+    start: str = Field(description="Window start, ISO-8601 (UTC if naive).")
+    days: int = Field(ge=0, description="Window length in days.")
+    label_maturity_days: int = Field(10, ge=0, description="Newest days kept out of training.")
+    summary: str | None = Field(None, description="Where the step's summary (JSON) goes (features).")
+    report: str | None = Field(None, description="Where the validation report (JSON) goes (validate).")
+    _exit_code: int = PrivateAttr(0)
+
+    @model_validator(mode="after")
+    def _task_has_its_outputs(self) -> DriverCommand:
+        missing = [f"--{n.replace('_', '-')}" for n in NEEDED[self.task] if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"--task {self.task} needs {' '.join(missing)}")
+        return self
+
+    def cli_cmd(self) -> None:
+        """Run the task; the exit status (0 written, 1 bad lake or Spark failure) is left on the command."""
+        self.start_logging()
+        self._exit_code = run(self)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(args: DriverCommand) -> int:
     """Run Spark's part of a step; 0 when its output is written, 1 on a bad lake or a Spark failure."""
-    cli = parser()
-    args = cli.parse_args(argv)
-    needed = ("labels", "training_set", "summary") if args.task == "features" else ("report",)
-    missing = [f"--{n.replace('_', '-')}" for n in needed if getattr(args, n) is None]
-    if missing:
-        cli.error(f"--task {args.task} needs {' '.join(missing)}")
     from relearn.data.io import window
     from relearn.errors import StepFailed
     from relearn.features.spark_step import spark_work, validate_spark
-    from relearn.logs import configure_logging
     from relearn.settings import RelearnSettings
 
-    configure_logging()
     begin, end = window(args.start, args.days)
     try:
         if args.task == "validate":
             from relearn.data.validate import Expectations
 
+            assert args.report is not None  # the validator's check
             report = validate_spark(args.transactions, Expectations(), begin, end, args.report, local=True)
             Path(args.report).write_text(report.model_dump_json())
             return 0
+        assert args.labels and args.training_set and args.summary
         summary = spark_work(
             args.transactions,
             args.labels,
@@ -74,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     Path(args.summary).write_text(json.dumps(summary))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The driver: 0 when its output is written, 1 on a bad lake or a Spark failure, 2 on a bad option."""
+    return commands.run(DriverCommand, argv, "spark driver")._exit_code
 
 
 if __name__ == "__main__":
