@@ -10,6 +10,7 @@ The checks are listed in :data:`CHECK_HELP` (and by ``--help``); without CHECK a
 service URL is set runs. Every option is also an environment variable ``RELEARN_CHECK_<OPTION>`` (e.g.
 ``RELEARN_CHECK_MLFLOW_URL``). Standard library only: it runs in any relearn image. What a check sends and
 accepts (its results, the example transaction, the prediction's verdict) is :mod:`relearn.check_answers`.
+It stays on argparse, not :mod:`relearn.commands` (pydantic-settings), for the helm-test pod's sake.
 """
 
 from __future__ import annotations
