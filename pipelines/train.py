@@ -45,6 +45,7 @@ PIPELINE_ENV_KEYS = (
     "RELEARN_ROLLOUT_MODEL_NAME",
     "RELEARN_ROLLOUT_VIRTUAL_SERVICE",
     "RELEARN_ROLLOUT_SHADOW_SERVICE",
+    "RELEARN_EXPERIMENT_CONFIGMAP",  # the deploy step: no canary while an experiment runs (its store)
     "RELEARN_SPARK_ENGINE",  # the validate and features steps on Spark (the chart's spark.*)
     "RELEARN_SPARK_AUTO_ROWS",
     "RELEARN_SPARK_SUBMIT",

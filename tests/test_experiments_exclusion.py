@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from kube_api import FakeApiServer
+from pipelines.compile import compile_all
+from rehearsal.kfp_pod import kfp_pod_env
 from relearn.experiments.store import ExperimentStore, default_store
 from relearn.rollout.cli import build_parser, run
 from relearn.rollout.controller import ControllerSettings
@@ -21,6 +24,7 @@ from test_experiments_chart import ALL
 from test_experiments_cluster import CM, ISVC, NS, _authorizer, calls, cluster, kubectl  # noqa: F401
 
 ARMS = ["--arm", "1=50", "--arm", "2=50", "--control", "1"]
+MIRROR = f"/apis/networking.istio.io/v1/namespaces/{NS}/virtualservices/relearn-shadow-mirror"
 
 
 def _local(tmp_path):
@@ -84,12 +88,25 @@ def kubectl_rollout(*argv: str) -> int:
 
 
 @pytest.mark.parametrize("cluster", [("--set", "kubeflow.enabled=true")], indirect=True)
-def test_no_canary_while_an_experiment_runs_in_the_cluster(cluster: FakeApiServer, monkeypatch, capsys):  # noqa: F811
+def test_no_canary_while_an_experiment_runs_in_the_cluster(
+    cluster: FakeApiServer,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    capsys,
+):
     docs = rendered("default", *ALL, "--set", "kubeflow.enabled=true")
-    (env,) = [d for d in objects(docs, "ConfigMap") if d["metadata"]["name"] == "relearn-pipeline-env"]
     (deploy_role,) = [r for r in objects(docs, "Role") if r["metadata"]["name"] == "relearn-pipeline-deploy"]
-    # The deploy step's environment, as the chart renders it for the KFP run pods.
-    monkeypatch.setenv("RELEARN_EXPERIMENT_CONFIGMAP", env["data"]["RELEARN_EXPERIMENT_CONFIGMAP"])
+    # The deploy step's environment: what the compiled pipeline maps from the chart's ConfigMap into its pod.
+    (path,) = (p for p in compile_all(tmp_path / "compiled") if p.stem == "relearn-train")
+    env = kfp_pod_env(list(yaml.safe_load_all(path.read_text())), docs, "deploy")
+    assert env["RELEARN_EXPERIMENT_CONFIGMAP"] == f"{NS}/relearn-fraud-experiments"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    # The shadow's mirror (the chart's shadow is on): the backend reads it for the rollout's state.
+    (mirror,) = [
+        v for v in objects(docs, "VirtualService") if v["metadata"]["name"] == "relearn-shadow-mirror"
+    ]
+    cluster.objects[MIRROR] = mirror
     assert kubectl("start", "ab", "--arm", "7=50", "--arm", "8=50", "--control", "7") == 0
     calls(cluster)
     isvc = json.dumps(cluster.objects[ISVC], sort_keys=True)
@@ -100,7 +117,8 @@ def test_no_canary_while_an_experiment_runs_in_the_cluster(cluster: FakeApiServe
     assert calls(cluster) == [("GET", CM)]
     # The pipeline's deploy step under its own rendered Role: one read of the store, a skip.
     cluster.authorize = _authorizer(deploy_role)
-    cfg = ControllerSettings(backend="kubernetes", namespace=NS, inference_service="relearn-fraud")
+    cfg = ControllerSettings()  # RELEARN_ROLLOUT_*: the Kubernetes backend on the release's InferenceService
+    assert (cfg.backend, cfg.namespace, cfg.inference_service) == ("kubernetes", NS, "relearn-fraud")
     done = deploy("8", gate_passed=True, rollout_mode="canary", settings=cfg)
     assert done.action == "skipped" and "experiment 'ab' (ab) is running" in done.reason
     assert calls(cluster) == [("GET", CM)]
@@ -112,5 +130,6 @@ def test_no_canary_while_an_experiment_runs_in_the_cluster(cluster: FakeApiServe
     data["ab"]["status"] = "stopped"
     cluster.objects[CM]["data"]["experiments.json"] = json.dumps(data)
     assert deploy("8", gate_passed=True, rollout_mode="canary", settings=cfg).action == "canary"
-    assert calls(cluster) == [("GET", CM), ("GET", ISVC), ("GET", ISVC), ("PATCH", ISVC), ("GET", ISVC)]
+    reads = [("GET", ISVC), ("GET", MIRROR)]  # the backend's state: the InferenceService and the mirror
+    assert calls(cluster) == [("GET", CM), *reads, ("GET", ISVC), ("PATCH", ISVC), *reads]
     assert cluster.forbidden == []
