@@ -63,6 +63,22 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _numbers(params: Any, **defaults: float) -> list[Any]:
+    """A query's numbers, typed as their defaults: finite, ``limit`` >= 1, the others but ``since`` >= 0.
+
+    Raises:
+        InvalidRequest: 400 ``bad_query`` naming the values (or what did not parse).
+    """
+    try:
+        values = {name: type(default)(params.get(name, default)) for name, default in defaults.items()}
+        floors = {"since": -math.inf, "limit": 1}
+        if any(not math.isfinite(v) or v < floors.get(n, 0) for n, v in values.items()):
+            raise ValueError(", ".join(f"{n} {v}" for n, v in values.items()))
+    except (ValueError, OverflowError) as error:
+        raise InvalidRequest(str(error), code="bad_query") from None
+    return list(values.values())
+
+
 def _skew_job(settings: DriftSettings, metrics: Metrics, db: Path) -> Any:
     """The periodic training/serving skew check, or None when it is not configured."""
     if settings.skew_lake_dir is None or settings.skew_interval_seconds is None:
@@ -268,16 +284,9 @@ def create_app(settings: DriftSettings) -> Any:
         ``GET /v1/backtest/labels?since=&maturity_seconds=&limit=`` → ``{"labels": {id: 0|1}}``;
         ``GET /v1/backtest/inputs?since=&after=&limit=`` → ``{"inputs": {id: row}, "after": seq, "more": …}``.
         """
-        params, what = request.query_params, request.url.path.rsplit("/", 1)[-1]
-        try:
-            since = float(params.get("since", 0))
-            limit = int(params.get("limit", served.PAGE if what == "inputs" else 100_000))
-            after = int(params.get("after", 0))
-            maturity = float(params.get("maturity_seconds", 0))
-            if not all(map(math.isfinite, (since, maturity))) or limit < 1 or after < 0 or maturity < 0:
-                raise ValueError(f"since {since}, maturity_seconds {maturity}, limit {limit}, after {after}")
-        except (ValueError, OverflowError) as error:
-            raise InvalidRequest(str(error), code="bad_query") from None
+        query, what = request.query_params, request.url.path.rsplit("/", 1)[-1]
+        limit = served.PAGE if what == "inputs" else 100_000
+        since, maturity, limit, after = _numbers(query, since=0.0, maturity_seconds=0.0, limit=limit, after=0)
 
         def compute() -> dict[str, Any]:
             conn = served.open_read_only(db)
@@ -297,15 +306,7 @@ def create_app(settings: DriftSettings) -> Any:
         ``GET /v1/experiments/rewards?since=&after=&limit=`` → ``{"rows": [[version, score, time, label],
         ...], "after": row, "more": …}``: live predictions scored since ``since``, paged by log row.
         """
-        params = request.query_params
-        try:
-            since = float(params.get("since", 0))
-            after = int(params.get("after", 0))
-            limit = int(params.get("limit", served.REWARDS_PAGE))
-            if not math.isfinite(since) or limit < 1 or after < 0:
-                raise ValueError(f"since {since}, limit {limit}, after {after}")
-        except (ValueError, OverflowError) as error:
-            raise InvalidRequest(str(error), code="bad_query") from None
+        since, limit, after = _numbers(request.query_params, since=0.0, limit=served.REWARDS_PAGE, after=0)
 
         def compute() -> dict[str, Any]:
             conn = served.open_read_only(db)
