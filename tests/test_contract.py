@@ -22,6 +22,7 @@ from relearn.features.feed import transaction_events
 from relearn.serving.batch import BatchSettings, _held_to_contract, refused_path, run
 from relearn.serving.config import TransformerSettings
 from relearn.serving.transformer_model import FraudTransformer
+from support.kserve import MESSAGE
 from test_feed import T0, feed  # noqa: F401  (the feed process fixture)
 from test_transformer_columns import v2_request
 
@@ -30,7 +31,6 @@ GOOD = {
     "currency": "EUR", "merchant_category": "grocery", "channel": "pos", "country": "DE", "device_id": "d1",
 }  # fmt: skip
 BAD = {**GOOD, "transaction_id": "t-bad", "amount": -3.0}
-MESSAGE = "field 'amount' must be a number > 0 and <= 50000 for currency EUR (got -3.0)"
 
 
 def frame_of(records: list[dict]) -> pd.DataFrame:

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from relearn.data.schema import LABEL_SCHEMA, TRANSACTION_SCHEMA
 from relearn.features import store as fstore
 from relearn.features.spec import (
     CATEGORICAL_INPUTS,
@@ -23,59 +22,11 @@ from relearn.features.spec import (
 )
 from relearn.features.transforms import cold_start_mask, entity_feature_tables, model_inputs
 from relearn.settings import RelearnSettings
+from support.frames import MIN, T0, world
+from support.frames import chargebacks as _labels
+from support.frames import transactions as _tx
 
-T0 = pd.Timestamp("2024-03-04 10:00", tz="UTC")  # a Monday
-MIN = pd.Timedelta(minutes=1)
 NO_HISTORY = math.log1p(30 * 86400)
-
-
-def _tx(rows: list[tuple]) -> pd.DataFrame:
-    """Transactions from (id, time, user, merchant, amount, country, device, is_fraud) tuples."""
-    frame = pd.DataFrame(
-        rows,
-        columns=[
-            "transaction_id",
-            "event_timestamp",
-            "user_id",
-            "merchant_id",
-            "amount",
-            "country",
-            "device_id",
-            "is_fraud",
-        ],
-    )
-    frame = frame.assign(currency="EUR", merchant_category="grocery", channel="pos")
-    frame["fraud_pattern"] = np.where(frame["is_fraud"], "account_takeover", "none")
-    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True).dt.as_unit("us")
-    return frame[TRANSACTION_SCHEMA.names]
-
-
-def _labels(rows: list[tuple]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=["transaction_id", "chargeback_timestamp"]).assign(is_fraud=True)
-    frame["chargeback_timestamp"] = pd.to_datetime(frame["chargeback_timestamp"], utc=True).dt.as_unit("us")
-    return frame[LABEL_SCHEMA.names]
-
-
-def world() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A user whose later transactions are huge, a same-time pair, and chargebacks before/after t."""
-    tx = _tx(
-        [
-            ("a1", T0, "u1", "m1", 10.0, "DE", "d1", True),
-            ("b1", T0 + 10 * MIN, "u2", "m1", 50.0, "DE", "d9", True),
-            ("a2", T0 + 30 * MIN, "u1", "m2", 20.0, "DE", "d1", False),
-            ("a3", T0 + 60 * MIN, "u1", "m1", 30.0, "DE", "d1", False),  # a1 sits exactly on the 1 h edge
-            ("a4", T0 + 120 * MIN, "u1", "m1", 5000.0, "FR", "d2", False),
-            ("a5", T0 + 120 * MIN, "u1", "m1", 7000.0, "FR", "d2", False),  # same instant as a4
-            ("a6", T0 + pd.Timedelta(days=3), "u1", "m1", 9000.0, "FR", "d2", False),
-        ]
-    )
-    labels = _labels(
-        [
-            ("a1", T0 + 90 * MIN),  # received between a3 and a4
-            ("b1", T0 + pd.Timedelta(days=10)),  # received after a6 and after the label cut-off
-        ]
-    )
-    return tx, labels
 
 
 def random_world(n: int = 400, seed: int = 0, days: int = 20) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -2,40 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-
 import httpx
 import pytest
 
-from relearn.demo.stack import free_port
-from relearn.features.state import Event, StateSettings, open_state
-from serving_stack import stop_process, wait_until
-
-T0 = "2026-03-01T12:00:00+00:00"
-
-
-@pytest.fixture
-def feed(tmp_path):
-    """A feed process on a fresh SQLite state, and a state client on the same file."""
-    path, port = tmp_path / "state.db", free_port()
-    env = {**os.environ, "RELEARN_STATE_PATH": str(path), "RELEARN_STATE_LATENESS_SECONDS": "3600"}
-    with (tmp_path / "feed.log").open("w") as log:
-        argv = [sys.executable, "-m", "relearn.features.feed", "--port", str(port)]
-        process = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    state = None
-    try:
-        wait_until("feed", lambda: httpx.get(f"{url}/healthz", timeout=1).status_code == 200, process,
-                   tmp_path / "feed.log", 60, errors=(httpx.HTTPError,))  # fmt: skip
-        state = open_state(StateSettings(path=path))
-        yield url, state
-    finally:
-        if state is not None:
-            state.close()
-        stop_process(process, signal.SIGTERM)
+from relearn.features.state import Event
+from support.feed import T0, feed  # noqa: F401  (the feed process fixture)
 
 
 def probe(state, minutes: int = 1):
@@ -43,7 +14,7 @@ def probe(state, minutes: int = 1):
     return state.read([Event("probe", t, "u1", "m1")])[0]
 
 
-def test_transactions_and_chargebacks_count_once(feed):
+def test_transactions_and_chargebacks_count_once(feed):  # noqa: F811
     url, state = feed
     body = [
         {"transaction_id": "a", "event_timestamp": T0, "user_id": "u1", "merchant_id": "m1", "amount": 10.0,
@@ -84,7 +55,7 @@ def test_transactions_and_chargebacks_count_once(feed):
         ({"event_timestamp": "2099-01-01T00:00:00+00:00"}, "event_timestamp"),  # the future
     ],
 )
-def test_bad_records_are_a_400_naming_the_field_and_store_nothing(feed, record, field):
+def test_bad_records_are_a_400_naming_the_field_and_store_nothing(feed, record, field):  # noqa: F811
     url, state = feed
     good = {"transaction_id": "g", "event_timestamp": T0, "user_id": "u1", "merchant_id": "m1", "amount": 1.0,
             "currency": "EUR"}  # fmt: skip

@@ -34,68 +34,7 @@ from relearn.model.registry import (
 from relearn.model.report import make_plots, write_report
 from relearn.model.train import TrainParams, log_training, time_split, train
 from relearn.settings import RelearnSettings
-
-N_ROWS = 100_000
-SEED = 7
-
-
-def synthetic_frame(n: int = N_ROWS, seed: int = SEED) -> pd.DataFrame:
-    """A training-set frame shaped like the Feast output (see the model contract)."""
-    rng = np.random.default_rng(seed)
-    ts = pd.Timestamp("2025-01-01", tz="UTC") + pd.to_timedelta(
-        np.sort(rng.uniform(0, 30 * 86400, n)), unit="s"
-    )
-    amount = rng.lognormal(3.5, 1.2, n)
-    mean7 = rng.lognormal(3.5, 0.6, n)
-    f = pd.DataFrame(
-        {
-            "transaction_id": [f"t{i}" for i in range(n)],
-            "event_timestamp": ts,
-            "user_id": rng.integers(0, 5000, n).astype(str),
-            "merchant_id": rng.integers(0, 800, n).astype(str),
-            "amount": amount,
-            "user_txn_count_1h": rng.poisson(0.4, n).astype(float),
-            "user_txn_count_24h": rng.poisson(3, n).astype(float),
-            "user_txn_count_7d": rng.poisson(15, n).astype(float),
-            "user_amount_mean_7d": mean7,
-            "user_amount_std_7d": mean7 * rng.uniform(0.2, 1.0, n),
-            "user_distinct_merchants_7d": rng.poisson(6, n).astype(float),
-            "merchant_txn_count_24h": rng.poisson(50, n).astype(float),
-            "merchant_amount_mean_7d": rng.lognormal(3.5, 0.5, n),
-            "merchant_chargeback_rate_30d": rng.beta(1, 150, n),
-            "log_amount": np.log1p(amount),
-            "amount_zscore_user": rng.normal(0, 1.3, n),
-            "amount_ratio_user_mean": amount / mean7,
-            "log_seconds_since_last_txn": rng.normal(9, 2, n),
-            "country_changed": (rng.random(n) < 0.06).astype(float),
-            "device_changed": (rng.random(n) < 0.06).astype(float),
-            "is_new_user": (rng.random(n) < 0.1).astype(float),
-            "day_of_week": rng.integers(0, 7, n).astype(float),
-        }
-    )
-    for name, vocab in CATEGORICAL_INPUTS.items():
-        values = rng.choice(np.array(vocab), size=n).astype(object)
-        noise = rng.random(n)
-        values[noise < 0.01] = ""  # missing
-        values[(noise >= 0.01) & (noise < 0.02)] = "UNSEEN"  # out of vocabulary
-        f[name] = values
-    hour = rng.integers(0, 24, n)
-    f["hour_of_day"] = hour.astype(str)
-    logit = (
-        -8.0
-        + 6.0 * f["device_changed"] * (f["amount_zscore_user"] > 1.0)
-        + 5.5 * (f["user_txn_count_1h"] >= 2) * (f["log_seconds_since_last_txn"] < 7.5)
-        + 60 * f["merchant_chargeback_rate_30d"]
-        + 1.5 * f["country"].isin(["NG", "RU"])
-        + 1.0 * (f["channel"] == "ecommerce")
-        + 1.2 * (hour < 5)
-        + 4.5 * f["is_new_user"] * f["merchant_category"].isin(["digital_goods", "electronics"])
-        + 0.8 * (f["merchant_category"] == "gambling")
-    )
-    f["is_fraud"] = rng.random(n) < 1 / (1 + np.exp(-logit))
-    f["fraud_pattern"] = np.where(f["is_fraud"], "card_testing", "none")
-    f[LABEL] = (f["is_fraud"] & (rng.random(n) < 0.92)).astype(int)  # some fraud never gets a chargeback
-    return f
+from support.frames import N_ROWS, SEED, synthetic_frame
 
 
 @pytest.fixture(scope="module")

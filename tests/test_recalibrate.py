@@ -3,7 +3,6 @@ budget on recent labelled traffic, registered as a new version in a real MLflow 
 
 from __future__ import annotations
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,11 +16,10 @@ from relearn.model.registry import (
     get_alias_version,
     get_version_tags,
     load_torch,
-    register,
-    setup_mlflow,
 )
 from relearn.model.train import TrainParams, time_split, train
-from relearn.settings import RelearnSettings
+from support.champion import prior_shift as _prior_shift
+from support.champion import register_champion as _champion
 from test_model import synthetic_frame
 
 BUDGET = 0.01
@@ -34,29 +32,6 @@ def world(tmp_path_factory):
     train_df, val_df, rest = time_split(frame, val_fraction=0.2, test_fraction=0.3)
     result = train(train_df, val_df, TrainParams(seed=3, epochs=2, progress=False))
     return _champion(result, train_df, tmp_path_factory.mktemp("recalibrate")), rest
-
-
-def _champion(result, train_df, home) -> RelearnSettings:
-    settings = RelearnSettings(home=home)
-    setup_mlflow(settings)
-    with mlflow.start_run() as run:
-        register(
-            result,
-            settings=settings,
-            run_id=run.info.run_id,
-            metrics={},
-            train_sample=train_df,
-            lineage={"data_window": "w", "git_sha": "abc", "pipeline_run_id": "p"},
-            threshold=0.2,
-        )
-    return settings
-
-
-def _prior_shift(rest: pd.DataFrame, seed: int = 5) -> pd.DataFrame:
-    """A fraud campaign: every fraud five times (same inputs, so P(x | fraud) is unchanged)."""
-    fraud = rest[rest["is_fraud"]]
-    shifted = pd.concat([rest, *[fraud] * 4]).sample(frac=1.0, random_state=seed)
-    return shifted[list(MODEL_INPUTS)].assign(label=shifted["is_fraud"].astype(int).to_numpy())
 
 
 def test_recalibration_registers_the_same_weights_with_a_threshold_at_the_budget(world):

@@ -3,22 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from pydantic_settings import CliApp
 
-from relearn.serving.config import PredictorSettings, TransformerSettings, kserve_args
-
-# CustomTransformer.GetContainer (KServe pkg/apis/serving/v1beta1/transformer_custom.go): model name = the
-# InferenceService's, predictor host = "<isvc>-predictor.<ns>" without a port, workers = containerConcurrency.
-INJECTED = ["--model_name", "relearn-fraud", "--predictor_host", "relearn-fraud-predictor.relearn"]
-INJECTED += ["--http_port", "8080", "--workers", "0"]
-
-
-def parse(settings: type, argv: list[str]):
-    class Probe(settings):
-        def cli_cmd(self) -> None:  # parse only: do not serve
-            pass
-
-    return CliApp.run(Probe, cli_args=kserve_args(argv, Probe))
+from relearn.serving.config import PredictorSettings, TransformerSettings
+from support.kserve import INJECTED, parse
 
 
 def test_transformer_takes_kserve_injected_args() -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from kserve import InferRequest
 from kserve.errors import InvalidInput
-from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
 from relearn.data.contract import epoch_us
 from relearn.data.schema import REQUEST_FIELDS
@@ -16,6 +14,7 @@ from relearn.features.state import FEATURES
 from relearn.features.transforms import cold_start, cold_start_mask, model_input_arrays, model_inputs
 from relearn.serving.config import TransformerSettings
 from relearn.serving.transformer_model import FraudTransformer
+from support.kserve import v2_request
 
 STAMPS = [
     "2026-03-01T12:30:00+00:00",
@@ -59,19 +58,6 @@ def features() -> list[dict]:
     cold = dict.fromkeys(FEATURES, 0.0) | {"user_last_txn_unix": np.nan}
     cold |= {"user_last_country": None, "user_last_device": None}
     return [first, cold, first | {"user_last_txn_unix": t - 40 * 86400}]
-
-
-def v2_request(instances: list[dict]) -> InferRequest:
-    request = pb.ModelInferRequest(model_name="relearn-fraud", id="x")
-    for name in REQUEST_FIELDS:
-        tensor = request.inputs.add(name=name, shape=[len(instances)])
-        if name == "amount":
-            tensor.datatype = "FP64"
-            tensor.contents.fp64_contents.extend(float(r[name]) for r in instances)
-        else:
-            tensor.datatype = "BYTES"
-            tensor.contents.bytes_contents.extend(str(r.get(name) or "").encode() for r in instances)
-    return InferRequest.from_grpc(request)
 
 
 @pytest.mark.parametrize("protocol", ["v1", "v2"])
