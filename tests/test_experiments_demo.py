@@ -125,7 +125,8 @@ def test_the_loop_and_report_hooks_start_and_report_the_experiment(tmp_path) -> 
     timeline = Timeline()
     # The loop stamps the event with the retraining's end; the arms route from the store's write.
     timeline.add("experiment-start", sim=T0 + 10 * DAY, **experiment.start_in_demo(driver, "2"))
-    assert timeline.first("experiment-start")["since"] == (T0 + 12 * DAY).isoformat()
+    since = T0 + 12 * DAY + pd.Timedelta(microseconds=1)  # after the last request sent before the write
+    assert timeline.first("experiment-start")["since"] == since.isoformat()
     assert timeline.first("experiment-start")["split"] == {"1": 50, "2": 50}
     timeline.add("replay-end", sim=T0 + 24 * DAY)
     records = pd.concat([world.stream, record.frame()], axis=1)

@@ -196,9 +196,11 @@ def start_in_demo(driver: Any, challenger: str) -> dict[str, Any]:
     history = joined(records, world.labels, until=replay.sim_time)
     started = start(driver.home, str(champion), challenger, history)
     # The stream ran on while the challenger's predictor started: the arms route from now, not from the
-    # retraining's end (the first run credited 16 stream hours of the champion's answers to both arms).
+    # retraining's end (a run credited 16 stream hours of the champion's answers to both arms). Every
+    # request sent so far (in flight ones too) is at or before sim_time: the analysis starts just after.
     now = replay.sim_time
-    return {"champion": champion, "challenger": challenger, "since": now and now.isoformat(), **started}
+    since = None if now is None else (now + pd.Timedelta(microseconds=1)).isoformat()
+    return {"champion": champion, "challenger": challenger, "since": since, **started}
 
 
 def report_section(outcome: Any, out: Path) -> str:
