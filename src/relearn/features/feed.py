@@ -27,6 +27,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relearn.data import contract
+from relearn.errors import InvalidRequest, RelearnError, Unavailable, rest_handler
 from relearn.features.state import Event, OnlineState, Rejected, open_state
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def chargeback_items(records: list[dict[str, Any]]) -> list[tuple[str, str, int]
 
 def create_app(state: OnlineState, settings: FeedSettings) -> Any:
     """The ASGI app over one state."""
-    from fastapi import FastAPI, HTTPException, Request
+    from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
     from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
@@ -88,6 +89,7 @@ def create_app(state: OnlineState, settings: FeedSettings) -> Any:
         "relearn_feature_feed_records_total", "Records posted to the feature feed.", ["kind", "outcome"]
     )
     app = FastAPI(title="relearn feature feed")
+    app.add_exception_handler(RelearnError, rest_handler)
     lock = asyncio.Lock()  # one writer per process: the state's stream clock advances in order
 
     @app.exception_handler(RequestValidationError)
@@ -106,11 +108,11 @@ def create_app(state: OnlineState, settings: FeedSettings) -> Any:
         try:
             return parser(records)
         except ValueError as exc:  # contract.Violation included: the pipeline's words, with the row
-            raise HTTPException(400, str(exc)) from None
+            raise InvalidRequest(str(exc)) from None
 
     def too_many(n: int) -> None:
         if n > settings.max_batch:
-            raise HTTPException(413, f"{n} records exceed max_batch {settings.max_batch}")
+            raise InvalidRequest(f"{n} records exceed max_batch {settings.max_batch}", status=413)
 
     async def apply(kind: str, n: int, call: Any) -> dict[str, int]:
         try:
@@ -118,11 +120,11 @@ def create_app(state: OnlineState, settings: FeedSettings) -> Any:
                 result = await asyncio.to_thread(call)
         except Rejected as exc:
             records.labels(kind=kind, outcome=exc.reason).inc(n)
-            raise HTTPException(400, str(exc)) from None
+            raise InvalidRequest(str(exc)) from None
         except Exception as exc:  # the state's store is down or restarting: the sender retries later
             records.labels(kind=kind, outcome="unavailable").inc(n)
             log.warning("streaming state unavailable", extra={"error": f"{type(exc).__name__}: {exc}"})
-            raise HTTPException(503, f"streaming state unavailable: {type(exc).__name__}") from None
+            raise Unavailable(f"streaming state unavailable: {type(exc).__name__}") from None
         records.labels(kind=kind, outcome="ok").inc(n)
         return {"accepted": n, **({"new": result} if isinstance(result, int) else {})}
 
