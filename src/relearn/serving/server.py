@@ -167,8 +167,8 @@ async def http_error(request: Any, exc: Any) -> Any:
     """An unknown route or method: ``{"error": ...}`` (open inference protocol), not ``{"detail": ...}``."""
     from starlette.responses import JSONResponse
 
-    message = f"{exc.detail}: {request.method} {request.url.path}"
-    return JSONResponse({"error": message}, exc.status_code, headers=getattr(exc, "headers", None))
+    error = RelearnError(f"{exc.detail}: {request.method} {request.url.path}", status=exc.status_code)
+    return JSONResponse(error.body(), error.status, headers=getattr(exc, "headers", None))
 
 
 def serve(model: Any, settings: CommonServingSettings, payload_logger: Any = None) -> None:
