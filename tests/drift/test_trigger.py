@@ -7,8 +7,8 @@ import sys
 import time
 
 from relearn.monitoring.alerts import Alerter
-from relearn.monitoring.server import _retrain
 from relearn.monitoring.settings import DriftSettings
+from relearn.monitoring.trigger import retrain_action
 
 
 def test_local_mode_runs_the_command_once_per_incident(tmp_path):
@@ -17,7 +17,7 @@ def test_local_mode_runs_the_command_once_per_incident(tmp_path):
     command = f"{shlex.quote(sys.executable)} -c {shlex.quote(script)}"
     settings = DriftSettings(trigger_mode="local", local_command=command, cooldown_s=600, data_dir=tmp_path)
     now = [1000.0]
-    alerter = Alerter(settings.cooldown_s, None, _retrain(settings), clock=lambda: now[0])
+    alerter = Alerter(settings.cooldown_s, None, retrain_action(settings), clock=lambda: now[0])
     fired = []
     for step in range(6):  # one drift episode: six windows in a row, 60 s apart
         now[0] = 1000.0 + 60 * step
