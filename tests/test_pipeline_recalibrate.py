@@ -10,12 +10,9 @@ InferenceService/VirtualService in a cluster: the same code path as a retrained 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import pandas as pd
 import pytest
 from kfp import local
@@ -27,8 +24,7 @@ from relearn.model.registry import CHALLENGER, CHAMPION, get_alias_version, get_
 from relearn.model.train import TrainParams, time_split, train
 from relearn.monitoring.store import connect
 from relearn.rollout.local_backend import LocalBackend
-from rollout_stack import DRIFT_PYTHON, wait_until
-from serving_stack import free_port
+from rollout_stack import detector_over
 from test_model import synthetic_frame
 from test_recalibrate import _champion, _prior_shift
 
@@ -68,7 +64,6 @@ def test_the_pipeline_registers_the_refitted_champion_and_starts_it_as_a_shadow(
     data = tmp_path / "detector"
     data.mkdir()
     _write_log(data / "inference-log.sqlite3", _prior_shift(rest))
-    rest[list(MODEL_INPUTS)].assign(score=0.1).to_parquet(data / "reference.parquet")  # to be ready
     state = tmp_path / "rollout" / "state.json"
     backend = LocalBackend(state)
     for version in ("1", "2"):  # the local router's endpoints; in a cluster KServe serves each version
@@ -78,30 +73,9 @@ def test_the_pipeline_registers_the_refitted_champion_and_starts_it_as_a_shadow(
     for name, value in env.items():  # kfp.local's task subprocesses inherit them
         monkeypatch.setenv(name, value)
 
-    port = free_port()
-    detector = subprocess.Popen(
-        [str(DRIFT_PYTHON), "-m", "relearn.monitoring.server"],
-        env={
-            **os.environ,
-            "RELEARN_DRIFT_HOST": "127.0.0.1",
-            "RELEARN_DRIFT_PORT": str(port),
-            "RELEARN_DRIFT_DATA_DIR": str(data),
-            "RELEARN_DRIFT_REFERENCE_PATH": str(data / "reference.parquet"),
-            "RELEARN_DRIFT_REPORTS": "false",
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "detector.log").open("w"),
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until(
-            lambda: httpx.get(f"{url}ready", timeout=1).status_code == 200, 120, "detector", [detector]
-        )
+    with detector_over(data) as url:  # a real detector process serving that log
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "runs"))
         task = recalibrate_pipeline(detector_url=url, alert_budget=0.01, rollout_mode="shadow")
-    finally:
-        detector.terminate()
-        detector.wait(30)
 
     assert task.output.startswith("gate passed: shadow mirroring 100%"), task.output
     assert get_version_tags(settings, 2)["recalibrated_from"] == "1"
