@@ -137,3 +137,14 @@ def test_the_loop_and_report_hooks_start_and_report_the_experiment(tmp_path) -> 
     cards = routed.loc[routed["model_version"] == "1", "user_id"].nunique()
     assert f"<td>v1 (control)</td><td>{cards}</td>" in page
     assert experiment.report_section(SimpleNamespace(timeline=Timeline()), tmp_path) == ""
+
+
+def test_the_terminal_summary_names_the_experiments_outcome() -> None:
+    from relearn.demo.report import evidence_lines
+
+    tested = {"decision": "winner", "winner": "2", "effect": -9.5, "lower": -14.25, "upper": -3.0, "looks": 7}
+    line = experiment.headline(tested)
+    assert line == "A/B experiment: winner v2: effect -9.50 per card [-14.25, -3.00] after 7 daily looks"
+    assert line in evidence_lines({"experiment": line})
+    assert experiment.headline({"error": "refused: no labels flowing yet"}).endswith("no labels flowing yet")
+    assert experiment.headline(None) is None

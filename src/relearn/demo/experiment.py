@@ -203,18 +203,35 @@ def start_in_demo(driver: Any, challenger: str) -> dict[str, Any]:
     return {"champion": champion, "challenger": challenger, "since": since, **started}
 
 
-def report_section(outcome: Any, out: Path) -> str:
-    """The report's experiment section for a demo run (empty when no experiment ran), never raising."""
+def analysis_for(outcome: Any, out: Path) -> dict[str, Any] | None:
+    """The demo's experiment result (None when none ran; ``error`` when refused or failed), never raising."""
     begun = outcome.timeline.first("experiment-start")
-    if begun is None or "refused" in begun:
-        return (
-            "" if begun is None else f"<h2>A/B experiment</h2><p>refused: {html.escape(begun['refused'])}</p>"
-        )
+    if begun is None:
+        return None
+    if "refused" in begun:
+        return {"error": f"refused: {begun['refused']}"}
     try:
         end = outcome.timeline.first("replay-end") or {}
         until = pd.Timestamp(end["sim"]) if end.get("sim") else None
         frame = joined(outcome.records, outcome.world.labels, until=until)
         since = pd.Timestamp(begun.get("since") or begun["sim"]).timestamp()
-        return section(finish(outcome.home, frame, since, out))
+        return finish(outcome.home, frame, since, out)
     except Exception as exc:  # the report must still be written; say what failed
-        return f"<h2>A/B experiment</h2><p>analysis failed: {html.escape(repr(exc))}</p>"
+        return {"error": f"analysis failed: {exc!r}"}
+
+
+def report_section(outcome: Any, out: Path) -> str:
+    """The report's experiment section for a demo run (empty when no experiment ran)."""
+    return section(analysis_for(outcome, out))
+
+
+def headline(summary: dict[str, Any] | None) -> str | None:
+    """The experiment's outcome in one line, for the terminal summary (None when none ran)."""
+    if summary is None:
+        return None
+    if "error" in summary:
+        return f"A/B experiment: {summary['error']}"
+    said = f"winner v{summary['winner']}" if summary.get("winner") else summary["decision"]
+    effect, lower, upper = summary["effect"], summary["lower"], summary["upper"]
+    ci = f": effect {effect:+.2f} per card [{lower:+.2f}, {upper:+.2f}]" if lower is not None else ""
+    return f"A/B experiment: {said}{ci} after {summary['looks']} daily looks"

@@ -81,6 +81,7 @@ def evidence_lines(s: dict[str, Any]) -> list[str]:
     ev = s.get("promotion_evidence")
     lines = response_lines(s.get("responses", []))
     lines += [f"training gate: {s['gate']}"] if s.get("gate") else []
+    lines += [s["experiment"]] if s.get("experiment") else []
     est = s.get("recall_estimate_mae") or {}
     if est.get("windows"):
         lines.append(
@@ -140,9 +141,12 @@ def write(outcome: Outcome) -> tuple[Path, dict[str, Any]]:
             )
         )
     parts.append("</table>")
-    from relearn.demo.experiment import report_section
+    from relearn.demo import experiment
 
-    parts.append(report_section(outcome, out))  # empty unless --experiment ran one
+    tested = experiment.analysis_for(outcome, out)  # None unless --experiment ran one
+    parts.append(experiment.section(tested))
+    if tested is not None:
+        s["experiment"] = experiment.headline(tested)
     page = out / "report.html"
     page.write_text(
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>relearn demo</title>"
