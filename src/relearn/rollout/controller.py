@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import httpx
 from pydantic import Field
@@ -45,7 +45,7 @@ from relearn.commands import Command, command_config
 from relearn.rollout.analysis import Action, AnalysisSettings, Decision, decide
 from relearn.rollout.audit import AuditLog, audit_log_for
 from relearn.rollout.backend import RolloutBackend, RolloutError, RolloutState
-from relearn.rollout.backends import make_backend
+from relearn.rollout.backends import RolloutTarget, make_backend
 from relearn.rollout.backtest import Backtest, DetectorRows
 from relearn.rollout.prometheus import Prometheus, PrometheusError, read_snapshot
 from relearn.rollout.shadow import (
@@ -64,17 +64,9 @@ REJECTED_TAG = "rollout_rejected"
 CHAMPION = "champion"
 
 
-class ControllerSettings(AnalysisSettings):
+class ControllerSettings(RolloutTarget, AnalysisSettings):
     """Where the controller acts and reads, plus the analysis gates (environment: RELEARN_ROLLOUT_*)."""
 
-    backend: Literal["kubernetes", "local"] = Field("kubernetes", description="Where to act.")
-    namespace: str = Field("default", description="Namespace of the InferenceService.")
-    inference_service: str = Field("relearn-fraud", description="The fraud InferenceService.")
-    virtual_service: str | None = Field(None, description="The mirroring VirtualService.")
-    shadow_service: str | None = Field(None, description="The shadow InferenceService.")
-    model_name: str = Field("relearn-fraud", description="Registered model name.")
-    state: Path | None = Field(None, description="Local router state file (backend local).")
-    audit_log: Path | None = Field(None, description="Audit JSONL file; default <RELEARN_HOME>/rollout/.")
     prometheus_url: str = Field("http://prometheus-operated:9090", description="Prometheus base URL.")
     prometheus_timeout_seconds: float = Field(5.0, description="Timeout of one Prometheus query.")
     interval_seconds: float = Field(60.0, description="Time between two analysis iterations.")
