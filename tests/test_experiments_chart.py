@@ -146,7 +146,7 @@ def bandit_update_argv(docs: list[dict]) -> list[str]:
 
 @needs_helm
 def test_bandit_update_cronjob_runs_the_cli_on_the_detector_under_its_own_role(tmp_path) -> None:
-    from relearn.experiments.cli import parser
+    from relearn.experiments.cli import parse
 
     docs = _docs()
     (cron,) = [d for d in objects(docs, "CronJob") if d["metadata"]["name"] == BANDIT]
@@ -155,11 +155,12 @@ def test_bandit_update_cronjob_runs_the_cli_on_the_detector_under_its_own_role(t
     # The command is the experiments CLI's: it parses, names the update, the store and the detector.
     argv = bandit_update_argv(docs)
     assert argv[:3] == ["python", "-m", "relearn.experiments"]
-    args = parser().parse_args(argv[3:])
+    args = parse(argv[3:])
     (drift,) = [s for s in objects(docs, "Service") if s["metadata"]["name"] == "relearn-drift-detector"]
     port = drift["spec"]["ports"][0]["port"]
-    assert (args.command, args.name, args.history) == ("update-bandit", None, None)
-    assert args.detector == f"http://relearn-drift-detector.{NAMESPACE}.svc.cluster.local:{port}/"
+    update = args.update_bandit
+    assert update is not None and (update.name, update.history) == (None, None)
+    assert update.detector == f"http://relearn-drift-detector.{NAMESPACE}.svc.cluster.local:{port}/"
     assert args.configmap == f"{NAMESPACE}/relearn-fraud-experiments"
     assert _named("ConfigMap", "relearn-fraud-experiments")["metadata"]["namespace"] == NAMESPACE
     # Its own identity, token mounted in this pod only, allowed get and patch on the store and nothing else.

@@ -15,7 +15,7 @@ from kube_api import MERGE, FakeApiServer
 from relearn.experiments.promote import winner_of
 from relearn.experiments.result import Decision, Result
 from relearn.experiments.routing import RunningExperiment
-from relearn.rollout.cli import build_parser, run
+from relearn.rollout.cli import run
 from test_chart import needs_helm, objects, rendered
 from test_experiments_chart import ALL
 
@@ -81,7 +81,7 @@ def kubectl(*argv: str) -> int:
         "--router",
         "relearn-experiment-router",
     ]
-    return run(build_parser().parse_args([*top, *opts, *argv]))
+    return run([*top, *opts, *argv])
 
 
 def calls(api: FakeApiServer) -> list[tuple[str, str]]:

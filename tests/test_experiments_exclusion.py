@@ -15,7 +15,7 @@ from kube_api import FakeApiServer
 from pipelines.compile import compile_all
 from rehearsal.kfp_pod import kfp_pod_env
 from relearn.experiments.store import ExperimentStore, default_store
-from relearn.rollout.cli import build_parser, run
+from relearn.rollout.cli import run
 from relearn.rollout.controller import ControllerSettings
 from relearn.rollout.deploy import deploy
 from relearn.rollout.local_backend import LocalBackend
@@ -43,7 +43,7 @@ def test_no_canary_while_an_experiment_runs_locally(settings, tmp_path, capsys) 
     before = state.read_bytes()
     audit = settings.home / "rollout" / "audit.jsonl"
 
-    assert run(build_parser().parse_args([*local, "canary", "start", "3", "--percent", "10"])) == 1
+    assert run([*local, "canary", "start", "3", "--percent", "10"]) == 1
     err = capsys.readouterr().err
     assert (
         "refused: experiment 'ab' (ab) is running over traffic 'fraud'" in err and "experiment stop ab" in err
@@ -58,13 +58,13 @@ def test_no_canary_while_an_experiment_runs_locally(settings, tmp_path, capsys) 
     assert state.read_bytes() == before and not audit.exists(), "nothing changed, nothing recorded"
 
     # Nor a shadow: the controller turns a shadow that agrees into a canary.
-    assert run(build_parser().parse_args([*local, "shadow", "start", "3", "--percent", "50"])) == 1
+    assert run([*local, "shadow", "start", "3", "--percent", "50"]) == 1
     assert "refused: experiment 'ab' (ab) is running" in capsys.readouterr().err
     assert deploy("3", gate_passed=True, rollout_mode="shadow", settings=cfg).action == "skipped"
     assert state.read_bytes() == before and not audit.exists(), "nothing changed, nothing recorded"
     # Once the experiment stops, the canary starts.
     store.stop("ab", "decided")
-    assert run(build_parser().parse_args([*local, "canary", "start", "3", "--percent", "10"])) == 0
+    assert run([*local, "canary", "start", "3", "--percent", "10"]) == 0
     assert backend.state().canary == "3"
 
 
@@ -72,19 +72,19 @@ def test_no_experiment_while_a_canary_or_a_shadow_runs_locally(settings, tmp_pat
     _, backend, local = _local(tmp_path)
     start = [*local, "experiment", "--no-registry", "start", "ab", *ARMS]
     backend.start_shadow("2", 50.0)
-    assert run(build_parser().parse_args(start)) == 2
+    assert run(start) == 2
     assert "refused: shadow 2 is mirroring the traffic and becomes a canary" in capsys.readouterr().err
     backend.stop_shadow()
     backend.start_canary("3", 10)
-    assert run(build_parser().parse_args(start)) == 2
+    assert run(start) == 2
     assert "refused: canary 3 is running at 10% of the traffic" in capsys.readouterr().err
     assert not default_store().exists(), "nothing written"
     backend.rollback()
-    assert run(build_parser().parse_args(start)) == 0
+    assert run(start) == 0
 
 
 def kubectl_rollout(*argv: str) -> int:
-    return run(build_parser().parse_args(["--backend", "kubernetes", "-n", NS, *argv]))
+    return run(["--backend", "kubernetes", "-n", NS, *argv])
 
 
 @pytest.mark.parametrize("cluster", [("--set", "kubeflow.enabled=true")], indirect=True)

@@ -15,7 +15,7 @@ from relearn.experiments.cli import main as experiments_main
 from relearn.experiments.result import Decision, Result
 from relearn.experiments.store import ExperimentStore
 from relearn.experiments.versions import arm_tags, model_version
-from relearn.rollout.cli import build_parser, run
+from relearn.rollout.cli import run
 from test_experiments_analysis import planned_tau, traffic
 
 PLAN = ["--cards-per-day", "100000", "--base-loss", "0.75", "--loss-sd", "16"]
@@ -35,7 +35,7 @@ def registry(settings, tmp_path: Path):
 
 
 def kubectl(*argv: str) -> int:
-    return run(build_parser().parse_args(["experiment", *argv]))
+    return run(["experiment", *argv])
 
 
 def tags(client, settings, version: str) -> dict[str, str]:
@@ -110,7 +110,7 @@ def test_the_control_keeps_every_comparison_of_a_three_arm_experiment():
 
 def test_help_lists_the_experiment_commands(capsys):
     with pytest.raises(SystemExit) as done:
-        build_parser().parse_args(["experiment", "--help"])
+        run(["experiment", "--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
     for command in (
@@ -141,10 +141,10 @@ def test_promote_starts_the_winner_as_the_canary_through_the_rollout_path(
     store = ExperimentStore(settings.home / "experiments" / "experiments.json")
     store.start("ab", {"1": 50, "2": 50}, control="1")
     local = ["--backend", "local", "--state", str(state), "experiment"]
-    assert run(build_parser().parse_args([*local, "promote", "ab"])) == 2, "running: nothing to promote yet"
+    assert run([*local, "promote", "ab"]) == 2, "running: nothing to promote yet"
     won = Result("ab", "1", "2", Decision.WINNER, "2", -0.1, -0.12, -0.2, -0.01, 0.001, {}, 20.0, "")
     store.stop("ab", "decided", result={"2": won.as_dict()})
-    assert run(build_parser().parse_args([*local, "promote", "ab"])) == 0
+    assert run([*local, "promote", "ab"]) == 0
     now = backend.state()
     assert (now.stable, now.canary, now.canary_percent) == ("1", "2", min(ControllerSettings().steps))
     assert str(registry.get_model_version_by_alias(settings.model_name, "challenger").version) == "2"
@@ -153,13 +153,13 @@ def test_promote_starts_the_winner_as_the_canary_through_the_rollout_path(
     trail = AuditLog(store.path.parent / "audit.jsonl").entries(5)
     assert trail[-1]["action"] == "experiment-promote" and trail[-1]["version"] == "2"
     capsys.readouterr()
-    assert run(build_parser().parse_args([*local, "promote", "ab"])) == 2, "a canary is running"
+    assert run([*local, "promote", "ab"]) == 2, "a canary is running"
     assert "not promoted: canary 2 is still being analysed" in capsys.readouterr().err
     # A new experiment over the traffic is refused while the canary runs (the local router's state says
     # so), nothing written.
     before = store.path.read_bytes()
     argv = ["start", "ab2", "--arm", "1=50", "--arm", "2=50", "--control", "1", *PLAN]
-    assert run(build_parser().parse_args([*local, *argv])) == 2
+    assert run([*local, *argv]) == 2
     assert "refused: canary 2 is running at 10% of the traffic" in capsys.readouterr().err
     assert store.path.read_bytes() == before
 
@@ -167,7 +167,7 @@ def test_promote_starts_the_winner_as_the_canary_through_the_rollout_path(
 def test_the_plugins_own_help_names_the_experiment_commands(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # argparse would break update-bandit at its hyphen
     with pytest.raises(SystemExit) as done:
-        build_parser().parse_args(["--help"])
+        run(["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert "experiment" in out and "update-bandit|promote" in out

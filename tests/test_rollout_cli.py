@@ -10,15 +10,14 @@ from pathlib import Path
 import pytest
 
 from relearn.rollout.audit import AuditLog
-from relearn.rollout.cli import build_parser, run
+from relearn.rollout.cli import run
 from relearn.rollout.local_backend import LocalBackend
 
 
 def _cli(tmp: Path, *argv: str) -> int:
-    args = build_parser().parse_args(
+    return run(
         ["--backend", "local", "--state", str(tmp / "s.json"), "--audit-log", str(tmp / "a.jsonl"), *argv]
     )
-    return run(args)
 
 
 def test_full_cycle_and_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,7 +80,7 @@ def test_register_from_the_command_line_then_canary(tmp_path: Path, capsys: pyte
     capsys.readouterr()
     assert _cli(tmp_path, "register", "8") == 1, "no endpoint given"
     assert "--rest URL and/or --grpc" in capsys.readouterr().err
-    cluster = build_parser().parse_args(["--backend", "kubernetes", "register", "8", "--rest", "http://x"])
+    cluster = ["--backend", "kubernetes", "register", "8", "--rest", "http://x"]
     assert run(cluster) == 1 and "--backend local" in capsys.readouterr().err
 
 
@@ -92,3 +91,28 @@ def test_router_reads_the_state_file_the_cli_writes_by_default() -> None:
     )
     assert out.returncode == 0 and "<RELEARN_HOME>/rollout/state.json" in out.stdout
     assert "default: 8084" in out.stdout and "default: 8085" in out.stdout
+
+
+def test_shared_options_default_from_the_rollout_settings_and_bad_options_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The options before the command are RolloutTarget's (RELEARN_ROLLOUT_*); a bad one exits 2 naming it."""
+    monkeypatch.setenv("RELEARN_ROLLOUT_BACKEND", "local")
+    monkeypatch.setenv("RELEARN_ROLLOUT_STATE", str(tmp_path / "s.json"))
+    monkeypatch.setenv("RELEARN_ROLLOUT_AUDIT_LOG", str(tmp_path / "a.jsonl"))
+    assert run(["register", "4", "--rest", "http://127.0.0.1:1"]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["stable"] == "4"
+    assert AuditLog(tmp_path / "a.jsonl").entries()[-1]["backend"] == "local"
+    capsys.readouterr()
+    for argv, named in (
+        (["canary", "start", "4", "--percent", "ten"], "percent"),
+        (["--backend", "cloud", "status"], "backend"),
+        (["canary", "start", "4"], "--percent"),
+        (["experiment", "--no-registry", "start", "x", "--arm", "7=ten", "--control", "7"], "7=ten"),
+        (["experiment", "update-bandit", "b1"], "--history FILE or --detector URL"),
+    ):
+        with pytest.raises(SystemExit) as done:
+            run(argv)
+        assert done.value.code == 2 and named in capsys.readouterr().err, argv
+    assert run(["canary"]) == 2 and "give a command" in capsys.readouterr().err
+    assert AuditLog(tmp_path / "a.jsonl").entries()[-1]["action"] == "register", "nothing else recorded"

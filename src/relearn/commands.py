@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, PrivateAttr, ValidationError
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 from relearn.logs import configure_logging
@@ -37,6 +37,29 @@ class Command(BaseSettings):
     def start_logging(self) -> None:
         """JSON lines on stderr at ``log_level`` (every relearn process logs the same way)."""
         configure_logging(self.log_level)
+
+
+class ToolCommand(Command):
+    """A command whose work ends with an exit status (a tool such as ``kubectl relearn``: 0 done).
+
+    Subclasses define ``execute() -> int``; ``commands.run(...).exit_code`` is the status it returned.
+    """
+
+    _exit_code: int = PrivateAttr(0)
+
+    @property
+    def exit_code(self) -> int:
+        """The status ``execute`` returned."""
+        return self._exit_code
+
+    def execute(self) -> int:
+        """Do the work; returns the exit status."""
+        raise NotImplementedError
+
+    def cli_cmd(self) -> None:
+        """JSON lines on stderr, then the work (its output on stdout)."""
+        self.start_logging()
+        self._exit_code = self.execute()
 
 
 def run(command: type[BaseSettings], argv: list[str] | None, what: str) -> Any:

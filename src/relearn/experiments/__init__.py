@@ -16,7 +16,8 @@ Submodules, imported explicitly (no import-time work here):
 * :mod:`~relearn.experiments.exporter`: Prometheus metrics per experiment and arm;
 * :mod:`~relearn.experiments.versions`: arms are model versions, checked in MLflow at start, tagged after;
 * :mod:`~relearn.experiments.routing`: the arm per row (transformer), sent as ``x-relearn-arm`` (router);
-* :mod:`~relearn.experiments.store`, :mod:`~relearn.experiments.cli`:
+* :mod:`~relearn.experiments.store`, :mod:`~relearn.experiments.cli` (its subcommands that act in
+  :mod:`~relearn.experiments.subcommands`):
   ``python -m relearn.experiments start|status|stop|list|analyze|update-bandit|promote|simulate`` on a local
   store (also ``kubectl relearn experiment ...``);
 * :mod:`~relearn.experiments.kube_store`: the store in the cluster (the ConfigMap the transformers mount)

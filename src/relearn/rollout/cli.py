@@ -15,115 +15,32 @@ Installed as the console script ``kubectl-relearn``, so kubectl finds it as a pl
 ``--backend kubernetes`` (default) patches the InferenceService / VirtualService through the API, exactly as
 ``kubectl patch isvc ... canaryTrafficPercent`` does; ``--backend local`` drives the local router's state
 file, where ``register`` first records which predictor serves each version. Every action is appended to
-the audit log (``--audit-log``, default ``<RELEARN_HOME>/rollout/audit.jsonl``).
-Defaults come from the environment: RELEARN_ROLLOUT_NAMESPACE, RELEARN_ROLLOUT_INFERENCE_SERVICE,
-RELEARN_ROLLOUT_VIRTUAL_SERVICE, RELEARN_ROLLOUT_SHADOW_SERVICE, RELEARN_ROLLOUT_BACKEND,
-RELEARN_ROLLOUT_STATE, RELEARN_ROLLOUT_AUDIT_LOG.
+the audit log (``--audit-log``, default ``<RELEARN_HOME>/rollout/audit.jsonl``). The shared options are
+:class:`relearn.rollout.backends.RolloutTarget`'s, so their defaults come from RELEARN_ROLLOUT_<OPTION>.
 """
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import json
-import os
 import sys
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+from pydantic import BaseModel, Field
+from pydantic_settings import CliPositionalArg, CliSubCommand, get_subcommand
+
+from relearn import commands
+from relearn.commands import ToolCommand, command_config
+from relearn.experiments.cli import Experiments
 from relearn.rollout.audit import audit_log_for
-from relearn.rollout.backend import RolloutBackend, RolloutError
-from relearn.rollout.backends import make_backend
+from relearn.rollout.backend import RolloutBackend, RolloutError, RolloutState
+from relearn.rollout.backends import RolloutTarget, make_backend
+
+VERSION = "The MLflow model version, e.g. 7."
+REASON = "Why (kept in the audit log)."
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"RELEARN_ROLLOUT_{name}", default)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (status, register, canary, shadow, promote, rollback, history, experiment)."""
-    parser = argparse.ArgumentParser(
-        prog="kubectl relearn",
-        description="Canary and shadow rollouts of relearn models (KServe + Istio, or the local router).",
-    )
-    parser.add_argument(
-        "--backend",
-        choices=["kubernetes", "local"],
-        default=_env("BACKEND", "kubernetes"),
-        help="where to act",
-    )
-    parser.add_argument(
-        "-n", "--namespace", default=_env("NAMESPACE", "default"), help="Kubernetes namespace"
-    )
-    parser.add_argument(
-        "--inference-service",
-        default=_env("INFERENCE_SERVICE", "relearn-fraud"),
-        help="fraud InferenceService",
-    )
-    parser.add_argument("--virtual-service", default=_env("VIRTUAL_SERVICE"), help="mirroring VirtualService")
-    parser.add_argument("--shadow-service", default=_env("SHADOW_SERVICE"), help="shadow InferenceService")
-    parser.add_argument("--model-name", default=_env("MODEL_NAME", "relearn-fraud"), help="registered model")
-    parser.add_argument(
-        "--state", type=Path, default=_env("STATE"), help="local router state file (--backend local)"
-    )
-    parser.add_argument("--audit-log", type=Path, default=_env("AUDIT_LOG"), help="audit JSONL file")
-    parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", help="stable/canary/shadow versions, traffic split, last decisions")
-    register = sub.add_parser(
-        "register",
-        help="--backend local: where VERSION is served (the first registered version becomes stable)",
-    )
-    register.add_argument("version", help="the MLflow model version, e.g. 7")
-    register.add_argument("--rest", help="REST base URL of its predictor, e.g. http://127.0.0.1:8082")
-    register.add_argument("--grpc", help="gRPC target of its predictor, e.g. 127.0.0.1:8083")
-    register.add_argument("--reason", default="")
-    for kind, help_ in (
-        ("canary", "route a share of traffic to VERSION"),
-        ("shadow", "mirror traffic to VERSION"),
-    ):
-        group = sub.add_parser(kind, help=f"{kind} rollouts").add_subparsers(dest="action", required=True)
-        start = group.add_parser("start", help=help_)
-        start.add_argument("version")
-        start.add_argument("--percent", type=float if kind == "shadow" else int, required=True)
-        start.add_argument("--reason", default="")
-        if kind == "canary":
-            step = group.add_parser("set", help="change the canary's share")
-            step.add_argument("--percent", type=int, required=True)
-            step.add_argument("--reason", default="")
-        else:
-            stop = group.add_parser("stop", help="stop mirroring")
-            stop.add_argument("--reason", default="")
-    for name, help_ in (("promote", "make the canary stable"), ("rollback", "all traffic back to stable")):
-        sub.add_parser(name, help=help_).add_argument("--reason", default="")
-    history = sub.add_parser("history", help="the audit trail")
-    history.add_argument("--limit", type=int, default=20)
-    from relearn.experiments.cli import add_commands
-
-    experiment = sub.add_parser(
-        "experiment",
-        help="A/B experiments and bandits between model versions: "
-        "start|status|stop|list|analyze|update-bandit|promote|simulate",
-        description="The commands of `python -m relearn.experiments` on the same store; their own --store "
-        "and --audit-log (default <RELEARN_HOME>/experiments/), not the rollout's.",
-    )
-    add_commands(experiment, dest="action")
-    return parser
-
-
-def _print(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=1) if args.output == "json" else text)
-
-
-def _register(backend: Any, args: argparse.Namespace) -> Any:
-    """Record a version's endpoints with the local router (in a cluster, KServe serves each version)."""
-    if not (args.rest or args.grpc):
-        raise RolloutError("give --rest URL and/or --grpc HOST:PORT of the predictor serving the version")
-    backend.register(args.version, rest=args.rest, grpc=args.grpc)
-    return backend.state()
-
-
-def _refuse_during_experiment(backend: Any) -> None:
+def _refuse_during_experiment(backend: RolloutBackend) -> None:
     """One test in production at a time: no canary or shadow (it becomes a canary) during an experiment."""
     from relearn.experiments.exclusion import running_experiment
 
@@ -132,82 +49,248 @@ def _refuse_during_experiment(backend: Any) -> None:
         raise RolloutError(f"refused: {busy}")
 
 
-def run(args: argparse.Namespace, backend: RolloutBackend | None = None) -> int:
-    """Execute one parsed command; returns the exit status."""
-    if args.command == "experiment":
-        from relearn.experiments.cli import execute
+class Action(BaseModel):
+    """A rollout action: ``act`` changes the backend; the plugin records it in the audit log."""
 
-        return execute(args, args.action)
-    audit = audit_log_for(args.audit_log)
-    if args.command == "history":
-        entries = audit.entries(args.limit)
-        lines = [f"{e['time']}  {e['action']:<14} {e.get('version') or '':<8} {e['reason']}" for e in entries]
-        _print(args, entries, "\n".join(lines) or "no rollout actions recorded")
-        return 0
-    if args.command == "register" and args.backend != "local":
-        print("error: register is for --backend local (KServe serves versions in a cluster)", file=sys.stderr)
-        return 1
-    backend = backend or make_backend(args)
-    actor = f"kubectl-relearn/{getpass.getuser()}"
-    try:
-        if args.command == "status":
-            state = backend.state()
-            last = audit.entries(5)
-            text = (
-                f"stable: {state.stable}\ncanary: {state.canary or '-'} ({state.canary_percent}%)\n"
-                f"shadow: {state.shadow or '-'} (mirror {state.mirror_percent:g}%)"
-            )
-            if last:
-                text += "\nlast decisions:\n" + "\n".join(
-                    f"  {e['time']} {e['action']} {e['reason']}" for e in last
-                )
-            _print(args, {"state": state.to_dict(), "last_decisions": last}, text)
+    name: ClassVar[str]
+    reason: str = Field("", description=REASON)
+
+    def act(self, backend: RolloutBackend) -> tuple[RolloutState, str | None]:
+        """Change the rollout; returns the new state and the version acted on."""
+        raise NotImplementedError
+
+
+class Register(Action):
+    """--backend local: where VERSION is served (the first registered version becomes stable)."""
+
+    name = "register"
+    version: CliPositionalArg[str] = Field(description=VERSION)
+    rest: str | None = Field(None, description="REST base URL of its predictor, e.g. http://127.0.0.1:8082")
+    grpc: str | None = Field(None, description="gRPC target of its predictor, e.g. 127.0.0.1:8083")
+
+    def act(self, backend: Any) -> tuple[RolloutState, str | None]:
+        """Record the version's endpoints with the local router (in a cluster, KServe serves each version)."""
+        if not (self.rest or self.grpc):
+            raise RolloutError("give --rest URL and/or --grpc HOST:PORT of the predictor serving the version")
+        backend.register(self.version, rest=self.rest, grpc=self.grpc)
+        return backend.state(), self.version
+
+
+class Start(Action):
+    """Start a canary or a shadow of VERSION, refused while an experiment runs over the traffic."""
+
+    version: CliPositionalArg[str] = Field(description=VERSION)
+
+    def act(self, backend: RolloutBackend) -> tuple[RolloutState, str | None]:
+        """Refuse during an experiment, else start."""
+        _refuse_during_experiment(backend)
+        return self.start(backend), self.version
+
+    def start(self, backend: RolloutBackend) -> RolloutState:
+        """Start the canary or the shadow."""
+        raise NotImplementedError
+
+
+class CanaryStart(Start):
+    """Route a share of traffic to VERSION."""
+
+    name = "canary-start"
+    percent: int = Field(description="The canary's share of the traffic.")
+
+    def start(self, backend: RolloutBackend) -> RolloutState:
+        """Start the canary."""
+        return backend.start_canary(self.version, self.percent)
+
+
+class CanarySet(Action):
+    """Change the canary's share."""
+
+    name = "canary-step"
+    percent: int = Field(description="The canary's new share of the traffic.")
+
+    def act(self, backend: RolloutBackend) -> tuple[RolloutState, str | None]:
+        """Set the share."""
+        return backend.set_canary_percent(self.percent), None
+
+
+class ShadowStart(Start):
+    """Mirror traffic to VERSION."""
+
+    name = "shadow-start"
+    percent: float = Field(description="Share of the traffic mirrored to the shadow.")
+
+    def start(self, backend: RolloutBackend) -> RolloutState:
+        """Start mirroring."""
+        return backend.start_shadow(self.version, self.percent)
+
+
+class ShadowStop(Action):
+    """Stop mirroring."""
+
+    name = "shadow-stop"
+
+    def act(self, backend: RolloutBackend) -> tuple[RolloutState, str | None]:
+        """Stop the mirror."""
+        return backend.stop_shadow(), None
+
+
+class Promote(Action):
+    """Make the canary stable."""
+
+    name = "promote"
+
+    def act(self, backend: RolloutBackend) -> tuple[RolloutState, str | None]:
+        """Promote the canary (its version is the one recorded)."""
+        version = backend.state().canary
+        return backend.promote(), version
+
+
+class Rollback(Action):
+    """All traffic back to stable."""
+
+    name = "rollback"
+
+    def act(self, backend: RolloutBackend) -> tuple[RolloutState, str | None]:
+        """Roll the canary back (its version is the one recorded)."""
+        version = backend.state().canary
+        return backend.rollback(), version
+
+
+class Canary(BaseModel):
+    """Canary rollouts: start one, or change its share."""
+
+    start: CliSubCommand[CanaryStart] = Field(description="Route a share of traffic to VERSION.")
+    set: CliSubCommand[CanarySet] = Field(description="Change the canary's share.")
+
+
+class Shadow(BaseModel):
+    """Shadow rollouts: mirror traffic to a version, or stop."""
+
+    start: CliSubCommand[ShadowStart] = Field(description="Mirror traffic to VERSION.")
+    stop: CliSubCommand[ShadowStop] = Field(description="Stop mirroring.")
+
+
+class Status(BaseModel):
+    """Stable, canary and shadow versions, the traffic split and the last decisions."""
+
+
+class History(BaseModel):
+    """The audit trail, oldest first."""
+
+    limit: int = Field(20, ge=1, description="How many of the latest entries.")
+
+
+class KubectlRelearn(RolloutTarget, ToolCommand):
+    """Canary and shadow rollouts of relearn models (KServe + Istio, or the local router).
+
+    Every option before the command is also an environment variable RELEARN_ROLLOUT_<OPTION>.
+    """
+
+    model_config = command_config(
+        "kubectl relearn",
+        "RELEARN_ROLLOUT_",
+        cli_enforce_required=True,
+        cli_shortcuts={"namespace": "n", "output": "o"},
+    )
+
+    output: Literal["text", "json"] = Field("text", description="Print text or JSON.")
+    status: CliSubCommand[Status] = Field(
+        description="Stable/canary/shadow versions, traffic split, last decisions."
+    )
+    register_: CliSubCommand[Register] = Field(  # register: ABCMeta's, taken
+        alias="register",
+        description="--backend local: where VERSION is served (the first registered version becomes stable).",
+    )
+    canary: CliSubCommand[Canary] = Field(description="Canary rollouts: start | set.")
+    shadow: CliSubCommand[Shadow] = Field(description="Shadow rollouts: start | stop.")
+    promote: CliSubCommand[Promote] = Field(description="Make the canary stable.")
+    rollback: CliSubCommand[Rollback] = Field(description="All traffic back to stable.")
+    history: CliSubCommand[History] = Field(description="The audit trail.")
+    experiment: CliSubCommand[Experiments] = Field(
+        description="A/B experiments and bandits between model versions: "
+        "start|status|stop|list|analyze|update-bandit|promote|simulate"
+    )
+
+    def execute(self, backend: RolloutBackend | None = None) -> int:
+        """Run the command; returns the exit status (1: the rollout refused, nothing changed)."""
+        sub = get_subcommand(self, is_required=False)
+        if isinstance(sub, (Canary, Shadow)):
+            sub = get_subcommand(sub, is_required=False)
+        if sub is None:  # a usage error, as argparse's: status 2
+            print("error: give a command (kubectl relearn --help lists them)", file=sys.stderr)
+            return 2
+        if isinstance(sub, Experiments):
+            return sub.execute(rollout=self.target())
+        audit = audit_log_for(self.audit_log)
+        if isinstance(sub, History):
+            entries = audit.entries(sub.limit)
+            lines = [
+                f"{e['time']}  {e['action']:<14} {e.get('version') or '':<8} {e['reason']}" for e in entries
+            ]
+            self.show(entries, "\n".join(lines) or "no rollout actions recorded")
             return 0
-        if args.command in ("canary", "shadow") and args.action == "start":
-            _refuse_during_experiment(backend)
-        if args.command == "register":
-            state, action = _register(backend, args), "register"
-        elif args.command == "canary" and args.action == "start":
-            state, action = backend.start_canary(args.version, args.percent), "canary-start"
-        elif args.command == "canary":
-            state, action = backend.set_canary_percent(args.percent), "canary-step"
-        elif args.command == "shadow" and args.action == "start":
-            state, action = backend.start_shadow(args.version, args.percent), "shadow-start"
-        elif args.command == "shadow":
-            state, action = backend.stop_shadow(), "shadow-stop"
-        elif args.command == "promote":
-            version = backend.state().canary
-            state, action = backend.promote(), "promote"
-            args.version = version
-        else:
-            version = backend.state().canary
-            state, action = backend.rollback(), "rollback"
-            args.version = version
-    except (RolloutError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    entry = audit.append(
-        action,
-        actor=actor,
-        reason=args.reason,
-        version=getattr(args, "version", None),
-        percent=getattr(args, "percent", None),
-        backend=args.backend,
-        state=state.to_dict(),
+        if isinstance(sub, Register) and self.backend != "local":
+            print(
+                "error: register is for --backend local (KServe serves versions in a cluster)",
+                file=sys.stderr,
+            )
+            return 1
+        backend = backend or make_backend(self)
+        try:
+            if isinstance(sub, Status):
+                return _status(self, backend, audit)
+            state, version = sub.act(backend)
+        except (RolloutError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        entry = audit.append(
+            sub.name,
+            actor=f"kubectl-relearn/{getpass.getuser()}",
+            reason=sub.reason,
+            version=version,
+            percent=getattr(sub, "percent", None),
+            backend=self.backend,
+            state=state.to_dict(),
+        )
+        self.show(
+            entry,
+            f"{sub.name}: stable={state.stable} canary={state.canary or '-'} ({state.canary_percent}%) "
+            f"shadow={state.shadow or '-'} ({state.mirror_percent:g}%)",
+        )
+        return 0
+
+    def show(self, data: Any, text: str) -> None:
+        """Print ``data`` as JSON with ``-o json``, else ``text``."""
+        print(json.dumps(data, indent=1) if self.output == "json" else text)
+
+    def target(self) -> dict[str, Any]:
+        """The rollout options given (or defaulted from the environment)."""
+        return {name: getattr(self, name) for name in RolloutTarget.model_fields}
+
+
+def _status(cli: KubectlRelearn, backend: RolloutBackend, audit: Any) -> int:
+    state, last = backend.state(), audit.entries(5)
+    text = (
+        f"stable: {state.stable}\ncanary: {state.canary or '-'} ({state.canary_percent}%)\n"
+        f"shadow: {state.shadow or '-'} (mirror {state.mirror_percent:g}%)"
     )
-    _print(
-        args,
-        entry,
-        f"{action}: stable={state.stable} canary={state.canary or '-'} ({state.canary_percent}%) "
-        f"shadow={state.shadow or '-'} ({state.mirror_percent:g}%)",
-    )
+    if last:
+        text += "\nlast decisions:\n" + "\n".join(f"  {e['time']} {e['action']} {e['reason']}" for e in last)
+    cli.show({"state": state.to_dict(), "last_decisions": last}, text)
     return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv``) and RELEARN_ROLLOUT_*, run the command, return its status.
+
+    A bad option exits 2 naming it, before anything ran; ``--help`` exits 0.
+    """
+    return commands.run(KubectlRelearn, argv, "kubectl relearn").exit_code
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console script ``kubectl-relearn``."""
-    args = build_parser().parse_args(argv)
-    raise SystemExit(run(args))
+    raise SystemExit(run(argv))
 
 
 if __name__ == "__main__":
