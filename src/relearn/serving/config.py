@@ -32,6 +32,13 @@ class CommonServingSettings(BaseSettings):
     )
     max_batch_size: int = Field(1024, ge=1, description="Largest batch (rows) accepted; more is a 400.")
     log_level: str = Field("INFO", description="Log level of relearn's JSON logs.")
+    grace_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=60,
+        description="On SIGTERM, how long REST and gRPC calls in flight get to finish (new ones are refused) "
+        "before the server stops, within the pod's terminationGracePeriodSeconds (30 s by default).",
+    )
 
 
 class ModelServingSettings(CommonServingSettings):

@@ -2,18 +2,19 @@
 
 KServe's ``ModelServer`` binds ``0.0.0.0`` / ``[::]`` unconditionally; this assembles the same pieces (its
 FastAPI app with v1/v2 routes, ``/metrics`` and exception handlers, its ``InferenceServicer`` with its
-exception-to-status interceptor) on ``settings.host``. With ``--workers`` > 1 it hands over to
-``ModelServer`` itself (several uvicorn processes; all interfaces).
+exception-to-status interceptor) on ``settings.host`` and serves them through :mod:`relearn.listeners`
+(SIGTERM drains both within ``grace_seconds``). With ``--workers`` > 1 it hands over to ``ModelServer``
+itself (several uvicorn processes; all interfaces).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-from concurrent import futures
+from collections.abc import Callable
 from typing import Any
 
+from relearn import listeners
 from relearn.errors import InvalidRequest, NotFound, RelearnError, grpc_abort, rest_handler
 from relearn.serving.config import CommonServingSettings
 
@@ -172,7 +173,11 @@ async def http_error(request: Any, exc: Any) -> Any:
 
 
 def serve(model: Any, settings: CommonServingSettings, payload_logger: Any = None) -> None:
-    """Load ``model``, start its payload logger (if any) and serve it until SIGINT/SIGTERM."""
+    """Load ``model``, start its payload logger (if any) and serve it until SIGINT/SIGTERM.
+
+    On SIGTERM the listeners drain within ``settings.grace_seconds``, then the payload logger sends what it
+    has queued (its own ``log_drain_seconds``) before the process exits.
+    """
     from relearn.logs import configure_logging
 
     configure_logging(settings.log_level)
@@ -184,72 +189,74 @@ def serve(model: Any, settings: CommonServingSettings, payload_logger: Any = Non
     run(model, settings, on_stop=payload_logger.stop)
 
 
-def run(model: Any, settings: CommonServingSettings, on_stop: Any = None) -> None:
-    """Serve ``model`` (already loaded) on REST and gRPC until SIGINT/SIGTERM."""
-    from grpc import aio
+def run(model: Any, settings: CommonServingSettings, on_stop: Callable[[], Any] | None = None) -> None:
+    """Serve ``model`` (already loaded) on REST and gRPC until SIGINT/SIGTERM, then call ``on_stop``."""
     from grpc_reflection.v1alpha import reflection
     from kserve import ModelServer
+    from kserve.errors import NoModelReady
     from kserve.model_server import app
     from kserve.protocol.grpc.servicer import InferenceServicer
     from kserve.protocol.rest.server import RESTServer
 
     _prepare(app)
+    grace = settings.grace_seconds
     server = ModelServer(
         http_port=settings.http_port,
         grpc_port=settings.grpc_port,
         workers=max(1, settings.workers),
         enable_latency_logging=False,
-        grace_period=2,
+        grace_period=grace,
     )
     if settings.workers > 1:
+        # Several uvicorn processes sharing one socket: relearn.listeners serves one process, so KServe's own
+        # multi-process start does it (all interfaces, KServe's signal handling, the same grace time).
         server.start([model])
         return
-    server._register_and_check_atleast_one_model_is_ready([model])
-    rest = RESTServer(
-        "kserve.model_server:app",
-        server.dataplane,
-        server.model_repository_extension,
-        settings.http_port,
-        grace_period=2,
-    )
-    rest.config.host = settings.host
-    create_application = rest.create_application
+    if not model.ready:
+        raise NoModelReady([model])
+    model.enable_latency_logging = False
+    server.register_model(model)
+    model.start()
+    # KServe's public app builder: its middlewares, v1/v2 routes, /metrics and exception handlers on its
+    # module-level FastAPI app; ours then replace the client-error handlers. Its uvicorn server is not used.
+    RESTServer(
+        "kserve.model_server:app", server.dataplane, server.model_repository_extension, 0
+    ).create_application()
+    _quiet_client_errors(app)
 
-    def create_quiet_application() -> None:
-        create_application()
-        _quiet_client_errors(app)
-
-    rest.create_application = create_quiet_application
+    async def stop() -> None:
+        if on_stop is not None:
+            await asyncio.to_thread(on_stop)
 
     async def serve() -> None:
-        grpc_server = aio.server(
-            futures.ThreadPoolExecutor(max_workers=4),
+        # The gRPC server belongs to the loop it is created on: build it inside asyncio.run.
+        servicer = InferenceServicer(server.dataplane, server.model_repository_extension)
+        grpc_server = listeners.grpc_listener(
+            settings.host,
+            settings.grpc_port,
+            [strict_handlers(servicer)],
             interceptors=(client_error_interceptor(),),
             options=[
                 ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
                 ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
             ],
         )
-        servicer = InferenceServicer(server.dataplane, server.model_repository_extension)
-        grpc_server.add_generic_rpc_handlers((strict_handlers(servicer),))
         # Server reflection: grpcurl and other generic tools list and call the service without a proto file.
         reflection.enable_server_reflection((GRPC_SERVICE, reflection.SERVICE_NAME), grpc_server)
-        grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
-        await grpc_server.start()
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopping.set)
-        rest_task = asyncio.create_task(rest.start())
         log.info(
-            "serving",
-            extra={"model": model.name, "http": settings.http_port, "grpc": settings.grpc_port},
+            "serving", extra={"model": model.name, "http": settings.http_port, "grpc": settings.grpc_port}
         )
-        await stopping.wait()
-        rest._server.should_exit = True
-        await grpc_server.stop(grace=1)
-        await asyncio.wait_for(rest_task, timeout=5)
-        if on_stop is not None:
-            on_stop()
+        await listeners.serve(
+            app,
+            grpc_server,
+            host=settings.host,
+            rest_port=settings.http_port,
+            grace_seconds=grace,
+            cleanups=[stop],
+            # KServe's REST settings: logs through relearn's JSON handler, keep-alive past load balancers'.
+            log_config=None,
+            log_level=None,
+            timeout_keep_alive=65,
+        )
 
     asyncio.run(serve())
