@@ -20,6 +20,7 @@ from pydantic import Field
 
 from relearn import commands, listeners
 from relearn.commands import Command, command_config
+from relearn.errors import RelearnError, grpc_abort, rest_handler
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -61,7 +62,7 @@ async def serve(name: str, host: str, rest_port: int, grpc_port: int, fail: bool
         counts["rest_mirror"] += track_of(request.headers) == "mirror"
         body = await request.json()
         if fail:
-            return JSONResponse({"error": f"{name} fails"}, status_code=500)
+            raise RelearnError(f"{name} fails")  # 500 {"error": ...} through the error model's handler
         output = {"name": "server", "datatype": "BYTES", "shape": [1], "data": [name]}
         return JSONResponse(
             {"model_name": request.path_params["model"], "id": body.get("id", ""), "outputs": [output]}
@@ -72,12 +73,13 @@ async def serve(name: str, host: str, rest_port: int, grpc_port: int, fail: bool
         return JSONResponse(counts)
 
     app = Starlette(
+        exception_handlers={RelearnError: rest_handler},
         routes=[
             Route("/v2/health/ready", ready),
             Route("/v2/health/live", ready),
             Route("/v2/models/{model}/infer", infer, methods=["POST"]),
             Route("/count", count),
-        ]
+        ],
     )
 
     async def live(request: Any, context: Any) -> Any:
@@ -90,7 +92,7 @@ async def serve(name: str, host: str, rest_port: int, grpc_port: int, fail: bool
         counts["grpc"] += 1
         counts["grpc_mirror"] += track_of(dict(context.invocation_metadata() or ())) == "mirror"
         if fail:
-            await context.abort(grpc.StatusCode.INTERNAL, f"{name} fails")
+            await grpc_abort(context, RelearnError(f"{name} fails"), "ModelInfer")
         out = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
         tensor = out.outputs.add(name="server", datatype="BYTES", shape=[1])
         tensor.contents.bytes_contents.append(name.encode())

@@ -40,6 +40,7 @@ from pydantic import Field
 
 from relearn import commands, listeners
 from relearn.commands import Command, command_config
+from relearn.errors import RelearnError, Unavailable
 from relearn.rollout.local_backend import Endpoint, RouterState
 from relearn.routing import ARM_HEADER, ROUTE_HEADER, model_version, shadow_host
 
@@ -139,6 +140,13 @@ def rest_app(router: Router, timeout: float = 30.0) -> Any:
 
     client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=256))
 
+    def refuse(error: RelearnError, route: str) -> Response:
+        """The router's own failure: the error model's status and body, with the route that failed.
+
+        Not logged per request (a proxy's refusals are counted by its callers, as Envoy's are).
+        """
+        return JSONResponse(error.body(), status_code=error.status, headers={ROUTE_HEADER: route})
+
     async def _send_mirror(url: str, method: str, headers: dict[str, str], body: bytes) -> None:
         with contextlib.suppress(Exception):  # the mirror's outcome is discarded, as Istio does
             await client.request(method, url, headers=headers, content=body)
@@ -154,20 +162,14 @@ def rest_app(router: Router, timeout: float = 30.0) -> Any:
             shadow_headers = {**headers, "host": shadow_host(host)} if host else headers
             router.mirror(_send_mirror(mirror.rest + target, request.method, shadow_headers, body))
         if primary is None or not primary.rest:
-            return JSONResponse(
-                {"error": f"no healthy upstream for route {route}"},
-                status_code=503,
-                headers={ROUTE_HEADER: route},
-            )
+            return refuse(Unavailable(f"no healthy upstream for route {route}"), route)
         try:
             # The route travels upstream too: locally one predictor plays stable and canary in turn, and
             # tags its payload-logger events by the route (relearn.serving.payload_log.event_route).
             routed = {**headers, ROUTE_HEADER: route}
             resp = await client.request(request.method, primary.rest + target, headers=routed, content=body)
         except httpx.HTTPError as exc:  # the route's own failure: say which route, as for its answers
-            return JSONResponse(
-                {"error": f"upstream {route}: {exc!r}"}, status_code=503, headers={ROUTE_HEADER: route}
-            )
+            return refuse(Unavailable(f"upstream {route}: {exc!r}"), route)
         out = {
             k: v
             for k, v in resp.headers.items()
@@ -187,6 +189,10 @@ def grpc_handler(router: Router, timeout: float = 30.0) -> Any:
     import grpc
 
     channels: dict[str, Any] = {}
+
+    async def abort(context: Any, error: RelearnError) -> None:
+        """The router's own failure: the error model's gRPC code and message (not logged, as over REST)."""
+        await context.abort(getattr(grpc.StatusCode, error.grpc_code), str(error))
 
     def channel(target: str) -> Any:
         if target not in channels:
@@ -211,7 +217,7 @@ def grpc_handler(router: Router, timeout: float = 30.0) -> Any:
             stable = router.refresh()
             primary = stable.endpoints.get(stable.stable) if stable.stable else None
             if primary is None or not primary.grpc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "no healthy upstream for route stable")
+                await abort(context, Unavailable("no healthy upstream for route stable"))
             upstream = channel(primary.grpc).stream_stream(method)(requests, metadata=forwarded(context))
             try:
                 async for response in upstream:
@@ -235,7 +241,7 @@ def grpc_handler(router: Router, timeout: float = 30.0) -> Any:
                     router.mirror(_send_mirror(mirror.grpc, method, request, marked))
                 if primary is None or not primary.grpc:
                     context.set_trailing_metadata(((ROUTE_HEADER, route),))
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"no healthy upstream for route {route}")
+                    await abort(context, Unavailable(f"no healthy upstream for route {route}"))
                 marks = ((ROUTE_HEADER, route),) if router.mark_routes else ()
                 try:
                     response, unary = await _with_call(
