@@ -54,6 +54,9 @@ class Stack:
         write_targets(self.home / "prometheus" / "targets.json", self.targets)
 
 
+LATE_WALL_SECONDS = 30.0
+
+
 def start_predictor(stack: Stack, version: str, wait: bool = True) -> tuple[Child, str, str]:
     """A predictor of ``models:/relearn-fraud/<version>`` logging to the detector: ``(child, rest, grpc)``."""
     http, grpc_port = free_port(), free_port()
@@ -136,6 +139,11 @@ def start_stack(
             grpc_port=port["router_grpc"])],
         ports=(port["router_rest"], port["router_grpc"]),
     )  # fmt: skip
+    # The replay packs a stream day into ``wall_per_day`` seconds, so a request a loaded machine holds up
+    # for one wall second is over an hour late in stream time: the feed and the transformer accept events
+    # LATE_WALL_SECONDS of wall clock behind the stream (production keeps the default hour).
+    lateness = max(3600.0, LATE_WALL_SECONDS * 86400.0 / wall_per_day)
+    procs.env["RELEARN_STATE_LATENESS_SECONDS"] = f"{lateness:.0f}"
     feed = procs.start(
         "feature-feed",
         [sys.executable, "-m", "relearn.features.feed", "--port", str(port["feed"])],
