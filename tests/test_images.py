@@ -536,9 +536,15 @@ def test_entrypoint_help_with_the_image_env(image: str, tmp_path: Path) -> None:
 
 
 def _executors(out: Path) -> dict[str, Any]:
-    """The executors of the compiled pipeline (its first YAML document; a platform spec may follow)."""
-    (path,) = out.glob("*.yaml")
-    return next(yaml.safe_load_all(path.read_text()))["deploymentSpec"]["executors"]
+    """The executors of every compiled pipeline (training, recalibration), named ``<pipeline>:<executor>``
+    (each file's first YAML document; a platform spec may follow)."""
+    paths = sorted(out.glob("*.yaml"))
+    assert {p.stem for p in paths} == {"relearn-train", "relearn-recalibrate"}, paths
+    executors = {}
+    for path in paths:
+        spec = next(yaml.safe_load_all(path.read_text()))
+        executors |= {f"{path.stem}:{k}": v for k, v in spec["deploymentSpec"]["executors"].items()}
+    return executors
 
 
 def _compiled_images(out: Path) -> set[str]:
