@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 
+import httpx
 import numpy as np
 
 from relearn.events import REQUEST_TYPE, RESPONSE_TYPE
@@ -60,6 +61,13 @@ def test_sigterm_drains_the_request_in_flight_then_the_payload_log_and_exits_0(t
     )
     try:
         server.start().wait_ready()
+        url = f"http://127.0.0.1:{server.http_port}/v2/models/{MODEL}/infer"
+        warm = httpx.post(
+            url, content=_body("warm-up"), headers={"content-type": "application/json"}, timeout=30
+        )
+        assert warm.status_code == 200, (
+            warm.text
+        )  # the first inference's one-off work is done before the test
         body = _body("inflight")
         half = len(body) // 2
         connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
@@ -67,7 +75,7 @@ def test_sigterm_drains_the_request_in_flight_then_the_payload_log_and_exits_0(t
         connection.putheader("content-type", "application/json")
         connection.putheader("content-length", str(len(body)))
         connection.endheaders(body[:half])
-        time.sleep(0.5)  # the server has the headers: the request is in flight, waiting for its body
+        time.sleep(1.0)  # the server has the headers: the request is in flight, waiting for its body
         server.process.send_signal(signal.SIGTERM)
         # New calls are refused at once (REST and gRPC) while the one in flight is still being served.
         assert _until(lambda: _refuses(server.http_port) and _refuses(server.grpc_port), 5)
