@@ -73,10 +73,10 @@ explain: setup ## The champion's explainer alone (`make serve` starts one too): 
 
 # Part of `make test`; needs root for /etc/hosts (the in-cluster DNS names) and Debian's servers (make setup).
 rehearse: setup ## The rendered chart run as a cluster would run it (processes on loopback), then the cluster story
-	$(PY) -m pytest tests/test_rehearsal.py tests/test_rehearsal_production.py $(PYTEST_ARGS)
+	$(PY) -m pytest tests/chart/test_rehearsal.py tests/chart/test_rehearsal_production.py $(PYTEST_ARGS)
 
 chart-test: setup ## Offline chart checks: helm lint/template, kubernetes-validate, CRDs, promtool, yamllint, checkov, skaffold schema
-	$(PY) -m pytest tests/test_chart.py $(PYTEST_ARGS)
+	$(PY) -m pytest tests/chart/test_chart.py $(PYTEST_ARGS)
 
 # The images under the names the chart's defaults and .github/workflows/release.yaml use; CPU torch wheels.
 IMAGE_REGISTRY ?= ghcr.io/relearn

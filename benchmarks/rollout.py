@@ -1,7 +1,7 @@
 """``python -m benchmarks.rollout``: time from a bad canary's start to its automated rollback.
 
-Local mode with real processes on 127.0.0.1, the same stack as ``tests/test_rollout_e2e.py`` (reused from
-there: stable predictor v1 and the bad v3 — an artifact whose embedding tables are smaller than its
+Local mode with real processes on 127.0.0.1, the same stack as ``tests/rollout/test_rollout_e2e.py`` (reused
+from there: stable predictor v1 and the bad v3 — an artifact whose embedding tables are smaller than its
 vocabularies, so every request fails with a 500 — behind the local router, Prometheus scraping every
 second, a tmp MLflow registry, a paced v2 REST load generator counting outcomes by route). Each run starts
 v3 as canary at ``--percent`` and calls the controller's ``step`` every ``--interval`` seconds until it rolls
@@ -55,7 +55,7 @@ def run(bench: RolloutBench) -> list[Row]:
     from relearn.rollout.analysis import Action
     from relearn.rollout.controller import ControllerSettings, MlflowRegistry, step
     from relearn.settings import RelearnSettings
-    from rollout_stack import Load, Stack, make_artifacts
+    from support.rollout_stack import Load, Stack, make_artifacts
 
     tmp = Path(tempfile.mkdtemp(prefix="relearn-bench-rollout-"))
     os.environ["RELEARN_HOME"] = str(tmp / "home")

@@ -23,7 +23,7 @@ from relearn.settings import ALERT_BUDGET
 PIPELINE_NAME = "relearn-train"
 
 # charts/relearn/templates/pipeline-env-configmap.yaml: its fixed name and data keys (each becomes the env var
-# of the same name). tests/test_pipeline_compile.py checks them against the rendered chart.
+# of the same name). tests/pipeline/test_pipeline_compile.py checks them against the rendered chart.
 PIPELINE_ENV_CONFIG_MAP = "relearn-pipeline-env"
 PIPELINE_ENV_KEYS = (
     "RELEARN_HOME",

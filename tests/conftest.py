@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from crds import MISSING, in_ci, needs_crds_skip
 from relearn.settings import RelearnSettings
-from serving_stack import PostgresServer, RedisServer, postgres_binary
+from support.crds import MISSING, in_ci, needs_crds_skip
+from support.serving_stack import PostgresServer, RedisServer, postgres_binary
 
 # tests/drift need alibi-detect, which lives in the drift environment (it pins numpy<2): `make test` runs
 # them there; the platform environment skips the folder.
@@ -20,7 +20,8 @@ collect_ignore = [] if importlib.util.find_spec("alibi_detect") else ["drift"]
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Missing upstream CRDs (tests/crds.py): a skip with the reason in a user's clone, a failure in CI."""
+    """Missing upstream CRDs (tests/support/crds.py): a skip with the reason in a user's clone, a failure in
+    CI."""
     report = (yield).get_result()
     if in_ci() and needs_crds_skip(report):
         report.outcome = "failed"

@@ -27,7 +27,7 @@ import yaml
 
 from relearn import checks
 from relearn.data.schema import REQUEST_FIELDS
-from serving_stack import Server, free_port, stop_process, wait_until
+from support.serving_stack import Server, free_port, stop_process, wait_until
 
 pytestmark = pytest.mark.slow
 

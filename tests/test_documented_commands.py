@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving_stack import free_port, stop_process, wait_until
+from support.serving_stack import free_port, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIFT_PYTHON = ROOT / ".venv" / "drift" / "bin" / "python"
@@ -188,7 +188,7 @@ def test_grpcurl_needs_no_proto_file_the_servers_have_reflection(trained, tmp_pa
     from google.protobuf import descriptor_pool, json_format, message_factory
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-    from serving_stack import Server
+    from support.serving_stack import Server
 
     env = {"RELEARN_HOME": str(trained["home"])}
     server = Server("relearn.serving.predictor", [], env, tmp_path / "predictor.log").start()
@@ -218,7 +218,7 @@ def test_missing_crds_skip_with_the_reason_in_a_clone_and_fail_in_ci(tmp_path: P
     """``make chart-test`` skipped the CRD tests silently without ../shared/crds, CI included."""
     import sys
 
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/test_rollout_backend.py"]
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/rollout/test_rollout_backend.py"]
     cmd += ["-k", "satisfies_protocol"]
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env["RELEARN_TEST_CRDS_DIR"] = str(tmp_path / "absent")

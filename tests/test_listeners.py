@@ -16,7 +16,7 @@ import grpc
 import httpx
 
 from relearn.rollout.echo import v2_pb2
-from serving_stack import free_port, wait_until
+from support.serving_stack import free_port, wait_until
 
 
 def _echo(tmp_path: Path) -> tuple[subprocess.Popen, int, int, Path]:

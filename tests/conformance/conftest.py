@@ -23,8 +23,8 @@ from conformance.cases import MODEL, model_arrays, transactions
 from conformance.clients import Client, all_clients
 from conformance.table import outcome, render
 from relearn.rollout.local_backend import LocalBackend
-from rollout_stack import DRIFT_PYTHON, Pool, make_artifacts
-from serving_stack import PYTHON, Server, free_port, stop_process, wait_until
+from support.rollout_stack import DRIFT_PYTHON, Pool, make_artifacts
+from support.serving_stack import PYTHON, Server, free_port, stop_process, wait_until
 
 
 @pytest.hookimpl(hookwrapper=True)

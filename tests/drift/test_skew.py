@@ -23,7 +23,6 @@ import pandas as pd
 import pytest
 
 from conftest import Server
-from parity import chargeback_stream, events, small_world
 from relearn.data import io
 from relearn.events import REQUEST_TYPE, binary_headers
 from relearn.features.spec import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS
@@ -33,6 +32,7 @@ from relearn.features.windows import HOUR_US, WINDOWS
 from relearn.monitoring import skew, store
 from relearn.monitoring.payloads import Event
 from relearn.serving import tensors
+from support.parity import chargeback_stream, events, small_world
 
 SERVED = 900  # newest transactions whose requests are in the log
 NOT_IN_LAKE = 12  # the newest of them: the lake has not ingested them yet

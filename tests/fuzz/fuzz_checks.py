@@ -15,7 +15,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
 from fuzz.fuzz_harness import Endpoint, Grpc, Rest, Tally
 from fuzz.fuzz_stack import MODEL, scrape, total
-from rollout_stack import Pool, grpc_request, v2_request
+from support.rollout_stack import Pool, grpc_request, v2_request
 
 JSON = {"content-type": "application/json"}
 V1 = f"/v1/models/{MODEL}:predict"

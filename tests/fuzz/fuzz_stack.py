@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from rollout_stack import DRIFT_PYTHON, Pool, make_artifacts
-from serving_stack import PYTHON, Server, free_port, stop_process, wait_until
+from support.rollout_stack import DRIFT_PYTHON, Pool, make_artifacts
+from support.serving_stack import PYTHON, Server, free_port, stop_process, wait_until
 
 MODEL = "relearn-fraud"
 _SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*(?:\{[^}]*\})?) (\S+)$", re.M)

@@ -1,11 +1,11 @@
 """The Kubernetes API the rehearsal's controllers talk to: HTTPS, ServiceAccount tokens and the chart's RBAC.
 
-A stand-in (tests/kube_api.py: custom objects validated against the upstream CRDs) served over TLS on its own
-address, as ``kubernetes.default.svc``. Each ServiceAccount of the chart gets a token; a pod that mounts its
-token gets ``token``, ``ca.crt`` and ``namespace`` where the kubelet projects them, so the official client's
-in-cluster configuration is used unchanged. Every request is authorised against the rendered Roles and
-RoleBindings (verb from the method, resource and namespace from the path): anything the Role does not grant
-is a 403, and every call is recorded with its caller.
+A stand-in (tests/support/kube_api.py: custom objects validated against the upstream CRDs) served over TLS on
+its own address, as ``kubernetes.default.svc``. Each ServiceAccount of the chart gets a token; a pod that
+mounts its token gets ``token``, ``ca.crt`` and ``namespace`` where the kubelet projects them, so the official
+client's in-cluster configuration is used unchanged. Every request is authorised against the rendered Roles
+and RoleBindings (verb from the method, resource and namespace from the path): anything the Role does not
+grant is a 403, and every call is recorded with its caller.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from kube_api import FakeApiServer
+from support.kube_api import FakeApiServer
 
 ADMIN = "cluster-admin"  # the operator's kubectl (kubectl relearn), not bound by the chart's Roles
 VERBS = {"GET": "get", "PATCH": "patch", "POST": "create", "DELETE": "delete", "PUT": "update"}

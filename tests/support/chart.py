@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from crds import CRDS
+from support.crds import CRDS
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "relearn"

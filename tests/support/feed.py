@@ -12,7 +12,7 @@ import pytest
 
 from relearn.demo.stack import free_port
 from relearn.features.state import StateSettings, open_state
-from serving_stack import stop_process, wait_until
+from support.serving_stack import stop_process, wait_until
 
 T0 = "2026-03-01T12:00:00+00:00"
 

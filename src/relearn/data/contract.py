@@ -8,7 +8,8 @@ gRPC), batch scoring and the feature feed. They word a violation alike, with the
 To change the contract, change this file: the rules (:data:`TRANSACTION`, :data:`CHARGEBACK`) and the
 amount bounds. The categorical domains are :mod:`relearn.data.schema`'s (they are the model's vocabularies
 too). Requests are checked column by column (:func:`check_columns`, a few µs a row); frames with whole-column
-operations (:func:`frame_masks`); ``tests/test_contract.py`` holds the two to the same verdicts and words.
+operations (:func:`frame_masks`); ``tests/data/test_contract.py`` holds the two to the same verdicts and
+words.
 """
 
 from __future__ import annotations

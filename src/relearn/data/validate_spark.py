@@ -4,7 +4,7 @@ Exact, not sampled: a bad 100 M-row batch may hide its fault in a few rows (a du
 unit change), which a bounded sample can miss. Each statistic is a Spark aggregate over every row; the
 verdicts (thresholds, wording) are :mod:`relearn.data.expectations`', the record contract runs as
 :func:`relearn.data.contract.frame_masks` on Arrow batches, so the one definition of each check serves
-both engines and a batch gets the same Markdown report on either (``tests/test_spark_validate.py``).
+both engines and a batch gets the same Markdown report on either (``tests/features/test_spark_validate.py``).
 
 The passes over the data: one aggregate (rows, times, window, null shares, medians per currency), the
 daily counts, the contract (Python workers), the duplicates of each unique column (a shuffle). Medians are

@@ -84,8 +84,8 @@ def quality(frame: pd.DataFrame, budget: float) -> dict[str, float]:
 def lake_features(outcome: Outcome, frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` (served transactions) with the pandas engine's entity features at each one's time.
 
-    These are the values the streaming state served (tests/test_stream_parity.py proves it), recomputed
-    from the world's lake, which holds every transaction, scored or not.
+    These are the values the streaming state served (tests/features/test_stream_parity.py proves it),
+    recomputed from the world's lake, which holds every transaction, scored or not.
     """
     from relearn.data import io
     from relearn.features.spec import MERCHANT_FEATURES, USER_FEATURES

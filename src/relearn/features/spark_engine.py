@@ -1,8 +1,8 @@
 """The Spark engine of the features step: entity feature tables and the point-in-time training set.
 
 The same rows as the pandas engine (:func:`relearn.features.transforms.entity_feature_tables`,
-:func:`relearn.features.store.training_set`; ``tests/test_spark_parity.py`` holds them equal), computed
-with Spark window functions so the data never has to fit one process:
+:func:`relearn.features.store.training_set`; ``tests/features/test_spark_parity.py`` holds them equal),
+computed with Spark window functions so the data never has to fit one process:
 
 * Widths come from :data:`~relearn.features.windows.WINDOWS`; the finalisers (:func:`mean_std`,
   :func:`chargeback_rate`), the data contract (which rows make a history) and the request-time features

@@ -12,7 +12,7 @@ step per entity: the window ``[t - w, t)`` never contains the transaction itself
 replica or the shadow mirror sees the same values and counts the transaction once. Two transactions of a
 card see each other only in event-time order. The intermediate values (counts, centred sums, distinct
 merchants, the last event) are finished by :mod:`relearn.features.windows`, the functions the training set
-uses, so online and offline values are the same numbers (``tests/test_state.py`` proves it).
+uses, so online and offline values are the same numbers (``tests/features/test_state.py`` proves it).
 """
 
 from __future__ import annotations
