@@ -7,13 +7,13 @@ idle kept-alive connection, and garbage.
 
 from __future__ import annotations
 
-import socket
 import socketserver
 import threading
 from collections.abc import Iterator
 
 import pytest
 
+from relearn.demo.stack import free_port
 from relearn.serving.sink_http import SinkConnection, SinkError
 
 OK = b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok"
@@ -133,10 +133,7 @@ def test_garbage_and_refused_connections_raise_and_leave_no_half_open_connection
     with pytest.raises(SinkError, match="bad status line"):
         conn.post({}, b"x")
     assert conn._sock is None  # dropped: the next post starts clean
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens there
-    with pytest.raises(OSError):
-        SinkConnection(f"http://127.0.0.1:{port}/", timeout=2).post({}, b"x")
+    with pytest.raises(OSError):  # nothing listens on a free port
+        SinkConnection(f"http://127.0.0.1:{free_port()}/", timeout=2).post({}, b"x")
     with pytest.raises(ValueError, match="http://"):
         SinkConnection("https://sink.example/", timeout=1)
