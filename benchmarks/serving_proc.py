@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from relearn.demo.stack import free_port as free_port  # one definition (re-exported to the benchmarks)
 
 HOST = "127.0.0.1"
 MODEL = "relearn-fraud"
@@ -19,12 +20,6 @@ PLATFORM_PY = sys.executable
 
 
 # --------------------------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(eq=False)
