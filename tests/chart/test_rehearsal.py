@@ -171,7 +171,7 @@ def kfp_env(cluster) -> dict[str, str]:
         [PY, "-m", "pipelines.compile", "--out", str(cluster.root / "compiled")], cwd=ROOT
     )
     assert compiled.returncode == 0
-    (package,) = (cluster.root / "compiled").glob("*.yaml")
+    package = cluster.root / "compiled" / "relearn-train.yaml"  # the training pipeline, not recalibrate
     spec = list(yaml.safe_load_all(package.read_text()))
     return kfp_pod.kfp_pod_env(spec, render(), "train")
 
