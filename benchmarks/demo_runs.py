@@ -5,7 +5,11 @@ repository's HEAD into a new folder and runs ``make demo`` there, as a new user 
 one set of environments between the runs (the clone's ``.venv`` is a link to it and make is told not to
 rebuild it); without it every clone builds its own (``make setup``'s cost, ~2-3 min, once per run).
 
+``--scenarios`` runs a series instead: every scenario with every seed of ``--seeds`` (issue 21), and checks
+that each run chose its scenario's documented response (``EXPECTED``) and ended the way it should.
+
     python -m benchmarks.demo_runs --runs 5 --venv .venv
+    python -m benchmarks.demo_runs --venv .venv --scenarios all --seeds 7,11,13 --parallel 2
 """
 
 from __future__ import annotations
@@ -18,12 +22,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The documented response per scenario (docs/guide/continual-learning.md) and whether the champion changes.
+EXPECTED = {
+    "concept_drift": ("retrain", True),
+    "covariate_shift": ("retrain", True),
+    "label_shift": ("recalibrate", True),
+    "data_bug_units": ("page", False),
+    "data_bug_nulls": ("page", False),
+}
 
-def one_run(index: int, where: Path, venv: Path | None, timeout_s: float, args: str, rev: str) -> dict:
+
+def one_run(index: int | str, where: Path, venv: Path | None, timeout_s: float, args: str, rev: str) -> dict:
     """Clone at ``rev``, ``make demo``, read the report; the clone is removed unless the run failed."""
     clone = where / f"run-{index}"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
@@ -57,13 +71,55 @@ def one_run(index: int, where: Path, venv: Path | None, timeout_s: float, args: 
 
 def _outcome(summary: dict) -> dict:
     """The few facts that say whether the loop succeeded, from the demo's summary.json."""
+    chosen = [r["response"] for r in summary.get("responses") or []]
     return {
+        "scenario": summary.get("scenario"),
+        "responses": list(dict.fromkeys(chosen)),  # in order, once each
         "champion": f"{summary.get('champion_before', '?')} -> {summary.get('champion_after', '?')}",
         "promoted": "promoted" in (summary.get("milestones") or {}),
         "requests": summary.get("requests"),
         "failed": summary.get("failed"),
         "refused": summary.get("refused"),
     }
+
+
+def as_documented(row: dict) -> bool:
+    """Exit 0, the scenario's response first, and the champion changed exactly when it should."""
+    response, changes = EXPECTED[row["scenario"]]
+    changed = row["champion"].split(" -> ")[0] != row["champion"].split(" -> ")[-1]
+    return row["exit"] == 0 and row["responses"][:1] == [response] and changed == changes
+
+
+def series(ns: argparse.Namespace, where: Path, rev: str) -> int:
+    """Every scenario x seed, ``--parallel`` at a time; a table of the response each run chose."""
+    names = list(EXPECTED) if ns.scenarios == "all" else ns.scenarios.split(",")
+    plan = [(name, int(seed)) for name in names for seed in ns.seeds.split(",")]
+    print(f"make demo over {len(plan)} scenario x seed runs at {rev[:10]} under {where}", flush=True)
+
+    def run(item: tuple[str, int]) -> dict:
+        name, seed = item
+        args = f"--scenario {name} --seed {seed} --no-progress {ns.args}".strip()
+        row = one_run(f"{name}-{seed}", where, ns.venv, ns.timeout_minutes * 60, args, rev)
+        row.update(scenario=name, seed=seed, documented=as_documented({**row, "scenario": name}))
+        print(f"  {name:16} seed {seed:3}: exit {row['exit']}  {row['seconds'] / 60:5.1f} min  "
+              f"responses {','.join(row['responses']) or '-':22} champion {row['champion']:8} "
+              f"failed {row['failed']}  {'as documented' if row['documented'] else 'NOT as documented'}",
+              flush=True)  # fmt: skip
+        return row
+
+    with ThreadPoolExecutor(max_workers=ns.parallel) as pool:
+        rows = list(pool.map(run, plan))
+    print("\n| scenario | seed | exit | minutes | responses | champion | failed | as documented |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['scenario']} | {r['seed']} | {r['exit']} | {r['seconds'] / 60:.1f} | "
+              f"{', '.join(r['responses']) or '-'} | {r['champion']} | {r['failed']} | "
+              f"{'yes' if r['documented'] else 'NO'} |")  # fmt: skip
+    ok = sum(r["documented"] for r in rows)
+    print(f"\n{ok}/{len(rows)} runs chose their scenario's documented response and exited 0")
+    if ns.json:
+        ns.json.write_text(json.dumps(rows, indent=2))
+    return 0 if ok == len(rows) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,12 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--args", default="", help="ARGS passed to make demo, e.g. '--seed 11'.")
     parser.add_argument("--json", type=Path, help="Also write the rows as JSON here.")
     parser.add_argument("--rev", default="HEAD", help="Commit every run clones (HEAD as at the start).")
+    parser.add_argument("--scenarios", help="Run a series: these scenarios (comma-separated, or all).")
+    parser.add_argument("--seeds", default="7,11,13", help="Seeds of each scenario in a series (7,11,13).")
+    parser.add_argument("--parallel", type=int, default=1, help="Runs of a series at once (1).")
     ns = parser.parse_args(argv)
     rev = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", ns.rev], check=True, capture_output=True, text=True
     ).stdout.strip()
     where = ns.where or Path(tempfile.mkdtemp(prefix="relearn-demo-runs-"))
     where.mkdir(parents=True, exist_ok=True)
+    if ns.scenarios:
+        return series(ns, where, rev)
     print(f"make demo x {ns.runs} in fresh clones of {ROOT} at {rev[:10]} under {where}", flush=True)
     rows = []
     for i in range(1, ns.runs + 1):
