@@ -61,6 +61,27 @@ def test_a_page_starts_nothing_and_a_recalibration_runs_the_recalibrate_step(tmp
     ]
 
 
+def test_the_report_lists_one_line_per_episode_not_per_repeated_alert():
+    def alert(hour: int, kind: str, response: str, why: str, track: str = "stable") -> dict:
+        sim = (SIM + pd.Timedelta(hours=hour)).isoformat()
+        return {"sim": sim, "kind": kind, "track": track, "response": response, "why": why}
+
+    items = [
+        alert(0, "quality", "retrain", "ROC-AUC 0.79"),
+        alert(6, "quality", "retrain", "ROC-AUC 0.72"),  # the same open incident, re-posted
+        alert(7, "drift", "retrain", "canary", track="canary"),  # another track: not listed
+        alert(9, "quality", "retrain", "ROC-AUC 0.70"),
+        alert(12, "drift", "page", "data bug: units"),
+        alert(20, "quality", "retrain", "ROC-AUC 0.60"),  # a new episode after the page
+    ]
+    assert response_lines(items) == [
+        "at 2026-01-10 12:00, response to the quality alert: retrain (ROC-AUC 0.79); "
+        "2 more alert(s) of this episode until 2026-01-10 21:00",
+        "at 2026-01-11 00:00, response to the drift alert: page (data bug: units)",
+        "at 2026-01-11 08:00, response to the quality alert: retrain (ROC-AUC 0.60)",
+    ]
+
+
 def test_a_page_cancels_a_retraining_not_yet_started(tmp_path):
     driver, procs = _driver(tmp_path)
     driver.alert(0.0, {"kind": "drift", "track": "stable", "response": "retrain", "why": "covariate drift"})

@@ -73,14 +73,31 @@ def responses(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def response_lines(items: list[dict[str, Any]]) -> list[str]:
-    """The report's lines: the chosen responses of the stable track's alerts, in order (repeats merged)."""
-    lines: list[str] = []
-    last = None
+    """The report's lines: one per episode of the stable track's alerts, in order.
+
+    An episode is a run of alerts of the same kind answered the same way: the detector re-posts an open
+    incident each window (with new figures in its why), which is one decision, not several. The line keeps
+    the first alert's why and says how many followed and until when.
+    """
+    episodes: list[list[dict[str, Any]]] = []
     for item in items:
         if item.get("track", "stable") != "stable":
             continue
-        line = f"response to the {item['kind']} alert: {item['response']} ({item['why']})"
-        if line != last:
-            lines.append(f"at {(item.get('sim') or '')[:16].replace('T', ' ')}, {line}")
-        last = line
+        last = episodes[-1][0] if episodes else None
+        if last is not None and (last["kind"], last["response"]) == (item["kind"], item["response"]):
+            episodes[-1].append(item)
+        else:
+            episodes.append([item])
+    lines = []
+    for first, *more in episodes:
+        line = (
+            f"at {_when(first)}, response to the {first['kind']} alert: {first['response']} ({first['why']})"
+        )
+        if more:
+            line += f"; {len(more)} more alert(s) of this episode until {_when(more[-1])}"
+        lines.append(line)
     return lines
+
+
+def _when(item: dict[str, Any]) -> str:
+    return (item.get("sim") or "")[:16].replace("T", " ")
