@@ -32,6 +32,20 @@ containerConcurrency: {{ $c.containerConcurrency }}
 {{- end }}
 {{- end }}
 timeout: {{ $c.timeout }}
+{{- /* A server stops within its pod's termination grace period: the listeners' grace, then (predictor) the
+payload log's drain. Knative sets the period from the revision timeout and rejects the field itself
+(deploy.go: TerminationGracePeriodSeconds = rev.Spec.TimeoutSeconds, default 300); RawDeployment pods get the
+same rule from the chart, so one value means the same in both modes. */}}
+{{- $period := ternary $c.timeout (ternary 30 300 (default false .raw)) (gt (int $c.timeout) 0) }}
+{{- if and .raw (gt (int $c.timeout) 0) }}
+terminationGracePeriodSeconds: {{ $c.timeout }}
+{{- end }}
+{{- $v := .ctx.Values }}
+{{- $l := $v.fraud.logger }}
+{{- $drain := ternary $l.drainSeconds 0 (and (eq .kind "predictor") $v.driftDetector.enabled $l.enabled (eq $l.via "relearn")) }}
+{{- if ge (addf $v.fraud.graceSeconds $drain) (float64 $period) }}
+{{- fail (printf "fraud.graceSeconds (%v) + fraud.logger.drainSeconds (%v) must be below fraud.%s.timeout (%v), the %s pod's termination grace period: Kubernetes kills what is still draining" $v.fraud.graceSeconds $drain .kind $period .kind) }}
+{{- end }}
 {{- if ne .canary nil }}
 canaryTrafficPercent: {{ .canary }}
 {{- end }}
@@ -56,6 +70,8 @@ the transaction ids the transformer passes on, so the detector pairs one request
 {{- $p := .prefix -}}
 - name: {{ $p }}MODEL_NAME
   value: {{ .ctx.Values.fraud.modelName | quote }}
+- name: {{ $p }}GRACE_SECONDS
+  value: {{ .ctx.Values.fraud.graceSeconds | quote }}
 {{- if .logs }}
 - name: {{ $p }}INFERENCE_SERVICE
   value: {{ .name | quote }}
