@@ -18,7 +18,6 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import yaml
 from test_spark_parity import DAYS, START, _lake, mismatches
 
 from relearn import steps
@@ -134,16 +133,7 @@ def operator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         pytest.skip("pyspark or Java missing: `make setup` installs both")
     api = FakeApiServer()
     api.on_create = SparkOperator(api, tmp_path / "driver")
-    kubeconfig = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
-        "users": [{"name": "fake", "user": {}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-        "current-context": "fake",
-    }
-    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig")))
     monkeypatch.setenv("RELEARN_SPARK_SUBMIT", "operator")
     monkeypatch.setenv("RELEARN_SPARK_APP_DRIVER_FILE", f"local://{DRIVER}")
     monkeypatch.setenv("RELEARN_SPARK_APP_DRIVER_MEMORY", "1g")

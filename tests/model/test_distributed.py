@@ -213,16 +213,7 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApi
     """A fake API server with a training operator, reached through a kubeconfig like kubectl would."""
     api = FakeApiServer()
     api.on_create = TrainingOperator(api, tmp_path / "pods")
-    kubeconfig = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
-        "users": [{"name": "fake", "user": {}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-        "current-context": "fake",
-    }
-    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig")))
     monkeypatch.setenv("RELEARN_TRAINING_NAMESPACE", "kubeflow")
     monkeypatch.setenv("RELEARN_TRAINING_POLL_SECONDS", "0.2")
     with api:
