@@ -97,3 +97,26 @@ def test_retrain_is_the_default_response(tmp_path):
     driver.retraining.join(10)
     ((_, argv),) = procs.started
     assert argv[1:3] == ["-m", "pipelines.run"]
+
+
+def test_a_page_is_the_decision_the_replay_stops_after(tmp_path):
+    """A data bug run ends like a rollout's: after_decision_days after the page, not at the stream's end."""
+    driver, _ = _driver(tmp_path)
+    driver.alert(0.0, {"kind": "drift", "track": "stable", "response": "page", "why": "data bug: nulls"})
+    assert driver.decided == SIM and not driver.done()
+    driver.replay.sim_time = SIM + pd.Timedelta(days=driver.settings.after_decision_days)
+    assert driver.done()
+    assert [e["kind"] for e in driver.timeline.events] == ["alert", "paged"]
+
+
+def test_after_a_refused_retraining_the_next_alert_retries_at_once(tmp_path):
+    """The first alert waits retrain_after_days for the drifted labels; once a retraining failed its gate,
+    labels have kept maturing while it ran, so the next alert retrains on the spot."""
+    driver, _ = _driver(tmp_path)
+    driver.alert(0.0, {"kind": "quality", "track": "stable", "response": "retrain", "why": "concept drift"})
+    assert driver.retrain_at == SIM + pd.Timedelta(days=driver.settings.retrain_after_days)
+    driver.retrain_at = None  # as if it ran: the gate refused the model
+    driver._deploy({"model_version": 2, "gate": "FAILED: recall_at_budget gain -0.05 is not significant"})
+    assert driver.decided is None and driver.phase == "replay"
+    driver.alert(0.0, {"kind": "quality", "track": "stable", "response": "retrain", "why": "concept drift"})
+    assert driver.retrain_at == SIM

@@ -262,9 +262,10 @@ class _Driver:
         self.retrains = 0
         self.response = "retrain"
         self.retrain_at: pd.Timestamp | None = None
+        self.gate_failed = False  # a retraining was refused: the next alert retries at once, on newer labels
         self.onset_seen = False
         self.last_state: tuple[Any, ...] = ()
-        self.decided: pd.Timestamp | None = None  # stream time of the promotion or rollback
+        self.decided: pd.Timestamp | None = None  # stream time of the promotion, rollback or page
         self.after = pd.Timedelta(days=settings.after_decision_days)
 
     def status(self) -> str:
@@ -290,10 +291,14 @@ class _Driver:
         if not stable or busy or sim is None:
             return
         self.response = data.get("response", "retrain")  # relearn.monitoring.response's choice
-        if self.response == "page":  # a data bug: paged, never trained on
+        if self.response == "page":  # a data bug: paged, never trained on; the loop's decision
             self.phase = "paged: data bug, no retraining"
+            if self.decided is None:
+                self.decided = sim
+                self.timeline.add("paged", sim=sim)
             return
-        self.retrain_at = sim + pd.Timedelta(days=self.settings.retrain_after_days)
+        wait = 0.0 if self.gate_failed else self.settings.retrain_after_days  # labels kept maturing since
+        self.retrain_at = sim + pd.Timedelta(days=wait)
         self.phase = f"alerted: retraining at {self.retrain_at:%m-%d %H:%M}"
 
     def _start_retraining(self, sim: pd.Timestamp) -> None:
@@ -368,7 +373,7 @@ class _Driver:
         passed = gate.startswith("PASSED")
         self.timeline.add("retrain-end", sim=sim, version=version, gate=gate, headline=result.get("headline"))
         if not passed:
-            self.phase = "replay"
+            self.gate_failed, self.phase = True, "replay"
             return
         self.phase = f"starting v{version}"
         _, rest, grpc_target = start_predictor(self.stack, version)

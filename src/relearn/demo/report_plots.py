@@ -24,6 +24,7 @@ MARKERS = {  # timeline kind → (label, colour) drawn as vertical lines
     "canary-start": ("canary", "tab:blue"),
     "promoted": ("promoted", "tab:green"),
     "rolled-back": ("rolled back", "black"),
+    "paged": ("paged", "tab:brown"),
 }
 
 

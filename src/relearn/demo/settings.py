@@ -36,9 +36,16 @@ class DemoSettings(BaseSettings):
     users: int = Field(3000, ge=50, description="Card holders in the simulated world.")
     merchants: int = Field(500, ge=20, description="Merchants in the simulated world.")
     history_days: int = Field(28, ge=7, description="Days of history the first champion is trained on.")
-    live_days: float = Field(25.0, gt=0, description="Most days of the live stream replayed.")
+    live_days: float = Field(
+        40.0,
+        gt=0,
+        description="Most days of the live stream replayed. A run stops after_decision_days after its "
+        "decision (promotion, rollback or page); this bounds a run whose retraining failed its gate.",
+    )
     after_decision_days: float = Field(
-        3.0, gt=0, description="Days replayed after the rollout's promotion or rollback, then the demo stops."
+        3.0,
+        gt=0,
+        description="Days replayed after the decision (promotion, rollback or page), then the demo stops.",
     )
     onset_day: float = Field(2.0, ge=0, description="Day of the live stream the scenario starts.")
     chargeback_median_days: float = Field(1.0, gt=0, description="Median delay of a chargeback (days).")
