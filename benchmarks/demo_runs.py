@@ -64,6 +64,9 @@ def one_run(index: int | str, where: Path, venv: Path | None, timeout_s: float, 
     summary_path = clone / ".relearn" / "demo" / "report" / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     row = {"run": index, "exit": code, "seconds": round(seconds, 1), "log": str(log), **_outcome(summary)}
+    report = clone / ".relearn" / "demo" / "report"
+    if report.exists():  # kept beside the log: the clone goes, the evidence stays
+        shutil.copytree(report, where / f"run-{index}-report", dirs_exist_ok=True)
     if code == 0:
         shutil.rmtree(clone, ignore_errors=True)
     return row
