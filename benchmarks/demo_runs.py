@@ -61,10 +61,9 @@ def one_run(index: int | str, where: Path, venv: Path | None, timeout_s: float, 
         except subprocess.TimeoutExpired:
             code = None
     seconds = time.monotonic() - begin
-    summary_path = clone / ".relearn" / "demo" / "report" / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    row = {"run": index, "exit": code, "seconds": round(seconds, 1), "log": str(log), **_outcome(summary)}
     report = clone / ".relearn" / "demo" / "report"
+    summary = json.loads((report / "summary.json").read_text()) if (report / "summary.json").exists() else {}
+    row = {"run": index, "exit": code, "seconds": round(seconds, 1), "log": str(log), **_outcome(summary)}
     if report.exists():  # kept beside the log: the clone goes, the evidence stays
         shutil.copytree(report, where / f"run-{index}-report", dirs_exist_ok=True)
     if code == 0:
@@ -75,10 +74,11 @@ def one_run(index: int | str, where: Path, venv: Path | None, timeout_s: float, 
 def _outcome(summary: dict) -> dict:
     """The few facts that say whether the loop succeeded, from the demo's summary.json."""
     chosen = [r["response"] for r in summary.get("responses") or []]
+    before, after = summary.get("champion_before", "?"), summary.get("champion_after", "?")
     return {
-        "scenario": summary.get("scenario"),
         "responses": list(dict.fromkeys(chosen)),  # in order, once each
-        "champion": f"{summary.get('champion_before', '?')} -> {summary.get('champion_after', '?')}",
+        "champion": f"{before} -> {after}",
+        "champion_changed": before != after,
         "promoted": "promoted" in (summary.get("milestones") or {}),
         "requests": summary.get("requests"),
         "failed": summary.get("failed"),
@@ -89,8 +89,7 @@ def _outcome(summary: dict) -> dict:
 def as_documented(row: dict) -> bool:
     """Exit 0, the scenario's response first, and the champion changed exactly when it should."""
     response, changes = EXPECTED[row["scenario"]]
-    changed = row["champion"].split(" -> ")[0] != row["champion"].split(" -> ")[-1]
-    return row["exit"] == 0 and row["responses"][:1] == [response] and changed == changes
+    return row["exit"] == 0 and row["responses"][:1] == [response] and row["champion_changed"] == changes
 
 
 def series(ns: argparse.Namespace, where: Path, rev: str) -> int:
@@ -103,7 +102,8 @@ def series(ns: argparse.Namespace, where: Path, rev: str) -> int:
         name, seed = item
         args = f"--scenario {name} --seed {seed} --no-progress {ns.args}".strip()
         row = one_run(f"{name}-{seed}", where, ns.venv, ns.timeout_minutes * 60, args, rev)
-        row.update(scenario=name, seed=seed, documented=as_documented({**row, "scenario": name}))
+        row.update(scenario=name, seed=seed)
+        row["documented"] = as_documented(row)
         print(f"  {name:16} seed {seed:3}: exit {row['exit']}  {row['seconds'] / 60:5.1f} min  "
               f"responses {','.join(row['responses']) or '-':22} champion {row['champion']:8} "
               f"failed {row['failed']}  {'as documented' if row['documented'] else 'NOT as documented'}",
