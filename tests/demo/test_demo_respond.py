@@ -120,3 +120,17 @@ def test_after_a_refused_retraining_the_next_alert_retries_at_once(tmp_path):
     assert driver.decided is None and driver.phase == "replay"
     driver.alert(0.0, {"kind": "quality", "track": "stable", "response": "retrain", "why": "concept drift"})
     assert driver.retrain_at == SIM
+
+
+def test_a_covariate_drift_retraining_fine_tunes_the_champion(tmp_path):
+    """The incident's train_mode (covariate drift: auto) reaches the training pipeline's command."""
+    driver, procs = _driver(tmp_path)
+    why = "covariate drift: inputs ['log_amount'] drifted"
+    incident = {"kind": "drift", "track": "stable", "response": "retrain", "why": why, "train_mode": "auto"}
+    driver.alert(0.0, incident)
+    driver._start_retraining(driver.retrain_at)
+    driver.retraining.join(10)
+    ((_, argv),) = procs.started
+    assert argv[1:3] == ["-m", "pipelines.run"] and argv[argv.index("--train-mode") + 1] == "auto"
+    start = next(e for e in driver.timeline.events if e["kind"] == "retrain-start")
+    assert start["train_mode"] == "auto"

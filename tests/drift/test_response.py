@@ -89,6 +89,7 @@ def test_covariate_shift_retrains(tmp_path):
     assert record["drift"] and "violations" not in record
     assert [a["response"] for a in actions.retrain] == ["retrain"]
     assert actions.retrain[0]["why"].startswith("covariate drift: inputs [")
+    assert actions.retrain[0]["train_mode"] == "auto"  # the task did not change: fine-tune the champion
 
 
 def _traffic(rng: np.random.Generator, n: int, fraud: float, unseen: float, start: float) -> list[tuple]:
@@ -134,6 +135,8 @@ def test_a_quality_drop_recalibrates_under_prior_shift_and_retrains_under_concep
     fired = actions.recalibrate if response == "recalibrate" else actions.retrain
     assert [a["response"] for a in fired] == [response], (actions.retrain, actions.recalibrate)
     assert "ROC-AUC" in fired[0]["why"]
+    # A new mapping is learnt from scratch; a recalibration trains nothing.
+    assert fired[0].get("train_mode") == ("scratch" if response == "retrain" else None)
 
 
 def test_scores_moving_without_the_inputs_recalibrate_only_when_the_labels_show_the_ranking_held(tmp_path):
@@ -197,3 +200,26 @@ def test_the_roc_auc_baseline_is_the_versions_first_predictions_until_they_hold_
     first = roc_auc(np.array([r[2] for r in rows[:n]]), labels[:n])
     assert monitor.responder.auc_baseline["stable"] == first[0]
     assert monitor.responder.auc_now["stable"][0] < first[0] - 0.1  # the newest window: the drift
+
+
+def test_local_mode_passes_the_incidents_train_mode_to_the_pipeline_command(tmp_path):
+    """``pipelines.run`` takes every pipeline parameter as an option: ``--train-mode auto``."""
+    import json
+    import shlex
+    import sys
+    import time
+
+    from relearn.monitoring.trigger import retrain_action
+
+    out = tmp_path / "argv.json"
+    script = f"import json, sys; open({str(out)!r}, 'w').write(json.dumps(sys.argv[1:]))"
+    command = f"{shlex.quote(sys.executable)} -c {shlex.quote(script)}"
+    settings = DriftSettings(data_dir=tmp_path, trigger_mode="local", local_command=command, cooldown_s=0)
+    action = retrain_action(settings)
+    assert action is not None
+    action({"kind": "drift", "response": "retrain", "train_mode": "auto"})
+    deadline = time.monotonic() + 20
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert json.loads(out.read_text()) == ["--train-mode", "auto"]

@@ -77,3 +77,24 @@ def test_without_its_service_url_a_cluster_detector_starts_no_recalibration(kfp_
     host, calls = kfp_api
     settings = DriftSettings(trigger_mode="cluster", kfp_host=host, data_dir=tmp_path)
     assert recalibrate_action(settings) is None and calls == []
+
+
+def test_a_covariate_drift_retrain_in_cluster_mode_fine_tunes_the_champion(kfp_api, tmp_path):
+    """The incident's train_mode (relearn.monitoring.response: covariate drift → auto) is the run's
+    ``train_mode`` parameter, a parameter of the compiled training pipeline; a schedule sets none."""
+    from relearn.monitoring.trigger import retrain_action
+
+    host, calls = kfp_api
+    (package,) = (p for p in compile_all(tmp_path) if p.stem == "relearn-train")
+    options = {"trigger_mode": "cluster", "kfp_host": host, "kfp_package": str(package)}
+    settings = DriftSettings(**options, data_dir=tmp_path)
+    action = retrain_action(settings)
+    assert action is not None
+
+    action({"kind": "drift", "response": "retrain", "train_mode": "auto"})
+    action({"kind": "schedule", "response": "retrain"})
+
+    runs = [body for method, path, body in calls if (method, path) == ("POST", "/apis/v2beta1/runs")]
+    assert [r["runtime_config"]["parameters"] for r in runs] == [{"train_mode": "auto"}, {}]
+    inputs = runs[0]["pipeline_spec"]["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]
+    assert inputs["train_mode"]["defaultValue"] == "scratch"

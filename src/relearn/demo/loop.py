@@ -261,6 +261,7 @@ class _Driver:
         self.retrain_result: dict[str, Any] | None = None
         self.retrains = 0
         self.response = "retrain"
+        self.train_mode = "scratch"
         self.retrain_at: pd.Timestamp | None = None
         self.gate_failed = False  # a retraining was refused: the next alert retries at once, on newer labels
         self.onset_seen = False
@@ -291,6 +292,7 @@ class _Driver:
         if not stable or busy or sim is None:
             return
         self.response = data.get("response", "retrain")  # relearn.monitoring.response's choice
+        self.train_mode = data.get("train_mode", "scratch")  # covariate drift: fine-tune the champion
         if self.response == "page":  # a data bug: paged, never trained on; the loop's decision
             self.phase = "paged: data bug, no retraining"
             if self.decided is None:
@@ -309,13 +311,15 @@ class _Driver:
         start = end - pd.Timedelta(days=self.settings.retrain_days)
         self.timeline.add(
             "retrain-start", sim=sim, window_start=start.isoformat(), window_end=end.isoformat(),
-            response=self.response,
+            response=self.response, train_mode=self.train_mode,
         )  # fmt: skip
         self.retraining = threading.Thread(target=self._retrain, args=(start,), daemon=True)
         self.retraining.start()
 
     def _retrain(self, start: pd.Timestamp) -> None:
-        argv = pipeline_argv(self.settings, self.world.source, start, self.settings.retrain_days, self.home)
+        argv = pipeline_argv(
+            self.settings, self.world.source, start, self.settings.retrain_days, self.home, self.train_mode
+        )
         if self.response == "recalibrate":  # same weights, threshold re-fitted on the labelled traffic
             wall_per_day = len(self.world.stream) / self.settings.live_days / self.settings.rate
             argv = recalibrate_argv(self.settings, wall_per_day, self.home, self.retrains)

@@ -35,9 +35,17 @@ def cli_options(**options: Any) -> list[str]:
 
 
 def pipeline_argv(
-    settings: DemoSettings, source: Path, start: pd.Timestamp, days: int, home: Path
+    settings: DemoSettings,
+    source: Path,
+    start: pd.Timestamp,
+    days: int,
+    home: Path,
+    train_mode: str = "scratch",
 ) -> list[str]:
-    """``python -m pipelines.run`` on the data lake window ``[start, start + days)``; summary to JSON."""
+    """``python -m pipelines.run`` on the data lake window ``[start, start + days)``; summary to JSON.
+
+    ``train_mode`` is the incident's (:mod:`relearn.monitoring.response`): ``auto`` fine-tunes the champion.
+    """
     options = cli_options(
         source=source,
         start=start.isoformat(),
@@ -46,6 +54,7 @@ def pipeline_argv(
         label_maturity_days=round(settings.label_maturity_days),
         alert_budget=settings.alert_budget,
         max_slice_regression=settings.max_slice_regression,
+        train_mode=train_mode,
         # A short recent window: keep 75 % of it (the oldest part, by time) for training, so the rows of
         # a new pattern reach the training split and not only validation and test.
         val_fraction=0.1,

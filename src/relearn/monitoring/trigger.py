@@ -89,13 +89,29 @@ def run_local(command: str, extra_args: list[str] | None = None) -> subprocess.P
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def retrain_arguments(data: dict[str, Any]) -> dict[str, Any]:
+    """The training pipeline parameters an incident sets: its ``train_mode`` (covariate drift: auto)."""
+    return {"train_mode": data["train_mode"]} if data.get("train_mode") else {}
+
+
 def retrain_action(settings: DriftSettings) -> Action | None:
-    """What a ``retrain`` incident starts: the local pipeline, a KFP run of the training pipeline, or none."""
+    """What a ``retrain`` incident starts: the local pipeline, a KFP run of the training pipeline, or none.
+
+    The incident's pipeline parameters (:func:`retrain_arguments`) reach the local command as
+    ``--kebab-name value`` options (``pipelines.run`` takes every pipeline parameter so) and the KFP run as
+    its arguments.
+    """
     if settings.trigger_mode == "local":
-        return lambda data: run_local(settings.local_command)
+        return lambda data: run_local(
+            settings.local_command,
+            [x for k, v in retrain_arguments(data).items() for x in (f"--{k.replace('_', '-')}", str(v))],
+        )
     if settings.trigger_mode == "cluster":
         return lambda data: submit_kfp_run(
-            settings.kfp_host, settings.kfp_package, reason=str(data.get("kind", "drift"))
+            settings.kfp_host,
+            settings.kfp_package,
+            retrain_arguments(data),
+            reason=str(data.get("kind", "drift")),
         )
     return None
 
