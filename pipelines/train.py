@@ -113,6 +113,7 @@ def train_pipeline(
     params_from: str = "",
     alert_budget: float = ALERT_BUDGET,
     min_improvement: float = 0.01,
+    warm_min_improvement: float = -0.02,
     max_slice_regression: float = 0.15,
     max_behavioral_failure_rate: float = 0.05,
     git_sha: str = "unknown",
@@ -155,6 +156,8 @@ def train_pipeline(
         alert_budget: Share of transactions the fraud team can review (recall is measured there).
         min_improvement: Gain on the primary metric the challenger must show over the champion, as the
             lower bound of its one-sided 97.5 % paired-bootstrap interval on the holdout.
+        warm_min_improvement: The same for a challenger that fine-tuned the champion (train_mode warm or
+            auto): -0.02 asks it only not to be worse by more than 0.02 (the champion plus fresh data).
         max_slice_regression: Largest tolerated drop of any slice's recall vs the champion.
         max_behavioral_failure_rate: Largest share of failing cases of a behavioral test (the suite in
             relearn/model/behavior/suite.yaml) that sets no max_failure_rate of its own; 1 = not gated.
@@ -226,6 +229,7 @@ def train_pipeline(
         min_improvement=min_improvement,
         max_slice_regression=max_slice_regression,
         max_behavioral_failure_rate=max_behavioral_failure_rate,
+        warm_min_improvement=warm_min_improvement,
     )
     deployed = deploy(
         model_version=registered.output,

@@ -1,4 +1,4 @@
-"""gate: better than the champion by the margin, no slice regressing, no behavioral test failing."""
+"""gate: better than the champion (a fine-tuned one: not worse), no slice or behavioral test failing."""
 
 from typing import NamedTuple
 
@@ -14,6 +14,7 @@ def gate(
     min_improvement: float,
     max_slice_regression: float,
     max_behavioral_failure_rate: float,
+    warm_min_improvement: float,
     decision: Output[Markdown],
 ) -> NamedTuple("GateOutputs", [("passed", bool), ("reason", str)]):
     """Writes the decision as Markdown and returns it, for the deploy step to act on."""
@@ -30,5 +31,6 @@ def gate(
         min_improvement=min_improvement,
         max_slice_regression=max_slice_regression,
         max_behavioral_failure_rate=max_behavioral_failure_rate,
+        warm_min_improvement=warm_min_improvement,
     )
     return namedtuple("GateOutputs", ["passed", "reason"])(passed, reason)

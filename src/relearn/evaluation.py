@@ -173,22 +173,31 @@ def gate(
     min_improvement: float,
     max_slice_regression: float,
     max_behavioral_failure_rate: float = 0.05,
+    warm_min_improvement: float | None = None,
     settings: RelearnSettings | None = None,
 ) -> tuple[bool, str]:
     """Decides whether the challenger should replace the champion, and writes the decision as Markdown.
 
-    The model version is tagged with it too (``gate.*``: verdict, each difference and its bounds).
+    The model version is tagged with it too (``gate.*``: verdict, each difference and its bounds). A
+    challenger that fine-tuned the champion (its ``train_mode`` tag is warm) must clear
+    ``warm_min_improvement`` instead of ``min_improvement`` when one is given: it is the champion plus the
+    newest data, whose value a holdout of a hundred frauds cannot show (``benchmarks.drift_response``).
     """
     from relearn.model import registry
     from relearn.model.gate import GateParams
     from relearn.model.gate import gate as decide
+    from relearn.model.warm import MODE_TAG
 
+    settings = settings or RelearnSettings()
     evaluation = json.loads(Path(evaluation_path).read_text())
+    warm = registry.get_version_tags(settings, model_version).get(MODE_TAG) == "warm"
     params = GateParams(
         min_improvement=min_improvement,
         max_slice_regression=max_slice_regression,
         max_behavioral_failure_rate=max_behavioral_failure_rate,
-    )
+        warm_min_improvement=warm_min_improvement,
+    ).for_candidate(warm)
+    warm = warm and warm_min_improvement is not None  # the warm rule applied
     decision = decide(
         evaluation["candidate"],
         evaluation["champion"],
@@ -202,6 +211,10 @@ def gate(
     champion = evaluation["champion_version"] or f"none before this run (version {model_version} became it)"
     lines = [f"# Gate: {verdict}\n", f"- challenger: version {model_version}", f"- champion: {champion}"]
     lines.append(f"- reason: {decision.reason}")
+    if warm:
+        lines.append(
+            f"- fine-tuned champion: required gain {params.min_improvement:+.4f} (warm_min_improvement)"
+        )
     if decision.details.get("paired"):
         bound = f"{100 * params.confidence:g} % bound"
         header = f"| metric | challenger | champion | difference | lower {bound} | upper {bound} | role |"
@@ -217,8 +230,11 @@ def gate(
             state = {True: "passed", False: "FAILED", None: "unknown (no cases)"}[row["passed"]]
             lines.append(f"| {name} | {row['cases']} | {rate} | {row['max_failure_rate']:.0%} | {state} |")
     Path(decision_path).write_text("\n".join(lines) + "\n")
-    registry.tag_version(settings or RelearnSettings(), model_version, decision.tags())
-    return decision.passed, f"{verdict}: {decision.reason}"
+    registry.tag_version(
+        settings, model_version, decision.tags() | {"gate.min_improvement": params.min_improvement}
+    )
+    rule = f" (fine-tuned champion: gain > {params.min_improvement:+.2f} asked)" if warm else ""
+    return decision.passed, f"{verdict}: {decision.reason}{rule}"
 
 
 def _cell(value: float | None) -> str:

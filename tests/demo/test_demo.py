@@ -7,6 +7,7 @@ which ``make setup`` installs.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -135,7 +136,8 @@ def test_no_request_failed_and_nothing_is_left_behind(demo):
     assert html.count("data:image/png;base64,") == 4
     for phase in ("before drift", "during drift", "after retrain", "old champion"):
         assert phase in html
-    assert "training gate: PASSED" in html and "promotion evidence: backtest passed" in html
+    promoted = rf"training gate: v{outcome.champion_after} \([^)]*\): PASSED"  # the promoted version's gate
+    assert re.search(promoted, html) and "promotion evidence: backtest passed" in html
 
 
 def test_cli_help():

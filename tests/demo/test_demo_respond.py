@@ -134,3 +134,17 @@ def test_a_covariate_drift_retraining_fine_tunes_the_champion(tmp_path):
     assert argv[1:3] == ["-m", "pipelines.run"] and argv[argv.index("--train-mode") + 1] == "auto"
     start = next(e for e in driver.timeline.events if e["kind"] == "retrain-start")
     assert start["train_mode"] == "auto"
+
+
+def test_the_report_names_the_promoted_versions_gate_not_the_first_refusal():
+    from relearn.demo.report_facts import gate_line
+
+    ends = [
+        {"kind": "retrain-end", "version": "2", "gate": "FAILED: recall gain not significant"},
+        {"kind": "alert"},
+        {"kind": "retrain-end", "version": "3", "gate": "PASSED: recall +0.05"},
+    ]
+    assert gate_line(ends, "3") == "v3 (retraining 2 of 2): PASSED: recall +0.05"
+    assert gate_line(ends, "1") == "v3 (retraining 2 of 2): PASSED: recall +0.05"  # none promoted: the last
+    assert gate_line(ends[:1], "1") == "v2 (the retraining): FAILED: recall gain not significant"
+    assert gate_line([], "1") is None

@@ -169,7 +169,7 @@ def summary(outcome: Outcome) -> dict[str, Any]:
             for k, v in (outcome.timeline.first("replay-end") or {}).items()
             if k in ("fed", "chargebacks_fed", "feed_refused")
         },
-        "gate": (outcome.timeline.first("retrain-end") or {}).get("gate"),
+        "gate": gate_line(outcome.timeline.events, outcome.champion_after),
         "responses": responses(outcome.timeline.events),
         "promotion_evidence": next(
             (e.get("evidence") for e in outcome.audit if e["action"] == "promote"), None
@@ -180,6 +180,16 @@ def summary(outcome: Outcome) -> dict[str, Any]:
         "ports_left_open": outcome.ports_left_open,
         "interrupted": outcome.interrupted,
     }
+
+
+def gate_line(events: list[dict[str, Any]], champion_after: Any) -> str | None:
+    """The training gate that mattered: the promoted version's, else the last retraining's; and how many."""
+    ends = [e for e in events if e["kind"] == "retrain-end"]
+    if not ends:
+        return None
+    end = next((e for e in ends if str(e.get("version")) == str(champion_after)), ends[-1])
+    count = f"retraining {ends.index(end) + 1} of {len(ends)}" if len(ends) > 1 else "the retraining"
+    return f"v{end.get('version')} ({count}): {end.get('gate')}"
 
 
 def _mae(pairs: list[tuple[float, float, float | None]]) -> dict[str, Any]:

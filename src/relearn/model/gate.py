@@ -47,6 +47,23 @@ class GateParams(BaseModel):
     non_inferiority_margin: float = Field(
         0.02, ge=0, description="Largest loss on a guarded metric the gate accepts (at `confidence`)."
     )
+    warm_min_improvement: float | None = Field(
+        None,
+        description="min_improvement for a candidate that fine-tuned the champion (train_mode warm); None: "
+        "min_improvement. The pipeline's default, -0.02, asks a fine-tuned champion only not to be worse.",
+    )
+
+    def for_candidate(self, warm: bool) -> GateParams:
+        """The parameters that apply: a fine-tuned champion's required gain is ``warm_min_improvement``.
+
+        It is the champion plus the newest data: the value of that freshness (``benchmarks.freshness``)
+        is a gain a holdout of a hundred frauds cannot confirm (``benchmarks.drift_response``), so it is
+        asked not to be worse, where a model trained from scratch must show a gain.
+        """
+        if not warm or self.warm_min_improvement is None:
+            return self
+        return self.model_copy(update={"min_improvement": self.warm_min_improvement})
+
     n_boot: int = Field(1000, ge=100, description="Paired bootstrap resamples of the holdout.")
     seed: int = Field(0, description="Seed of the bootstrap resamples (the gate is reproducible).")
     max_slice_regression: float = Field(
