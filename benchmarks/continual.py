@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 from sklearn.metrics import average_precision_score
 
 from benchmarks.table import Row, render
+from benchmarks.worlds import labelled_rows, world_start
 
 ONSET_DAY = 21
 
@@ -47,19 +48,7 @@ class ContinualBench(BaseSettings):
 
 
 def _window(users: int, seed: int) -> pd.DataFrame:
-    from relearn.data.generator import GeneratorConfig, generate
-    from relearn.features import store as fstore
-    from relearn.settings import RelearnSettings
-
-    config = GeneratorConfig(days=35, n_users=users, seed=seed, scenario="concept_drift")
-    config = config.model_copy(update={"onset": config.start + timedelta(days=ONSET_DAY)})
-    data = generate(config)
-    with tempfile.TemporaryDirectory() as home:
-        settings = RelearnSettings(home=Path(home))
-        fstore.write_feature_tables(data.transactions, data.labels, settings)
-        store = fstore.get_store(settings)
-        fstore.apply(store, settings)
-        return fstore.training_set(store, data.transactions, data.labels, config.end + pd.Timedelta(days=60))
+    return labelled_rows(35, users, seed, "concept_drift", world_start() + timedelta(days=ONSET_DAY))
 
 
 def run(bench: ContinualBench) -> list[Row]:

@@ -12,9 +12,7 @@ alert budget on the test week, averaged over ``seeds`` worlds. Prints one table.
 
 from __future__ import annotations
 
-import tempfile
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +20,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 from benchmarks.table import Row, render
+from benchmarks.worlds import labelled_rows, world_start
 
 WARM_UP = 7  # days before the first training row: the entity windows fill up
 TEST_DAYS = 7
@@ -50,22 +49,10 @@ class FreshnessBench(BaseSettings):
 
 def labelled_world(bench: FreshnessBench, scenario: str, seed: int) -> tuple[pd.DataFrame, pd.Timestamp]:
     """Point-in-time training rows of a generated world (all labels known) and the test week's start."""
-    from relearn.data.generator import GeneratorConfig, generate
-    from relearn.features import store as fstore
-    from relearn.settings import RelearnSettings
-
     days = WARM_UP + max(bench.gaps) + bench.window_days + TEST_DAYS
-    config = GeneratorConfig(days=days, n_users=bench.users, seed=seed, scenario=scenario)
-    test_start = config.start + timedelta(days=days - TEST_DAYS)
-    config = config.model_copy(update={"onset": test_start - timedelta(days=bench.onset_before_test)})
-    data = generate(config)
-    with tempfile.TemporaryDirectory() as home:
-        settings = RelearnSettings(home=Path(home))
-        fstore.write_feature_tables(data.transactions, data.labels, settings)
-        store = fstore.get_store(settings)
-        fstore.apply(store, settings)
-        rows = fstore.training_set(store, data.transactions, data.labels, config.end + pd.Timedelta(days=60))
-    return rows, pd.Timestamp(test_start)
+    test_start = world_start() + timedelta(days=days - TEST_DAYS)
+    onset = test_start - timedelta(days=bench.onset_before_test)
+    return labelled_rows(days, bench.users, seed, scenario, onset), pd.Timestamp(test_start)
 
 
 def quality_by_gap(bench: FreshnessBench, scenario: str, seed: int) -> dict[int, tuple[float, float]]:
