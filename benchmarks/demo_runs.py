@@ -64,6 +64,7 @@ def one_run(index: int | str, where: Path, venv: Path | None, timeout_s: float, 
     report = clone / ".relearn" / "demo" / "report"
     summary = json.loads((report / "summary.json").read_text()) if (report / "summary.json").exists() else {}
     row = {"run": index, "exit": code, "seconds": round(seconds, 1), "log": str(log), **_outcome(summary)}
+    row["promoted_by"] = promoted_by(report / "events.json", summary.get("champion_after"))
     if report.exists():  # kept beside the log: the clone goes, the evidence stays
         shutil.copytree(report, where / f"run-{index}-report", dirs_exist_ok=True)
     if code == 0:
@@ -86,10 +87,30 @@ def _outcome(summary: dict) -> dict:
     }
 
 
+def promoted_by(events: Path, version: object) -> str | None:
+    """The response (retrain, recalibrate) whose run made ``version``, from the report's timeline."""
+    if not events.exists():
+        return None
+    made, response = {}, None
+    for event in json.loads(events.read_text()).get("timeline", []):
+        if event["kind"] == "retrain-start":
+            response = event.get("response")
+        elif event["kind"] == "retrain-end":
+            made[str(event.get("version"))] = response
+    return made.get(str(version))
+
+
 def as_documented(row: dict) -> bool:
-    """Exit 0, the scenario's response first, and the champion changed exactly when it should."""
+    """Exit 0, the scenario's response first, the champion changed exactly when it should, and a new
+    champion came from that response (a concept-drift run that ends on a recalibrated champion does not)."""
     response, changes = EXPECTED[row["scenario"]]
-    return row["exit"] == 0 and row["responses"][:1] == [response] and row["champion_changed"] == changes
+    by = row.get("promoted_by", response) if changes else response
+    return (
+        row["exit"] == 0
+        and row["responses"][:1] == [response]
+        and row["champion_changed"] == changes
+        and by == response
+    )
 
 
 def series(ns: argparse.Namespace, where: Path, rev: str) -> int:
