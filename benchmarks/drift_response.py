@@ -106,12 +106,11 @@ def run(bench: DriftResponseBench) -> list[Row]:
                         f"seed {seed}, day {k} after onset: {mode}",
                         f"{len(train_df):,} rows",
                         throughput=f"next {AFTER} d: {truth}",
-                        ratio=f"test split: {evidence}",
+                        ratio=f"test split: {evidence} ({'passed' if at_training else 'refused'})",
                         aim="a gain on the next days",
                         ok=later,
                     )
                 )
-                out[-1].ratio += f" ({'passed' if at_training else 'refused'})"
     return out
 
 

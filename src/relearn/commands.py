@@ -16,6 +16,11 @@ from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 from relearn.logs import configure_logging
 
 
+def cli_options(**options: Any) -> list[str]:
+    """``--kebab-name value`` pairs: the argv a command (or ``pipelines.run``) parses back into fields."""
+    return [x for name, value in options.items() for x in (f"--{name.replace('_', '-')}", str(value))]
+
+
 def command_config(prog: str, env_prefix: str, **options: Any) -> SettingsConfigDict:
     """The settings config every command shares: its ``--help`` name, environment prefix and flag style."""
     return SettingsConfigDict(

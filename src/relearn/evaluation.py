@@ -190,14 +190,14 @@ def gate(
 
     settings = settings or RelearnSettings()
     evaluation = json.loads(Path(evaluation_path).read_text())
-    warm = registry.get_version_tags(settings, model_version).get(MODE_TAG) == "warm"
-    params = GateParams(
+    base = GateParams(
         min_improvement=min_improvement,
         max_slice_regression=max_slice_regression,
         max_behavioral_failure_rate=max_behavioral_failure_rate,
         warm_min_improvement=warm_min_improvement,
-    ).for_candidate(warm)
-    warm = warm and warm_min_improvement is not None  # the warm rule applied
+    )
+    params = base.for_candidate(registry.get_version_tags(settings, model_version).get(MODE_TAG) == "warm")
+    warm = params is not base  # the fine-tuned champion's rule applied
     decision = decide(
         evaluation["candidate"],
         evaluation["champion"],

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from relearn.commands import cli_options
 from relearn.demo.settings import DemoSettings
 from relearn.demo.stack import (
     Processes,
@@ -27,11 +28,6 @@ from relearn.demo.stack import (
 from relearn.demo.world import START, World, cache_key
 
 log = logging.getLogger(__name__)
-
-
-def cli_options(**options: Any) -> list[str]:
-    """``--kebab-name value`` pairs."""
-    return [x for name, value in options.items() for x in (f"--{name.replace('_', '-')}", str(value))]
 
 
 def pipeline_argv(

@@ -11,8 +11,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from relearn.commands import cli_options
 from relearn.demo.controller import controller_command, inference_log
-from relearn.demo.pipeline import cli_options
 from relearn.demo.settings import DemoSettings
 from relearn.demo.stack import (
     Child,

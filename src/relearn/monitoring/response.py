@@ -229,29 +229,29 @@ class Responder:
 
     def decide(self, data: dict[str, Any]) -> dict[str, Any]:
         """The incident with its ``response``, ``why`` and, for a drift retrain, its ``train_mode``."""
-        response, why = self._decide(data)
+        response, why, train_mode = self._decide(data)
         decided = {**data, "response": response, "why": why}
-        if response == "retrain" and data.get("kind") not in ("schedule", "volume"):
-            decided["train_mode"] = COVARIATE_MODE if why.startswith("covariate") else CONCEPT_MODE
-        return decided
+        return (decided | {"train_mode": train_mode}) if train_mode else decided
 
-    def _decide(self, data: dict[str, Any]) -> tuple[str, str]:
+    def _decide(self, data: dict[str, Any]) -> tuple[str, str, str | None]:
+        """Response, why, and the retraining's train_mode (None: the pipeline's default, or no training)."""
         kind, track = data.get("kind"), data.get("track", "stable")
         recent = list(self.recent.get(track, ()))
         bugs = self.bugs.get(track, [])
         if bugs:
             windows = sorted({i for i, _ in bugs})
             checks = sorted({v.split(" ", 1)[0] for _, v in bugs})
-            return "page", (
+            why = (
                 f"data bug: {len(windows)} window(s) of {track} since window {windows[0]} failed data checks "
                 f"{checks} (last: {bugs[-1][1]}); no training on broken data, page the data owners"
             )
+            return "page", why, None
         if kind in ("schedule", "volume"):
-            return "retrain", f"{kind} trigger"
+            return "retrain", f"{kind} trigger", None
         moved = sorted({f for e in recent for f in e.inputs_drifted})
         drifted = [str(f) for f in data.get("drifted", [])]
         if moved:
-            return "retrain", f"covariate drift: inputs {moved} drifted"
+            return "retrain", f"covariate drift: inputs {moved} drifted", COVARIATE_MODE
         what = f"scores drifted ({drifted})" if kind == "drift" else f"quality drop {data.get('reasons', [])}"
         if self.conn is not None:
             self.observe_quality(self.conn, track)  # the labels as of now
@@ -260,12 +260,15 @@ class Responder:
             return (
                 "retrain",
                 f"{what}, no input drifted, too few labels to tell a prior shift from concept drift",
+                CONCEPT_MODE,
             )
         (auc, lower) = now
         compared = f"ROC-AUC {auc:.3f}, lower bound {lower:.3f}, baseline {base:.3f}"
         if lower >= base - AUC_MARGIN:
-            return "recalibrate", (
+            why = (
                 f"prior (label) shift: {what} while no input drifted and the model ranks as well as before "
                 f"({compared}); re-fit the threshold to the alert budget"
             )
-        return "retrain", f"concept drift: {what}, no input drifted, and the ranking degraded ({compared})"
+            return "recalibrate", why, None
+        why = f"concept drift: {what}, no input drifted, and the ranking degraded ({compared})"
+        return "retrain", why, CONCEPT_MODE

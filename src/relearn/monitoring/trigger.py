@@ -14,6 +14,8 @@ import subprocess
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from relearn.commands import cli_options
+
 if TYPE_CHECKING:
     from relearn.monitoring.settings import DriftSettings
 
@@ -102,10 +104,7 @@ def retrain_action(settings: DriftSettings) -> Action | None:
     its arguments.
     """
     if settings.trigger_mode == "local":
-        return lambda data: run_local(
-            settings.local_command,
-            [x for k, v in retrain_arguments(data).items() for x in (f"--{k.replace('_', '-')}", str(v))],
-        )
+        return lambda data: run_local(settings.local_command, cli_options(**retrain_arguments(data)))
     if settings.trigger_mode == "cluster":
         return lambda data: submit_kfp_run(
             settings.kfp_host,
