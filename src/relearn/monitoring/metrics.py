@@ -58,7 +58,8 @@ class Metrics:
         self.labels = Counter("relearn_drift_labels_received", "Delayed labels received.", registry=r)
         self.pending_dropped = Counter(
             "relearn_drift_pending_dropped",
-            "Requests dropped before their response came (reason: ttl, capacity).",
+            "Requests (or responses) dropped before their pair came (reason: ttl, capacity, response_ttl, "
+            "response_capacity).",
             ["reason"],
             registry=r,
         )
@@ -140,3 +141,15 @@ class Metrics:
             "relearn_drift_reference_version", "Model version whose reference is loaded.", registry=r
         )
         self.ready = Gauge("relearn_drift_detector_ready", "1 once the reference is loaded.", registry=r)
+        self.relayed = Counter(
+            "relearn_drift_relayed_events", "Events the monitor took from the ingest replicas' shared log.",
+            registry=r,
+        )  # fmt: skip
+        self.relay_lag = Gauge(
+            "relearn_drift_relay_lag_seconds",
+            "Age of the newest event of the last relay step (how far the monitor is behind the replicas).",
+            registry=r,
+        )
+        self.relay_leader = Gauge(
+            "relearn_drift_relay_leader", "1 if this monitor holds the relay lock (one relays).", registry=r
+        )

@@ -52,6 +52,7 @@ from relearn.monitoring.quality import (
 from relearn.monitoring.quality_watch import QualityWatch
 from relearn.monitoring.response import Responder
 from relearn.monitoring.settings import DriftSettings
+from relearn.monitoring.shared_log import Relay
 from relearn.monitoring.triggers import Triggers
 from relearn.monitoring.window_close import WindowCloser
 from relearn.monitoring.windows import Pending, Window
@@ -88,6 +89,7 @@ class Monitor(QualityWatch, WindowCloser):
         self.results: dict[str, list[dict[str, Any]]] = {t: [] for t in TRACKS}
         self.windows = {t: Window() for t in TRACKS}
         self.pending: dict[str, Pending] = {}
+        self.early: dict[str, tuple[float, list[float], str | None]] = {}  # responses before their request
         self.cursor = 0
         self.quality_due = threading.Event()
         self.error: str | None = None
@@ -101,6 +103,9 @@ class Monitor(QualityWatch, WindowCloser):
         self.estimates = WindowEstimates(settings.alert_budget, settings.label_maturity_s)
         self.responder = Responder(settings.quality_window, settings.label_maturity_s, conn=self.conn)
         self.triggers = Triggers(settings, self.conn, alerter, self._incident)  # schedule, volume
+        self.relay = (
+            Relay(settings.shared_log_url, self.conn, metrics=metrics) if settings.shared_log_url else None
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drift-monitor", daemon=True)
         self._last_poll = 0.0
@@ -115,6 +120,8 @@ class Monitor(QualityWatch, WindowCloser):
         """Stop the thread."""
         self._stop.set()
         self._thread.join(timeout=10)
+        if self.relay is not None:
+            self.relay.close()
 
     def _restore(self) -> None:
         for track, window in self.windows.items():
@@ -196,7 +203,8 @@ class Monitor(QualityWatch, WindowCloser):
                     self._load_reference()
                     self.error = None
                 self._poll_champion()
-                busy = self.step()
+                busy = self._relay() > 0
+                busy = self.step() or busy
                 self.triggers.check()
                 if self.quality_due.is_set():
                     self.quality_due.clear()
@@ -207,6 +215,16 @@ class Monitor(QualityWatch, WindowCloser):
                 self.error = str(error)
                 log.exception("monitor step failed")
                 self._stop.wait(max(1.0, self.settings.poll_s))
+
+    def _relay(self) -> int:
+        """Take the ingest replicas' events into the local log (``shared_log_url``); PG down: later."""
+        if self.relay is None:
+            return 0
+        try:
+            return self.relay.step()
+        except Exception as error:
+            log.warning("relay from the shared log failed: %s", error)
+            return 0
 
     # -- processing ---------------------------------------------------------------------------------
     def step(self, limit: int = 5000) -> bool:
@@ -219,28 +237,17 @@ class Monitor(QualityWatch, WindowCloser):
             try:
                 if kind == REQUEST_TYPE:
                     self._hold(ce_id, track, request_features(body), t)
-                    continue
-                scores, version = parse_response(body)
+                    early = self.early.pop(ce_id, None)
+                    if early is None:
+                        continue
+                    scores, version = early[1:]
+                else:
+                    scores, version = parse_response(body)
                 request = self.pending.pop(ce_id, None)
-                if request is None:
+                if request is None:  # its request comes later (another replica, another sender worker)
+                    self._hold_early(ce_id, scores, version)
                     continue
-                if len(scores) != len(request.rows):
-                    raise Rejected("bad_body", f"{len(scores)} scores for {len(request.rows)} rows")
-                track = self._track_of(request.track, version)
-                predictions.extend(
-                    (tid, track, request.time, s, version)
-                    for tid, s in zip(request.ids, scores, strict=True)
-                    if tid
-                )
-                window = self.windows[track]
-                if seq >= window.start_seq:  # else the pair was in a window closed before a restart
-                    if window.start_time is None:
-                        window.start_time = t
-                    window.rows.extend(request.rows)
-                    window.scores.extend(scores)
-                    window.versions.extend([version] * len(scores))
-                    window.ids.extend(request.ids)
-                    self._maybe_close(track, seq, t, predictions)
+                self._pair(request, scores, version, seq, t, predictions)
             except Rejected as error:  # validated at ingest, unless validate_bodies is off
                 self.metrics.rejected.labels(error.reason).inc()
                 log.warning("skipping unreadable event %s: %s", seq, error)
@@ -248,6 +255,32 @@ class Monitor(QualityWatch, WindowCloser):
         for track, window in self.windows.items():
             self.metrics.window_fill.labels(track).set(len(window.rows))
         return bool(events)
+
+    def _pair(
+        self,
+        request: Pending,
+        scores: list[float],
+        version: str | None,
+        seq: int,
+        t: float,
+        predictions: list,
+    ) -> None:
+        """A request and its response: the predictions to save, the window's rows."""
+        if len(scores) != len(request.rows):
+            raise Rejected("bad_body", f"{len(scores)} scores for {len(request.rows)} rows")
+        track = self._track_of(request.track, version)
+        predictions.extend(
+            (tid, track, request.time, s, version) for tid, s in zip(request.ids, scores, strict=True) if tid
+        )
+        window = self.windows[track]
+        if seq >= window.start_seq:  # else the pair was in a window closed before a restart
+            if window.start_time is None:
+                window.start_time = t
+            window.rows.extend(request.rows)
+            window.scores.extend(scores)
+            window.versions.extend([version] * len(scores))
+            window.ids.extend(request.ids)
+            self._maybe_close(track, seq, t, predictions)
 
     def _hold(self, ce_id: str, track: str, rows: list[dict[str, Any]], t: float) -> None:
         """Keep a request's rows until its response comes.
@@ -262,6 +295,17 @@ class Monitor(QualityWatch, WindowCloser):
         if len(self.pending) > MAX_PENDING:
             self.pending.pop(next(iter(self.pending)))
             self.metrics.pending_dropped.labels("capacity").inc()
+
+    def _hold_early(self, ce_id: str, scores: list[float], version: str | None) -> None:
+        """Keep a response read before its request, under the same bounds as requests (``response_*``)."""
+        self.early[ce_id] = (time.monotonic(), scores, version)
+        expired = time.monotonic() - self.settings.pending_ttl_s
+        while self.early and next(iter(self.early.values()))[0] < expired:
+            self.early.pop(next(iter(self.early)))
+            self.metrics.pending_dropped.labels("response_ttl").inc()
+        if len(self.early) > MAX_PENDING:
+            self.early.pop(next(iter(self.early)))
+            self.metrics.pending_dropped.labels("response_capacity").inc()
 
     def stable_version(self) -> str | None:
         """The model version of the stable track: the setting, else the champion's (None: unknown)."""

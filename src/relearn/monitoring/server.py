@@ -21,11 +21,9 @@ import asyncio
 import json
 import logging
 import math
-import sqlite3
 import threading
 import time
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -37,8 +35,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from relearn.errors import InvalidRequest, RelearnError, Unavailable, rest_handler
-from relearn.monitoring import served, store, trigger
-from relearn.monitoring.alerts import Alerter
+from relearn.monitoring import roles, served, store
 from relearn.monitoring.labels import parse_labels, store_labels
 from relearn.monitoring.metrics import Metrics
 from relearn.monitoring.monitor import Monitor
@@ -79,35 +76,6 @@ def _numbers(params: Any, **defaults: float) -> list[Any]:
     return list(values.values())
 
 
-def _skew_job(settings: DriftSettings, metrics: Metrics, db: Path) -> Any:
-    """The periodic training/serving skew check, or None when it is not configured."""
-    if settings.skew_lake_dir is None or settings.skew_interval_seconds is None:
-        if settings.skew_lake_dir is not None or settings.skew_interval_seconds is not None:
-            log.warning("skew check off: set both skew_lake_dir and skew_interval_seconds")
-        return None
-    from relearn.monitoring.skew_job import SkewJob, SkewMetrics
-
-    return SkewJob(
-        db,
-        settings.skew_lake_dir,
-        settings.skew_interval_seconds,
-        SkewMetrics(metrics.registry),
-        sample=settings.skew_sample,
-        track=settings.skew_track,
-    )
-
-
-def _retention_job(settings: DriftSettings, metrics: Metrics, db: Path) -> Any:
-    """The periodic retention of the inference log (by age and size)."""
-    from relearn.monitoring.monitor import PENDING_LOOKBACK
-    from relearn.monitoring.retention import Policy, RetentionJob, RetentionMetrics
-
-    policy = Policy(
-        settings.log_max_age_s, settings.log_max_bytes, settings.predictions_max_age_s, PENDING_LOOKBACK
-    )
-    return RetentionJob(db, policy, settings.retention_interval_s, RetentionMetrics(metrics.registry))
-
-
 def create_app(settings: DriftSettings) -> Any:
     """The ASGI app (sink fast path + Starlette for the rest); the log and monitor start with its lifespan."""
     metrics = Metrics()
@@ -117,29 +85,10 @@ def create_app(settings: DriftSettings) -> Any:
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
-        state["log"] = store.EventLog(
-            db, settings.sqlite_synchronous, settings.commit_wait_ms, settings.max_batch
-        )
-        state["labels_conn"] = store.connect(db, settings.sqlite_synchronous)
-        alerter = Alerter(
-            settings.cooldown_s,
-            settings.webhook_url,
-            trigger.retrain_action(settings),
-            recalibrate=trigger.recalibrate_action(settings),
-        )
-        state["monitor"] = Monitor(settings, metrics, alerter)
-        state["monitor"].start()
-        skew = _skew_job(settings, metrics, db)
-        if skew is not None:
-            skew.start()
-        retention = _retention_job(settings, metrics, db)
-        retention.start()
+        starter = roles.start_ingest if settings.role == "ingest" else roles.start_monitor
+        stop = starter(settings, metrics, db, state)
         yield
-        retention.stop()
-        if skew is not None:
-            skew.stop()
-        state["monitor"].stop()
-        state["log"].close()
+        stop()
 
     def reject(error: Rejected) -> JSONResponse:
         metrics.rejected.labels(error.reason).inc()
@@ -184,7 +133,7 @@ def create_app(settings: DriftSettings) -> Any:
             return
         try:  # a batch is all or nothing: every event is checked before any is stored, in one transaction
             await state["log"].append_many(events)
-        except sqlite3.Error as error:
+        except store.LogWriteError as error:
             await answer(send, Unavailable(str(error), code="storage_error"))
             return
         for event in events:
@@ -225,7 +174,9 @@ def create_app(settings: DriftSettings) -> Any:
         return PlainTextResponse("ok")
 
     async def ready(request: Request) -> Response:
-        """Readiness: 503 until a reference is loaded; then its model version."""
+        """Readiness: 503 until a reference is loaded, then its version; an ingest replica: its shard."""
+        if settings.role == "ingest":
+            return JSONResponse({"ready": True, "role": "ingest", "shard": state["log"].shard})
         monitor: Monitor = state["monitor"]
         if monitor.tester is None:
             return JSONResponse({"ready": False, "error": monitor.error}, status_code=503)
@@ -318,17 +269,30 @@ def create_app(settings: DriftSettings) -> Any:
 
         return JSONResponse(await asyncio.to_thread(compute))
 
+    async def monitor_only(request: Request) -> Response:
+        raise RelearnError(
+            f"{request.url.path} is the monitor's (role all): an ingest replica only takes events, "
+            "/metrics, /healthz and /ready",
+            code="not_on_ingest_replica",
+            status=404,
+        )
+
     routes = [
-        Route("/labels", labels, methods=["POST"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+    ]
+    monitor_routes = [
+        Route("/labels", labels, methods=["POST"]),
         Route("/status", status, methods=["GET"]),
         Route("/v1/shadow", shadow, methods=["GET"]),
         Route("/v1/backtest/labels", backtest, methods=["GET"]),
         Route("/v1/backtest/inputs", backtest, methods=["GET"]),
         Route("/v1/experiments/rewards", rewards, methods=["GET"]),
     ]
+    if settings.role == "ingest":
+        monitor_routes = [Route(r.path, monitor_only, methods=r.methods) for r in monitor_routes]
+    routes += monitor_routes
 
     async def http_error(request: Request, exc: Any) -> Response:
         """Unknown routes and methods answer JSON like every other error here, not plain text."""

@@ -58,6 +58,20 @@ class DriftSettings(BaseSettings):
         "plus what arrives within this wait.",
     )
     max_batch: int = Field(5000, ge=1, description="Most events per commit.")
+    role: Literal["all", "ingest"] = Field(
+        "all",
+        description="all: the one detector that monitors (windows, labels, alerts, endpoints); ingest: a "
+        "stateless sink replica appending to shared_log_url (scale these out; the monitor relays).",
+    )
+    shared_log_url: str = Field(
+        "",
+        description="PostgreSQL URL (libpq, e.g. postgresql://relearn@postgres:5432/mlflow; password from "
+        "PGPASSWORD) of the log the ingest replicas share. Role ingest: where events go; role all: relayed "
+        "into the local log. Empty: one detector, no replicas.",
+    )
+    shard: str = Field(
+        "", description="An ingest replica's shard name (default: HOSTNAME + a random suffix)."
+    )
     validate_bodies: bool = Field(
         True,
         description="Check each body before the answer (4xx with the reason for bodies that do not match "
@@ -251,6 +265,8 @@ class DriftSettings(BaseSettings):
                 f"schedule_interval_s ({interval:g}) must be at least cooldown_s ({self.cooldown_s:g}): "
                 "a schedule inside the cool-down would always be suppressed"
             )
+        if self.role == "ingest" and not self.shared_log_url:
+            raise ValueError("role ingest needs shared_log_url: an ingest replica appends to the shared log")
         kfp_schedule = self.trigger_mode == "cluster" and self.schedule_runner == "kfp"
         if interval is not None and kfp_schedule and interval < 60:
             raise ValueError(f"schedule_interval_s ({interval:g}) must be >= 60 for a KFP recurring run")

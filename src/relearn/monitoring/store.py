@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from relearn.errors import Unavailable
 from relearn.monitoring.payloads import Event
 
 SCHEMA = """
@@ -65,16 +66,25 @@ def _migrate(conn: sqlite3.Connection) -> None:
         )
 
 
-class EventLog:
-    """Group-committing appender plus readers of the inference log."""
+class LogWriteError(Unavailable):
+    """The log could not store a batch (disk full, I/O error, database down): nothing of it was acked."""
 
-    def __init__(self, path: Path, synchronous: str = "FULL", wait_ms: float = 2.0, max_batch: int = 2000):
-        self.path = path
+
+class GroupCommitLog:
+    """Group commit: one writer thread stores what queued up, then wakes the waiting handlers at once.
+
+    Subclasses say where a batch goes (:meth:`_write`); :class:`EventLog` writes SQLite,
+    :class:`relearn.monitoring.shared_log.SharedEventLog` PostgreSQL.
+    """
+
+    def __init__(self, wait_ms: float = 2.0, max_batch: int = 2000) -> None:
         self._wait = wait_ms / 1000.0
         self._max_batch = max_batch
-        self._writer = connect(path, synchronous)
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="event-log-writer", daemon=True)
+
+    def start(self) -> None:
+        """Start the writer thread."""
         self._thread.start()
 
     async def append(self, event: Event) -> None:
@@ -107,17 +117,20 @@ class EventLog:
                 batch.append(nxt)
             self._commit(batch)
 
+    def _write(self, events: list[Event], now: float) -> None:
+        raise NotImplementedError
+
+    def _close_store(self) -> None:
+        raise NotImplementedError
+
     def _commit(self, batch: list[Any]) -> None:
-        now = time.time()
         error: BaseException | None = None
         try:
-            with self._writer:
-                self._writer.executemany(
-                    "INSERT INTO events (ce_id, type, track, time, received, body) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(e.ce_id, e.type, e.track, e.time, now, e.body) for es, _, _ in batch for e in es],
-                )
-        except sqlite3.Error as exc:  # disk full, I/O error: the handlers answer 5xx, nothing is acked
-            error = exc
+            self._write([e for es, _, _ in batch for e in es], time.time())
+        except (
+            Exception
+        ) as exc:  # disk full, I/O error, database down: the handlers answer 5xx, nothing acked
+            error = LogWriteError(str(exc) or type(exc).__name__)
         # One wake-up per event loop and batch (not per event): the handlers of a batch resume together.
         waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for _, loop, future in batch:
@@ -128,7 +141,28 @@ class EventLog:
     def close(self) -> None:
         """Flush pending appends and stop the writer."""
         self._queue.put(None)
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._close_store()
+
+
+class EventLog(GroupCommitLog):
+    """The embedded inference log: group-committing appender to SQLite."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL", wait_ms: float = 2.0, max_batch: int = 2000):
+        super().__init__(wait_ms, max_batch)
+        self.path = path
+        self._writer = connect(path, synchronous)
+        self.start()
+
+    def _write(self, events: list[Event], now: float) -> None:
+        with self._writer:
+            self._writer.executemany(
+                "INSERT INTO events (ce_id, type, track, time, received, body) VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.ce_id, e.type, e.track, e.time, now, e.body) for e in events],
+            )
+
+    def _close_store(self) -> None:
         self._writer.close()
 
 
