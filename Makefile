@@ -112,6 +112,10 @@ bench-features: setup ## Online features: transformer vs predictor CPU and req/s
 bench-drift: setup ## Drift detector benchmark: ingest events/s, detection delay, false alarms
 	$(DRIFT)/bin/python -m benchmarks.drift $(ARGS)
 
+.PHONY: bench-drift-scale
+bench-drift-scale: setup ## Drift detector ingest: one process (SQLite) vs N ingest replicas on PostgreSQL, and the relay
+	$(DRIFT)/bin/python -m benchmarks.drift_scale $(ARGS)
+
 bench-rollout: setup ## Time from a bad canary's start to its automated rollback, and requests it served
 	$(PY) -m benchmarks.rollout $(ARGS)
 

@@ -10,7 +10,8 @@ round 1, then of round 2, ...), stops them, and prints one table of medians over
 * ``mlserver``    Seldon MLServer with a custom runtime (benchmarks.serving_mlserver, .venv/mlserver);
 * ``floor``       a raw ASGI app under uvicorn and a bare ``grpc.aio`` servicer that answer without a model
   (benchmarks.serving_floor);
-* ``logging``     the predictor with payload logging to a fast local sink, vs ``predictor`` (logging off);
+* ``logging``     the predictor with payload logging to a fast local sink, vs ``predictor`` (logging off),
+  built and sent by the shipper process (the default) and, as ``logging-thread``, by a thread of the server;
 * ``feast``       one-entity online feature fetch: relearn's fetch path vs plain ``get_online_features``.
 
 Load: wrk (Debian package) with a Lua POST script for v2 REST; for v2 gRPC, N processes of
@@ -56,7 +57,7 @@ from benchmarks.serving_report import (
     ratio_rows,
     summarize,
 )
-from benchmarks.table import render
+from benchmarks.table import Row, render
 
 MLSERVER_BIN = ROOT / ".venv" / "mlserver" / "bin" / "mlserver"
 TRAIN_ARGS = ["--days", "24", "--users", "1000", "--merchants", "200", "--epochs", "3"]
@@ -133,6 +134,18 @@ def sample_data(home: Path, rows: int = 256) -> tuple[Any, Any, Any]:
     return raw, inputs, store
 
 
+def _log_counts(server: Server) -> tuple[float, float]:
+    """(sent, dropped) payload-log events of a predictor, from its /metrics."""
+    with urllib.request.urlopen(f"http://{HOST}:{server.http_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    total = {"relearn_payload_log_sent_total": 0.0, "relearn_payload_log_dropped_total": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in total:
+            total[name] += float(line.rsplit(" ", 1)[1])
+    return total["relearn_payload_log_sent_total"], total["relearn_payload_log_dropped_total"]
+
+
 def build_targets(settings: ServingBenchSettings, home: Path, model_dir: Path, work: Path) -> list[Target]:
     wanted = set(settings.only or TARGETS)
     env = {"RELEARN_HOME": str(home), "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}", "PYTHONUNBUFFERED": "1"}
@@ -164,10 +177,14 @@ def build_targets(settings: ServingBenchSettings, home: Path, model_dir: Path, w
             "sink", [PLATFORM_PY, "-m", "benchmarks.serving_floor", "sink", "--port", str(sink_port)]
         )
         sink.http_port = sink_port
-        logged = predictor("predictor+log", ["--log-sink-url", f"http://{HOST}:{sink_port}/"])
-        targets.append(
-            Target("logging", [logged], logged.http_port, logged.grpc_port, cells="batches", helpers=[sink])
-        )
+        for name, sender in (("logging", "process"), ("logging-thread", "thread")):
+            logged = predictor(
+                f"predictor+{name}", ["--log-sink-url", f"http://{HOST}:{sink_port}/", "--log-sender", sender]
+            )
+            helpers = [sink] if sender == "process" else []  # one sink, started once
+            targets.append(
+                Target(name, [logged], logged.http_port, logged.grpc_port, cells="batches", helpers=helpers)
+            )
     if "kserve" in wanted:
         http, grpc = free_port(), free_port()
         cmd = [
@@ -196,7 +213,7 @@ def build_targets(settings: ServingBenchSettings, home: Path, model_dir: Path, w
         )
         bare.grpc_port = grpc
         targets.append(Target("floor", [rest, bare], http, grpc, model="floor"))
-    order = ("predictor", "logging", "transformer", "kserve", "mlserver", "floor")
+    order = ("predictor", "logging", "logging-thread", "transformer", "kserve", "mlserver", "floor")
     return sorted(targets, key=lambda t: order.index(t.name))
 
 
@@ -281,6 +298,7 @@ def run(settings: ServingBenchSettings) -> dict[str, Any]:
         servers = list(dict.fromkeys(s for t in targets for s in (*t.helpers, *t.servers)))
         startup: dict[str, float] = {}
         cells: list[Cell] = []
+        logged: dict[str, tuple[float, float]] = {}
         feast = None
         try:
             for server in servers:  # one at a time: start -> ready is not disturbed by the others starting
@@ -319,6 +337,10 @@ def run(settings: ServingBenchSettings) -> dict[str, Any]:
             if sink is not None:
                 with urllib.request.urlopen(f"http://{HOST}:{sink.http_port}/sink/count", timeout=2) as r:
                     print(f"  payload-log sink received {json.loads(r.read())['events']} POSTs", flush=True)
+            # A logger that dropped events did less work: its ratio would flatter it (the rows say so).
+            logged = {s.name: _log_counts(s) for s in servers if s.name.startswith("predictor+logging")}
+            for name, (sent, dropped) in logged.items():
+                print(f"  {name}: {sent:.0f} events sent, {dropped:.0f} dropped", flush=True)
         finally:
             for server in reversed(servers):
                 server.stop()
@@ -334,6 +356,9 @@ def run(settings: ServingBenchSettings) -> dict[str, Any]:
     print(cells_table(medians))
     print()
     rows = ratio_rows(medians, startup, feast)
+    for name, (sent, dropped) in logged.items():
+        what = f"payload logging: events dropped ({name})"
+        rows.append(Row(what, f"{sent:.0f} sent", None, "", f"{dropped:.0f}", "0", dropped == 0))
     print(render(rows))
     result = {
         "meta": {

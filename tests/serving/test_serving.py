@@ -468,17 +468,20 @@ def test_payload_events_in_kserve_format_for_rest_and_grpc(trained, stack):
     assert set(sink.modes) == {"application/cloudevents-batch+json"}  # the default: batched mode
 
 
+@pytest.mark.parametrize("sender", ["process", "thread"])
 @pytest.mark.parametrize(
     ("batch_size", "modes"),
     [(1, ["application/json"] * 5), (64, ["application/cloudevents-batch+json"])],
     ids=["binary", "batched"],
 )
-def test_payload_logger_batches_or_sends_kserve_binary_events(batch_size, modes):
-    """batch_size 1: one binary-mode event per POST, as KServe's logger (any sink); above 1: one batch."""
+def test_payload_logger_batches_or_sends_kserve_binary_events(batch_size, modes, sender):
+    """batch_size 1: one binary-mode event per POST, as KServe's logger (any sink); above 1: one batch.
+    The same from the shipper (a child process, the default) and from the server's own sender thread."""
     from relearn.serving.payload_log import LoggerConfig, PayloadLogger
 
     sink = EventSink()
-    logger = PayloadLogger(LoggerConfig(sink_url=sink.url, batch_size=batch_size, queue_size=10))
+    config = LoggerConfig(sink_url=sink.url, batch_size=batch_size, queue_size=10, sender=sender)
+    logger = PayloadLogger(config)
     try:
         for i in range(5):  # queued before the sender starts: one drain takes them all
             body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [i]}]}
@@ -494,8 +497,9 @@ def test_payload_logger_batches_or_sends_kserve_binary_events(batch_size, modes)
     assert sink.modes == modes  # the content type of each POST
 
 
+@pytest.mark.parametrize("sender", ["process", "thread"])
 @pytest.mark.parametrize("policy", ["drop", "block"])
-def test_the_full_queue_policy_drops_and_counts_or_waits_and_retries(policy):
+def test_the_full_queue_policy_drops_and_counts_or_waits_and_retries(policy, sender):
     """A sink down for its first 3 POSTs, then slow, behind a queue of 2: drop loses events and counts each
     one (queue_full, sink_error); block loses none — log() waits for room, failed POSTs are sent again."""
     from prometheus_client import REGISTRY
@@ -503,12 +507,12 @@ def test_the_full_queue_policy_drops_and_counts_or_waits_and_retries(policy):
     from relearn.serving.payload_log import LoggerConfig, PayloadLogger
 
     def dropped(reason: str) -> float:
-        labels = {"component": f"test-{policy}", "reason": reason}
+        labels = {"component": f"test-{policy}-{sender}", "reason": reason}
         return REGISTRY.get_sample_value("relearn_payload_log_dropped_total", labels) or 0.0
 
     sink = EventSink(delay=0.02, fail_first=3)
-    config = LoggerConfig(sink_url=sink.url, component=f"test-{policy}", queue_size=2, batch_size=4)
-    logger = PayloadLogger(replace(config, when_full=policy))
+    config = LoggerConfig(sink_url=sink.url, component=f"test-{policy}-{sender}", queue_size=2, batch_size=4)
+    logger = PayloadLogger(replace(config, when_full=policy, sender=sender, linger_seconds=0.01))
     logger.start()
     try:
         for i in range(40):

@@ -80,6 +80,7 @@ app.kubernetes.io/part-of: relearn
 {{- define "relearn.redis.replica.name" -}}{{ include "relearn.fullname" . }}-redis-replica{{- end -}}
 {{- define "relearn.feast.name" -}}{{ include "relearn.fullname" . }}-feast{{- end -}}
 {{- define "relearn.drift.name" -}}{{ include "relearn.fullname" . }}-drift-detector{{- end -}}
+{{- define "relearn.drift.ingest.name" -}}{{ include "relearn.fullname" . }}-drift-ingest{{- end -}}
 {{- define "relearn.rollout.name" -}}{{ include "relearn.fullname" . }}-rollout{{- end -}}
 
 {{/* MLflow tracking URI seen by every pod. */}}
@@ -100,9 +101,50 @@ http://{{ include "relearn.mlflow.name" . }}.{{ .Release.Namespace }}.svc.cluste
 {{- end -}}
 {{- end -}}
 
-{{/* Drift detector URL (payload-logger sink). */}}
+{{/* The drift detector (the monitor): labels, status, backtests, rewards. */}}
 {{- define "relearn.drift.url" -}}
 http://{{ include "relearn.drift.name" . }}.{{ .Release.Namespace }}.svc.cluster.local:{{ .Values.driftDetector.port }}/
+{{- end -}}
+
+{{/* The payload logger's sink: the ingest replicas when driftDetector.ingest.enabled, else the detector.
+Only the logger's events move; every other caller keeps relearn.drift.url (those routes are the monitor's). */}}
+{{- define "relearn.drift.sinkUrl" -}}
+{{- if .Values.driftDetector.ingest.enabled -}}
+http://{{ include "relearn.drift.ingest.name" . }}.{{ .Release.Namespace }}.svc.cluster.local:{{ .Values.driftDetector.port }}/
+{{- else -}}
+{{ include "relearn.drift.url" . }}
+{{- end -}}
+{{- end -}}
+
+{{/* Host of the PostgreSQL MLflow's store uses: the chart's, or mlflow.postgres.host; empty: none. */}}
+{{- define "relearn.postgres.host" -}}
+{{- if and .Values.mlflow.enabled .Values.mlflow.postgres.enabled -}}
+{{ include "relearn.postgres.name" . }}
+{{- else -}}
+{{ .Values.mlflow.postgres.host }}
+{{- end -}}
+{{- end -}}
+
+{{/* Env of a detector process on the shared log of the ingest replicas (MLflow's PostgreSQL, its database
+and credentials). Like MLflow, the user and password stay out of the URL: libpq reads PGUSER/PGPASSWORD. */}}
+{{- define "relearn.drift.sharedLogEnv" -}}
+{{- $pg := .Values.mlflow.postgres -}}
+{{- $host := include "relearn.postgres.host" . -}}
+{{- if not $host -}}
+{{- fail "driftDetector.ingest.enabled needs PostgreSQL for the replicas' shared log: the chart's (mlflow.enabled and mlflow.postgres.enabled) or an external one (mlflow.postgres.host)" -}}
+{{- end -}}
+- name: RELEARN_DRIFT_SHARED_LOG_URL
+  value: {{ printf "postgresql://%s:%v/%s" $host $pg.port $pg.database | quote }}
+- name: PGUSER
+  valueFrom:
+    secretKeyRef:
+      name: {{ $pg.existingSecret }}
+      key: {{ $pg.userKey }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $pg.existingSecret }}
+      key: {{ $pg.passwordKey }}
 {{- end -}}
 
 {{/* envFrom of the shared settings ConfigMap. */}}

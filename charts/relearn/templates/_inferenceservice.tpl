@@ -80,7 +80,7 @@ the transaction ids the transformer passes on, so the detector pairs one request
 - name: {{ $p }}ENDPOINT
   value: {{ ternary "default" "canary" (eq .canary nil) }}
 - name: {{ $p }}LOG_SINK_URL
-  value: {{ ternary (include "relearn.drift.url" .ctx) "" (and .ctx.Values.driftDetector.enabled .ctx.Values.fraud.logger.enabled (eq .ctx.Values.fraud.logger.via "relearn")) | quote }}
+  value: {{ ternary (include "relearn.drift.sinkUrl" .ctx) "" (and .ctx.Values.driftDetector.enabled .ctx.Values.fraud.logger.enabled (eq .ctx.Values.fraud.logger.via "relearn")) | quote }}
 {{- $l := .ctx.Values.fraud.logger }}
 - name: {{ $p }}LOG_BATCH_SIZE
   value: {{ $l.batchSize | quote }}
@@ -103,7 +103,7 @@ predictor:
   {{- if and $v.driftDetector.enabled $v.fraud.logger.enabled (eq $v.fraud.logger.via "kserve") }}
   logger:
     mode: {{ $v.fraud.logger.mode }}
-    url: {{ include "relearn.drift.url" .ctx }}
+    url: {{ include "relearn.drift.sinkUrl" .ctx }}
   {{- end }}
   containers:
     - name: kserve-container

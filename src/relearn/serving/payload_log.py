@@ -13,40 +13,43 @@ bounded queue (KServe: queue 100, no retries). The policy when the sink is slow 
 ``block`` — a request waits for room in the queue (up to ``block_seconds``) and failed POSTs are retried
 with backoff, so predictions slow to the sink's pace rather than go unlogged.
 
-The request path stays cheap: everything else (building the v2 JSON, the headers, the HTTP request) runs on
-the sender thread, by default ONE (``workers``), which drains the queue and POSTs what it took over a
-kept-alive connection: up to ``batch_size`` events per request in CloudEvents batched mode (an array of
-structured events, which relearn's drift detector stores all or nothing), or with ``batch_size`` 1 one
-binary-mode event per request, as KServe's logger sends them (any KServe sink takes those). The client is
-:class:`relearn.serving.sink_http.SinkConnection`, a minimal HTTP/1.1 writer/reader on a plain socket.
+The request path stays cheap: the sender thread, by default ONE (``workers``), drains the queue every
+``linger_seconds`` and hands what it took to the *shipper*, a child process
+(:mod:`relearn.serving.log_delivery`), as one pickled batch over a pipe. The shipper builds the v2 JSON and
+the headers and POSTs over a kept-alive connection: up to ``batch_size`` events per request in CloudEvents
+batched mode (an array of structured events, which relearn's drift detector stores all or nothing), or with
+``batch_size`` 1 one binary-mode event per request, as KServe's logger sends them (any KServe sink takes
+those). With ``sender="thread"`` the sender thread does that itself, holding the GIL the requests need. The
+shipper's outcomes come back as tallies, counted here. A kill -9 of the server loses what its queue held;
+the shipper still delivers what it was handed, then ends at the end of its pipe.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
+import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
-from relearn.events import REQUEST_TYPE, RESPONSE_TYPE, binary_headers
+from relearn.events import REQUEST_TYPE, RESPONSE_TYPE
 from relearn.routing import ROUTE_HEADER as ROUTE_HEADER  # re-exported: the router imports it from here
 from relearn.routing import SHADOW_SUFFIX, track_of
+from relearn.serving.log_delivery import BATCH_CONTENT_TYPE as BATCH_CONTENT_TYPE
+from relearn.serving.log_delivery import Delivery, read_tallies, write_message
 from relearn.serving.metrics import LOG_DROPPED, LOG_QUEUE_DEPTH, LOG_SENT
-from relearn.serving.sink_http import SinkConnection, SinkError
 
 log = logging.getLogger(__name__)
 
 Body = dict[str, Any] | Callable[[], dict[str, Any]]
 Route = tuple[str | None, str | None]  # (inference_service, endpoint) overrides of one event
 _Event = tuple[str, str, float, Body, str | None, str | None]
-BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class LoggerConfig:
     when_full: str = "drop"  # or "block": wait for room (up to block_seconds), retry failed POSTs
     block_seconds: float = 30.0
     linger_seconds: float = 0.01  # after the first event, wait this long for more: one POST per burst
+    sender: str = "process"  # build and POST in a child process (the shipper), or "thread": in this one
 
 
 class PayloadLogger:
@@ -83,11 +87,21 @@ class PayloadLogger:
         self._failed = LOG_DROPPED.labels(component=config.component, reason="sink_error")
         self._block = config.when_full == "block"
         self._deadline = float("inf")  # block: failed POSTs are retried until stop()'s drain deadline
+        self._shipper: subprocess.Popen[bytes] | None = None
+        self._tallies = bytearray()
 
     def start(self) -> None:
-        """Start the sender thread(s) (daemon: they never keep the process alive)."""
+        """Start the sender thread(s) and, with ``sender="process"``, the shipper they feed."""
         if not self.enabled or self._threads:
             return
+        if self.config.sender == "process":
+            self._shipper = subprocess.Popen(
+                [sys.executable, "-m", "relearn.serving.log_delivery"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            os.set_blocking(self._shipper.stdout.fileno(), False)
+            write_message(self._shipper.stdin.fileno(), ("config", self.config))
         for i in range(max(1, self.config.workers)):
             thread = threading.Thread(target=self._run, name=f"payload-log-{i}", daemon=True)
             thread.start()
@@ -108,7 +122,19 @@ class PayloadLogger:
                 break
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        if any(thread.is_alive() for thread in self._threads):
+        left = self._queue.qsize()
+        if self._shipper is not None:
+            with contextlib.suppress(OSError):  # the shipper ends once it delivered what came before
+                write_message(self._shipper.stdin.fileno(), ("stop", None))
+            try:
+                self._shipper.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._shipper.kill()  # the drain deadline: what it still holds is lost
+                self._shipper.wait()
+                left += 1
+            self._tally()
+            self._shipper = None
+        if left or any(thread.is_alive() for thread in self._threads):
             log.warning("payload log not drained in time", extra={"events_left": self._queue.qsize()})
         self._threads = []
 
@@ -138,124 +164,55 @@ class PayloadLogger:
         self.log(event_id, RESPONSE_TYPE, body, route)
 
     def _run(self) -> None:
-        connection = SinkConnection(self.config.sink_url, self.config.timeout_seconds)
+        delivery = None if self._shipper is not None else Delivery(self.config, self._count)
         get, get_nowait = self._queue.get, self._queue.get_nowait
         try:
             while True:
                 batch = [get()]
-                if batch[0] is not None and self.config.linger_seconds > 0:
+                busy = self._queue.qsize() >= max(64, self.config.batch_size)
+                if batch[0] is not None and self.config.linger_seconds > 0 and not busy:
                     # Without it, a steady load wakes this thread and POSTs once per request or two: the
                     # wake-ups and POSTs cost the requests more CPU (and GIL) than the events themselves.
+                    # A queue already holding a full batch does not wait: it must not fill meanwhile.
                     time.sleep(self.config.linger_seconds)
-                try:  # drain what is there: one wake-up for a burst of events
-                    while len(batch) < max(64, self.config.batch_size):
+                try:  # drain everything there: one wake-up, one hand-over for a burst of events
+                    while True:
                         batch.append(get_nowait())
                 except queue.Empty:
                     pass
                 self._depth.set(self._queue.qsize())
-                stop = None in batch
                 items = [item for item in batch if item is not None]
-                size = max(1, self.config.batch_size)
-                for i in range(0, len(items), size):
-                    if size == 1:
-                        self._send(connection, items[i])
-                    else:
-                        self._send_batch(connection, items[i : i + size])
-                if stop:
+                if delivery is not None:
+                    delivery.deadline = self._deadline
+                    delivery.deliver(items)
+                elif items:
+                    self._ship(items)
+                if None in batch:
                     return
         finally:
-            connection.close()
+            if delivery is not None:
+                delivery.close()
 
-    def _headers(self, item: _Event) -> dict[str, str]:
-        cfg = self.config
-        event_id, event_type, moment, _, service, endpoint = item
-        return binary_headers(
-            event_id=event_id,
-            event_type=event_type,
-            source=cfg.source,
-            inference_service=service or cfg.inference_service,
-            namespace=cfg.namespace,
-            component=cfg.component,
-            endpoint=endpoint or cfg.endpoint,
-            time=datetime.fromtimestamp(moment, UTC),
-        )
-
-    def _send(self, connection: SinkConnection, item: _Event) -> None:
-        """One event in binary mode (KServe's logger's format)."""
+    def _ship(self, items: list[_Event]) -> None:
+        """Hand a batch to the shipper (blocks while its pipe is full: the queue then fills)."""
         try:
-            payload = item[3]() if callable(item[3]) else item[3]
-            data = _dumps(payload)
-            self._post(connection, self._headers(item), data, 1)
-        except Exception as exc:
-            self._failed.inc()
-            log.debug("payload log event dropped", extra={"error": str(exc)})
+            write_message(self._shipper.stdin.fileno(), ("events", items))
+        except Exception as exc:  # the shipper died, or an item cannot be pickled
+            self._failed.inc(len(items))
+            log.debug("payload log batch dropped", extra={"error": str(exc), "events": len(items)})
+        self._tally()
 
-    def _send_batch(self, connection: SinkConnection, items: list[_Event]) -> None:
-        """The events in one POST, CloudEvents batched mode: each a structured envelope, ``data`` its JSON."""
-        envelopes = []
-        for item in items:
-            try:
-                headers = self._headers(item)
-                envelope: dict[str, Any] = {k[3:]: v for k, v in headers.items() if k.startswith("ce-")}
-                envelope["datacontenttype"] = headers["content-type"]
-                envelope["data"] = item[3]() if callable(item[3]) else item[3]
-                envelopes.append(envelope)
-            except Exception as exc:  # this event cannot be built: the others still go
-                self._failed.inc()
-                log.debug("payload log event dropped", extra={"error": str(exc)})
-        if not envelopes:
-            return
-        try:
-            data = _dumps(envelopes)
-            self._post(connection, {"content-type": BATCH_CONTENT_TYPE}, data, len(envelopes))
-        except Exception as exc:
-            self._failed.inc(len(envelopes))
-            log.debug("payload log batch dropped", extra={"error": str(exc), "events": len(envelopes)})
+    def _tally(self) -> None:
+        """Add the shipper's outcomes so far to this process's counters."""
+        if self._shipper is not None:
+            sent, failed = read_tallies(self._shipper.stdout.fileno(), self._tallies)
+            self._count(sent, failed)
 
-    def _post(self, connection: SinkConnection, headers: dict[str, str], data: bytes, events: int) -> None:
-        """POST once (drop); block: again after each failure, backing off to 2 s, until the drain deadline.
-
-        A 4xx is the sink refusing these events: sending them again cannot help, so it is not retried.
-        """
-        pause = 0.05
-        while True:
-            try:
-                status = connection.post(headers, data)
-                if status >= 300:
-                    raise SinkError(f"sink answered {status}")
-                self._sent.inc(events)
-                return
-            except Exception as exc:
-                refused = isinstance(exc, SinkError) and str(exc).startswith("sink answered 4")
-                if not self._block or refused or time.monotonic() + pause > self._deadline:
-                    raise
-                log.debug("payload log sink failed, retrying", extra={"error": str(exc), "events": events})
-                connection.close()
-                time.sleep(pause)
-                pause = min(2.0, pause * 2)
-
-
-def _dumps(value: Any) -> bytes:
-    """Compact JSON by orjson (KServe's own dependency).
-
-    Encoding is the sender's main cost: ~4x less CPU than ``json`` on 32-row events, so less of the GIL
-    taken from the requests. NaN or infinity refuses the event (orjson would write null, which the detector
-    reads as a missing number).
-    """
-    data = orjson.dumps(value)
-    if b"null" in data and _non_finite(value):
-        raise ValueError("an event holds NaN or infinity")
-    return data
-
-
-def _non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_non_finite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_non_finite(v) for v in value)
-    return False
+    def _count(self, sent: int, failed: int) -> None:
+        if sent:
+            self._sent.inc(sent)
+        if failed:
+            self._failed.inc(failed)
 
 
 def event_route(headers: Mapping[str, str] | None, inference_service: str) -> Route:
@@ -293,5 +250,6 @@ def payload_logger_for(settings: Any, component: str = "predictor") -> PayloadLo
             when_full=settings.log_when_full,
             block_seconds=settings.log_block_seconds,
             linger_seconds=settings.log_linger_seconds,
+            sender=settings.log_sender,
         )
     )
