@@ -10,8 +10,8 @@ round 1, then of round 2, ...), stops them, and prints one table of medians over
 * ``mlserver``    Seldon MLServer with a custom runtime (benchmarks.serving_mlserver, .venv/mlserver);
 * ``floor``       a raw ASGI app under uvicorn and a bare ``grpc.aio`` servicer that answer without a model
   (benchmarks.serving_floor);
-* ``logging``     the predictor with payload logging to a fast local sink, vs ``predictor`` (logging off),
-  built and sent by the shipper process (the default) and, as ``logging-thread``, by a thread of the server;
+* ``logging``     the predictor with payload logging to a fast local sink, vs ``predictor`` (logging off);
+  a run where it dropped events says so (a logger that drops does less work, so its ratio would flatter it);
 * ``feast``       one-entity online feature fetch: relearn's fetch path vs plain ``get_online_features``.
 
 Load: wrk (Debian package) with a Lua POST script for v2 REST; for v2 gRPC, N processes of
@@ -177,14 +177,10 @@ def build_targets(settings: ServingBenchSettings, home: Path, model_dir: Path, w
             "sink", [PLATFORM_PY, "-m", "benchmarks.serving_floor", "sink", "--port", str(sink_port)]
         )
         sink.http_port = sink_port
-        for name, sender in (("logging", "process"), ("logging-thread", "thread")):
-            logged = predictor(
-                f"predictor+{name}", ["--log-sink-url", f"http://{HOST}:{sink_port}/", "--log-sender", sender]
-            )
-            helpers = [sink] if sender == "process" else []  # one sink, started once
-            targets.append(
-                Target(name, [logged], logged.http_port, logged.grpc_port, cells="batches", helpers=helpers)
-            )
+        logged = predictor("predictor+logging", ["--log-sink-url", f"http://{HOST}:{sink_port}/"])
+        targets.append(
+            Target("logging", [logged], logged.http_port, logged.grpc_port, cells="batches", helpers=[sink])
+        )
     if "kserve" in wanted:
         http, grpc = free_port(), free_port()
         cmd = [
@@ -213,7 +209,7 @@ def build_targets(settings: ServingBenchSettings, home: Path, model_dir: Path, w
         )
         bare.grpc_port = grpc
         targets.append(Target("floor", [rest, bare], http, grpc, model="floor"))
-    order = ("predictor", "logging", "logging-thread", "transformer", "kserve", "mlserver", "floor")
+    order = ("predictor", "logging", "transformer", "kserve", "mlserver", "floor")
     return sorted(targets, key=lambda t: order.index(t.name))
 
 

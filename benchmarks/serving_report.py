@@ -9,7 +9,7 @@ from benchmarks.serving_measure import (
 )
 from benchmarks.table import Row
 
-TARGETS = ("predictor", "transformer", "kserve", "mlserver", "floor", "logging", "logging-thread", "feast")
+TARGETS = ("predictor", "transformer", "kserve", "mlserver", "floor", "logging", "feast")
 PROTOCOLS = ("rest", "grpc")
 GOAL_BATCH, GOAL_CONCURRENCY = 1, 8
 
@@ -127,11 +127,6 @@ def ratio_rows(medians: dict, startup: dict[str, float], feast: dict[str, list[f
             add("payload logging on / off: throughput", kept, ">= 0.95x", kept >= 0.95, at)
             p99 = get("predictor", protocol, "p99_ms", batch) / get("logging", protocol, "p99_ms", batch)
             add("payload logging on / off: p99 (off / on)", p99, ">= 0.95x", p99 >= 0.95, at)
-            if ("logging-thread", protocol, batch, GOAL_CONCURRENCY) in medians:  # the sender in-process
-                kept = get("logging-thread", protocol, "rps", batch) / get(
-                    "predictor", protocol, "rps", batch
-                )
-                add("payload logging on / off: throughput, --log-sender thread", kept, "", None, at)
         cpu = get("predictor", protocol, "cpu_us_per_req") / get("kserve", protocol, "cpu_us_per_req")
         add("predictor vs default KServe CPU/req", cpu, "", None, size)
     if feast:

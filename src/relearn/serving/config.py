@@ -86,11 +86,6 @@ class PredictorSettings(ModelServingSettings):
         "fewer, larger batches for a little delay of the log (0: send at once).",
     )
     log_workers: int = Field(1, ge=1, description="Payload-logger sender threads (one connection each).")
-    log_sender: Literal["process", "thread"] = Field(
-        "process",
-        description="Where events are built and POSTed: process, a child process (the shipper) fed over a "
-        "pipe, so the requests do not share the GIL with it; thread, in the server's sender thread.",
-    )
     log_timeout_seconds: float = Field(2.0, gt=0, description="Timeout of one POST to the sink.")
     log_batch_size: int = Field(
         64,

@@ -1,26 +1,14 @@
 """Delivering payload-log events to the sink: building them, encoding them, POSTing them.
 
-:class:`Delivery` turns queued items into KServe-format CloudEvents and POSTs them (batched mode, or one
-binary-mode event per POST). It runs in the *shipper*, a child process of the server by default
-(:func:`ship`, started by :class:`relearn.serving.payload_log.PayloadLogger`): building the v2 JSON, the
-headers and the HTTP exchange then hold no lock the requests need. In the server, this cost was measured at
-+120–220 µs of CPU per request, mostly GIL hand-overs between the sender thread and the event loop, for
-a predictor that spends ~1.4 ms per request. The server hands the shipper pickled batches over a pipe
-(~15 µs per request); with ``sender="thread"`` everything runs in the server, as before.
-
-Outcomes are tallied (``sent``, ``failed``): the shipper writes its tallies back over a second pipe, and
-the server adds them to its Prometheus counters, so ``/metrics`` counts what the shipper did.
+:class:`Delivery` turns the items :class:`relearn.serving.payload_log.PayloadLogger` queued into KServe-format
+CloudEvents and POSTs them (batched mode, or one binary-mode event per POST) on the logger's sender thread;
+every outcome goes to ``count(sent, failed)``, the logger's Prometheus counters.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import pickle
-import signal
-import struct
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -34,7 +22,6 @@ from relearn.serving.sink_http import SinkConnection, SinkError
 log = logging.getLogger("relearn.serving.payload_log")
 
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
-_TALLY = struct.Struct("<qq")  # (sent, failed) since the last record
 
 
 class Delivery:
@@ -151,82 +138,3 @@ def _non_finite(value: Any) -> bool:
     if isinstance(value, list | tuple):
         return any(_non_finite(v) for v in value)
     return False
-
-
-# -- the shipper process ------------------------------------------------------------------------------
-def write_message(fd: int, message: Any) -> None:
-    """One length-prefixed pickled message on a pipe (blocks while the pipe is full: back-pressure)."""
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    os.write(fd, struct.pack("<Q", len(data)))
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _read_exact(fd: int, n: int) -> bytes | None:
-    chunks, left = [], n
-    while left:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            return None  # the server is gone (kill -9): EOF after everything it wrote
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def ship(config: Any, inbox: int = 0, tallies: int = 1) -> None:
-    """The shipper's loop: read batches from ``inbox`` and deliver them until a stop message or EOF.
-
-    It runs at nice 10 so that the model server comes first when both want a core.
-
-    Signals are the server's to handle (a pod's SIGTERM reaches the whole process group): the shipper
-    ignores them and ends when the server says so, or when the server is gone and the pipe is drained.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # Background work: where the pod's cores are busy, the requests go first (the scheduler's weight of
-    # nice 10 is ~1/10); when the shipper falls behind, its pipe fills and the queue's policy applies.
-    os.nice(10)
-    delivery = Delivery(config, lambda sent, failed: os.write(tallies, _TALLY.pack(sent, failed)))
-    try:
-        while True:
-            head = _read_exact(inbox, 8)
-            if head is None:
-                return
-            message = _read_exact(inbox, struct.unpack("<Q", head)[0])
-            if message is None:
-                return
-            kind, value = pickle.loads(message)
-            if kind == "stop":  # everything before it is delivered; block's retries end when it kills us
-                return
-            delivery.deliver(value)
-    finally:
-        delivery.close()
-
-
-def read_tallies(fd: int, buffer: bytearray) -> tuple[int, int]:
-    """Sum of the (sent, failed) records available on ``fd`` without waiting."""
-    sent = failed = 0
-    try:
-        while chunk := os.read(fd, 65536):
-            buffer.extend(chunk)
-    except BlockingIOError:
-        pass
-    whole = len(buffer) - len(buffer) % _TALLY.size
-    for s, f in _TALLY.iter_unpack(bytes(buffer[:whole])):
-        sent, failed = sent + s, failed + f
-    del buffer[:whole]
-    return sent, failed
-
-
-def main() -> None:
-    """``python -m relearn.serving.log_delivery``: the shipper, configured by the pickled config on stdin."""
-    from relearn.logs import configure_logging
-
-    configure_logging()
-    config = pickle.loads(_read_exact(0, struct.unpack("<Q", _read_exact(0, 8) or b"")[0]) or b"")[1]
-    ship(config, 0, 1)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,25 +13,20 @@ bounded queue (KServe: queue 100, no retries). The policy when the sink is slow 
 ``block`` — a request waits for room in the queue (up to ``block_seconds``) and failed POSTs are retried
 with backoff, so predictions slow to the sink's pace rather than go unlogged.
 
-The request path stays cheap: the sender thread, by default ONE (``workers``), drains the queue every
-``linger_seconds`` and hands what it took to the *shipper*, a child process
-(:mod:`relearn.serving.log_delivery`), as one pickled batch over a pipe. The shipper builds the v2 JSON and
-the headers and POSTs over a kept-alive connection: up to ``batch_size`` events per request in CloudEvents
-batched mode (an array of structured events, which relearn's drift detector stores all or nothing), or with
-``batch_size`` 1 one binary-mode event per request, as KServe's logger sends them (any KServe sink takes
-those). With ``sender="thread"`` the sender thread does that itself, holding the GIL the requests need. The
-shipper's outcomes come back as tallies, counted here. A kill -9 of the server loses what its queue held;
-the shipper still delivers what it was handed, then ends at the end of its pipe.
+The request path stays cheap: everything else runs on the sender thread, by default ONE (``workers``), which
+takes everything queued (after ``linger_seconds`` unless a batch is already waiting) and hands it to a
+:class:`relearn.serving.log_delivery.Delivery`: it builds the v2 JSON and the headers and POSTs over a kept-
+alive connection, up to ``batch_size`` events per request in CloudEvents batched mode (an array of
+structured events, which relearn's drift detector stores all or nothing), or with ``batch_size`` 1 one
+binary-mode event per request, as KServe's logger sends them (any KServe sink takes those). A child process
+doing that work instead (a shipper fed over a pipe) was measured and kept no more throughput than this
+thread (docs/benchmarks.md), so the thread stays.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import queue
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -42,7 +37,7 @@ from relearn.events import REQUEST_TYPE, RESPONSE_TYPE
 from relearn.routing import ROUTE_HEADER as ROUTE_HEADER  # re-exported: the router imports it from here
 from relearn.routing import SHADOW_SUFFIX, track_of
 from relearn.serving.log_delivery import BATCH_CONTENT_TYPE as BATCH_CONTENT_TYPE
-from relearn.serving.log_delivery import Delivery, read_tallies, write_message
+from relearn.serving.log_delivery import Delivery
 from relearn.serving.metrics import LOG_DROPPED, LOG_QUEUE_DEPTH, LOG_SENT
 
 log = logging.getLogger(__name__)
@@ -70,7 +65,6 @@ class LoggerConfig:
     when_full: str = "drop"  # or "block": wait for room (up to block_seconds), retry failed POSTs
     block_seconds: float = 30.0
     linger_seconds: float = 0.01  # after the first event, wait this long for more: one POST per burst
-    sender: str = "process"  # build and POST in a child process (the shipper), or "thread": in this one
 
 
 class PayloadLogger:
@@ -87,21 +81,11 @@ class PayloadLogger:
         self._failed = LOG_DROPPED.labels(component=config.component, reason="sink_error")
         self._block = config.when_full == "block"
         self._deadline = float("inf")  # block: failed POSTs are retried until stop()'s drain deadline
-        self._shipper: subprocess.Popen[bytes] | None = None
-        self._tallies = bytearray()
 
     def start(self) -> None:
-        """Start the sender thread(s) and, with ``sender="process"``, the shipper they feed."""
+        """Start the sender thread(s) (daemon: they never keep the process alive)."""
         if not self.enabled or self._threads:
             return
-        if self.config.sender == "process":
-            self._shipper = subprocess.Popen(
-                [sys.executable, "-m", "relearn.serving.log_delivery"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-            )
-            os.set_blocking(self._shipper.stdout.fileno(), False)
-            write_message(self._shipper.stdin.fileno(), ("config", self.config))
         for i in range(max(1, self.config.workers)):
             thread = threading.Thread(target=self._run, name=f"payload-log-{i}", daemon=True)
             thread.start()
@@ -122,19 +106,7 @@ class PayloadLogger:
                 break
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        left = self._queue.qsize()
-        if self._shipper is not None:
-            with contextlib.suppress(OSError):  # the shipper ends once it delivered what came before
-                write_message(self._shipper.stdin.fileno(), ("stop", None))
-            try:
-                self._shipper.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self._shipper.kill()  # the drain deadline: what it still holds is lost
-                self._shipper.wait()
-                left += 1
-            self._tally()
-            self._shipper = None
-        if left or any(thread.is_alive() for thread in self._threads):
+        if any(thread.is_alive() for thread in self._threads):
             log.warning("payload log not drained in time", extra={"events_left": self._queue.qsize()})
         self._threads = []
 
@@ -164,7 +136,7 @@ class PayloadLogger:
         self.log(event_id, RESPONSE_TYPE, body, route)
 
     def _run(self) -> None:
-        delivery = None if self._shipper is not None else Delivery(self.config, self._count)
+        delivery = Delivery(self.config, self._count)
         get, get_nowait = self._queue.get, self._queue.get_nowait
         try:
             while True:
@@ -175,38 +147,18 @@ class PayloadLogger:
                     # wake-ups and POSTs cost the requests more CPU (and GIL) than the events themselves.
                     # A queue already holding a full batch does not wait: it must not fill meanwhile.
                     time.sleep(self.config.linger_seconds)
-                try:  # drain everything there: one wake-up, one hand-over for a burst of events
-                    while True:
+                try:  # drain what is there: one wake-up for a burst (a kill -9 loses the queue + this batch)
+                    while len(batch) < max(64, self.config.batch_size):
                         batch.append(get_nowait())
                 except queue.Empty:
                     pass
                 self._depth.set(self._queue.qsize())
-                items = [item for item in batch if item is not None]
-                if delivery is not None:
-                    delivery.deadline = self._deadline
-                    delivery.deliver(items)
-                elif items:
-                    self._ship(items)
+                delivery.deadline = self._deadline
+                delivery.deliver([item for item in batch if item is not None])
                 if None in batch:
                     return
         finally:
-            if delivery is not None:
-                delivery.close()
-
-    def _ship(self, items: list[_Event]) -> None:
-        """Hand a batch to the shipper (blocks while its pipe is full: the queue then fills)."""
-        try:
-            write_message(self._shipper.stdin.fileno(), ("events", items))
-        except Exception as exc:  # the shipper died, or an item cannot be pickled
-            self._failed.inc(len(items))
-            log.debug("payload log batch dropped", extra={"error": str(exc), "events": len(items)})
-        self._tally()
-
-    def _tally(self) -> None:
-        """Add the shipper's outcomes so far to this process's counters."""
-        if self._shipper is not None:
-            sent, failed = read_tallies(self._shipper.stdout.fileno(), self._tallies)
-            self._count(sent, failed)
+            delivery.close()
 
     def _count(self, sent: int, failed: int) -> None:
         if sent:
@@ -250,6 +202,5 @@ def payload_logger_for(settings: Any, component: str = "predictor") -> PayloadLo
             when_full=settings.log_when_full,
             block_seconds=settings.log_block_seconds,
             linger_seconds=settings.log_linger_seconds,
-            sender=settings.log_sender,
         )
     )

@@ -129,7 +129,7 @@ def deserialize_bytes(raw: bytes) -> list[bytes]:
 
 @dataclass(frozen=True)
 class V2Body:
-    """A v2 JSON body built later, by the payload logger's shipper: picklable, unlike a closure."""
+    """A v2 JSON body built later, on the payload logger's sender thread (off the request path)."""
 
     tensors: list[tuple[str, str, list[int], np.ndarray]]
     request_id: str
