@@ -26,22 +26,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 from benchmarks.drift_ingest import _batched, _client, _events, _wait_ready, ingest_row, socket_port
-from benchmarks.table import Row, human, render
+from benchmarks.table import Row, cpu_seconds, human, render
 
 ROOT = Path(__file__).resolve().parents[1]
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes and their waited-for children (/proc/<pid>/stat)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
-    return total / TICKS
 
 
 def _postgres():
@@ -91,12 +78,12 @@ def replicas_row(n: int, url: str, postgres, events: list, batch: int, clients: 
         ports = [port for _, port in started]
         pids = [proc.pid for proc, _ in started]
         pg = _postgres_pids(postgres)
-        cpu0, pg0 = _cpu_seconds(pids), _cpu_seconds(pg)
+        cpu0, pg0 = cpu_seconds(pids), cpu_seconds(pg)
         shares = [(ports[i % n], posts[i::clients], 2) for i in range(clients)]  # a Service spreads them
         with multiprocessing.get_context("spawn").Pool(clients) as pool:
             done = pool.map(_client, shares)
         seconds = max(d[2] for d in done) - min(d[1] for d in done)
-        cpu, pg_cpu = _cpu_seconds(pids) - cpu0, _cpu_seconds(_postgres_pids(postgres)) - pg0
+        cpu, pg_cpu = cpu_seconds(pids) - cpu0, cpu_seconds(_postgres_pids(postgres)) - pg0
     finally:
         for proc, _ in started:
             proc.terminate()

@@ -11,6 +11,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.table import cpu_seconds as cpu_seconds  # re-exported to the serving benchmarks
 from relearn.demo.stack import free_port as free_port  # one definition (re-exported to the benchmarks)
 
 HOST = "127.0.0.1"
@@ -104,16 +105,3 @@ class Server:
             self.proc.wait(timeout=5)
         except ProcessLookupError:
             pass
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of ``pids`` (from /proc/<pid>/stat, clock ticks)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / tick

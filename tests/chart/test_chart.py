@@ -19,13 +19,13 @@ from support.chart import (
     CHART,
     CUSTOM_GROUPS,
     HELM,
-    K8S_VERSION,
     NAMESPACE,
     ROOT,
     SCENARIOS,
     SHARED,
     _run,
     _tool,
+    assert_valid_kubernetes,
     container_env,
     jsonschema,
     named,
@@ -108,19 +108,7 @@ def test_values_schema_rejects_typos() -> None:
 
 @needs_helm
 def test_core_objects_valid_kubernetes_strict(tmp_path: Path) -> None:
-    validate = _tool("kubernetes-validate")
-    if validate is None:
-        pytest.skip("kubernetes-validate missing: run .ci/install-tools.sh")
-    files = []
-    for scenario in SCENARIOS:
-        for i, d in enumerate(rendered(scenario)):
-            if not d["apiVersion"].startswith(CUSTOM_GROUPS):
-                f = tmp_path / f"{scenario}-{i:03d}-{d['kind']}.yaml"
-                f.write_text(yaml.safe_dump(d))
-                files.append(str(f))
-    out = _run([validate, "--strict", "--quiet", "-k", K8S_VERSION, *files])
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "ERROR" not in out.stdout and "INFO" not in out.stdout, out.stdout
+    assert_valid_kubernetes({scenario: rendered(scenario) for scenario in SCENARIOS}, tmp_path)
 
 
 @needs_helm

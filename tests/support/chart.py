@@ -98,3 +98,25 @@ def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 def container_env(container: dict[str, Any]) -> dict[str, Any]:
     """A container's env as name -> value (or valueFrom)."""
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def assert_valid_kubernetes(docs: dict[str, list[dict[str, Any]]], tmp_path: Path) -> list[str]:
+    """``kubernetes-validate --strict`` on the built-in kinds of each named render (custom resources are the
+    CRD tests'); returns the files it checked. Skips where the tool is missing."""
+    import pytest
+    import yaml
+
+    validate = _tool("kubernetes-validate")
+    if validate is None:
+        pytest.skip("kubernetes-validate missing: run .ci/install-tools.sh")
+    files = []
+    for name, rendered_docs in docs.items():
+        for i, d in enumerate(rendered_docs):
+            if not d["apiVersion"].startswith(CUSTOM_GROUPS):
+                f = tmp_path / f"{name}-{i:03d}-{d['kind']}.yaml"
+                f.write_text(yaml.safe_dump(d))
+                files.append(str(f))
+    out = _run([validate, "--strict", "--quiet", "-k", K8S_VERSION, *files])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ERROR" not in out.stdout and "INFO" not in out.stdout, out.stdout
+    return files
