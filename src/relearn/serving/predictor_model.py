@@ -256,19 +256,21 @@ def _request_body(
     ]
     if ids is not None:
         inputs.append((tensors.TRANSACTION_ID, "BYTES", [len(ids)], ids))
-    return tensors.V2Body(inputs, event_id)
+    return lambda: tensors.v2_json(inputs, event_id)
 
 
 def _response_body(response: Any, scores: np.ndarray, decisions: np.ndarray, model: FraudPredictor) -> Any:
     if not isinstance(response, InferResponse):
         return response
-    return tensors.V2Body(
+    return lambda: tensors.v2_json(
         [
             (tensors.SCORE, "FP32", list(scores.shape), scores),
             (tensors.DECISION, "BOOL", list(decisions.shape), decisions),
         ],
         response.id,
-        {"model_name": model.name, "model_version": model.version, "key": "outputs"},
+        model_name=model.name,
+        model_version=model.version,
+        key="outputs",
     )
 
 

@@ -15,7 +15,6 @@ extension) work as in any v2 server: a request with raw inputs gets raw outputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -125,19 +124,6 @@ def deserialize_bytes(raw: bytes) -> list[bytes]:
         out.append(raw[offset + 4 : offset + 4 + size])
         offset += 4 + size
     return out
-
-
-@dataclass(frozen=True)
-class V2Body:
-    """A v2 JSON body built later, on the payload logger's sender thread (off the request path)."""
-
-    tensors: list[tuple[str, str, list[int], np.ndarray]]
-    request_id: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __call__(self) -> dict:
-        """The body, as :func:`v2_json` builds it."""
-        return v2_json(self.tensors, self.request_id, **self.extra)
 
 
 def v2_json(inputs: list[tuple[str, str, list[int], np.ndarray]], request_id: str, **extra: Any) -> dict:
