@@ -288,24 +288,22 @@ class Monitor(QualityWatch, WindowCloser):
         At most ``pending_ttl_s`` since it was read and MAX_PENDING requests: the oldest are dropped, counted.
         """
         self.pending[ce_id] = Pending(track, rows, self._keys(ce_id, rows), t)
-        expired = time.monotonic() - self.settings.pending_ttl_s
-        while self.pending and next(iter(self.pending.values())).held < expired:
-            self.pending.pop(next(iter(self.pending)))
-            self.metrics.pending_dropped.labels("ttl").inc()
-        if len(self.pending) > MAX_PENDING:
-            self.pending.pop(next(iter(self.pending)))
-            self.metrics.pending_dropped.labels("capacity").inc()
+        self._bound(self.pending, lambda p: p.held, "")
 
     def _hold_early(self, ce_id: str, scores: list[float], version: str | None) -> None:
         """Keep a response read before its request, under the same bounds as requests (``response_*``)."""
         self.early[ce_id] = (time.monotonic(), scores, version)
+        self._bound(self.early, lambda e: e[0], "response_")
+
+    def _bound(self, held: dict[str, Any], since: Any, reason: str) -> None:
+        """Drop the oldest held items past ``pending_ttl_s`` or MAX_PENDING, counted (``reason`` prefix)."""
         expired = time.monotonic() - self.settings.pending_ttl_s
-        while self.early and next(iter(self.early.values()))[0] < expired:
-            self.early.pop(next(iter(self.early)))
-            self.metrics.pending_dropped.labels("response_ttl").inc()
-        if len(self.early) > MAX_PENDING:
-            self.early.pop(next(iter(self.early)))
-            self.metrics.pending_dropped.labels("response_capacity").inc()
+        while held and since(next(iter(held.values()))) < expired:
+            held.pop(next(iter(held)))
+            self.metrics.pending_dropped.labels(reason + "ttl").inc()
+        if len(held) > MAX_PENDING:
+            held.pop(next(iter(held)))
+            self.metrics.pending_dropped.labels(reason + "capacity").inc()
 
     def stable_version(self) -> str | None:
         """The model version of the stable track: the setting, else the champion's (None: unknown)."""

@@ -28,7 +28,7 @@ import uuid
 from typing import Any
 
 from relearn.monitoring.payloads import Event
-from relearn.monitoring.store import GroupCommitLog, get_state
+from relearn.monitoring.store import GroupCommitLog, get_state, insert_events, write_state
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class SharedEventLog(GroupCommitLog):
     def _write(self, events: list[Event], now: float) -> None:
         from psycopg2.extras import execute_values
 
-        if self._conn is None or self._conn.closed:
+        if self._conn.closed:  # the last batch failed
             self._conn = pg_connect(self.url)
         now = self._last = max(now, self._last)
         rows = []
@@ -100,8 +100,7 @@ class SharedEventLog(GroupCommitLog):
             raise
 
     def _close_store(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        self._conn.close()
 
 
 class Relay:
@@ -164,14 +163,8 @@ class Relay:
             cursors[shard] = max(cursors[shard], seq)
             fresh.append((ce_id, kind, track, when, received, bytes(body)))
         with self.local:  # the events and the cursors in one transaction: exactly once
-            self.local.executemany(
-                "INSERT INTO events (ce_id, type, track, time, received, body) VALUES (?, ?, ?, ?, ?, ?)",
-                fresh,
-            )
-            self.local.executemany(
-                "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
-                [(CURSOR + shard, str(seq)) for shard, seq in cursors.items()],
-            )
+            insert_events(self.local, fresh)
+            write_state(self.local, [(CURSOR + shard, str(seq)) for shard, seq in cursors.items()])
         with conn, conn.cursor() as cur:
             for shard, seq in cursors.items():
                 cur.execute(f"DELETE FROM {TABLE} WHERE shard = %s AND seq <= %s", (shard, seq))

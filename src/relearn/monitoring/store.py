@@ -127,9 +127,7 @@ class GroupCommitLog:
         error: BaseException | None = None
         try:
             self._write([e for es, _, _ in batch for e in es], time.time())
-        except (
-            Exception
-        ) as exc:  # disk full, I/O error, database down: the handlers answer 5xx, nothing acked
+        except Exception as exc:  # disk full, I/O error, database down: the handlers answer 5xx
             error = LogWriteError(str(exc) or type(exc).__name__)
         # One wake-up per event loop and batch (not per event): the handlers of a batch resume together.
         waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
@@ -157,10 +155,7 @@ class EventLog(GroupCommitLog):
 
     def _write(self, events: list[Event], now: float) -> None:
         with self._writer:
-            self._writer.executemany(
-                "INSERT INTO events (ce_id, type, track, time, received, body) VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.ce_id, e.type, e.track, e.time, now, e.body) for e in events],
-            )
+            insert_events(self._writer, [(e.ce_id, e.type, e.track, e.time, now, e.body) for e in events])
 
     def _close_store(self) -> None:
         self._writer.close()
@@ -198,4 +193,16 @@ def get_state(conn: sqlite3.Connection, key: str, default: str | None = None) ->
 def set_state(conn: sqlite3.Connection, items: Iterable[tuple[str, str]]) -> None:
     """Persist monitor values in one transaction."""
     with conn:
-        conn.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", list(items))
+        write_state(conn, items)
+
+
+def write_state(conn: sqlite3.Connection, items: Iterable[tuple[str, str]]) -> None:
+    """Persist monitor values within the caller's transaction."""
+    conn.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", list(items))
+
+
+def insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Append ``(ce_id, type, track, time, received, body)`` rows, within the caller's transaction."""
+    conn.executemany(
+        "INSERT INTO events (ce_id, type, track, time, received, body) VALUES (?, ?, ?, ?, ?, ?)", rows
+    )
