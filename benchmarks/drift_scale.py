@@ -26,7 +26,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 from benchmarks.drift_ingest import _batched, _client, _events, _wait_ready, ingest_row, socket_port
-from benchmarks.table import Row, cpu_seconds, human, render
+from benchmarks.table import Row, cpu_seconds, human, metric_sum, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,12 +129,7 @@ def relay_row(url: str, backlog: int, work: Path) -> Row:
     relayed = 0.0
     try:
         while relayed < backlog and time.monotonic() - started < 600:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-            relayed = sum(
-                float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines()
-                if line.startswith("relearn_drift_relayed_events_total")
-            )
+            relayed = metric_sum(f"http://127.0.0.1:{port}", "relearn_drift_relayed_events_total")
             time.sleep(0.05)
         seconds = time.monotonic() - started
         status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5).read())

@@ -57,7 +57,7 @@ from benchmarks.serving_report import (
     ratio_rows,
     summarize,
 )
-from benchmarks.table import Row, render
+from benchmarks.table import Row, metric_sum, render
 
 MLSERVER_BIN = ROOT / ".venv" / "mlserver" / "bin" / "mlserver"
 TRAIN_ARGS = ["--days", "24", "--users", "1000", "--merchants", "200", "--epochs", "3"]
@@ -136,14 +136,10 @@ def sample_data(home: Path, rows: int = 256) -> tuple[Any, Any, Any]:
 
 def _log_counts(server: Server) -> tuple[float, float]:
     """(sent, dropped) payload-log events of a predictor, from its /metrics."""
-    with urllib.request.urlopen(f"http://{HOST}:{server.http_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    total = {"relearn_payload_log_sent_total": 0.0, "relearn_payload_log_dropped_total": 0.0}
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in total:
-            total[name] += float(line.rsplit(" ", 1)[1])
-    return total["relearn_payload_log_sent_total"], total["relearn_payload_log_dropped_total"]
+    url = f"http://{HOST}:{server.http_port}"
+    return metric_sum(url, "relearn_payload_log_sent_total"), metric_sum(
+        url, "relearn_payload_log_dropped_total"
+    )
 
 
 def build_targets(settings: ServingBenchSettings, home: Path, model_dir: Path, work: Path) -> list[Target]:

@@ -71,3 +71,16 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total / tick
+
+
+def metric_sum(base_url: str, name: str) -> float:
+    """The sum of one metric's samples over its label sets, read from ``<base_url>/metrics``."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.split("{", 1)[0].split(" ", 1)[0] == name
+    )
