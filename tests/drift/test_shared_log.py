@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 import urllib.error
 import urllib.request
 
@@ -152,3 +153,43 @@ def test_an_ingest_replica_without_a_shared_log_is_refused():
 
     with pytest.raises(ValidationError, match="role ingest needs shared_log_url"):
         DriftSettings(role="ingest")
+
+
+def test_the_shared_log_is_bounded_while_the_monitor_is_down(tmp_path, reference_file, shared_log):
+    """No monitor relays: past shared_log_max_events the replica refuses with 503 (stored nothing), and
+    takes events again once a monitor has relayed the backlog; every accepted event reaches the monitor."""
+    cap = 1000
+    replica = Server(
+        tmp_path / "ingest", None, role="ingest", shared_log_url=shared_log, shared_log_max_events=str(cap)
+    )
+    monitor = None
+    try:
+        replica.wait_ready()
+        _, before, _ = scenario_stream("covariate_shift")
+        events = iter(transaction_events(before.iloc[:2000], "cap"))
+        accepted, refused = 0, None
+        for event in events:
+            code, body = post(replica.url, *event)
+            if code != 202:
+                refused = (code, body)
+                break
+            accepted += 1
+        assert refused is not None, f"{accepted} events accepted past the cap of {cap}"
+        code, body = refused
+        assert code == 503 and "shared log full" in body["detail"]
+        assert "shared_log_max_events" in body["detail"]
+        # the bound holds within a second of load (PostgreSQL's live-row estimate); a refusal stores nothing
+        assert cap <= accepted <= 2 * cap and _rows(shared_log) == accepted
+        assert _metric(replica.url, "relearn_drift_shared_log_backlog_events") >= cap // 2
+        monitor = Server(tmp_path / "monitor", reference_file, shared_log_url=shared_log)
+        monitor.wait_ready()
+        deadline = time.monotonic() + 60
+        while _metric(monitor.url, "relearn_drift_relayed_events_total") < accepted:
+            assert time.monotonic() < deadline, "the monitor did not relay the backlog"
+            time.sleep(0.2)
+        time.sleep(1.2)  # the replica's next estimate sees the relayed rows gone
+        assert post(replica.url, *next(events))[0] == 202
+    finally:
+        for server in (replica, monitor):
+            if server is not None:
+                server.stop()

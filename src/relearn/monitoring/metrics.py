@@ -150,6 +150,11 @@ class Metrics:
             "Age of the newest event of the last relay step (how far the monitor is behind the replicas).",
             registry=r,
         )
+        self.shared_backlog = Gauge(
+            "relearn_drift_shared_log_backlog_events",
+            "Events in the shared log not yet relayed by the monitor (PostgreSQL's live-row estimate).",
+            registry=r,
+        )
         self.relay_leader = Gauge(
             "relearn_drift_relay_leader", "1 if this monitor holds the relay lock (one relays).", registry=r
         )

@@ -61,7 +61,12 @@ def start_ingest(
     from relearn.monitoring.shared_log import SharedEventLog
 
     state["log"] = SharedEventLog(
-        settings.shared_log_url, settings.shard, settings.commit_wait_ms, settings.max_batch
+        settings.shared_log_url,
+        settings.shard,
+        settings.commit_wait_ms,
+        settings.max_batch,
+        max_backlog=settings.shared_log_max_events,
+        backlog_gauge=metrics.shared_backlog,
     )
     log.info("ingest replica started", extra={"shard": state["log"].shard})
     return state["log"].close

@@ -72,6 +72,13 @@ class DriftSettings(BaseSettings):
     shard: str = Field(
         "", description="An ingest replica's shard name (default: HOSTNAME + a random suffix)."
     )
+    shared_log_max_events: int = Field(
+        2_000_000,
+        ge=1000,
+        description="Role ingest: most events the shared log may hold before the monitor relays them "
+        "(~1-2 GB at b1); past it the replicas refuse events with 503 (the payload logger drops and counts, "
+        "or blocks and retries) instead of filling PostgreSQL's disk while the monitor is down.",
+    )
     validate_bodies: bool = Field(
         True,
         description="Check each body before the answer (4xx with the reason for bodies that do not match "

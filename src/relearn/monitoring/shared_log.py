@@ -63,17 +63,52 @@ def pg_connect(url: str) -> Any:
     return conn
 
 
-class SharedEventLog(GroupCommitLog):
-    """An ingest replica's log: each group commit is one INSERT into the shared table under this shard."""
+class SharedLogFull(Exception):
+    """The shared log holds ``max_backlog`` events: the monitor is not relaying (down, or behind)."""
 
-    def __init__(self, url: str, shard: str = "", wait_ms: float = 2.0, max_batch: int = 2000) -> None:
+
+class SharedEventLog(GroupCommitLog):
+    """An ingest replica's log: each group commit is one INSERT into the shared table under this shard.
+
+    The table is bounded: past ``max_backlog`` unrelayed events (PostgreSQL's live-row estimate, read at
+    most once a second, so the bound holds within a second of load) batches are refused, which the sink
+    answers with 503 and the payload logger counts as dropped (or retries, in block mode).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        shard: str = "",
+        wait_ms: float = 2.0,
+        max_batch: int = 2000,
+        max_backlog: int = 2_000_000,
+        backlog_gauge: Any = None,
+    ) -> None:
         super().__init__(wait_ms, max_batch)
         self.url = url
         self.shard = shard or new_shard()
+        self.max_backlog = max_backlog
+        self._gauge = backlog_gauge
+        self._backlog, self._checked = 0, 0.0
         self._seq = 0
         self._last = 0.0  # received times only grow within a shard, even if the clock steps back
         self._conn: Any = pg_connect(url)  # fail at start, not at the first event
         self.start()
+
+    def _check_backlog(self, cur: Any, adding: int) -> None:
+        now = time.monotonic()
+        if now - self._checked >= 1.0:
+            cur.execute("SELECT n_live_tup FROM pg_stat_user_tables WHERE relname = %s", (TABLE,))
+            row = cur.fetchone()
+            self._backlog, self._checked = int(row[0]) if row else 0, now
+            if self._gauge is not None:
+                self._gauge.set(self._backlog)
+        if self._backlog + adding > self.max_backlog:
+            raise SharedLogFull(
+                f"shared log full: ~{self._backlog} events wait for the monitor's relay "
+                f"(shared_log_max_events {self.max_backlog}); is the monitor (role all) running?"
+            )
+        self._backlog += adding  # until the next estimate
 
     def _write(self, events: list[Event], now: float) -> None:
         from psycopg2.extras import execute_values
@@ -89,12 +124,15 @@ class SharedEventLog(GroupCommitLog):
             )
         try:
             with self._conn, self._conn.cursor() as cur:
+                self._check_backlog(cur, len(events))
                 execute_values(
                     cur,
                     f"INSERT INTO {TABLE} (shard, seq, ce_id, type, track, time, received, body) VALUES %s",
                     rows,
                     page_size=len(rows),
                 )
+        except SharedLogFull:
+            raise  # the connection is fine: the monitor has to catch up
         except Exception:
             self._conn.close()  # reconnect on the next batch
             raise
