@@ -96,6 +96,12 @@ class ServingBenchSettings(BaseSettings):
         description="RELEARN_HOME with a registered champion and a materialized Feast store "
         "(default: train one into a temporary directory, ~1-2 min).",
     )
+    pin: bool = Field(
+        True,
+        description="Measure each target's server on CPU 0 alone, with the load generators and helpers on "
+        "the other CPUs (a pod with one CPU; without it a 2-core machine measures contention). Rounds "
+        "alternate the cell order (ABBA), so a drift of the machine does not favour the first target.",
+    )
     # Named "json" for the --json flag and RELEARN_BENCH_SERVING_JSON.
     json: Path | None = Field(None, description="Also write cells, medians and goals as JSON to this file.")
 
@@ -315,8 +321,10 @@ def run(settings: ServingBenchSettings) -> dict[str, Any]:
                 f"(~{estimate / 60:.1f} min)",
                 flush=True,
             )
+            for t in targets:
+                t.pinned = settings.pin
             for rnd in range(1, settings.rounds + 1):
-                for t, p, b, c in plan:
+                for t, p, b, c in plan if rnd % 2 else plan[::-1]:
                     cell = (measure_rest if p == "rest" else measure_grpc)(t, b, c, duration, work, rnd)
                     cells.append(cell)
                     print(
@@ -344,6 +352,7 @@ def run(settings: ServingBenchSettings) -> dict[str, Any]:
     print(
         f"\nrelearn serving benchmark: medians of {settings.rounds} rounds x {duration} s per cell, "
         f"{os.cpu_count()} cores, load {load} (1/5/15 min), model version {version}\n"
+        + ("measured server on CPU 0 alone; load generators and helpers on the others\n" * settings.pin)
     )
     print(cells_table(medians))
     print()
@@ -358,6 +367,7 @@ def run(settings: ServingBenchSettings) -> dict[str, Any]:
             "duration_s": duration,
             "cores": os.cpu_count(),
             "load": os.getloadavg(),
+            "pinned": settings.pin,
         },
         "cells": [asdict(c) for c in cells],
         "medians": [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.serving_proc import HOST, MODEL, PLATFORM_PY, ROOT, Server, cpu_seconds
+from benchmarks.serving_proc import HOST, MODEL, PLATFORM_PY, ROOT, Server, cpu_seconds, pin
 
 # --------------------------------------------------------------------------------------------- payloads
 
@@ -99,6 +100,24 @@ class Target:
     payload: str = "tensor"  # or "transactions"
     helpers: list[Server] = field(default_factory=list)  # started with the target, CPU not counted
     cells: str = "all"  # or "goal": only batch 1, concurrency 8; "batches": every batch at concurrency 8
+    pinned: bool = False  # measured on CPU 0 alone: see place()
+
+
+def place(target: Target) -> list[str]:
+    """Pin one cell's processes; the command prefix that puts a load generator beside the helpers.
+
+    Pinned, the target's first server gets CPU 0 to itself (a pod with one CPU), and its other servers, its
+    helpers (the payload-log sink) and the load generators share the other CPUs: on a 2-core machine a
+    server's figures are then its own cost, not its contention with the load generator and the sink.
+    """
+    cpus = os.cpu_count() or 1
+    if not target.pinned or cpus < 2:
+        return []
+    rest = set(range(1, cpus))
+    pin(target.servers[0].proc.pid, {0})
+    for server in [*target.servers[1:], *target.helpers]:
+        pin(server.proc.pid, rest)
+    return ["taskset", "-c", ",".join(map(str, sorted(rest)))]
 
 
 @dataclass
@@ -126,6 +145,7 @@ def measure_rest(target: Target, batch: int, concurrency: int, duration: float, 
     url = f"http://{HOST}:{target.http_port}/v2/models/{target.model}/infer"
     threads = min(2, concurrency)
     cmd = [
+        *place(target),
         "wrk",
         "-t",
         str(threads),
@@ -163,10 +183,11 @@ def measure_grpc(target: Target, batch: int, concurrency: int, duration: float, 
         concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)
     ]
     outs = [work / f"grpc-{target.name}-{batch}-{concurrency}-{i}.json" for i in range(processes)]
-    procs = []
+    procs, prefix = [], place(target)
     for i, m in enumerate(per_process):
         cmd = [
-            PLATFORM_PY, "-m", "benchmarks.serving_loadgen", "--target", f"{HOST}:{target.grpc_port}",
+            *prefix, PLATFORM_PY, "-m", "benchmarks.serving_loadgen",
+            "--target", f"{HOST}:{target.grpc_port}",
             "--payload", str(payload), "--concurrency", str(m), "--duration", str(duration),
             "--out", str(outs[i]),
         ]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -105,3 +106,17 @@ class Server:
             self.proc.wait(timeout=5)
         except ProcessLookupError:
             pass
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of a process (and of its children) onto ``cpus`` (threads started later inherit it)."""
+    pids = [pid]
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+        pids += [int(p) for p in out.split()]
+    except OSError:
+        pass
+    for proc in pids:
+        for tid in os.listdir(f"/proc/{proc}/task") if os.path.isdir(f"/proc/{proc}/task") else []:
+            with contextlib.suppress(OSError):  # the thread ended meanwhile
+                os.sched_setaffinity(int(tid), cpus)

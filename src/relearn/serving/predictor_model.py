@@ -256,7 +256,7 @@ def _request_body(
     ]
     if ids is not None:
         inputs.append((tensors.TRANSACTION_ID, "BYTES", [len(ids)], ids))
-    return lambda: tensors.v2_json(inputs, event_id)
+    return lambda: tensors.v2_json(inputs, event_id, arrays=True)
 
 
 def _response_body(response: Any, scores: np.ndarray, decisions: np.ndarray, model: FraudPredictor) -> Any:
@@ -268,6 +268,7 @@ def _response_body(response: Any, scores: np.ndarray, decisions: np.ndarray, mod
             (tensors.DECISION, "BOOL", list(decisions.shape), decisions),
         ],
         response.id,
+        arrays=True,
         model_name=model.name,
         model_version=model.version,
         key="outputs",

@@ -126,12 +126,20 @@ def deserialize_bytes(raw: bytes) -> list[bytes]:
     return out
 
 
-def v2_json(inputs: list[tuple[str, str, list[int], np.ndarray]], request_id: str, **extra: Any) -> dict:
-    """A v2 JSON request or response body (``inputs`` or ``outputs`` key given by ``extra``)."""
+def v2_json(
+    inputs: list[tuple[str, str, list[int], np.ndarray]], request_id: str, arrays: bool = False, **extra: Any
+) -> dict:
+    """A v2 JSON request or response body (``inputs`` or ``outputs`` key given by ``extra``).
+
+    ``arrays``: numbers and booleans stay flat numpy arrays and text a list of str, for orjson's numpy
+    support (the payload logger's encoder: no Python float per element).
+    """
     tensors = []
     for name, datatype, shape, values in inputs:
         flat = values.reshape(-1)
-        if datatype == "BYTES":
+        if arrays:
+            data = flat.tolist() if flat.dtype == object else flat
+        elif datatype == "BYTES":
             data = [v.decode() if isinstance(v, bytes) else str(v) for v in flat]
         elif datatype == "BOOL":
             data = [bool(v) for v in flat]
