@@ -67,17 +67,28 @@ def _helm(*args: str) -> Any:
 
 @needs_helm
 def test_off_by_default_the_logger_posts_to_the_detector_and_nothing_is_shared() -> None:
-    for scenario in ("default", "production"):
-        docs = rendered(scenario)
-        assert not [d for d in docs if "drift-ingest" in d["metadata"]["name"]], scenario
-        assert not objects(docs, "HorizontalPodAutoscaler"), scenario
-        env = container_env(_container(docs, DETECTOR))
-        assert not {"RELEARN_DRIFT_SHARED_LOG_URL", "PGPASSWORD", "RELEARN_DRIFT_ROLE"} & set(env), scenario
-        for isvc in objects(docs, "InferenceService"):
-            predictor = container_env(isvc["spec"]["predictor"]["containers"][0])
-            assert predictor["RELEARN_PREDICTOR_LOG_SINK_URL"] == _url(DETECTOR), scenario
-        peers = named(docs, "NetworkPolicy", "relearn-postgres")["spec"]["ingress"][0]["from"]
-        assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers] == ["mlflow"]
+    docs = rendered("default")
+    assert not [d for d in docs if "drift-ingest" in d["metadata"]["name"]]
+    assert not objects(docs, "HorizontalPodAutoscaler")
+    env = container_env(_container(docs, DETECTOR))
+    assert not {"RELEARN_DRIFT_SHARED_LOG_URL", "PGPASSWORD", "RELEARN_DRIFT_ROLE"} & set(env)
+    for isvc in objects(docs, "InferenceService"):
+        predictor = container_env(isvc["spec"]["predictor"]["containers"][0])
+        assert predictor["RELEARN_PREDICTOR_LOG_SINK_URL"] == _url(DETECTOR)
+    peers = named(docs, "NetworkPolicy", "relearn-postgres")["spec"]["ingress"][0]["from"]
+    assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers] == ["mlflow"]
+
+
+@needs_helm
+def test_production_values_run_the_replicas_and_every_logger_posts_to_them() -> None:
+    docs = rendered("production")
+    assert {d["kind"] for d in docs if d["metadata"]["name"] == INGEST} >= KINDS
+    env = container_env(_container(docs, INGEST))
+    assert env["RELEARN_DRIFT_ROLE"] == "ingest" and env["RELEARN_DRIFT_SHARED_LOG_MAX_EVENTS"] == "2000000"
+    assert container_env(_container(docs, DETECTOR))["RELEARN_DRIFT_SHARED_LOG_URL"]
+    for isvc in objects(docs, "InferenceService"):
+        predictor = container_env(isvc["spec"]["predictor"]["containers"][0])
+        assert predictor["RELEARN_PREDICTOR_LOG_SINK_URL"] == _url(INGEST)
 
 
 @needs_helm

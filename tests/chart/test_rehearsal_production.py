@@ -112,3 +112,56 @@ def test_the_detector_checks_skew_against_the_mounted_lake(cluster) -> None:
     )
     assert metric("relearn_feature_skew_check_errors_total") == 0
     assert metric('relearn_feature_skew_rows{track="stable"}') == 0  # nothing served yet: nothing skewed
+
+
+def test_ingest_replicas_take_the_payload_log_and_the_monitor_relays_it(cluster) -> None:
+    """production-values runs ingest replicas on MLflow's PostgreSQL (user and password from its Secret):
+    an event posted to their Service in KServe's binary mode reaches the monitor through the shared log,
+    before any champion exists."""
+    import json
+    import urllib.request
+
+    import numpy as np
+
+    from relearn.events import REQUEST_TYPE, binary_headers
+    from relearn.features.spec import CATEGORICAL_INPUTS, NUMERIC_INPUTS
+    from relearn.serving import tensors
+    from support.serving_stack import wait_until
+
+    replica = next(n for n in cluster.pods if n.startswith("relearn-drift-ingest"))
+    detector = next(n for n in cluster.pods if n.startswith("relearn-drift-detector"))
+    cluster.wait_ready([replica, detector], timeout=180)
+    numeric = np.ones((2, len(NUMERIC_INPUTS)), dtype=np.float32)
+    categorical = np.array([["x"] * len(CATEGORICAL_INPUTS)] * 2, dtype=object)
+    body = tensors.v2_json(
+        [
+            (tensors.NUMERIC, "FP32", list(numeric.shape), numeric),
+            (tensors.CATEGORICAL, "BYTES", list(categorical.shape), categorical),
+        ],
+        "rehearsal-1",
+    )
+    headers = binary_headers(
+        event_id="rehearsal-1",
+        event_type=REQUEST_TYPE,
+        source="http://relearn-fraud-predictor/",
+        inference_service="relearn-fraud",
+        namespace=NAMESPACE,
+        component="predictor",
+    )
+    request = urllib.request.Request(
+        f"http://relearn-drift-ingest.{NAMESPACE}.{FQDN}:8090/",
+        data=json.dumps(body).encode(),
+        headers=headers,
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+
+    def relayed() -> float:
+        url = f"http://relearn-drift-detector.{NAMESPACE}.{FQDN}:8090/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        lines = [ln for ln in text.splitlines() if ln.startswith("relearn_drift_relayed_events_total")]
+        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+    pod = cluster.pods[detector]
+    wait_until("the monitor relays the replica's event", lambda: relayed() >= 1, pod.popen, pod.log, 60)

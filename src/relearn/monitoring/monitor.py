@@ -199,11 +199,12 @@ class Monitor(QualityWatch, WindowCloser):
             log.exception("reference not loaded")
         while not self._stop.is_set():
             try:
+                # First: the replicas' backlog is taken in even before a champion (a reference) exists.
+                busy = self._relay() > 0
                 if self.tester is None:
                     self._load_reference()
                     self.error = None
                 self._poll_champion()
-                busy = self._relay() > 0
                 busy = self.step() or busy
                 self.triggers.check()
                 if self.quality_due.is_set():
