@@ -359,7 +359,7 @@ def one(docs: list[dict[str, Any]], kind: str, suffix: str) -> dict[str, Any]:
 
 @needs_helm
 def test_hook_pods_run_the_checks_against_the_charts_own_urls():
-    docs = render()
+    docs = render("--set", "driftDetector.ingest.enabled=true")  # off by default; on, one check more
     pods = hook_pods(docs)
     assert set(pods) == {"mlflow", "drift", "serving"}
     settings = one(docs, "ConfigMap", "-settings")["data"]
@@ -388,8 +388,11 @@ def test_hook_pods_run_the_checks_against_the_charts_own_urls():
         if name == "mlflow":
             assert options.mlflow_url == settings["RELEARN_MLFLOW_TRACKING_URI"]
             assert checks._url_host(options.mlflow_url) == IN_CLUSTER_HOST
-        if name == "drift":
-            assert options.drift_url == predictor_env["RELEARN_PREDICTOR_LOG_SINK_URL"]
+        if name == "drift":  # the logger posts to the replicas; the monitor keeps the detector's Service
+            assert options.drift_ingest_url == predictor_env["RELEARN_PREDICTOR_LOG_SINK_URL"]
+            assert options.drift_url == predictor_env["RELEARN_PREDICTOR_LOG_SINK_URL"].replace(
+                "-ingest", "-detector"
+            )
         if name == "serving":
             # KServe's cluster-local name of the transformer component (constants.TransformerServiceName,
             # port 80), in Serverless and RawDeployment mode alike; the model name of the v1 URL.
@@ -400,6 +403,8 @@ def test_hook_pods_run_the_checks_against_the_charts_own_urls():
             assert options.model_name == values["fraud"]["modelName"] == "relearn-fraud"
     assert sorted(c for names in asked.values() for c in names) == sorted(checks.CHECKS)  # every check is run
 
+    drift = hook_pods(render())["drift"]["spec"]["containers"][0]["args"]
+    assert "drift-ingest-ready" not in drift and not any(a.startswith("--drift-ingest-url") for a in drift)
     assert not hook_pods(render("--set", "tests.enabled=false"))
     assert set(hook_pods(render("--set", "fraud.exposedProtocol=h2c"))) == {"mlflow", "drift"}  # gRPC only
     assert set(hook_pods(render("--set", "driftDetector.enabled=false"))) == {"mlflow", "serving"}

@@ -45,6 +45,7 @@ checks:
                      outside its --allowed-hosts while /health stays 200.
   drift-health       GET <drift>/healthz is 200.
   drift-ready        GET <drift>/ready is 200 (the champion's reference sample is loaded).
+  drift-ingest-ready GET <drift-ingest>/ready is 200 (an ingest replica answers on the Service).
   transformer-ready  GET <transformer>/v2/health/ready is 200.
   predict            POST <transformer>/v1/models/<model>:predict with one transaction answers a score
                      in [0, 1], a boolean decision, the transaction_id sent and a model version.
@@ -203,6 +204,16 @@ CHECKS: dict[str, tuple[str, Callable[[Checker], Result]]] = {
             "(run the training pipeline once) and is MLflow reachable from the detector?",
         ),
     ),
+    "drift-ingest-ready": (
+        "drift_ingest_url",
+        lambda c: c.health(
+            "drift-ingest-ready",
+            c.options.drift_ingest_url,
+            "/ready",
+            "An ingest replica starts once it reached the shared log's PostgreSQL (MLflow's, with PGUSER and "
+            "PGPASSWORD from its Secret): kubectl logs of the drift-ingest pods.",
+        ),
+    ),
     "transformer-ready": (
         "transformer_url",
         lambda c: c.health(
@@ -247,6 +258,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("checks", nargs="*", metavar="CHECK", help="Checks to run (see below).")
     p.add_argument("--mlflow-url", default=_env("mlflow_url", ""), help="MLflow base URL (its Service FQDN).")
     p.add_argument("--drift-url", default=_env("drift_url", ""), help="Drift-detector base URL.")
+    p.add_argument(
+        "--drift-ingest-url",
+        default=_env("drift_ingest_url", ""),
+        help="Base URL of the drift detector's ingest replicas (their Service), when they run.",
+    )
     p.add_argument(
         "--transformer-url",
         default=_env("transformer_url", ""),

@@ -104,6 +104,10 @@ def test_on_the_replicas_get_a_deployment_service_hpa_pdb_policy_and_scrapes() -
     )
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     pod = deployment["spec"]["template"]["spec"]
+    # the endpoint leaves the proxies before SIGTERM, well within the grace period
+    assert pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    assert pod["terminationGracePeriodSeconds"] >= 5 + 10
+    pod = deployment["spec"]["template"]["spec"]
     assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]  # stateless: no PVC
     assert pod["containers"][0]["command"] == _container(docs, DETECTOR)["command"]
     assert pod["containers"][0]["image"] == _container(docs, DETECTOR)["image"]
