@@ -56,12 +56,9 @@ tune: setup ## Tune hyper-parameters with Optuna on the newest `make train` trai
 pipelines: setup ## Compile the pipelines to YAML for the Kubeflow UI (pipelines/compiled/)
 	$(PY) -m pipelines.compile --out $(PIPELINE_DIR)
 
-# The drift suite (its own environment, ~4 min) runs beside the platform suite; its output follows.
-test: setup ## Run all tests (platform environment, and beside it the drift detector's in its own)
-	@$(DRIFT)/bin/python -m pytest tests/drift $(PYTEST_ARGS) > $(VENV)/drift-tests.log 2>&1 & drift=$$!; \
-	$(PY) -m pytest $(PYTEST_ARGS); platform=$$?; \
-	wait $$drift; status=$$?; echo "== drift suite (.venv/drift)"; cat $(VENV)/drift-tests.log; \
-	exit $$(( platform != 0 ? platform : status ))
+test: setup ## Run all tests (platform environment, then the drift detector's in its own)
+	$(PY) -m pytest $(PYTEST_ARGS)
+	$(DRIFT)/bin/python -m pytest tests/drift $(PYTEST_ARGS)
 
 lint: setup ## ruff (lint + format check) and hadolint on every Dockerfile
 	$(PY) -m ruff check .

@@ -28,7 +28,7 @@ import uuid
 from typing import Any
 
 from relearn.monitoring.payloads import Event
-from relearn.monitoring.store import GroupCommitLog, get_state, insert_events, write_state
+from relearn.monitoring.store import GroupCommitLog, LogWriteError, get_state, insert_events, write_state
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def pg_connect(url: str) -> Any:
     return conn
 
 
-class SharedLogFull(Exception):
+class SharedLogFull(LogWriteError):
     """The shared log holds ``max_backlog`` events: the monitor is not relaying (down, or behind)."""
 
 
