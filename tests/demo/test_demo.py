@@ -29,7 +29,7 @@ QUICK = {
     "users": 3000,  # the retraining needs enough examples of the new pattern: all users' data
     "sample": 0.06,  # 450 of the ~7,500 daily transactions go through the endpoint
     "history_days": 10,
-    "live_days": 30.0,  # at most: the replay stops 2.5 days after the promotion (a slow retrain uses days)
+    "live_days": 22.0,  # at most: the replay stops 2.5 days after the promotion
     "after_decision_days": 2.5,
     "onset_day": 1.5,
     "rate": 40.0,
@@ -38,7 +38,7 @@ QUICK = {
     "analysis_interval_seconds": 3.0,
     "analysis_window": "15s",
     "min_canary_requests": 30,
-    "max_minutes": 10.0,  # a bound, not a target: the replay ends 2.5 days after the promotion
+    "max_minutes": 8.0,
     "progress": False,
 }
 
