@@ -21,6 +21,13 @@ EXTENSIONS = ("inferenceservicename", "namespace", "component", "endpoint", "met
 ENDPOINTS = ("default", "canary")
 
 
+def ce_time(moment: datetime | float) -> str:
+    """A ``time`` attribute as KServe writes it: RFC 3339 in UTC with ``Z`` (a datetime or epoch seconds)."""
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def binary_headers(
     *,
     event_id: str,
@@ -53,13 +60,12 @@ def binary_headers(
     """
     if event_type not in EVENT_TYPES:
         raise ValueError(f"event_type must be one of {EVENT_TYPES}, not {event_type!r}")
-    moment = (time or datetime.now(UTC)).astimezone(UTC)
     return {
         "ce-specversion": SPEC_VERSION,
         "ce-id": event_id,
         "ce-type": event_type,
         "ce-source": source,
-        "ce-time": moment.isoformat().replace("+00:00", "Z"),
+        "ce-time": ce_time(time or datetime.now(UTC)),
         "ce-inferenceservicename": inference_service,
         "ce-namespace": namespace,
         "ce-component": component,

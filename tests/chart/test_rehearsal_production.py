@@ -28,6 +28,19 @@ S3_SECRET = {  # what the install guide has the operator create for S3 artifacts
 }
 
 
+SKEW, STABLE = "relearn_feature_skew", '{track="stable"}'
+
+
+def _detector_metric(name: str) -> float | None:
+    """The first sample of ``name`` (a metric name, or one with its labels) on the detector's /metrics."""
+    import urllib.request
+
+    url = f"http://relearn-drift-detector.{NAMESPACE}.{FQDN}:8090/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
+    return values[0] if values else None
+
+
 def _write_lake(root: Path) -> None:
     """A small lake as the ingest job leaves it (day-partitioned transactions and labels)."""
     from relearn.data.__main__ import GenerateSettings, run
@@ -90,28 +103,20 @@ def test_every_production_workload_starts_and_the_stores_serve(cluster) -> None:
 
 def test_the_detector_checks_skew_against_the_mounted_lake(cluster) -> None:
     """production-values turns the skew check on: the rendered env and read-only lake mount reach it."""
-    import urllib.request
-
     detector = next(n for n in cluster.pods if n.startswith("relearn-drift-detector"))
     cluster.wait_ready([detector], timeout=180)
-    url = f"http://relearn-drift-detector.{NAMESPACE}.{FQDN}:8090/metrics"
-
-    def metric(name: str) -> float | None:
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
-        return values[0] if values else None
 
     from support.serving_stack import wait_until
 
     wait_until(
         "the first skew check",
-        lambda: (metric('relearn_feature_skew_last_check_timestamp_seconds{track="stable"}') or 0) > 0,
+        lambda: (_detector_metric(f"{SKEW}_last_check_timestamp_seconds{STABLE}") or 0) > 0,
         cluster.pods[detector].popen,
         cluster.pods[detector].log,
         timeout=60,
     )
-    assert metric("relearn_feature_skew_check_errors_total") == 0
-    assert metric('relearn_feature_skew_rows{track="stable"}') == 0  # nothing served yet: nothing skewed
+    assert _detector_metric(f"{SKEW}_check_errors_total") == 0
+    assert _detector_metric(f"{SKEW}_rows{STABLE}") == 0  # nothing served yet: nothing skewed
 
 
 def test_ingest_replicas_take_the_payload_log_and_the_monitor_relays_it(cluster) -> None:
@@ -158,10 +163,7 @@ def test_ingest_replicas_take_the_payload_log_and_the_monitor_relays_it(cluster)
         assert response.status == 202
 
     def relayed() -> float:
-        url = f"http://relearn-drift-detector.{NAMESPACE}.{FQDN}:8090/metrics"
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-        lines = [ln for ln in text.splitlines() if ln.startswith("relearn_drift_relayed_events_total")]
-        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+        return _detector_metric("relearn_drift_relayed_events_total") or 0.0
 
     pod = cluster.pods[detector]
     wait_until("the monitor relays the replica's event", lambda: relayed() >= 1, pod.popen, pod.log, 60)

@@ -3,12 +3,13 @@ relearn.model.recalibrate instead of the training pipeline, and the report lists
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 
-from relearn.demo.loop import Timeline, _Driver
+from relearn.demo.driver import Driver, Timeline
 from relearn.demo.respond import response_lines, responses
 from relearn.demo.settings import DemoSettings
 
@@ -26,13 +27,13 @@ class _Procs:
         return SimpleNamespace(process=SimpleNamespace(wait=lambda: 1), log=self.logs / f"{name}.log")
 
 
-def _driver(tmp_path: Path) -> tuple[_Driver, _Procs]:
+def _driver(tmp_path: Path) -> tuple[Driver, _Procs]:
     procs = _Procs(tmp_path)
     stack = SimpleNamespace(state=tmp_path / "state.json", procs=procs)
-    world = SimpleNamespace(stream=pd.DataFrame(index=range(2200)), source=tmp_path / "lake")
-    replay = SimpleNamespace(sim_time=SIM)
+    world = SimpleNamespace(stream=pd.DataFrame(index=range(2200)), source=tmp_path / "lake", onset=SIM)
+    replay = SimpleNamespace(sim_time=SIM, held=threading.Event())
     settings = DemoSettings(home=tmp_path, live_days=22.0, rate=40.0)
-    return _Driver(settings, stack, Timeline(), replay, world, tmp_path), procs
+    return Driver(settings, stack, Timeline(), replay, world, tmp_path), procs
 
 
 def test_a_page_starts_nothing_and_a_recalibration_runs_the_recalibrate_step(tmp_path):
@@ -148,3 +149,25 @@ def test_the_report_names_the_promoted_versions_gate_not_the_first_refusal():
     assert gate_line(ends, "1") == "v3 (retraining 2 of 2): PASSED: recall +0.05"  # none promoted: the last
     assert gate_line(ends[:1], "1") == "v2 (the retraining): FAILED: recall gain not significant"
     assert gate_line([], "1") is None
+
+
+def test_the_streams_clock_holds_while_a_retraining_runs(tmp_path):
+    """A pipeline's minutes would be days of the demo's compressed stream: the replay is held from the
+    retraining's start until its outcome is handled (here it fails), then runs again."""
+    driver, _ = _driver(tmp_path)
+    driver.alert(0.0, {"kind": "drift", "track": "stable", "response": "retrain", "why": "covariate drift"})
+    driver._start_retraining(driver.retrain_at)
+    assert driver.replay.held.is_set() and driver.phase.startswith("retraining")
+    driver.retraining.join(10)
+    assert driver.replay.held.is_set()  # until the driver has handled the outcome
+    driver.tick()
+    assert not driver.replay.held.is_set() and driver.retraining is None
+    assert [e["kind"] for e in driver.timeline.events][-1] == "retrain-failed"
+
+
+def test_no_retraining_is_scheduled_while_a_challenger_is_being_evaluated(tmp_path):
+    """A retraining holds the stream, which would starve the shadow, canary or A/B test of traffic."""
+    driver, procs = _driver(tmp_path)
+    driver.deployed = True
+    driver.alert(0.0, {"kind": "quality", "track": "stable", "response": "retrain", "why": "concept drift"})
+    assert driver.retrain_at is None and procs.started == []

@@ -93,10 +93,10 @@ def test_the_demo_experiment_from_start_to_the_report_section(tmp_path, monkeypa
 
 
 def test_the_loop_and_report_hooks_start_and_report_the_experiment(tmp_path) -> None:
-    """What loop._Driver._deploy and report.write call, on the driver's and outcome's attributes."""
+    """What driver.Driver._deploy and report.write call, on the driver's and outcome's attributes."""
     from types import SimpleNamespace
 
-    from relearn.demo.loop import Timeline
+    from relearn.demo.driver import Timeline
     from relearn.demo.replay import Record
     from relearn.demo.settings import DemoSettings
 

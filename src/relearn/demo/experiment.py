@@ -182,7 +182,7 @@ def _cell(value: Any) -> str:
 
 
 def start_in_demo(driver: Any, challenger: str) -> dict[str, Any]:
-    """Start the experiment from the demo's driver (``loop._Driver``): champion against ``challenger``.
+    """Start the experiment from the demo's driver (``driver.Driver``): champion against ``challenger``.
 
     The plan's history is the replay so far (the champion's answers) joined with the chargebacks received
     by now; the challenger's predictor is registered with the local router already.

@@ -171,6 +171,7 @@ class Replay:
         self._times = stream["event_timestamp"]
         self._label_times = labels["chargeback_timestamp"].dt.tz_convert(None).to_numpy()
         self._in_flight = threading.Semaphore(256)
+        self.held = threading.Event()  # set: the stream's clock stands still (see :meth:`run`)
 
     @property
     def sim_time(self) -> pd.Timestamp | None:
@@ -266,13 +267,21 @@ class Replay:
         future.add_done_callback(done)
 
     def run(self, stop: threading.Event, until: Callable[[], bool] | None = None) -> None:
-        """Send at ``rate`` until the stream ends, ``stop`` is set or ``until()`` holds."""
+        """Send at ``rate`` until the stream ends, ``stop`` is set or ``until()`` holds.
+
+        While ``held`` is set nothing is sent, so the stream's clock (and the chargebacks' arrival with it)
+        stands still; the pace restarts from the moment it is cleared.
+        """
         next_at = time.monotonic()
         with httpx.Client() as client:
             last_labels = 0.0
             while self.position < len(self.stream) and not stop.is_set():
                 if until is not None and until():
                     break
+                if self.held.is_set():
+                    stop.wait(0.1)
+                    next_at = time.monotonic()
+                    continue
                 self._feed_until(client, self._times.iloc[self.position])
                 self._send(self.position)
                 self.position += 1

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from relearn.events import EVENT_TYPES, REQUEST_TYPE, RESPONSE_TYPE, binary_headers
+from relearn.events import EVENT_TYPES, REQUEST_TYPE, RESPONSE_TYPE, binary_headers, ce_time
 from relearn.routing import ROUTE_HEADER as ROUTE_HEADER  # re-exported: the router imports it from here
 from relearn.routing import SHADOW_SUFFIX, track_of
 from relearn.serving.metrics import LOG_DROPPED, LOG_QUEUE_DEPTH, LOG_SENT
@@ -230,8 +230,7 @@ class PayloadLogger:
             template = {k[3:]: v for k, v in headers.items() if k.startswith("ce-")}
             template["datacontenttype"] = headers["content-type"]
             self._templates[service, endpoint] = template
-        when = datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
-        return {**template, "id": event_id, "type": event_type, "time": when}
+        return {**template, "id": event_id, "type": event_type, "time": ce_time(moment)}
 
     def _send(self, connection: SinkConnection, item: _Event) -> None:
         """One event in binary mode (KServe's logger's format)."""
