@@ -110,17 +110,24 @@ def test_a_page_is_the_decision_the_replay_stops_after(tmp_path):
     assert [e["kind"] for e in driver.timeline.events] == ["alert", "paged"]
 
 
-def test_after_a_refused_retraining_the_next_alert_retries_at_once(tmp_path):
-    """The first alert waits retrain_after_days for the drifted labels; once a retraining failed its gate,
-    labels have kept maturing while it ran, so the next alert retrains on the spot."""
+def test_after_a_refused_retraining_the_next_waits_for_labels_newer_than_its_data(tmp_path):
+    """The first alert waits retrain_after_days for the drifted labels. The stream held while the refused
+    run trained, so no label matured meanwhile: the retry waits retrain_after_days after that run (a run
+    sooner would see the same data), and no longer if the next alert comes later than that."""
     driver, _ = _driver(tmp_path)
-    driver.alert(0.0, {"kind": "quality", "track": "stable", "response": "retrain", "why": "concept drift"})
-    assert driver.retrain_at == SIM + pd.Timedelta(days=driver.settings.retrain_after_days)
+    wait = pd.Timedelta(days=driver.settings.retrain_after_days)
+    quality = {"kind": "quality", "track": "stable", "response": "retrain", "why": "concept drift"}
+    driver.alert(0.0, quality)
+    assert driver.retrain_at == SIM + wait
     driver.retrain_at = None  # as if it ran: the gate refused the model
     driver._deploy({"model_version": 2, "gate": "FAILED: recall_at_budget gain -0.05 is not significant"})
-    assert driver.decided is None and driver.phase == "replay"
-    driver.alert(0.0, {"kind": "quality", "track": "stable", "response": "retrain", "why": "concept drift"})
-    assert driver.retrain_at == SIM
+    assert driver.decided is None and driver.phase == "replay" and driver.refused_at == SIM
+    driver.replay.sim_time = SIM + pd.Timedelta(days=1)  # an alert soon after the refusal
+    driver.alert(0.0, quality)
+    assert driver.retrain_at == SIM + wait
+    driver.retrain_at, driver.replay.sim_time = None, SIM + 2 * wait  # one long after it: at once
+    driver.alert(0.0, quality)
+    assert driver.retrain_at == SIM + 2 * wait
 
 
 def test_a_covariate_drift_retraining_fine_tunes_the_champion(tmp_path):

@@ -68,7 +68,7 @@ class Driver:
         self.response = "retrain"
         self.train_mode = "scratch"
         self.retrain_at: pd.Timestamp | None = None
-        self.gate_failed = False  # a retraining was refused: the next alert retries at once, on newer labels
+        self.refused_at: pd.Timestamp | None = None  # stream time of the last retraining the gate refused
         self.onset_seen = False
         self.last_state: tuple[Any, ...] = ()
         self.decided: pd.Timestamp | None = None  # stream time of the promotion, rollback or page
@@ -106,8 +106,10 @@ class Driver:
                 self.decided = sim
                 self.timeline.add("paged", sim=sim)
             return
-        wait = 0.0 if self.gate_failed else self.settings.retrain_after_days  # labels kept maturing since
-        self.retrain_at = sim + pd.Timedelta(days=wait)
+        # The drifted data needs its chargebacks: retrain_after_days after the alert or, after a refusal,
+        # after the refused run (the stream held while it ran, so no label has matured since).
+        wait = pd.Timedelta(days=self.settings.retrain_after_days)
+        self.retrain_at = sim + wait if self.refused_at is None else max(sim, self.refused_at + wait)
         self.phase = f"alerted: retraining at {self.retrain_at:%m-%d %H:%M}"
 
     def _start_retraining(self, sim: pd.Timestamp) -> None:
@@ -201,7 +203,7 @@ class Driver:
         passed = gate.startswith("PASSED")
         self.timeline.add("retrain-end", sim=sim, version=version, gate=gate, headline=result.get("headline"))
         if not passed:
-            self.gate_failed, self.phase = True, "replay"
+            self.refused_at, self.phase = sim, "replay"
             return
         self.phase = f"starting v{version}"
         self.deployed = True
