@@ -178,3 +178,11 @@ def test_no_retraining_is_scheduled_while_a_challenger_is_being_evaluated(tmp_pa
     driver.deployed = True
     driver.alert(0.0, {"kind": "quality", "track": "stable", "response": "retrain", "why": "concept drift"})
     assert driver.retrain_at is None and procs.started == []
+
+
+def test_the_summary_says_why_a_canary_was_rolled_back():
+    from relearn.demo.report import evidence_lines
+
+    reason = "backtest failed: recall_at_budget -0.12 [-0.20, -0.06]"
+    assert f"rolled back: {reason}" in evidence_lines({"rollback": reason, "responses": []})
+    assert not any(line.startswith("rolled back") for line in evidence_lines({"responses": []}))

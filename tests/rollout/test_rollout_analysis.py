@@ -40,6 +40,16 @@ def test_each_gate_edge(field: str, at_limit: float, past: float) -> None:
     assert bad.action == Action.ROLLBACK and bad.percent == 0 and bad.reason
 
 
+def test_drift_on_both_tracks_is_no_reason_to_roll_the_canary_back() -> None:
+    """Covariate drift reaches canary and stable alike (a random split): the canary retrained for it must
+    not be rolled back for it; drift on the canary's traffic alone still is."""
+    both = dataclasses.replace(GOOD, canary_drift_share=0.68, stable_drift_share=0.64)
+    assert decide(10, both, CFG).action == Action.STEP
+    alone = dataclasses.replace(GOOD, canary_drift_share=0.68, stable_drift_share=0.1)
+    bad = decide(10, alone, CFG)
+    assert bad.action == Action.ROLLBACK and "above stable's 0.1" in bad.reason
+
+
 def test_error_rate_increase_over_stable() -> None:
     snap = dataclasses.replace(GOOD, canary_error_rate=0.008, stable_error_rate=0.002)
     assert decide(25, snap, CFG).action == Action.ROLLBACK

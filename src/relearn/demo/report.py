@@ -77,7 +77,7 @@ def _refused(s: dict[str, Any]) -> str:
 
 
 def evidence_lines(s: dict[str, Any]) -> list[str]:
-    """The training gate's verdict and what the promotion rested on (source, labels, effect, interval)."""
+    """The training gate's verdict, a rollback's reason, and what a promotion rested on (its evidence)."""
     ev = s.get("promotion_evidence")
     lines = response_lines(s.get("responses", []))
     lines += [f"training gate: {s['gate']}"] if s.get("gate") else []
@@ -88,6 +88,7 @@ def evidence_lines(s: dict[str, Any]) -> list[str]:
             f"label-free recall estimate: mean absolute error {est['mae']:.3f} over {est['windows']} windows "
             f"whose chargebacks matured (estimate - realized {est['bias']:+.3f} on average)"
         )
+    lines += [f"rolled back: {s['rollback']}"] if s.get("rollback") else []
     return lines + ([f"promotion evidence: {ev['source']} {ev['verdict']}: {ev['detail']}"] if ev else [])
 
 

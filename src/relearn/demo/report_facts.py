@@ -174,6 +174,7 @@ def summary(outcome: Outcome) -> dict[str, Any]:
         "promotion_evidence": next(
             (e.get("evidence") for e in outcome.audit if e["action"] == "promote"), None
         ),
+        "rollback": next((e.get("reason") for e in outcome.audit if e["action"] == "rollback"), None),
         "recall_estimate_mae": _mae(recall_estimates(outcome)),
         "drift_windows": len(drifted),
         "windows": len([w for w in outcome.windows if w["track"] == "stable"]),

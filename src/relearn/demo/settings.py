@@ -68,8 +68,9 @@ class DemoSettings(BaseSettings):
     retrain_after_days: float = Field(
         4.0,
         ge=0,
-        description="Stream days between the first alert and the retraining run: the drifted data needs its "
-        "chargebacks (label maturity) before a model can learn from it.",
+        description="Stream days between the first alert and the retraining run, and between a refused "
+        "retraining and its retry: the drifted data needs its chargebacks (label maturity) before a model "
+        "can learn from it. The stream's clock holds while a retraining runs.",
     )
     retrain_days: int = Field(10, ge=7, description="Days of recent data the retraining run trains on.")
     max_slice_regression: float = Field(
