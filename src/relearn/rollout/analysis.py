@@ -325,7 +325,8 @@ def decide(
         return Decision(Action.ROLLBACK, 0, [against.line()], evidence=against, checked=checked)
     missing = "; ".join(ev.line() for ev in checked) or "no evidence source configured"
     if waited_seconds > cfg.max_evidence_wait_seconds:
-        reason = f"no evidence of quality {waited_seconds / 3600:.1f} h after the canary started: {missing}"
+        waited = f"{waited_seconds / 3600:.1f} h" if waited_seconds >= 3600 else f"{waited_seconds:.0f} s"
+        reason = f"no evidence of quality {waited} after the canary started: {missing}"
         return Decision(Action.ROLLBACK, 0, [reason], checked=checked)
     note = f"{gates}; waiting for evidence before {nxt}%: {missing}"
     return Decision(Action.HOLD, current_percent, note=note, checked=checked)
