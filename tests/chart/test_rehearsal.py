@@ -237,14 +237,18 @@ def test_serving_starts_with_kserves_args_and_answers_on_the_isvc_host(cluster) 
         assert 0 <= prediction["score"] <= 1
 
 
-def detector_metric(name: str) -> float:
+def detector_metric(name: str, default: float | None = 0.0, **labels: str) -> float | None:
+    """The sum of the detector's ``name`` samples carrying ``labels``; ``default`` when there is none."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(
         f"http://relearn-drift-detector.{NAMESPACE}.{FQDN}:8090/metrics", timeout=5
     ) as r:
         families = text_string_to_metric_families(r.read().decode())
-    return sum(s.value for f in families for s in f.samples if s.name == name)
+    values = [
+        s.value for f in families for s in f.samples if s.name == name and labels.items() <= s.labels.items()
+    ]
+    return sum(values) if values else default
 
 
 def test_every_prediction_reaches_the_detector_as_a_request_response_pair(cluster) -> None:

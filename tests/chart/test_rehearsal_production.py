@@ -16,7 +16,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from test_rehearsal import API_IP, FQDN, NAMESPACE, SECRETS, http, pytestmark, render  # noqa: F401
+from test_rehearsal import (  # noqa: F401
+    API_IP,
+    FQDN,
+    NAMESPACE,
+    SECRETS,
+    detector_metric,
+    http,
+    pytestmark,
+    render,
+)
 
 from support.chart import CHART
 
@@ -28,17 +37,7 @@ S3_SECRET = {  # what the install guide has the operator create for S3 artifacts
 }
 
 
-SKEW, STABLE = "relearn_feature_skew", '{track="stable"}'
-
-
-def _detector_metric(name: str) -> float | None:
-    """The first sample of ``name`` (a metric name, or one with its labels) on the detector's /metrics."""
-    import urllib.request
-
-    url = f"http://relearn-drift-detector.{NAMESPACE}.{FQDN}:8090/metrics"
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
-    return values[0] if values else None
+SKEW = "relearn_feature_skew"
 
 
 def _write_lake(root: Path) -> None:
@@ -110,13 +109,14 @@ def test_the_detector_checks_skew_against_the_mounted_lake(cluster) -> None:
 
     wait_until(
         "the first skew check",
-        lambda: (_detector_metric(f"{SKEW}_last_check_timestamp_seconds{STABLE}") or 0) > 0,
+        lambda: detector_metric(f"{SKEW}_last_check_timestamp_seconds", track="stable") > 0,
         cluster.pods[detector].popen,
         cluster.pods[detector].log,
         timeout=60,
     )
-    assert _detector_metric(f"{SKEW}_check_errors_total") == 0
-    assert _detector_metric(f"{SKEW}_rows{STABLE}") == 0  # nothing served yet: nothing skewed
+    assert detector_metric(f"{SKEW}_check_errors_total", default=None) == 0
+    rows = detector_metric(f"{SKEW}_rows", default=None, track="stable")
+    assert rows == 0  # nothing served yet: nothing skewed
 
 
 def test_ingest_replicas_take_the_payload_log_and_the_monitor_relays_it(cluster) -> None:
@@ -163,7 +163,7 @@ def test_ingest_replicas_take_the_payload_log_and_the_monitor_relays_it(cluster)
         assert response.status == 202
 
     def relayed() -> float:
-        return _detector_metric("relearn_drift_relayed_events_total") or 0.0
+        return detector_metric("relearn_drift_relayed_events_total")
 
     pod = cluster.pods[detector]
     wait_until("the monitor relays the replica's event", lambda: relayed() >= 1, pod.popen, pod.log, 60)

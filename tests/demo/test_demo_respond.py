@@ -12,6 +12,7 @@ import pandas as pd
 from relearn.demo.driver import Driver, Timeline
 from relearn.demo.respond import response_lines, responses
 from relearn.demo.settings import DemoSettings
+from relearn.demo.world import World
 
 SIM = pd.Timestamp("2026-01-10T12:00", tz="UTC")
 
@@ -30,7 +31,8 @@ class _Procs:
 def _driver(tmp_path: Path) -> tuple[Driver, _Procs]:
     procs = _Procs(tmp_path)
     stack = SimpleNamespace(state=tmp_path / "state.json", procs=procs)
-    world = SimpleNamespace(stream=pd.DataFrame(index=range(2200)), source=tmp_path / "lake", onset=SIM)
+    stream, empty = pd.DataFrame(index=range(2200)), pd.DataFrame()
+    world = World("test", tmp_path / "lake", stream, empty, empty, empty, SIM, SIM, SIM)
     replay = SimpleNamespace(sim_time=SIM, held=threading.Event())
     settings = DemoSettings(home=tmp_path, live_days=22.0, rate=40.0)
     return Driver(settings, stack, Timeline(), replay, world, tmp_path), procs

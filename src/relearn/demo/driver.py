@@ -143,7 +143,7 @@ class Driver:
             self.settings, self.world.source, start, self.settings.retrain_days, self.home, self.train_mode
         )
         if self.response == "recalibrate":  # same weights, threshold re-fitted on the labelled traffic
-            wall_per_day = len(self.world.stream) / self.settings.live_days / self.settings.rate
+            wall_per_day = self.world.wall_per_day(self.settings)
             argv = recalibrate_argv(self.settings, wall_per_day, self.home, self.retrains)
         child = self.stack.procs.start(f"retrain-{self.retrains}", argv)  # stopped with the stack
         return pipeline_summary(argv, child.process.wait(), child.log)

@@ -111,8 +111,7 @@ def run(settings: DemoSettings) -> Outcome:
     summary = first_champion(settings, world, home, show=settings.progress)
     champion_before = str(summary["model_version"])
     timeline.add("champion", version=champion_before, headline=summary.get("headline"))
-    served_per_day = len(world.stream) / settings.live_days
-    wall_per_day = served_per_day / settings.rate
+    wall_per_day = world.wall_per_day(settings)
     procs = Processes(home / "logs", child_env(home))
     try:
         if settings.state == "redis":

@@ -45,6 +45,10 @@ class World:
     onset: datetime
     end: datetime
 
+    def wall_per_day(self, settings: DemoSettings) -> float:
+        """Wall-clock seconds the replay takes for one stream day (its requests at ``settings.rate``)."""
+        return len(self.stream) / settings.live_days / settings.rate
+
 
 # The modules of relearn.data whose code decides what the generator simulates.
 SIMULATION = (
